@@ -1,0 +1,54 @@
+"""Correlation and causation ids carried from a context into the metadata of appended events.
+
+    with correlation(correlation_id=request_id):
+        repo.save(account)   # its events' metadata carries correlation_id=request_id
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["correlation", "current_correlation"]
+
+_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventsource_correlation_id", default=None
+)
+_causation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventsource_causation_id", default=None
+)
+
+
+@contextmanager
+def correlation(
+    correlation_id: str | None = None, causation_id: str | None = None
+) -> Iterator[None]:
+    """Within this block, appended events carry these ids in their metadata (unless given)."""
+    tokens = []
+    if correlation_id is not None:
+        tokens.append((_correlation_id, _correlation_id.set(str(correlation_id))))
+    if causation_id is not None:
+        tokens.append((_causation_id, _causation_id.set(str(causation_id))))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def current_correlation() -> tuple[str | None, str | None]:
+    """The (correlation_id, causation_id) set by the innermost ``correlation`` block."""
+    return _correlation_id.get(), _causation_id.get()
+
+
+def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The metadata to store: the caller's, plus the context's ids where the caller gave none."""
+    result = dict(metadata) if metadata else {}
+    correlation_id, causation_id = _correlation_id.get(), _causation_id.get()
+    if correlation_id is not None:
+        result.setdefault("correlation_id", correlation_id)
+    if causation_id is not None:
+        result.setdefault("causation_id", causation_id)
+    return result

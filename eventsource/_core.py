@@ -1,0 +1,428 @@
+"""The store's shared core: value types, input checks, batch building and error translation.
+
+Everything here is free of I/O, so the sync ``EventStore`` and the async ``AsyncEventStore`` are
+thin twins over one source of truth: they differ only in how a statement is awaited.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg.errors
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from ._context import with_context
+from ._errors import (
+    ConcurrencyError,
+    DatabaseUnavailable,
+    DuplicateEventId,
+    EventSourceError,
+    SchemaNotReady,
+)
+from ._events import Event, decode_event, encode_event
+from ._schema import MAX_STREAM_ID_LENGTH
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendResult",
+    "ExpectedVersion",
+    "PendingAppend",
+    "RecordedEvent",
+    "partition_for",
+]
+
+MAX_PARTITIONS = 4096
+
+
+class ExpectedVersion(enum.Enum):
+    """The non-numeric expectations of ``append``: ``NO_STREAM`` and ``ANY``."""
+
+    NO_STREAM = -1
+    ANY = -2
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NO_STREAM = ExpectedVersion.NO_STREAM
+ANY = ExpectedVersion.ANY
+
+
+def partition_for(partition_key: str, partitions: int) -> int:
+    """The partition of a new stream: CRC-32 (IEEE, of the key's UTF-8 bytes) modulo the count.
+
+    CRC-32 is stable across processes, machines and languages (``zlib.crc32``, Java's
+    ``java.util.zip.CRC32``, Go's ``hash/crc32.ChecksumIEEE``), unlike Python's ``hash``.
+    """
+    return zlib.crc32(partition_key.encode("utf-8")) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed: the stream's new version and its last event's partition/position.
+
+    ``duplicate`` is true when every event id was already stored (an idempotent retry): the
+    stored result is returned and nothing was written.
+    """
+
+    stream_id: str
+    stream_version: int
+    partition: int
+    position: int
+    duplicate: bool = False
+
+
+class PendingAppend:
+    """An append staged in a transaction; its result fields are readable once it is written.
+
+    The staged events are written when the transaction commits (or at ``tx.flush()``).
+    """
+
+    __slots__ = ("_result", "count", "stream_id")
+
+    def __init__(self, stream_id: str, count: int) -> None:
+        self.stream_id = stream_id
+        self.count = count
+        self._result: AppendResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> AppendResult:
+        if self._result is None:
+            raise EventSourceError(
+                f"the append to {self.stream_id!r} is not written yet: read its result after"
+                " the transaction commits (or after tx.flush())"
+            )
+        return self._result
+
+    @property
+    def stream_version(self) -> int:
+        return self.result.stream_version
+
+    @property
+    def partition(self) -> int:
+        return self.result.partition
+
+    @property
+    def position(self) -> int:
+        return self.result.position
+
+    @property
+    def duplicate(self) -> bool:
+        return self.result.duplicate
+
+    def __repr__(self) -> str:
+        state = repr(self._result) if self._result else "not written yet"
+        return f"<PendingAppend {self.stream_id!r}: {state}>"
+
+
+class RecordedEvent:
+    """A stored event with its place in the log. The model is decoded on first access."""
+
+    __slots__ = (
+        "_data",
+        "_event",
+        "_event_id",
+        "_metadata",
+        "_metadata_text",
+        "event_type",
+        "partition",
+        "position",
+        "recorded_at",
+        "schema_version",
+        "stream_id",
+        "stream_version",
+    )
+
+    def __init__(
+        self,
+        event_id: str,
+        stream_id: str,
+        stream_version: int,
+        partition: int,
+        position: int,
+        event_type: str,
+        schema_version: int,
+        data: str,
+        metadata: str,
+        recorded_at: datetime,
+    ) -> None:
+        self._event_id = event_id
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        self.partition = partition
+        self.position = position
+        self.event_type = event_type
+        self.schema_version = schema_version
+        self._data = data
+        self._metadata_text = metadata
+        self._metadata: dict[str, Any] | None = None
+        self._event: Event | None = None
+        self.recorded_at = recorded_at
+
+    @property
+    def event_id(self) -> UUID:
+        return UUID(self._event_id)
+
+    @property
+    def event(self) -> Event:
+        """The decoded (and upcast) event; ``UnknownEventType`` if its class is not loaded."""
+        if self._event is None:
+            self._event = decode_event(
+                self.event_type, self.schema_version, self._data, self._event_id
+            )
+        return self._event
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The stored payload as a dict, without decoding it to its model."""
+        result: dict[str, Any] = json.loads(self._data)
+        return result
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = json.loads(self._metadata_text)
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return (
+            f"<RecordedEvent {self.event_type} {self.stream_id!r} v{self.stream_version}"
+            f" @{self.partition}:{self.position}>"
+        )
+
+
+def records(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+    return [RecordedEvent(*row) for row in rows]
+
+
+def check_stream_id(stream_id: object) -> str:
+    """Stream ids are non-empty text of at most 500 characters, without NUL."""
+    if not isinstance(stream_id, str):
+        raise TypeError(f"stream id must be a str, got {type(stream_id).__name__}: {stream_id!r}")
+    if not stream_id:
+        raise ValueError("stream id must not be empty")
+    if len(stream_id) > MAX_STREAM_ID_LENGTH:
+        raise ValueError(
+            f"stream id is {len(stream_id)} characters long, over the limit of"
+            f" {MAX_STREAM_ID_LENGTH}: {stream_id[:40]!r}…"
+        )
+    if "\x00" in stream_id:
+        raise ValueError(f"stream id must not contain a NUL character: {stream_id!r}")
+    return stream_id
+
+
+def check_expected(expected: int | ExpectedVersion) -> int:
+    if isinstance(expected, ExpectedVersion):
+        return expected.value
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise ValueError(
+            f"expected_version must be an int >= 0, NO_STREAM or ANY, got {expected!r}"
+        )
+    return expected
+
+
+def check_partitions(partitions: object) -> int:
+    if (
+        isinstance(partitions, bool)
+        or not isinstance(partitions, int)
+        or not 1 <= partitions <= MAX_PARTITIONS
+    ):
+        raise ValueError(f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}")
+    return partitions
+
+
+def _json_text(value: str, what: str) -> str:
+    # PostgreSQL's jsonb cannot hold U+0000; say so before anything is sent.
+    if "\\u0000" in value:
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store")
+    return value
+
+
+@dataclass
+class _StagedStream:
+    stream_id: str
+    partition_key: str
+    expected: int
+    events: list[Event]
+    metadata: list[str]
+    pending: list[tuple[PendingAppend, int]]  # each staged append and its event count
+
+
+class StagedAppends:
+    """Appends gathered for one flush: one row per stream, in the order first appended.
+
+    Several appends to one stream in a transaction are merged when their expected versions
+    chain (each expects where the previous one ends); otherwise the later one conflicts at once.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _StagedStream] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._streams)
+
+    def add(
+        self,
+        stream_id: str,
+        events: Sequence[Event],
+        expected: int | ExpectedVersion,
+        metadata: Mapping[str, Any] | None,
+        partition_key: str | None,
+    ) -> PendingAppend:
+        stream_id = check_stream_id(stream_id)
+        expected_value = check_expected(expected)
+        events = list(events)
+        if not events:
+            raise ValueError(f"append to {stream_id!r} has no events")
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append takes Event instances, got {type(event).__name__}")
+        if partition_key is not None:
+            check_stream_id(partition_key)
+        try:
+            meta_text = _json_text(json.dumps(with_context(metadata)), "metadata")
+        except TypeError as exc:
+            raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
+        pending = PendingAppend(stream_id, len(events))
+        staged = self._streams.get(stream_id)
+        if staged is None:
+            self._streams[stream_id] = _StagedStream(
+                stream_id,
+                partition_key or stream_id,
+                expected_value,
+                events,
+                [meta_text] * len(events),
+                [(pending, len(events))],
+            )
+            return pending
+        # A later append to a stream already staged in this transaction.
+        so_far = len(staged.events)
+        if expected_value != ANY.value:
+            base = 0 if staged.expected == NO_STREAM.value else staged.expected
+            if staged.expected == ANY.value or expected_value != base + so_far:
+                raise ConcurrencyError(
+                    stream_id,
+                    expected if isinstance(expected, ExpectedVersion) else expected_value,
+                    base + so_far if staged.expected != ANY.value else -1,
+                )
+        staged.events.extend(events)
+        staged.metadata.extend([meta_text] * len(events))
+        staged.pending.append((pending, len(events)))
+        return pending
+
+    def params(self, partitions: int) -> dict[str, list[Any]]:
+        """The arguments of the append function for everything staged."""
+        streams = list(self._streams.values())
+        events = [e for s in streams for e in s.events]
+        return {
+            "stream_ids": [s.stream_id for s in streams],
+            "partitions": [partition_for(s.partition_key, partitions) for s in streams],
+            "expected": [s.expected for s in streams],
+            "counts": [len(s.events) for s in streams],
+            "event_ids": [e.event_id for e in events],
+            "types": [e.event_type for e in events],
+            "schema_versions": [e.schema_version for e in events],
+            "data": [_json_text(encode_event(e), f"event {e.event_type}") for e in events],
+            "metadata": [m for s in streams for m in s.metadata],
+        }
+
+    def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
+        """Fill every pending append from the function's rows, or raise what went wrong."""
+        results = []
+        for (stream_id, status, version, partition, position), staged in zip(
+            rows, self._streams.values(), strict=True
+        ):
+            # The stream's rows are consecutive; earlier appends end before later ones.
+            remaining = len(staged.events)
+            for pending, count in staged.pending:
+                remaining -= count
+                pending._result = AppendResult(
+                    stream_id,
+                    version - remaining,
+                    partition,
+                    position - remaining,
+                    duplicate=status == "duplicate",
+                )
+            results.append(AppendResult(stream_id, version, partition, position,
+                                        duplicate=status == "duplicate"))
+        self._streams.clear()
+        return results
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def describe_target(url: URL) -> str:
+    host = url.host or url.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = host[0]
+    port = f":{url.port}" if url.port else ""
+    return f"{host}{port}/{url.database or ''}"
+
+
+@contextmanager
+def translate_errors(url: URL, schema: str) -> Iterator[None]:
+    """Turn driver errors into eventsource errors, at the one storage boundary."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        raise translate(exc, url, schema) from exc
+
+
+def translate(exc: sa_exc.DBAPIError, url: URL, schema: str) -> Exception:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate == "ES409":  # raised by append_events on a version conflict
+        detail = json.loads(orig.diag.message_detail or "{}")  # type: ignore[union-attr]
+        expected = detail.get("expected")
+        return ConcurrencyError(
+            detail.get("stream_id"),
+            ExpectedVersion(expected) if expected < 0 else expected,
+            detail.get("actual"),
+        )
+    if sqlstate == "ES422":
+        detail = json.loads(orig.diag.message_detail or "{}")  # type: ignore[union-attr]
+        return DuplicateEventId(
+            detail.get("stream_id"),
+            "part of its event ids are already stored (in it or in another stream), part not",
+        )
+    if isinstance(orig, psycopg.errors.UniqueViolation):
+        constraint = getattr(orig.diag, "constraint_name", None) or ""
+        if constraint == "events_event_id_key":
+            return DuplicateEventId(None, "one of its event ids is already stored (event ids are unique across the log)")
+        return EventSourceError(f"unique constraint {constraint} violated: {orig}")
+    if isinstance(orig, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction
+                  | psycopg.errors.InvalidSchemaName):
+        return SchemaNotReady(schema, str(orig).splitlines()[0])
+    if isinstance(orig, psycopg.errors.CheckViolation):
+        return ValueError(f"rejected by the database: {str(orig).splitlines()[0]}")
+    if isinstance(orig, psycopg.errors.DeadlockDetected):
+        return EventSourceError(
+            "the transaction deadlocked with another one and was rolled back; retry it"
+        )
+    if isinstance(orig, psycopg.OperationalError) or exc.connection_invalidated:
+        reason = str(orig).strip().splitlines()[-1] if str(orig).strip() else type(orig).__name__
+        return DatabaseUnavailable(describe_target(url), reason)
+    return EventSourceError(f"database error: {str(orig).splitlines()[0] if str(orig) else orig!r}")
+
+
+OnCommit = Callable[[], None]

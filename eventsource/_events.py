@@ -1,0 +1,147 @@
+"""Events: frozen pydantic models with a registered type name, a schema version and upcasters.
+
+Every ``Event`` subclass registers under a type name (the class name unless ``name=`` is given)
+and a schema version (``version=``, default 1). Stored payloads written under an older version
+are upgraded on read by the registered upcasters, one version step at a time::
+
+    class MoneyDeposited(Event, name="bank.MoneyDeposited", version=2):
+        amount: int
+        currency: str
+
+    @upcaster(MoneyDeposited, from_version=1)
+    def _add_currency(data: dict) -> dict:
+        return {**data, "currency": "EUR"}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._errors import EventSourceError, UnknownEventType
+
+__all__ = ["Event", "UpcastError", "decode_event", "event_class", "upcaster"]
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+E = TypeVar("E", bound="Event")
+
+_registry: dict[str, type[Event]] = {}
+_upcasters: dict[tuple[str, int], Upcaster] = {}
+
+
+class UpcastError(EventSourceError):
+    """A stored event cannot be upgraded to the current schema version of its class."""
+
+
+class Event(BaseModel):
+    """Base class of domain events: a frozen pydantic model with an ``event_id``.
+
+    ``class Opened(Event, name="bank.Opened", version=1)`` chooses the stored type name and the
+    schema version; two classes under one name are an error when the second class is created.
+    ``abstract=True`` declares an intermediate base class that is not registered.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID = Field(default_factory=uuid4)
+
+    event_type: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        abstract: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        type_name = name if name is not None else cls.__name__
+        if not isinstance(type_name, str) or not type_name.strip():
+            raise ValueError(f"event type name must be a non-empty string, got {type_name!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"event schema version must be an int >= 1, got {version!r}")
+        existing = _registry.get(type_name)
+        if existing is not None and not _same_definition(existing, cls):
+            raise TypeError(
+                f"event type name {type_name!r} is already registered by"
+                f" {existing.__module__}.{existing.__qualname__}; choose another with"
+                f" `class {cls.__name__}(Event, name=...)`"
+            )
+        cls.event_type = type_name
+        cls.schema_version = version
+        _registry[type_name] = cls
+
+
+def _same_definition(a: type, b: type) -> bool:
+    # A module imported twice (e.g. as __main__ and by name) defines the "same" class again.
+    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+
+
+def event_class(event_type: str) -> type[Event]:
+    """The registered class for a stored type name; ``UnknownEventType`` if none is loaded."""
+    try:
+        return _registry[event_type]
+    except KeyError:
+        raise UnknownEventType(event_type) from None
+
+
+def is_registered(event_type: str) -> bool:
+    """Whether a class for ``event_type`` is loaded in this process."""
+    return event_type in _registry
+
+
+def upcaster(event: type[Event] | str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function that turns a payload of ``from_version`` into ``from_version + 1``."""
+    type_name = event if isinstance(event, str) else event.event_type
+
+    def register(fn: Upcaster) -> Upcaster:
+        key = (type_name, from_version)
+        if key in _upcasters and _upcasters[key] is not fn:
+            raise TypeError(f"an upcaster for {type_name!r} v{from_version} is already registered")
+        _upcasters[key] = fn
+        return fn
+
+    return register
+
+
+def encode_event(event: Event) -> str:
+    """The stored JSON payload of an event (its fields, without the event id)."""
+    return event.model_dump_json(exclude={"event_id"})
+
+
+def decode_event(event_type: str, schema_version: int, data: str, event_id: str) -> Event:
+    """Decode a stored payload (jsonb text) into its model, upcasting old schema versions."""
+    cls = _registry.get(event_type)
+    if cls is None:
+        raise UnknownEventType(event_type)
+    if schema_version == cls.schema_version:
+        # Splice the id into the JSON so pydantic validates everything in one pass (in Rust).
+        if data == "{}":
+            return cls.model_validate_json('{"event_id":"' + event_id + '"}')
+        return cls.model_validate_json('{"event_id":"' + event_id + '",' + data[1:])
+    return cls.model_validate({**_upcast(cls, schema_version, json.loads(data)), "event_id": event_id})
+
+
+def _upcast(cls: type[Event], stored_version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    if stored_version > cls.schema_version:
+        raise UpcastError(
+            f"stored {cls.event_type!r} has schema version {stored_version}, newer than this"
+            f" code's {cls.schema_version}: deploy the newer event class"
+        )
+    for version in range(stored_version, cls.schema_version):
+        fn = _upcasters.get((cls.event_type, version))
+        if fn is None:
+            raise UpcastError(
+                f"no upcaster for {cls.event_type!r} from version {version} to {version + 1}:"
+                f" register one with @upcaster({cls.__name__}, from_version={version})"
+            )
+        payload = fn(payload)
+    return payload

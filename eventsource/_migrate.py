@@ -1,0 +1,81 @@
+"""Apply the framework's migrations to a schema, safely from several processes at once."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from ._queries import Queries
+from ._schema import VERSION_TABLE
+
+__all__ = ["SchemaStatus", "schema_status", "upgrade_schema"]
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """What `eventsource db status` reports."""
+
+    schema: str
+    revision: str | None
+    head: str
+    partitions: int | None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.revision == self.head
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("migrations")))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _lock_key(schema: str) -> int:
+    # One advisory lock per schema; a stable signed 64-bit key.
+    return zlib.crc32(f"eventsource.migrate:{schema}".encode()) - 2**31
+
+
+def upgrade_schema(connection: Connection, schema: str, queries: Queries, partitions: int) -> int:
+    """Migrate ``schema`` to the head revision; return its partition count.
+
+    Runs in one transaction under an advisory lock, so concurrent callers wait for each other
+    and the later ones find nothing left to do. ``partitions`` is used only on first creation.
+    """
+    connection.execute(queries.migrate_lock, {"key": _lock_key(schema)})
+    connection.execute(queries.create_schema)
+    cfg = _config()
+    cfg.attributes.update(connection=connection, schema=schema, version_table=VERSION_TABLE)
+    command.upgrade(cfg, "head")
+    connection.execute(queries.init_partition_count, {"n": str(partitions)})
+    stored = int(connection.execute(queries.partition_count).scalar_one())
+    connection.execute(queries.init_partitions, {"n": stored})
+    connection.commit()
+    return stored
+
+
+def schema_status(connection: Connection, schema: str, queries: Queries) -> SchemaStatus:
+    """The schema's current revision and partition count (None where not created yet)."""
+    context = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    )
+    revision = context.get_current_revision()
+    partitions = None
+    if revision is not None:
+        value = connection.execute(queries.partition_count).scalar_one_or_none()
+        partitions = int(value) if value is not None else None
+    connection.rollback()
+    return SchemaStatus(schema=schema, revision=revision, head=head_revision(), partitions=partitions)

@@ -1,0 +1,93 @@
+"""The framework's tables, as SQLAlchemy Core metadata.
+
+Tables are declared without a schema; the configured schema is applied by migrations and by
+``metadata_for(schema)``, which the migration test compares with the migrated database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+__all__ = ["MAX_STREAM_ID_LENGTH", "VERSION_TABLE", "metadata", "metadata_for"]
+
+MAX_STREAM_ID_LENGTH = 500
+VERSION_TABLE = "eventsource_version"
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+partitions = Table(
+    "partitions",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("head", BigInteger, nullable=False, server_default=text("0")),
+)
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("stream_id", Text, primary_key=True),
+    Column("partition", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        f"length(stream_id) BETWEEN 1 AND {MAX_STREAM_ID_LENGTH}", name="streams_stream_id_length"
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("partition", Integer, nullable=False, autoincrement=False),
+    Column("position", BigInteger, nullable=False, autoincrement=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("stream_id", Text, nullable=False),
+    Column("stream_version", BigInteger, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("partition", "position", name="events_pkey"),
+    UniqueConstraint("event_id", name="events_event_id_key"),
+    UniqueConstraint("stream_id", "stream_version", name="events_stream_version_key"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("stream_id", Text, primary_key=True),
+    Column("aggregate_type", Text, nullable=False),
+    Column("shape", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("state", JSONB, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def metadata_for(schema: str) -> MetaData:
+    """A copy of the table metadata placed in ``schema``."""
+    placed = MetaData(schema=schema)
+    for table in metadata.tables.values():
+        table.to_metadata(placed, schema=schema)
+    return placed

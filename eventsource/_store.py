@@ -1,0 +1,254 @@
+"""The event store (sync): append to streams, read streams and partitions, share transactions.
+
+    store = EventStore.from_url("postgresql://localhost/app")
+    store.upgrade()
+    result = store.append("acc-1", [AccountOpened(owner="ann")], expected_version=NO_STREAM)
+    store.read_stream("acc-1")
+    store.read_partition(result.partition, after=0, limit=1000)
+
+The async twin is ``AsyncEventStore``; both delegate everything but I/O to ``_core``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Executable, Result
+from sqlalchemy.engine import URL
+
+from ._config import Settings
+from ._core import (
+    ANY,
+    AppendResult,
+    ExpectedVersion,
+    OnCommit,
+    PendingAppend,
+    RecordedEvent,
+    StagedAppends,
+    check_partitions,
+    check_stream_id,
+    records,
+    translate_errors,
+)
+from ._errors import SchemaNotReady
+from ._events import Event
+from ._migrate import SchemaStatus, schema_status, upgrade_schema
+from ._queries import Queries, quote_schema
+
+__all__ = ["EventStore", "Transaction"]
+
+
+class Transaction:
+    """One database transaction shared by several appends, enqueues and statements.
+
+    Appends are staged and written together when the transaction commits (or at ``flush()``),
+    so the partition heads they lock are held only for the last moment of the transaction.
+    """
+
+    def __init__(self, store: EventStore, connection: Connection) -> None:
+        self.store = store
+        self.connection = connection
+        self._staged = StagedAppends()
+        self._on_commit: list[OnCommit] = []
+
+    def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        """Run a statement in this transaction (a SQLAlchemy ``Connection.execute``)."""
+        return self.connection.execute(statement, parameters)
+
+    def flush(self) -> list[AppendResult]:
+        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
+        if not self._staged:
+            return []
+        rows = self.connection.execute(
+            self.store._queries.append, self._staged.params(self.store.partitions)
+        ).all()
+        return self._staged.resolve(rows)
+
+    def on_commit(self, callback: OnCommit) -> None:
+        """Call ``callback`` after the transaction has committed."""
+        self._on_commit.append(callback)
+
+
+class EventStore:
+    """A partitioned, append-only event log in one PostgreSQL schema."""
+
+    def __init__(
+        self, engine: Engine, *, schema: str = "eventsource", partitions: int = 16
+    ) -> None:
+        self._engine = engine
+        self.schema = schema
+        self._queries = Queries(quote_schema(schema))
+        self._initial_partitions = check_partitions(partitions)
+        self._partitions: int | None = None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL | None = None,
+        *,
+        schema: str = "eventsource",
+        partitions: int = 16,
+        pool_size: int = 10,
+    ) -> EventStore:
+        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
+        from ._engine import resolve_url, sync_engine  # noqa: PLC0415 - keep import light
+
+        return cls(sync_engine(resolve_url(url), pool_size), schema=schema, partitions=partitions)
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> EventStore:
+        """A store configured by ``EVENTSOURCE_*`` environment variables."""
+        from ._engine import resolve_url, sync_engine  # noqa: PLC0415
+
+        settings = settings or Settings()
+        return cls(
+            sync_engine(resolve_url(settings.database_url, settings), settings.pool_size),
+            schema=settings.db_schema,
+            partitions=settings.partitions,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def url(self) -> URL:
+        return self._engine.url
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._engine.dispose()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        with translate_errors(self._engine.url, self.schema):
+            yield
+
+    # -- schema --------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema (idempotent, safe to run from several processes)."""
+        with self._errors(), self._engine.connect() as conn:
+            self._partitions = upgrade_schema(
+                conn, self.schema, self._queries, self._initial_partitions
+            )
+
+    def status(self) -> SchemaStatus:
+        """The schema's migration revision and partition count."""
+        with self._errors(), self._engine.connect() as conn:
+            return schema_status(conn, self.schema, self._queries)
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions of the log (fixed when the schema was created)."""
+        if self._partitions is None:
+            with self._errors(), self._autocommit.connect() as conn:
+                value = conn.execute(self._queries.partition_count).scalar_one_or_none()
+            if value is None:
+                raise SchemaNotReady(self.schema, "no partition count stored")
+            self._partitions = int(value)
+        return self._partitions
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[Event],
+        expected_version: int | ExpectedVersion = ANY,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        partition_key: str | None = None,
+        tx: Transaction | None = None,
+    ) -> AppendResult | PendingAppend:
+        """Append events to a stream, atomically; ``ConcurrencyError`` if not at the expected version.
+
+        Re-appending events whose ids are already stored in the stream is a no-op that returns
+        the stored result. With ``tx`` the append is staged and written when ``tx`` commits; the
+        returned ``PendingAppend`` has its fields from then on.
+        """
+        if tx is not None:
+            return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
+        staged = StagedAppends()
+        pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
+        params = staged.params(self.partitions)
+        with self._errors(), self._autocommit.connect() as conn:
+            rows = conn.execute(self._queries.append, params).all()
+        staged.resolve(rows)
+        return pending.result
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One transaction for several appends, enqueues and statements; commits on exit."""
+        with self._errors(), self._engine.connect() as conn:
+            tx = Transaction(self, conn)
+            conn.begin()
+            try:
+                yield tx
+                tx.flush()
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        for callback in tx._on_commit:
+            callback()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+        """A stream's events in version order (after ``after_version``), decoded."""
+        check_stream_id(stream_id)
+        with self._errors(), self._autocommit.connect() as conn:
+            rows = conn.execute(
+                self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
+            ).all()
+        result = records(rows)
+        for record in result:
+            _ = record.event  # decode now: a stream's reader needs every event's class
+        return result
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 if it has no events)."""
+        check_stream_id(stream_id)
+        with self._errors(), self._autocommit.connect() as conn:
+            value = conn.execute(self._queries.stream_version, {"stream_id": stream_id}).scalar()
+        return int(value or 0)
+
+    def read_partition(
+        self, partition: int, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events of a partition with position > ``after``, in position order.
+
+        Positions are dense and become visible in order: after reading position p, no event at
+        a position <= p can appear later. Events are decoded on first access of ``.event``.
+        """
+        self._check_partition(partition)
+        with self._errors(), self._autocommit.connect() as conn:
+            rows = conn.execute(
+                self._queries.read_partition,
+                {"partition": partition, "after": after, "limit": limit},
+            ).all()
+        return records(rows)
+
+    def heads(self) -> dict[int, int]:
+        """The head (last position) of every partition."""
+        with self._errors(), self._autocommit.connect() as conn:
+            return {int(p): int(h) for p, h in conn.execute(self._queries.heads).all()}
+
+    def _check_partition(self, partition: int) -> None:
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise TypeError(f"partition must be an int, got {partition!r}")
+        if not 0 <= partition < self.partitions:
+            raise ValueError(
+                f"partition {partition} does not exist: this log has partitions"
+                f" 0..{self.partitions - 1}"
+            )

@@ -1,0 +1,1 @@
+"""Projections: read models built from partition offsets (see the projections issue)."""
