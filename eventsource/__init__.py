@@ -29,6 +29,8 @@ from ._errors import (
 )
 from ._events import Event, UpcastError, upcaster
 from ._config import Settings
+from ._async_store import AsyncEventStore, AsyncTransaction
+from ._repository import AsyncRepository, Repository
 from ._store import EventStore, Transaction
 
 __all__ = [
@@ -37,6 +39,9 @@ __all__ = [
     "Aggregate",
     "AggregateNotFound",
     "AppendResult",
+    "AsyncEventStore",
+    "AsyncRepository",
+    "AsyncTransaction",
     "ConcurrencyError",
     "DatabaseUnavailable",
     "DuplicateEventId",
@@ -47,6 +52,7 @@ __all__ = [
     "ExpectedVersion",
     "PendingAppend",
     "RecordedEvent",
+    "Repository",
     "SchemaNotReady",
     "Settings",
     "Transaction",

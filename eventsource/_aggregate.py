@@ -17,6 +17,7 @@ State changes only in ``apply``; command methods check rules and ``record`` new 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -110,7 +111,6 @@ class Aggregate(BaseModel):
 
     @classmethod
     def _from_snapshot(cls, aggregate_id: str, version: int, state: str) -> Aggregate:
-        aggregate = cls.model_validate_json(state)
-        aggregate._id = aggregate_id
+        aggregate = cls(aggregate_id, **json.loads(state))
         aggregate._version = version
         return aggregate

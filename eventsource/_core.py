@@ -245,6 +245,16 @@ def check_partitions(partitions: object) -> int:
     return partitions
 
 
+def check_partition(partition: object, partitions: int) -> int:
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        raise TypeError(f"partition must be an int, got {partition!r}")
+    if not 0 <= partition < partitions:
+        raise ValueError(
+            f"partition {partition} does not exist: this log has partitions 0..{partitions - 1}"
+        )
+    return partition
+
+
 def _json_text(value: str, what: str) -> str:
     # PostgreSQL's jsonb cannot hold U+0000; say so before anything is sent.
     if "\\u0000" in value:
@@ -420,7 +430,8 @@ def translate(exc: sa_exc.DBAPIError, url: URL, schema: str) -> Exception:
             "the transaction deadlocked with another one and was rolled back; retry it"
         )
     if isinstance(orig, psycopg.OperationalError) or exc.connection_invalidated:
-        reason = str(orig).strip().splitlines()[-1] if str(orig).strip() else type(orig).__name__
+        lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(orig).__name__
         return DatabaseUnavailable(describe_target(url), reason)
     return EventSourceError(f"database error: {str(orig).splitlines()[0] if str(orig) else orig!r}")
 

@@ -27,6 +27,7 @@ from ._core import (
     PendingAppend,
     RecordedEvent,
     StagedAppends,
+    check_partition,
     check_partitions,
     check_stream_id,
     records,
@@ -51,6 +52,7 @@ class Transaction:
         self.store = store
         self.connection = connection
         self._staged = StagedAppends()
+        self._after_flush: list[tuple[Executable, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
 
     def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
@@ -59,12 +61,15 @@ class Transaction:
 
     def flush(self) -> list[AppendResult]:
         """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
-        if not self._staged:
-            return []
-        rows = self.connection.execute(
-            self.store._queries.append, self._staged.params(self.store.partitions)
-        ).all()
-        return self._staged.resolve(rows)
+        results: list[AppendResult] = []
+        if self._staged:
+            rows = self.connection.execute(
+                self.store._queries.append, self._staged.params(self.store.partitions)
+            ).all()
+            results = self._staged.resolve(rows)
+        while self._after_flush:
+            self.connection.execute(*self._after_flush.pop(0))
+        return results
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
@@ -151,11 +156,16 @@ class EventStore:
     def partitions(self) -> int:
         """The number of partitions of the log (fixed when the schema was created)."""
         if self._partitions is None:
-            with self._errors(), self._autocommit.connect() as conn:
-                value = conn.execute(self._queries.partition_count).scalar_one_or_none()
-            if value is None:
-                raise SchemaNotReady(self.schema, "no partition count stored")
-            self._partitions = int(value)
+            return self.partition_count()
+        return self._partitions
+
+    def partition_count(self) -> int:
+        """Read the number of partitions from the database (``partitions`` caches it)."""
+        with self._errors(), self._autocommit.connect() as conn:
+            value = conn.execute(self._queries.partition_count).scalar_one_or_none()
+        if value is None:
+            raise SchemaNotReady(self.schema, "no partition count stored")
+        self._partitions = int(value)
         return self._partitions
 
     # -- writing -------------------------------------------------------------------------
@@ -231,7 +241,7 @@ class EventStore:
         Positions are dense and become visible in order: after reading position p, no event at
         a position <= p can appear later. Events are decoded on first access of ``.event``.
         """
-        self._check_partition(partition)
+        check_partition(partition, self.partitions)
         with self._errors(), self._autocommit.connect() as conn:
             rows = conn.execute(
                 self._queries.read_partition,
@@ -239,16 +249,16 @@ class EventStore:
             ).all()
         return records(rows)
 
+    def load_snapshot(self, stream_id: str, aggregate_type: str) -> tuple[int, str, str] | None:
+        """The stored snapshot of a stream as (version, shape, state JSON), if any."""
+        with self._errors(), self._autocommit.connect() as conn:
+            row = conn.execute(
+                self._queries.load_snapshot,
+                {"stream_id": stream_id, "aggregate_type": aggregate_type},
+            ).first()
+        return (int(row[0]), row[1], row[2]) if row is not None else None
+
     def heads(self) -> dict[int, int]:
         """The head (last position) of every partition."""
         with self._errors(), self._autocommit.connect() as conn:
             return {int(p): int(h) for p, h in conn.execute(self._queries.heads).all()}
-
-    def _check_partition(self, partition: int) -> None:
-        if isinstance(partition, bool) or not isinstance(partition, int):
-            raise TypeError(f"partition must be an int, got {partition!r}")
-        if not 0 <= partition < self.partitions:
-            raise ValueError(
-                f"partition {partition} does not exist: this log has partitions"
-                f" 0..{self.partitions - 1}"
-            )

@@ -1,0 +1,282 @@
+"""The event store (async): the twin of ``EventStore`` for asyncio services.
+
+    store = AsyncEventStore.from_url("postgresql://localhost/app")
+    await store.upgrade()
+    result = await store.append("acc-1", [AccountOpened(owner="ann")], NO_STREAM)
+    async with store.transaction() as tx:
+        await store.append("acc-2", [...], NO_STREAM, tx=tx)
+
+Everything but I/O lives in ``_core`` (shared with the sync store), and a test pins that both
+stores offer the same methods with the same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from sqlalchemy import Executable
+from sqlalchemy.engine import URL, Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ._config import Settings
+from ._core import (
+    ANY,
+    AppendResult,
+    ExpectedVersion,
+    OnCommit,
+    PendingAppend,
+    RecordedEvent,
+    StagedAppends,
+    check_partition,
+    check_partitions,
+    check_stream_id,
+    records,
+    translate_errors,
+)
+from ._errors import EventSourceError, SchemaNotReady
+from ._events import Event
+from ._migrate import SchemaStatus, schema_status, upgrade_schema
+from ._queries import Queries, quote_schema
+
+__all__ = ["AsyncEventStore", "AsyncTransaction"]
+
+
+class AsyncTransaction:
+    """One transaction shared by several appends, enqueues and statements (async)."""
+
+    def __init__(self, store: AsyncEventStore, connection: AsyncConnection) -> None:
+        self.store = store
+        self.connection = connection
+        self._staged = StagedAppends()
+        self._after_flush: list[tuple[Executable, dict[str, Any]]] = []
+        self._on_commit: list[OnCommit] = []
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        """Run a statement in this transaction (a SQLAlchemy ``AsyncConnection.execute``)."""
+        return await self.connection.execute(statement, parameters)
+
+    async def flush(self) -> list[AppendResult]:
+        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
+        results: list[AppendResult] = []
+        if self._staged:
+            partitions = await self.store.partition_count_cached()
+            result = await self.connection.execute(
+                self.store._queries.append, self._staged.params(partitions)
+            )
+            results = self._staged.resolve(result.all())
+        while self._after_flush:
+            await self.connection.execute(*self._after_flush.pop(0))
+        return results
+
+    def on_commit(self, callback: OnCommit) -> None:
+        """Call ``callback`` after the transaction has committed."""
+        self._on_commit.append(callback)
+
+
+class AsyncEventStore:
+    """A partitioned, append-only event log in one PostgreSQL schema (asyncio)."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, schema: str = "eventsource", partitions: int = 16
+    ) -> None:
+        self._engine = engine
+        self.schema = schema
+        self._queries = Queries(quote_schema(schema))
+        self._initial_partitions = check_partitions(partitions)
+        self._partitions: int | None = None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL | None = None,
+        *,
+        schema: str = "eventsource",
+        partitions: int = 16,
+        pool_size: int = 10,
+    ) -> AsyncEventStore:
+        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
+        from ._engine import async_engine, resolve_url  # noqa: PLC0415
+
+        return cls(async_engine(resolve_url(url), pool_size), schema=schema, partitions=partitions)
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> AsyncEventStore:
+        """A store configured by ``EVENTSOURCE_*`` environment variables."""
+        from ._engine import async_engine, resolve_url  # noqa: PLC0415
+
+        settings = settings or Settings()
+        return cls(
+            async_engine(resolve_url(settings.database_url, settings), settings.pool_size),
+            schema=settings.db_schema,
+            partitions=settings.partitions,
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def url(self) -> URL:
+        return self._engine.url
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> AsyncEventStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        with translate_errors(self._engine.url, self.schema):
+            yield
+
+    # -- schema --------------------------------------------------------------------------
+
+    async def upgrade(self) -> None:
+        """Create or upgrade the schema (idempotent, safe to run from several processes)."""
+        with self._errors():
+            async with self._engine.connect() as conn:
+                self._partitions = await conn.run_sync(
+                    upgrade_schema, self.schema, self._queries, self._initial_partitions
+                )
+
+    async def status(self) -> SchemaStatus:
+        """The schema's migration revision and partition count."""
+        with self._errors():
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(schema_status, self.schema, self._queries)
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions, once known (after any call that touched the database)."""
+        if self._partitions is None:
+            raise EventSourceError(
+                "the partition count is not loaded yet: await store.partition_count() first"
+            )
+        return self._partitions
+
+    async def partition_count(self) -> int:
+        """Read the number of partitions from the database (``partitions`` caches it)."""
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                value = (await conn.execute(self._queries.partition_count)).scalar_one_or_none()
+        if value is None:
+            raise SchemaNotReady(self.schema, "no partition count stored")
+        self._partitions = int(value)
+        return self._partitions
+
+    async def partition_count_cached(self) -> int:
+        if self._partitions is None:
+            return await self.partition_count()
+        return self._partitions
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[Event],
+        expected_version: int | ExpectedVersion = ANY,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        partition_key: str | None = None,
+        tx: AsyncTransaction | None = None,
+    ) -> AppendResult | PendingAppend:
+        """Append events to a stream, atomically; ``ConcurrencyError`` if not at the expected version."""
+        if tx is not None:
+            return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
+        staged = StagedAppends()
+        pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
+        params = staged.params(await self.partition_count_cached())
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                rows = (await conn.execute(self._queries.append, params)).all()
+        staged.resolve(rows)
+        return pending.result
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncTransaction]:
+        """One transaction for several appends, enqueues and statements; commits on exit."""
+        with self._errors():
+            async with self._engine.connect() as conn:
+                tx = AsyncTransaction(self, conn)
+                await conn.begin()
+                try:
+                    yield tx
+                    await tx.flush()
+                except BaseException:
+                    await conn.rollback()
+                    raise
+                await conn.commit()
+        for callback in tx._on_commit:
+            callback()
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+        """A stream's events in version order (after ``after_version``), decoded."""
+        check_stream_id(stream_id)
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
+                    )
+                ).all()
+        result = records(rows)
+        for record in result:
+            _ = record.event  # decode now: a stream's reader needs every event's class
+        return result
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 if it has no events)."""
+        check_stream_id(stream_id)
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                value = (
+                    await conn.execute(self._queries.stream_version, {"stream_id": stream_id})
+                ).scalar()
+        return int(value or 0)
+
+    async def read_partition(
+        self, partition: int, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events of a partition with position > ``after``, in position order."""
+        check_partition(partition, await self.partition_count_cached())
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        self._queries.read_partition,
+                        {"partition": partition, "after": after, "limit": limit},
+                    )
+                ).all()
+        return records(rows)
+
+    async def load_snapshot(
+        self, stream_id: str, aggregate_type: str
+    ) -> tuple[int, str, str] | None:
+        """The stored snapshot of a stream as (version, shape, state JSON), if any."""
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                row = (
+                    await conn.execute(
+                        self._queries.load_snapshot,
+                        {"stream_id": stream_id, "aggregate_type": aggregate_type},
+                    )
+                ).first()
+        return (int(row[0]), row[1], row[2]) if row is not None else None
+
+    async def heads(self) -> dict[int, int]:
+        """The head (last position) of every partition."""
+        with self._errors():
+            async with self._autocommit.connect() as conn:
+                rows = (await conn.execute(self._queries.heads)).all()
+        return {int(p): int(h) for p, h in rows}

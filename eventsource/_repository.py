@@ -1,0 +1,255 @@
+"""Repositories: load aggregates from their streams (and snapshots), save their new events.
+
+    repo = Repository(store, Account, snapshot_every=100)
+    account = repo.load("acc-1")         # AggregateNotFound if it was never saved
+    account.deposit(10)
+    repo.save(account)                   # ConcurrencyError if another writer got there first
+
+The async twin ``AsyncRepository`` shares everything but I/O through ``_RepositoryCore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from ._aggregate import Aggregate
+from ._core import AppendResult, PendingAppend, RecordedEvent, check_stream_id
+from ._errors import AggregateNotFound
+from ._logging import get_logger
+
+if TYPE_CHECKING:
+    from ._async_store import AsyncEventStore, AsyncTransaction
+    from ._store import EventStore, Transaction
+
+__all__ = ["AsyncRepository", "Repository"]
+
+A = TypeVar("A", bound=Aggregate)
+log = get_logger("eventsource.repository")
+
+
+class _RepositoryCore(Generic[A]):
+    def __init__(self, aggregate_type: type[A], snapshot_every: int | None) -> None:
+        if not (isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate)):
+            raise TypeError(f"Repository needs an Aggregate subclass, got {aggregate_type!r}")
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ValueError(f"snapshot_every must be an int >= 1 or None, got {snapshot_every!r}")
+        self.aggregate_type = aggregate_type
+        self.snapshot_every = snapshot_every
+        self._shape = aggregate_type._snapshot_shape()
+
+    def from_snapshot(self, aggregate_id: str, snapshot: tuple[int, str, str] | None) -> A:
+        """The aggregate at its snapshot, or empty when there is none of the current shape."""
+        if snapshot is not None:
+            version, shape, state = snapshot
+            if shape == self._shape:
+                try:
+                    restored = self.aggregate_type._from_snapshot(aggregate_id, version, state)
+                except ValidationError:
+                    log.warning("snapshot ignored: does not validate", stream_id=aggregate_id)
+                else:
+                    return restored  # type: ignore[return-value]
+        return self.aggregate_type(aggregate_id)
+
+    def finish_load(self, aggregate: A, records: Sequence[RecordedEvent]) -> A:
+        if aggregate.version == 0 and not records:
+            raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate.id)
+        aggregate._replay(record.event for record in records)
+        return aggregate
+
+    def snapshot_params(self, aggregate: A) -> dict[str, Any] | None:
+        """The snapshot to write with this save, if the save crosses a multiple of N."""
+        every = self.snapshot_every
+        if every is None:
+            return None
+        saved_before = aggregate.version - len(aggregate._pending)
+        if aggregate.version // every == saved_before // every:
+            return None
+        return {
+            "stream_id": aggregate.id,
+            "aggregate_type": self.aggregate_type.aggregate_type,
+            "shape": self._shape,
+            "version": aggregate.version,
+            "state": aggregate._snapshot_state(),
+        }
+
+    def check(self, aggregate: A) -> None:
+        if not isinstance(aggregate, self.aggregate_type):
+            raise TypeError(
+                f"this repository saves {self.aggregate_type.__name__}, got"
+                f" {type(aggregate).__name__}"
+            )
+
+
+class Repository(Generic[A]):
+    """Loads and saves one aggregate type through an ``EventStore``."""
+
+    def __init__(
+        self, store: EventStore, aggregate_type: type[A], *, snapshot_every: int | None = None
+    ) -> None:
+        self.store = store
+        self._core = _RepositoryCore(aggregate_type, snapshot_every)
+
+    def load(self, aggregate_id: str) -> A:
+        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
+        check_stream_id(aggregate_id)
+        snapshot = None
+        if self._core.snapshot_every is not None:
+            snapshot = self.store.load_snapshot(
+                aggregate_id, self._core.aggregate_type.aggregate_type
+            )
+        aggregate = self._core.from_snapshot(aggregate_id, snapshot)
+        records = self.store.read_stream(aggregate_id, after_version=aggregate.version)
+        return self._core.finish_load(aggregate, records)
+
+    def get(self, aggregate_id: str) -> A | None:
+        """The aggregate, or None if it was never saved."""
+        try:
+            return self.load(aggregate_id)
+        except AggregateNotFound:
+            return None
+
+    def save(
+        self,
+        aggregate: A,
+        *,
+        tx: Transaction | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AppendResult | PendingAppend | None:
+        """Append the aggregate's pending events at its loaded version; None if it has none.
+
+        ``ConcurrencyError`` if its stream moved on since it was loaded. With ``tx`` the
+        events are written when that transaction commits.
+        """
+        self._core.check(aggregate)
+        count = len(aggregate._pending)
+        if not count:
+            return None
+        snapshot = self._core.snapshot_params(aggregate)
+        if tx is None and snapshot is None:
+            result = self.store.append(
+                aggregate.id,
+                aggregate._pending,
+                aggregate.version - count,
+                metadata=metadata,
+                partition_key=aggregate.partition_key(),
+            )
+            aggregate._mark_saved(count)
+            return result
+        if tx is None:
+            with self.store.transaction() as own:
+                pending = self._stage(aggregate, own, metadata, snapshot)
+            return pending.result
+        return self._stage(aggregate, tx, metadata, snapshot)
+
+    def _stage(
+        self,
+        aggregate: A,
+        tx: Transaction,
+        metadata: Mapping[str, Any] | None,
+        snapshot: dict[str, Any] | None,
+    ) -> PendingAppend:
+        count = len(aggregate._pending)
+        pending = self.store.append(
+            aggregate.id,
+            aggregate._pending,
+            aggregate.version - count,
+            metadata=metadata,
+            partition_key=aggregate.partition_key(),
+            tx=tx,
+        )
+        assert isinstance(pending, PendingAppend)
+        if snapshot is not None:
+            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
+        tx.on_commit(lambda: aggregate._mark_saved(count))
+        return pending
+
+
+class AsyncRepository(Generic[A]):
+    """The async twin of ``Repository``, over an ``AsyncEventStore``."""
+
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        aggregate_type: type[A],
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        self.store = store
+        self._core = _RepositoryCore(aggregate_type, snapshot_every)
+
+    async def load(self, aggregate_id: str) -> A:
+        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
+        check_stream_id(aggregate_id)
+        snapshot = None
+        if self._core.snapshot_every is not None:
+            snapshot = await self.store.load_snapshot(
+                aggregate_id, self._core.aggregate_type.aggregate_type
+            )
+        aggregate = self._core.from_snapshot(aggregate_id, snapshot)
+        records = await self.store.read_stream(aggregate_id, after_version=aggregate.version)
+        return self._core.finish_load(aggregate, records)
+
+    async def get(self, aggregate_id: str) -> A | None:
+        """The aggregate, or None if it was never saved."""
+        try:
+            return await self.load(aggregate_id)
+        except AggregateNotFound:
+            return None
+
+    async def save(
+        self,
+        aggregate: A,
+        *,
+        tx: AsyncTransaction | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AppendResult | PendingAppend | None:
+        """Append the aggregate's pending events at its loaded version; None if it has none."""
+        self._core.check(aggregate)
+        count = len(aggregate._pending)
+        if not count:
+            return None
+        snapshot = self._core.snapshot_params(aggregate)
+        if tx is None and snapshot is None:
+            result = await self.store.append(
+                aggregate.id,
+                aggregate._pending,
+                aggregate.version - count,
+                metadata=metadata,
+                partition_key=aggregate.partition_key(),
+            )
+            aggregate._mark_saved(count)
+            return result
+        if tx is None:
+            async with self.store.transaction() as own:
+                pending = await self._stage(aggregate, own, metadata, snapshot)
+            return pending.result
+        return await self._stage(aggregate, tx, metadata, snapshot)
+
+    async def _stage(
+        self,
+        aggregate: A,
+        tx: AsyncTransaction,
+        metadata: Mapping[str, Any] | None,
+        snapshot: dict[str, Any] | None,
+    ) -> PendingAppend:
+        count = len(aggregate._pending)
+        pending = await self.store.append(
+            aggregate.id,
+            aggregate._pending,
+            aggregate.version - count,
+            metadata=metadata,
+            partition_key=aggregate.partition_key(),
+            tx=tx,
+        )
+        assert isinstance(pending, PendingAppend)
+        if snapshot is not None:
+            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
+        tx.on_commit(lambda: aggregate._mark_saved(count))
+        return pending

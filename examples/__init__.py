@@ -1,0 +1,1 @@
+"""Runnable domain services built on eventsource, used as a user would use the framework."""

@@ -1,0 +1,1 @@
+"""A small bank: accounts that are opened, credited, debited and transfer money atomically."""

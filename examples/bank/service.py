@@ -1,0 +1,62 @@
+"""The bank's application service: commands on accounts, each one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from eventsource import ConcurrencyError, EventStore, Repository, correlation
+
+from .domain import Account
+
+
+class Bank:
+    """Opens accounts, moves money, and retries a command when another writer raced it."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.accounts = Repository(store, Account, snapshot_every=50)
+
+    def open_account(self, account_id: str, owner: str) -> Account:
+        account = Account(account_id)
+        account.open(owner)
+        self.accounts.save(account)  # ConcurrencyError if the id is taken: it expects no stream
+        return account
+
+    def deposit(self, account_id: str, amount: int) -> Account:
+        return self._retrying(account_id, lambda account: account.deposit(amount))
+
+    def withdraw(self, account_id: str, amount: int) -> Account:
+        return self._retrying(account_id, lambda account: account.withdraw(amount))
+
+    def transfer(self, from_id: str, to_id: str, amount: int) -> str:
+        """Move money between two accounts: both streams change in one transaction, or neither."""
+        transfer_id = uuid.uuid4().hex
+        with correlation(correlation_id=transfer_id):
+            for attempt in range(5):
+                source, target = self.accounts.load(from_id), self.accounts.load(to_id)
+                source.send(transfer_id, to_id, amount)
+                target.receive(transfer_id, from_id, amount)
+                try:
+                    with self.store.transaction() as tx:
+                        self.accounts.save(source, tx=tx)
+                        self.accounts.save(target, tx=tx)
+                except ConcurrencyError:
+                    if attempt == 4:
+                        raise
+                    continue
+                return transfer_id
+        raise AssertionError("unreachable")
+
+    def _retrying(self, account_id: str, change: Callable[[Account], None]) -> Account:
+        for attempt in range(5):
+            account = self.accounts.load(account_id)
+            change(account)
+            try:
+                self.accounts.save(account)
+            except ConcurrencyError:
+                if attempt == 4:
+                    raise
+                continue
+            return account
+        raise AssertionError("unreachable")
