@@ -7,6 +7,8 @@ stored offsets into read models; a command queue delivers tasks to handlers at l
 from __future__ import annotations
 
 from ._aggregate import Aggregate
+from ._async_store import AsyncEventStore, AsyncTransaction
+from ._config import Settings
 from ._context import correlation, current_correlation
 from ._core import (
     ANY,
@@ -28,8 +30,6 @@ from ._errors import (
     UnknownEventType,
 )
 from ._events import Event, UpcastError, upcaster
-from ._config import Settings
-from ._async_store import AsyncEventStore, AsyncTransaction
 from ._repository import AsyncRepository, Repository
 from ._store import EventStore, Transaction
 

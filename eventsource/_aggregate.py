@@ -46,7 +46,7 @@ class Aggregate(BaseModel):
     _version: int = PrivateAttr(default=0)
     _pending: list[Event] = PrivateAttr(default_factory=list)
 
-    def __init__(self, id: str, /, **state: Any) -> None:  # noqa: A002 - the API's name
+    def __init__(self, id: str, /, **state: Any) -> None:
         super().__init__(**state)
         self._id = id
 
@@ -81,7 +81,7 @@ class Aggregate(BaseModel):
         self._pending.append(event)
 
     def apply(self, event: Event) -> None:
-        """Change state for one event. Subclasses define this; it is the only place state changes."""
+        """Change state for one event; subclasses define it, the only place state changes."""
         raise TypeError(f"{type(self).__name__} must define apply(self, event)")
 
     def partition_key(self) -> str:

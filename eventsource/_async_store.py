@@ -189,7 +189,7 @@ class AsyncEventStore:
         partition_key: str | None = None,
         tx: AsyncTransaction | None = None,
     ) -> AppendResult | PendingAppend:
-        """Append events to a stream, atomically; ``ConcurrencyError`` if not at the expected version."""
+        """Append events to a stream atomically; ``ConcurrencyError`` if it moved on."""
         if tx is not None:
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()

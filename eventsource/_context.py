@@ -1,7 +1,7 @@
 """Correlation and causation ids carried from a context into the metadata of appended events.
 
-    with correlation(correlation_id=request_id):
-        repo.save(account)   # its events' metadata carries correlation_id=request_id
+with correlation(correlation_id=request_id):
+    repo.save(account)   # its events' metadata carries correlation_id=request_id
 """
 
 from __future__ import annotations

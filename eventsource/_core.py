@@ -147,7 +147,7 @@ class RecordedEvent:
         "stream_version",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built positionally from result rows, on the hot path
         self,
         event_id: str,
         stream_id: str,
@@ -241,7 +241,9 @@ def check_partitions(partitions: object) -> int:
         or not isinstance(partitions, int)
         or not 1 <= partitions <= MAX_PARTITIONS
     ):
-        raise ValueError(f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}")
+        raise ValueError(
+            f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}"
+        )
     return partitions
 
 
@@ -258,7 +260,9 @@ def check_partition(partition: object, partitions: int) -> int:
 def _json_text(value: str, what: str) -> str:
     # PostgreSQL's jsonb cannot hold U+0000; say so before anything is sent.
     if "\\u0000" in value:
-        raise ValueError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store")
+        raise ValueError(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        )
     return value
 
 
@@ -367,8 +371,11 @@ class StagedAppends:
                     position - remaining,
                     duplicate=status == "duplicate",
                 )
-            results.append(AppendResult(stream_id, version, partition, position,
-                                        duplicate=status == "duplicate"))
+            results.append(
+                AppendResult(
+                    stream_id, version, partition, position, duplicate=status == "duplicate"
+                )
+            )
         self._streams.clear()
         return results
 
@@ -398,7 +405,9 @@ def translate_errors(url: URL, schema: str) -> Iterator[None]:
         raise translate(exc, url, schema) from exc
 
 
-def translate(exc: sa_exc.DBAPIError, url: URL, schema: str) -> Exception:
+def translate(  # noqa: PLR0911 - one return per kind of driver error
+    exc: sa_exc.DBAPIError, url: URL, schema: str
+) -> Exception:
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate == "ES409":  # raised by append_events on a version conflict
@@ -418,10 +427,16 @@ def translate(exc: sa_exc.DBAPIError, url: URL, schema: str) -> Exception:
     if isinstance(orig, psycopg.errors.UniqueViolation):
         constraint = getattr(orig.diag, "constraint_name", None) or ""
         if constraint == "events_event_id_key":
-            return DuplicateEventId(None, "one of its event ids is already stored (event ids are unique across the log)")
+            return DuplicateEventId(
+                None, "one of its event ids is already stored (event ids are unique across the log)"
+            )
         return EventSourceError(f"unique constraint {constraint} violated: {orig}")
-    if isinstance(orig, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction
-                  | psycopg.errors.InvalidSchemaName):
+    if isinstance(
+        orig,
+        psycopg.errors.UndefinedTable
+        | psycopg.errors.UndefinedFunction
+        | psycopg.errors.InvalidSchemaName,
+    ):
         return SchemaNotReady(schema, str(orig).splitlines()[0])
     if isinstance(orig, psycopg.errors.CheckViolation):
         return ValueError(f"rejected by the database: {str(orig).splitlines()[0]}")

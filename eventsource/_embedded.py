@@ -33,7 +33,9 @@ def embedded_url(data_dir: Path) -> str:
                 ) from None
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
-                server = pgserver.get_server(data_dir, cleanup_mode="stop")
+                server = pgserver.get_server(  # type: ignore[attr-defined]
+                    data_dir, cleanup_mode="stop"
+                )
             except Exception as exc:
                 raise EmbeddedUnavailable(
                     f"the embedded PostgreSQL in {data_dir} did not start: {exc}"

@@ -127,7 +127,9 @@ def decode_event(event_type: str, schema_version: int, data: str, event_id: str)
         if data == "{}":
             return cls.model_validate_json('{"event_id":"' + event_id + '"}')
         return cls.model_validate_json('{"event_id":"' + event_id + '",' + data[1:])
-    return cls.model_validate({**_upcast(cls, schema_version, json.loads(data)), "event_id": event_id})
+    return cls.model_validate(
+        {**_upcast(cls, schema_version, json.loads(data)), "event_id": event_id}
+    )
 
 
 def _upcast(cls: type[Event], stored_version: int, payload: dict[str, Any]) -> dict[str, Any]:

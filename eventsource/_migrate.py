@@ -78,4 +78,6 @@ def schema_status(connection: Connection, schema: str, queries: Queries) -> Sche
         value = connection.execute(queries.partition_count).scalar_one_or_none()
         partitions = int(value) if value is not None else None
     connection.rollback()
-    return SchemaStatus(schema=schema, revision=revision, head=head_revision(), partitions=partitions)
+    return SchemaStatus(
+        schema=schema, revision=revision, head=head_revision(), partitions=partitions
+    )

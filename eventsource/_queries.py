@@ -15,6 +15,8 @@ __all__ = ["Queries", "quote_schema"]
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
 _RECORD_COLUMNS = (
     "event_id::text, stream_id, stream_version, partition, position, event_type,"
     " schema_version, data::text, metadata::text, recorded_at"
@@ -28,7 +30,7 @@ def quote_schema(schema: str) -> str:
             f"invalid schema name {schema!r}: use letters, digits and underscores"
             " (at most 63, not starting with a digit)"
         )
-    return postgresql.dialect().identifier_preparer.quote_schema(schema)
+    return _PREPARER.quote_schema(schema)
 
 
 class Queries:

@@ -180,7 +180,7 @@ class EventStore:
         partition_key: str | None = None,
         tx: Transaction | None = None,
     ) -> AppendResult | PendingAppend:
-        """Append events to a stream, atomically; ``ConcurrencyError`` if not at the expected version.
+        """Append events to a stream atomically; ``ConcurrencyError`` if it moved on.
 
         Re-appending events whose ids are already stored in the stream is a no-op that returns
         the stored result. With ``tx`` the append is staged and written when ``tx`` commits; the

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -33,7 +32,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Create, upgrade and inspect the eventsource schema.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Create, upgrade and inspect the eventsource schema.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 
 console = Console()
@@ -55,7 +56,6 @@ Schema = Annotated[
     typer.Option("--schema", envvar="EVENTSOURCE_SCHEMA", help="Schema of the framework's tables."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -167,10 +167,8 @@ def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> No
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `eventsource` console script."""
-    command: click.Command = typer.main.get_command(app)
+    command = typer.main.get_command(app)
     try:
         command.main(args=list(argv) if argv is not None else None, prog_name="eventsource")
     except SystemExit as exc:
         sys.exit(exc.code)
-
-

@@ -1,4 +1,6 @@
-"""The eventsource schema's Alembic migrations, shipped in the wheel and run by `eventsource db upgrade`.
+"""The eventsource schema's Alembic migrations, shipped in the wheel.
+
+`eventsource db upgrade` (or ``store.upgrade()``) runs them.
 
 Migrations are forward-only and never edited once released; each one reads the target schema
 from ``context.config.attributes["schema"]`` so the whole schema name is configurable.

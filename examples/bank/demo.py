@@ -29,7 +29,9 @@ def run_demo(store: EventStore, console: Console) -> None:
     console.print("deposited 100.00 to Ann and 20.00 to Bob")
 
     transfer_id = bank.transfer(ann, bob, 30_00)
-    console.print(f"transferred 30.00 from Ann to Bob in one transaction (transfer {transfer_id[:8]})")
+    console.print(
+        f"transferred 30.00 from Ann to Bob in one transaction (transfer {transfer_id[:8]})"
+    )
 
     try:
         bank.withdraw(bob, 1_000_00)
@@ -51,8 +53,9 @@ def run_demo(store: EventStore, console: Console) -> None:
         table.add_column(column)
     for account_id in (ann, bob):
         account: Account = bank.accounts.load(account_id)
-        table.add_row(account_id, account.owner, f"{account.balance / 100:.2f}",
-                      str(account.version))
+        table.add_row(
+            account_id, account.owner, f"{account.balance / 100:.2f}", str(account.version)
+        )
     console.print(table)
 
     log = Table(title="the log: each stream lives in one partition, positions are dense")
@@ -60,7 +63,12 @@ def run_demo(store: EventStore, console: Console) -> None:
         log.add_column(column)
     for account_id in (ann, bob):
         for record in store.read_stream(account_id):
-            log.add_row(record.stream_id, str(record.stream_version), str(record.partition),
-                        str(record.position), record.event_type,
-                        str(record.metadata.get("correlation_id", ""))[:8])
+            log.add_row(
+                record.stream_id,
+                str(record.stream_version),
+                str(record.partition),
+                str(record.position),
+                record.event_type,
+                str(record.metadata.get("correlation_id", ""))[:8],
+            )
     console.print(log)

@@ -206,9 +206,7 @@ def upgrade() -> None:
         sa.Column(
             "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
-        sa.CheckConstraint(
-            "length(stream_id) BETWEEN 1 AND 500", name="streams_stream_id_length"
-        ),
+        sa.CheckConstraint("length(stream_id) BETWEEN 1 AND 500", name="streams_stream_id_length"),
         schema=schema,
     )
     op.create_table(
