@@ -1,6 +1,7 @@
 """Aggregates: consistency boundaries whose state is rebuilt by applying their events.
 
-State changes only in ``apply``; command methods check rules and ``record`` new events::
+State is declared as annotated class attributes with defaults; it changes only in ``apply``;
+command methods check rules and ``record`` new events::
 
     class Account(Aggregate):
         balance: int = 0
@@ -12,43 +13,51 @@ State changes only in ``apply``; command methods check rules and ``record`` new 
             match event:
                 case MoneyDeposited():
                     self.balance += event.amount
+
+Aggregates are plain classes (``Account("acc-1")`` type-checks as written); pydantic is used
+only to validate snapshots of their state.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
+import typing
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, create_model
 
 from ._events import Event
 
 __all__ = ["Aggregate"]
 
+_MISSING = object()
 
-class Aggregate(BaseModel):
+
+class Aggregate:
     """Base class of event-sourced aggregates; ``Aggregate(id)`` starts empty at version 0.
 
     Class options: ``class Order(Aggregate, name="shop.Order", snapshot_version=2)``. The name
     labels snapshots; bump ``snapshot_version`` when the state's meaning changes without its
-    fields changing (field changes are detected on their own). Override ``partition_key`` to
-    place related streams in one partition (e.g. all orders of a customer).
+    fields changing (changes of fields, types or defaults are detected on their own). Override
+    ``partition_key`` to place related streams in one partition (e.g. all of a customer's).
     """
-
-    model_config = ConfigDict(validate_assignment=False, arbitrary_types_allowed=True)
 
     aggregate_type: ClassVar[str] = "Aggregate"
     snapshot_version: ClassVar[int] = 1
+    _state_model: ClassVar[type[BaseModel] | None] = None
 
-    _id: str = PrivateAttr(default="")
-    _version: int = PrivateAttr(default=0)
-    _pending: list[Event] = PrivateAttr(default_factory=list)
-
-    def __init__(self, id: str, /, **state: Any) -> None:
-        super().__init__(**state)
+    def __init__(self, id: str, /) -> None:
+        if not isinstance(id, str):
+            raise TypeError(f"aggregate id must be a str, got {type(id).__name__}: {id!r}")
         self._id = id
+        self._version = 0
+        self._pending: list[Event] = []
+        # Each instance gets its own copy of mutable defaults (a list default is not shared).
+        for name, default in self._defaults().items():
+            if not isinstance(default, int | str | float | bool | type(None) | tuple | frozenset):
+                setattr(self, name, copy.deepcopy(default))
 
     def __init_subclass__(
         cls, *, name: str | None = None, snapshot_version: int = 1, **kwargs: Any
@@ -56,6 +65,7 @@ class Aggregate(BaseModel):
         super().__init_subclass__(**kwargs)
         cls.aggregate_type = name if name is not None else cls.__name__
         cls.snapshot_version = snapshot_version
+        cls._state_model = None
 
     @property
     def id(self) -> str:
@@ -88,6 +98,26 @@ class Aggregate(BaseModel):
         """The key that chooses this aggregate's partition; the id unless overridden."""
         return self._id
 
+    def state(self) -> dict[str, Any]:
+        """The declared state fields and their current values."""
+        return {name: getattr(self, name) for name in self._fields()}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.state().items())
+        return f"{type(self).__name__}({self._id!r}, version={self._version}, {fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and isinstance(other, Aggregate)
+            and (other._id, other._version, other.state())
+            == (self._id, self._version, self.state())
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
+
+    # -- internals used by repositories ---------------------------------------------------
+
     def _replay(self, events: Iterable[Event]) -> None:
         for event in events:
             self.apply(event)
@@ -97,20 +127,58 @@ class Aggregate(BaseModel):
         del self._pending[:count]
 
     @classmethod
+    def _fields(cls) -> dict[str, Any]:
+        """Annotated state attributes (not ClassVars, not private) and their types."""
+        hints = typing.get_type_hints(cls)
+        return {
+            name: hint
+            for name, hint in hints.items()
+            if not name.startswith("_")
+            and typing.get_origin(hint) is not ClassVar
+            and hint is not ClassVar
+        }
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {
+            name: value
+            for name in cls._fields()
+            if (value := getattr(cls, name, _MISSING)) is not _MISSING
+        }
+
+    @classmethod
     def _snapshot_shape(cls) -> str:
         """A fingerprint of the state's shape: snapshots of another shape are ignored."""
+        defaults = cls._defaults()
         fields = ";".join(
-            f"{name}:{field.annotation!r}:{field.default!r}"
-            for name, field in sorted(cls.model_fields.items())
+            f"{name}:{hint!r}:{defaults.get(name, _MISSING)!r}"
+            for name, hint in sorted(cls._fields().items())
         )
         digest = hashlib.sha256(fields.encode()).hexdigest()[:16]
         return f"{cls.snapshot_version}:{digest}"
 
+    @classmethod
+    def _state_type(cls) -> type[BaseModel]:
+        if cls.__dict__.get("_state_model") is None:
+            defaults = cls._defaults()
+            field_definitions: dict[str, Any] = {
+                name: (hint, defaults[name]) if name in defaults else (hint, ...)
+                for name, hint in cls._fields().items()
+            }
+            cls._state_model = create_model(f"{cls.__name__}State", **field_definitions)
+        model = cls.__dict__["_state_model"]
+        assert model is not None
+        return model  # type: ignore[no-any-return]
+
     def _snapshot_state(self) -> str:
-        return self.model_dump_json()
+        return self._state_type()(**self.state()).model_dump_json()
 
     @classmethod
     def _from_snapshot(cls, aggregate_id: str, version: int, state: str) -> Aggregate:
-        aggregate = cls(aggregate_id, **json.loads(state))
+        """The aggregate at a snapshot; ``ValidationError`` if the state does not fit."""
+        validated = cls._state_type().model_validate_json(state)
+        aggregate = cls(aggregate_id)
+        for name in cls._fields():
+            setattr(aggregate, name, getattr(validated, name))
         aggregate._version = version
         return aggregate
