@@ -12,6 +12,7 @@ stores offer the same methods with the same parameters.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -27,8 +28,10 @@ from ._core import (
     ExpectedVersion,
     OnCommit,
     PendingAppend,
+    Plan,
     RecordedEvent,
     StagedAppends,
+    append_plan,
     check_partition,
     check_partitions,
     check_stream_id,
@@ -41,6 +44,25 @@ from ._migrate import SchemaStatus, schema_status, upgrade_schema
 from ._queries import Queries, quote_schema
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
+
+
+async def _fetch(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    # Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg.
+    raw = await conn.get_raw_connection()
+    async with raw.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        await cursor.execute(sql, params)
+        rows: list[tuple[Any, ...]] = await cursor.fetchall()
+        return rows
+
+
+async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
+    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    try:
+        sql, params = next(plan)
+        while True:
+            sql, params = plan.send(await _fetch(conn, sql, params))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class AsyncTransaction:
@@ -62,10 +84,8 @@ class AsyncTransaction:
         results: list[AppendResult] = []
         if self._staged:
             partitions = await self.store.partition_count_cached()
-            result = await self.connection.execute(
-                self.store._queries.append, self._staged.params(partitions)
-            )
-            results = self._staged.resolve(result.all())
+            plan = append_plan(self._staged, self.store._queries, partitions)
+            results = await _drive(self.connection, plan)
         while self._after_flush:
             await self.connection.execute(*self._after_flush.pop(0))
         return results
@@ -194,11 +214,10 @@ class AsyncEventStore:
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        params = staged.params(await self.partition_count_cached())
+        plan = append_plan(staged, self._queries, await self.partition_count_cached())
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = (await conn.execute(self._queries.append, params)).all()
-        staged.resolve(rows)
+                await _drive(conn, plan)
         return pending.result
 
     @asynccontextmanager
@@ -225,14 +244,14 @@ class AsyncEventStore:
         check_stream_id(stream_id)
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
-                    )
-                ).all()
-        result = records(rows)
+                rows = await _fetch(
+                    conn,
+                    self._queries.read_stream,
+                    {"stream_id": stream_id, "after": after_version},
+                )
+        result = records(rows, decode=True)
         for record in result:
-            _ = record.event  # decode now: a stream's reader needs every event's class
+            _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
         return result
 
     async def stream_version(self, stream_id: str) -> int:
@@ -246,19 +265,44 @@ class AsyncEventStore:
         return int(value or 0)
 
     async def read_partition(
-        self, partition: int, after: int = 0, limit: int = 1000
+        self, partition: int, after: int = 0, limit: int = 1000, *, decode: bool = True
     ) -> list[RecordedEvent]:
         """Up to ``limit`` events of a partition with position > ``after``, in position order."""
         check_partition(partition, await self.partition_count_cached())
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        self._queries.read_partition,
-                        {"partition": partition, "after": after, "limit": limit},
-                    )
-                ).all()
-        return records(rows)
+                rows = await _fetch(
+                    conn,
+                    self._queries.read_partition,
+                    {"partition": partition, "after": after, "limit": limit},
+                )
+        return records(rows, decode=decode)
+
+    async def iter_partition(
+        self, partition: int, after: int = 0, *, batch: int = 5000, decode: bool = True
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event of a partition after ``after``, in position order, to the current head.
+
+        The next page is fetched while the caller handles this one.
+        """
+        check_partition(partition, await self.partition_count_cached())
+        page = await self.read_partition(partition, after, batch, decode=decode)
+        while page:
+            ahead = (
+                asyncio.ensure_future(
+                    self.read_partition(partition, page[-1].position, batch, decode=decode)
+                )
+                if len(page) == batch
+                else None
+            )
+            try:
+                for record in page:
+                    yield record
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            page = await ahead if ahead is not None else []
 
     async def load_snapshot(
         self, stream_id: str, aggregate_type: str

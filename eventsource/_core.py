@@ -7,9 +7,10 @@ thin twins over one source of truth: they differ only in how a statement is awai
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,8 @@ from ._errors import (
     EventSourceError,
     SchemaNotReady,
 )
-from ._events import Event, decode_event, encode_event
+from ._events import Event, decode_event, encode_event, is_registered
+from ._queries import Queries
 from ._schema import MAX_STREAM_ID_LENGTH
 
 __all__ = [
@@ -205,8 +207,28 @@ class RecordedEvent:
         )
 
 
-def records(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
-    return [RecordedEvent(*row) for row in rows]
+def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[RecordedEvent]:
+    """Records from result rows; with ``decode``, events of loaded types are decoded now.
+
+    The collector is paused while the batch is built: a batch allocates several objects per
+    row, none of them cyclic, and collections triggered by them would rescan every live
+    object of the process over and over (this halves the cost of a replay).
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        result = [RecordedEvent(*row) for row in rows]
+        if decode:
+            for record in result:
+                if is_registered(record.event_type):
+                    record._event = decode_event(
+                        record.event_type, record.schema_version, record._data, record._event_id
+                    )
+        return result
+    finally:
+        if paused:
+            gc.enable()
 
 
 def check_stream_id(stream_id: object) -> str:
@@ -354,6 +376,29 @@ class StagedAppends:
             "metadata": [m for s in streams for m in s.metadata],
         }
 
+    def single(self, partitions: int) -> tuple[str, dict[str, Any]] | None:
+        """For exactly one staged stream: the fast statement's kind and parameters."""
+        if len(self._streams) != 1:
+            return None
+        (staged,) = self._streams.values()
+        events = staged.events
+        expected = staged.expected
+        kind = (
+            "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
+        )
+        return kind, {
+            "stream_id": staged.stream_id,
+            "partition": partition_for(staged.partition_key, partitions),
+            "expected": expected,
+            "n": len(events),
+            "first_id": events[0].event_id,
+            "event_ids": [e.event_id for e in events],
+            "types": [e.event_type for e in events],
+            "schema_versions": [e.schema_version for e in events],
+            "data": [_json_text(encode_event(e), f"event {e.event_type}") for e in events],
+            "metadata": staged.metadata,
+        }
+
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the function's rows, or raise what went wrong."""
         results = []
@@ -380,6 +425,26 @@ class StagedAppends:
         return results
 
 
+Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
+
+
+def append_plan(staged: StagedAppends, queries: Queries, partitions: int) -> Plan:
+    """The statements that write ``staged``, as a generator the sync and async stores drive.
+
+    It yields (sql, params) and is sent back the rows; one stream takes the one-statement
+    path, several streams (or a conflict or retry on the fast path) the append function.
+    """
+    single = staged.single(partitions)
+    if single is not None:
+        kind, params = single
+        rows = yield queries.append_one[kind], params
+        if rows:
+            ((version, partition, position),) = rows
+            return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
+    rows = yield queries.append, staged.params(partitions)
+    return staged.resolve(rows)
+
+
 def safe_url(url: str | URL) -> str:
     """The URL with its password masked, for messages and logs."""
     try:
@@ -402,13 +467,14 @@ def translate_errors(url: URL, schema: str) -> Iterator[None]:
     try:
         yield
     except sa_exc.DBAPIError as exc:
+        raise translate(exc.orig, url, schema, invalidated=exc.connection_invalidated) from exc
+    except psycopg.Error as exc:  # statements run on the driver connection directly
         raise translate(exc, url, schema) from exc
 
 
 def translate(  # noqa: PLR0911 - one return per kind of driver error
-    exc: sa_exc.DBAPIError, url: URL, schema: str
+    orig: BaseException | None, url: URL, schema: str, *, invalidated: bool = False
 ) -> Exception:
-    orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate == "ES409":  # raised by append_events on a version conflict
         detail = json.loads(orig.diag.message_detail or "{}")  # type: ignore[union-attr]
@@ -444,7 +510,7 @@ def translate(  # noqa: PLR0911 - one return per kind of driver error
         return EventSourceError(
             "the transaction deadlocked with another one and was rolled back; retry it"
         )
-    if isinstance(orig, psycopg.OperationalError) or exc.connection_invalidated:
+    if isinstance(orig, psycopg.OperationalError) or invalidated:
         lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
         reason = lines[0] if lines else type(orig).__name__
         return DatabaseUnavailable(describe_target(url), reason)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
 __all__ = ["Queries", "quote_schema"]
@@ -49,23 +49,55 @@ class Queries:
             f"INSERT INTO {s}.partitions (partition) SELECT generate_series(0, :n - 1)"
             " ON CONFLICT (partition) DO NOTHING"
         )
-        self.append: TextClause = text(
+        # The hot statements run on the psycopg connection itself (no SQLAlchemy layer), with
+        # psycopg's %(name)s placeholders; psycopg prepares them after a few executions.
+        self.append = (
             "SELECT stream_id, status, stream_version, partition, position"
-            f" FROM {s}.append_events(CAST(:stream_ids AS text[]), CAST(:partitions AS integer[]),"
-            " CAST(:expected AS bigint[]), CAST(:counts AS integer[]),"
-            " CAST(:event_ids AS uuid[]), CAST(:types AS text[]),"
-            " CAST(:schema_versions AS integer[]), CAST(:data AS text[]),"
-            " CAST(:metadata AS text[]))"
+            f" FROM {s}.append_events(%(stream_ids)s::text[], %(partitions)s::integer[],"
+            " %(expected)s::bigint[], %(counts)s::integer[], %(event_ids)s::uuid[],"
+            " %(types)s::text[], %(schema_versions)s::integer[], %(data)s::text[],"
+            " %(metadata)s::text[])"
         )
-        self.read_stream = text(
+        # One stream, one statement: claim the stream version, bump the partition head (its row
+        # lock is held to commit), insert the events. No row back means the expected version
+        # did not hold (or an idempotent retry): nothing was written, and ``append`` above
+        # then reports exactly what happened.
+        self.append_one = {
+            kind: (
+                f"WITH s AS ({claim}),"
+                f" h AS (UPDATE {s}.partitions p SET head = p.head + %(n)s FROM s"
+                "  WHERE p.partition = s.partition RETURNING p.head - %(n)s AS base),"
+                f" e AS (INSERT INTO {s}.events (partition, position, event_id, stream_id,"
+                "  stream_version, event_type, schema_version, data, metadata)"
+                "  SELECT s.partition, h.base + u.k, u.id, %(stream_id)s, s.version - %(n)s + u.k,"
+                "  u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
+                "  unnest(%(event_ids)s::uuid[], %(types)s::text[], %(schema_versions)s::integer[],"
+                "  %(data)s::text[], %(metadata)s::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))"
+                " SELECT s.version, s.partition, h.base + %(n)s FROM s, h"
+            )
+            for kind, claim in {
+                "new": f"INSERT INTO {s}.streams (stream_id, partition, version)"
+                " VALUES (%(stream_id)s, %(partition)s, %(n)s)"
+                " ON CONFLICT (stream_id) DO NOTHING RETURNING partition, version",
+                "at": f"UPDATE {s}.streams SET version = version + %(n)s"
+                " WHERE stream_id = %(stream_id)s AND version = %(expected)s"
+                " RETURNING partition, version",
+                "any": f"INSERT INTO {s}.streams AS t (stream_id, partition, version)"
+                " SELECT %(stream_id)s, %(partition)s, %(n)s WHERE NOT EXISTS"
+                f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)s)"
+                " ON CONFLICT (stream_id) DO UPDATE SET version = t.version + excluded.version"
+                " RETURNING partition, version",
+            }.items()
+        }
+        self.read_stream = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.events"
-            " WHERE stream_id = :stream_id AND stream_version > :after"
+            " WHERE stream_id = %(stream_id)s AND stream_version > %(after)s"
             " ORDER BY stream_version"
         )
-        self.read_partition = text(
+        self.read_partition = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.events"
-            " WHERE partition = :partition AND position > :after"
-            " ORDER BY position LIMIT :limit"
+            " WHERE partition = %(partition)s AND position > %(after)s"
+            " ORDER BY position LIMIT %(limit)s"
         )
         self.stream_version = text(f"SELECT version FROM {s}.streams WHERE stream_id = :stream_id")
         self.heads = text(f"SELECT partition, head FROM {s}.partitions ORDER BY partition")

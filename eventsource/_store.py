@@ -12,6 +12,7 @@ The async twin is ``AsyncEventStore``; both delegate everything but I/O to ``_co
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,8 +26,10 @@ from ._core import (
     ExpectedVersion,
     OnCommit,
     PendingAppend,
+    Plan,
     RecordedEvent,
     StagedAppends,
+    append_plan,
     check_partition,
     check_partitions,
     check_stream_id,
@@ -39,6 +42,23 @@ from ._migrate import SchemaStatus, schema_status, upgrade_schema
 from ._queries import Queries, quote_schema
 
 __all__ = ["EventStore", "Transaction"]
+
+
+def _fetch(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    # Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg.
+    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        rows: list[tuple[Any, ...]] = cursor.execute(sql, params).fetchall()
+        return rows
+
+
+def _drive(conn: Connection, plan: Plan) -> list[AppendResult]:
+    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    try:
+        sql, params = next(plan)
+        while True:
+            sql, params = plan.send(_fetch(conn, sql, params))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class Transaction:
@@ -63,10 +83,8 @@ class Transaction:
         """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
         results: list[AppendResult] = []
         if self._staged:
-            rows = self.connection.execute(
-                self.store._queries.append, self._staged.params(self.store.partitions)
-            ).all()
-            results = self._staged.resolve(rows)
+            plan = append_plan(self._staged, self.store._queries, self.store.partitions)
+            results = _drive(self.connection, plan)
         while self._after_flush:
             self.connection.execute(*self._after_flush.pop(0))
         return results
@@ -190,10 +208,9 @@ class EventStore:
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        params = staged.params(self.partitions)
+        plan = append_plan(staged, self._queries, self.partitions)
         with self._errors(), self._autocommit.connect() as conn:
-            rows = conn.execute(self._queries.append, params).all()
-        staged.resolve(rows)
+            _drive(conn, plan)
         return pending.result
 
     @contextmanager
@@ -218,12 +235,12 @@ class EventStore:
         """A stream's events in version order (after ``after_version``), decoded."""
         check_stream_id(stream_id)
         with self._errors(), self._autocommit.connect() as conn:
-            rows = conn.execute(
-                self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
-            ).all()
-        result = records(rows)
+            rows = _fetch(
+                conn, self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
+            )
+        result = records(rows, decode=True)
         for record in result:
-            _ = record.event  # decode now: a stream's reader needs every event's class
+            _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
         return result
 
     def stream_version(self, stream_id: str) -> int:
@@ -234,20 +251,44 @@ class EventStore:
         return int(value or 0)
 
     def read_partition(
-        self, partition: int, after: int = 0, limit: int = 1000
+        self, partition: int, after: int = 0, limit: int = 1000, *, decode: bool = True
     ) -> list[RecordedEvent]:
         """Up to ``limit`` events of a partition with position > ``after``, in position order.
 
         Positions are dense and become visible in order: after reading position p, no event at
-        a position <= p can appear later. Events are decoded on first access of ``.event``.
+        a position <= p can appear later. Events whose class is loaded are decoded (all of them
+        lazily with ``decode=False``); ``record.event`` raises ``UnknownEventType`` for others.
         """
         check_partition(partition, self.partitions)
         with self._errors(), self._autocommit.connect() as conn:
-            rows = conn.execute(
+            rows = _fetch(
+                conn,
                 self._queries.read_partition,
                 {"partition": partition, "after": after, "limit": limit},
-            ).all()
-        return records(rows)
+            )
+        return records(rows, decode=decode)
+
+    def iter_partition(
+        self, partition: int, after: int = 0, *, batch: int = 5000, decode: bool = True
+    ) -> Iterator[RecordedEvent]:
+        """Every event of a partition after ``after``, in position order, to the current head.
+
+        Pages of ``batch`` events are fetched one ahead in a background thread, so the
+        database works on the next page while the caller handles this one.
+        """
+        check_partition(partition, self.partitions)
+        with ThreadPoolExecutor(1, thread_name_prefix="eventsource-read") as pool:
+            page = self.read_partition(partition, after, batch, decode=decode)
+            while page:
+                ahead = (
+                    pool.submit(
+                        self.read_partition, partition, page[-1].position, batch, decode=decode
+                    )
+                    if len(page) == batch
+                    else None
+                )
+                yield from page
+                page = ahead.result() if ahead is not None else []
 
     def load_snapshot(self, stream_id: str, aggregate_type: str) -> tuple[int, str, str] | None:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
