@@ -400,27 +400,20 @@ class StagedAppends:
         }
 
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
-        """Fill every pending append from the function's rows, or raise what went wrong."""
+        """Fill every pending append from the rows written (one per stream), in staging order."""
+        by_stream = {row[0]: row for row in rows}
         results = []
-        for (stream_id, status, version, partition, position), staged in zip(
-            rows, self._streams.values(), strict=True
-        ):
-            # The stream's rows are consecutive; earlier appends end before later ones.
+        for stream_id, staged in self._streams.items():
+            _, status, version, partition, position = by_stream[stream_id]
+            duplicate = status == "duplicate"
+            # A stream's events are consecutive; earlier appends end before later ones.
             remaining = len(staged.events)
             for pending, count in staged.pending:
                 remaining -= count
                 pending._result = AppendResult(
-                    stream_id,
-                    version - remaining,
-                    partition,
-                    position - remaining,
-                    duplicate=status == "duplicate",
+                    stream_id, version - remaining, partition, position - remaining, duplicate
                 )
-            results.append(
-                AppendResult(
-                    stream_id, version, partition, position, duplicate=status == "duplicate"
-                )
-            )
+            results.append(AppendResult(stream_id, version, partition, position, duplicate))
         self._streams.clear()
         return results
 
