@@ -80,7 +80,12 @@ class Transaction:
         return self.connection.execute(statement, parameters)
 
     def flush(self) -> list[AppendResult]:
-        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
+        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on.
+
+        From here to commit this transaction holds the head locks of the partitions written;
+        appends staged after a flush are written by a second flush, whose locks may come out
+        of ascending order (PostgreSQL then detects any deadlock and one side must retry).
+        """
         results: list[AppendResult] = []
         if self._staged:
             plan = append_plan(self._staged, self.store._queries, self.store.partitions)

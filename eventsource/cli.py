@@ -121,6 +121,7 @@ def db_upgrade(
             f"schema [bold]{status.schema}[/] at revision {status.revision}"
             f" with {status.partitions} partitions on {safe_url(store.url)}",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -145,9 +146,9 @@ def db_status(
         }
         if as_json:
             console.print_json(json.dumps(info))
-            return
-        for key, value in info.items():
-            console.print(f"{key:>11}: {value}", highlight=False)
+        else:
+            for key, value in info.items():
+                console.print(f"{key:>11}: {value}", highlight=False)
         if not status.up_to_date:
             err_console.print("the schema is not up to date: run `eventsource db upgrade`")
             raise typer.Exit(1)
