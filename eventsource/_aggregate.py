@@ -26,7 +26,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, ConfigDict, create_model
 
 from ._events import Event
 
@@ -160,12 +160,16 @@ class Aggregate:
     @classmethod
     def _state_type(cls) -> type[BaseModel]:
         if cls.__dict__.get("_state_model") is None:
-            defaults = cls._defaults()
+            # Snapshots are written whole: every field is required and nothing else is allowed,
+            # so a truncated or foreign state fails validation and is ignored.
             field_definitions: dict[str, Any] = {
-                name: (hint, defaults[name]) if name in defaults else (hint, ...)
-                for name, hint in cls._fields().items()
+                name: (hint, ...) for name, hint in cls._fields().items()
             }
-            cls._state_model = create_model(f"{cls.__name__}State", **field_definitions)
+            cls._state_model = create_model(
+                f"{cls.__name__}State",
+                __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                **field_definitions,
+            )
         model = cls.__dict__["_state_model"]
         assert model is not None
         return model  # type: ignore[no-any-return]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Executable
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +35,7 @@ from ._core import (
     append_plan,
     check_partition,
     check_partitions,
+    check_range,
     check_stream_id,
     records,
     translate_errors,
@@ -74,6 +76,8 @@ class AsyncTransaction:
         self._staged = StagedAppends()
         self._after_flush: list[tuple[Executable, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
+        self._written: list[PendingAppend] = []
+        self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``AsyncConnection.execute``)."""
@@ -82,17 +86,23 @@ class AsyncTransaction:
     async def flush(self) -> list[AppendResult]:
         """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
         results: list[AppendResult] = []
-        if self._staged:
-            partitions = await self.store.partition_count_cached()
-            plan = append_plan(self._staged, self.store._queries, partitions)
-            results = await _drive(self.connection, plan)
-        while self._after_flush:
-            await self.connection.execute(*self._after_flush.pop(0))
+        with self.store._errors():
+            if self._staged:
+                self._written.extend(self._staged.pending())
+                partitions = await self.store._partition_count_cached()
+                plan = append_plan(self._staged, self.store._queries, partitions)
+                results = await _drive(self.connection, plan)
+            while self._after_flush:
+                await self.connection.execute(*self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
         self._on_commit.append(callback)
+
+    def _rolled_back(self) -> None:
+        for pending in self._written + self._staged.pending():
+            pending._rolled_back = True
 
 
 class AsyncEventStore:
@@ -192,7 +202,7 @@ class AsyncEventStore:
         self._partitions = int(value)
         return self._partitions
 
-    async def partition_count_cached(self) -> int:
+    async def _partition_count_cached(self) -> int:
         if self._partitions is None:
             return await self.partition_count()
         return self._partitions
@@ -214,7 +224,7 @@ class AsyncEventStore:
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        plan = append_plan(staged, self._queries, await self.partition_count_cached())
+        plan = append_plan(staged, self._queries, await self._partition_count_cached())
         with self._errors():
             async with self._autocommit.connect() as conn:
                 await _drive(conn, plan)
@@ -224,16 +234,22 @@ class AsyncEventStore:
     async def transaction(self) -> AsyncIterator[AsyncTransaction]:
         """One transaction for several appends, enqueues and statements; commits on exit."""
         with self._errors():
-            async with self._engine.connect() as conn:
-                tx = AsyncTransaction(self, conn)
-                await conn.begin()
-                try:
-                    yield tx
-                    await tx.flush()
-                except BaseException:
+            conn = await self._engine.connect()
+        tx = AsyncTransaction(self, conn)
+        try:
+            await conn.begin()
+            try:
+                yield tx  # the caller's own statements raise their own errors, untranslated
+                await tx.flush()
+                with self._errors():
+                    await conn.commit()
+            except BaseException:
+                tx._rolled_back()
+                with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
                     await conn.rollback()
-                    raise
-                await conn.commit()
+                raise
+        finally:
+            await conn.close()
         for callback in tx._on_commit:
             callback()
 
@@ -268,7 +284,8 @@ class AsyncEventStore:
         self, partition: int, after: int = 0, limit: int = 1000, *, decode: bool = True
     ) -> list[RecordedEvent]:
         """Up to ``limit`` events of a partition with position > ``after``, in position order."""
-        check_partition(partition, await self.partition_count_cached())
+        check_partition(partition, await self._partition_count_cached())
+        check_range(after, limit)
         with self._errors():
             async with self._autocommit.connect() as conn:
                 rows = await _fetch(
@@ -285,7 +302,10 @@ class AsyncEventStore:
 
         The next page is fetched while the caller handles this one.
         """
-        check_partition(partition, await self.partition_count_cached())
+        check_partition(partition, await self._partition_count_cached())
+        check_range(after, batch)
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         page = await self.read_partition(partition, after, batch, decode=decode)
         while page:
             ahead = (

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -23,12 +23,12 @@ class Settings(BaseSettings):
     ``console``; ``EVENTSOURCE_LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="EVENTSOURCE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTSOURCE_", extra="ignore", populate_by_name=True
+    )
 
     database_url: str | None = None
-    db_schema: str = Field(
-        default="eventsource", validation_alias=AliasChoices("EVENTSOURCE_SCHEMA", "db_schema")
-    )
+    db_schema: str = Field(default="eventsource", validation_alias="EVENTSOURCE_SCHEMA")
     partitions: int = Field(default=16, ge=1, le=4096)
     embedded_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("eventsource")) / "pgdata"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import gc
 import json
+import re
 import zlib
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg.errors
+from pydantic_core import PydanticSerializationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
@@ -90,12 +92,13 @@ class PendingAppend:
     The staged events are written when the transaction commits (or at ``tx.flush()``).
     """
 
-    __slots__ = ("_result", "count", "stream_id")
+    __slots__ = ("_result", "_rolled_back", "count", "stream_id")
 
     def __init__(self, stream_id: str, count: int) -> None:
         self.stream_id = stream_id
         self.count = count
         self._result: AppendResult | None = None
+        self._rolled_back = False
 
     @property
     def done(self) -> bool:
@@ -103,6 +106,11 @@ class PendingAppend:
 
     @property
     def result(self) -> AppendResult:
+        if self._rolled_back:
+            raise EventSourceError(
+                f"the append to {self.stream_id!r} was rolled back with its transaction:"
+                " nothing was written"
+            )
         if self._result is None:
             raise EventSourceError(
                 f"the append to {self.stream_id!r} is not written yet: read its result after"
@@ -279,13 +287,37 @@ def check_partition(partition: object, partitions: int) -> int:
     return partition
 
 
+# A JSON escape of U+0000: "\u0000" not itself preceded by an escaping backslash.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_range(after: object, limit: object) -> None:
+    """``read_partition`` paging arguments: ints >= 0."""
+    for name, value, low in (("after", after, 0), ("limit", limit, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 def _json_text(value: str, what: str) -> str:
-    # PostgreSQL's jsonb cannot hold U+0000; say so before anything is sent.
-    if "\\u0000" in value:
+    """Check encoded JSON for what PostgreSQL's jsonb refuses, before anything is sent."""
+    if "\\u0000" in value and _NUL_ESCAPE.search(value):
+        raise ValueError(f"{what} contains a NUL character (U+0000), which PostgreSQL cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
         raise ValueError(
-            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
-        )
+            f"{what} contains a lone surrogate character, which is not valid UTF-8"
+        ) from None
     return value
+
+
+def _encode(event: Event) -> str:
+    try:
+        return _json_text(encode_event(event), f"event {event.event_type}")
+    except PydanticSerializationError as exc:
+        raise ValueError(f"event {event.event_type} cannot be encoded as JSON: {exc}") from None
 
 
 @dataclass
@@ -294,6 +326,7 @@ class _StagedStream:
     partition_key: str
     expected: int
     events: list[Event]
+    data: list[str]
     metadata: list[str]
     pending: list[tuple[PendingAppend, int]]  # each staged append and its event count
 
@@ -310,6 +343,9 @@ class StagedAppends:
 
     def __bool__(self) -> bool:
         return bool(self._streams)
+
+    def pending(self) -> list[PendingAppend]:
+        return [p for s in self._streams.values() for p, _ in s.pending]
 
     def add(
         self,
@@ -330,9 +366,15 @@ class StagedAppends:
         if partition_key is not None:
             check_stream_id(partition_key)
         try:
-            meta_text = _json_text(json.dumps(with_context(metadata)), "metadata")
+            meta_text = _json_text(
+                json.dumps(with_context(metadata), ensure_ascii=False, allow_nan=False),
+                "metadata",
+            )
         except TypeError as exc:
             raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+        data = [_encode(event) for event in events]
         pending = PendingAppend(stream_id, len(events))
         staged = self._streams.get(stream_id)
         if staged is None:
@@ -341,6 +383,7 @@ class StagedAppends:
                 partition_key or stream_id,
                 expected_value,
                 events,
+                data,
                 [meta_text] * len(events),
                 [(pending, len(events))],
             )
@@ -348,14 +391,21 @@ class StagedAppends:
         # A later append to a stream already staged in this transaction.
         so_far = len(staged.events)
         if expected_value != ANY.value:
+            if staged.expected == ANY.value:
+                raise ValueError(
+                    f"stream {stream_id!r} was appended to with ANY earlier in this transaction,"
+                    " so its version is not known until commit: append with ANY again, or"
+                    " flush the transaction first"
+                )
             base = 0 if staged.expected == NO_STREAM.value else staged.expected
-            if staged.expected == ANY.value or expected_value != base + so_far:
+            if expected_value != base + so_far:
                 raise ConcurrencyError(
                     stream_id,
                     expected if isinstance(expected, ExpectedVersion) else expected_value,
-                    base + so_far if staged.expected != ANY.value else -1,
+                    base + so_far,
                 )
         staged.events.extend(events)
+        staged.data.extend(data)
         staged.metadata.extend([meta_text] * len(events))
         staged.pending.append((pending, len(events)))
         return pending
@@ -372,7 +422,7 @@ class StagedAppends:
             "event_ids": [e.event_id for e in events],
             "types": [e.event_type for e in events],
             "schema_versions": [e.schema_version for e in events],
-            "data": [_json_text(encode_event(e), f"event {e.event_type}") for e in events],
+            "data": [d for s in streams for d in s.data],
             "metadata": [m for s in streams for m in s.metadata],
         }
 
@@ -395,7 +445,7 @@ class StagedAppends:
             "event_ids": [e.event_id for e in events],
             "types": [e.event_type for e in events],
             "schema_versions": [e.schema_version for e in events],
-            "data": [_json_text(encode_event(e), f"event {e.event_type}") for e in events],
+            "data": staged.data,
             "metadata": staged.metadata,
         }
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from ._aggregate import Aggregate
 from ._core import AppendResult, PendingAppend, RecordedEvent, check_stream_id
 from ._errors import AggregateNotFound
+from ._events import Event
 from ._logging import get_logger
 
 if TYPE_CHECKING:
@@ -78,6 +79,24 @@ class _RepositoryCore(Generic[A]):
             "version": aggregate.version,
             "state": aggregate._snapshot_state(),
         }
+
+    def to_stage(
+        self, aggregate: A, tx: Transaction | AsyncTransaction
+    ) -> tuple[list[Event], int] | None:
+        """The events of ``aggregate`` not yet staged in ``tx`` and the version they follow."""
+        _, already = tx._saved.get(id(aggregate), (aggregate, 0))
+        events = aggregate._pending[already:]
+        if not events:
+            return None
+        return events, aggregate.version - len(aggregate._pending) + already
+
+    def staged(self, aggregate: A, tx: Transaction | AsyncTransaction, count: int) -> None:
+        """Record that ``count`` more events of ``aggregate`` are staged in ``tx``."""
+        key = id(aggregate)
+        if key not in tx._saved:
+            # Saved events leave pending_events only once the transaction has committed.
+            tx.on_commit(lambda: aggregate._mark_saved(tx._saved[key][1]))
+        tx._saved[key] = (aggregate, tx._saved.get(key, (aggregate, 0))[1] + count)
 
     def check(self, aggregate: A) -> None:
         if not isinstance(aggregate, self.aggregate_type):
@@ -145,7 +164,7 @@ class Repository(Generic[A]):
         if tx is None:
             with self.store.transaction() as own:
                 pending = self._stage(aggregate, own, metadata, snapshot)
-            return pending.result
+            return pending.result if pending is not None else None
         return self._stage(aggregate, tx, metadata, snapshot)
 
     def _stage(
@@ -154,20 +173,23 @@ class Repository(Generic[A]):
         tx: Transaction,
         metadata: Mapping[str, Any] | None,
         snapshot: dict[str, Any] | None,
-    ) -> PendingAppend:
-        count = len(aggregate._pending)
+    ) -> PendingAppend | None:
+        staging = self._core.to_stage(aggregate, tx)
+        if staging is None:
+            return None
+        events, expected = staging
         pending = self.store.append(
             aggregate.id,
-            aggregate._pending,
-            aggregate.version - count,
+            events,
+            expected,
             metadata=metadata,
             partition_key=aggregate.partition_key(),
             tx=tx,
         )
         assert isinstance(pending, PendingAppend)
+        self._core.staged(aggregate, tx, len(events))
         if snapshot is not None:
             tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
-        tx.on_commit(lambda: aggregate._mark_saved(count))
         return pending
 
 
@@ -229,7 +251,7 @@ class AsyncRepository(Generic[A]):
         if tx is None:
             async with self.store.transaction() as own:
                 pending = await self._stage(aggregate, own, metadata, snapshot)
-            return pending.result
+            return pending.result if pending is not None else None
         return await self._stage(aggregate, tx, metadata, snapshot)
 
     async def _stage(
@@ -238,18 +260,21 @@ class AsyncRepository(Generic[A]):
         tx: AsyncTransaction,
         metadata: Mapping[str, Any] | None,
         snapshot: dict[str, Any] | None,
-    ) -> PendingAppend:
-        count = len(aggregate._pending)
+    ) -> PendingAppend | None:
+        staging = self._core.to_stage(aggregate, tx)
+        if staging is None:
+            return None
+        events, expected = staging
         pending = await self.store.append(
             aggregate.id,
-            aggregate._pending,
-            aggregate.version - count,
+            events,
+            expected,
             metadata=metadata,
             partition_key=aggregate.partition_key(),
             tx=tx,
         )
         assert isinstance(pending, PendingAppend)
+        self._core.staged(aggregate, tx, len(events))
         if snapshot is not None:
             tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
-        tx.on_commit(lambda: aggregate._mark_saved(count))
         return pending

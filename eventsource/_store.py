@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, Result
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from ._config import Settings
@@ -32,6 +33,7 @@ from ._core import (
     append_plan,
     check_partition,
     check_partitions,
+    check_range,
     check_stream_id,
     records,
     translate_errors,
@@ -74,6 +76,8 @@ class Transaction:
         self._staged = StagedAppends()
         self._after_flush: list[tuple[Executable, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
+        self._written: list[PendingAppend] = []
+        self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
 
     def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``Connection.execute``)."""
@@ -87,16 +91,22 @@ class Transaction:
         of ascending order (PostgreSQL then detects any deadlock and one side must retry).
         """
         results: list[AppendResult] = []
-        if self._staged:
-            plan = append_plan(self._staged, self.store._queries, self.store.partitions)
-            results = _drive(self.connection, plan)
-        while self._after_flush:
-            self.connection.execute(*self._after_flush.pop(0))
+        with self.store._errors():
+            if self._staged:
+                self._written.extend(self._staged.pending())
+                plan = append_plan(self._staged, self.store._queries, self.store.partitions)
+                results = _drive(self.connection, plan)
+            while self._after_flush:
+                self.connection.execute(*self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
         self._on_commit.append(callback)
+
+    def _rolled_back(self) -> None:
+        for pending in self._written + self._staged.pending():
+            pending._rolled_back = True
 
 
 class EventStore:
@@ -221,16 +231,23 @@ class EventStore:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One transaction for several appends, enqueues and statements; commits on exit."""
-        with self._errors(), self._engine.connect() as conn:
-            tx = Transaction(self, conn)
+        with self._errors():
+            conn = self._engine.connect()
+        tx = Transaction(self, conn)
+        try:
             conn.begin()
             try:
-                yield tx
+                yield tx  # the caller's own statements raise their own errors, untranslated
                 tx.flush()
+                with self._errors():
+                    conn.commit()
             except BaseException:
-                conn.rollback()
+                tx._rolled_back()
+                with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
+                    conn.rollback()
                 raise
-            conn.commit()
+        finally:
+            conn.close()
         for callback in tx._on_commit:
             callback()
 
@@ -265,6 +282,7 @@ class EventStore:
         lazily with ``decode=False``); ``record.event`` raises ``UnknownEventType`` for others.
         """
         check_partition(partition, self.partitions)
+        check_range(after, limit)
         with self._errors(), self._autocommit.connect() as conn:
             rows = _fetch(
                 conn,
@@ -282,6 +300,9 @@ class EventStore:
         database works on the next page while the caller handles this one.
         """
         check_partition(partition, self.partitions)
+        check_range(after, batch)
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         with ThreadPoolExecutor(1, thread_name_prefix="eventsource-read") as pool:
             page = self.read_partition(partition, after, batch, decode=decode)
             while page:

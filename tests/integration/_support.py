@@ -1,0 +1,78 @@
+"""Helpers shared by the integration tests: raw SQL on a store's schema, state fingerprints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+
+from eventsource import EventStore, _events
+from eventsource._queries import quote_schema
+
+
+def sql(store: EventStore, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """Run ``statement`` (``{s}`` is the store's quoted schema) in its own transaction."""
+    with store.engine.begin() as conn:
+        result = conn.execute(text(statement.format(s=quote_schema(store.schema))), params or {})
+        return list(result.all()) if result.returns_rows else []
+
+
+@dataclass(frozen=True)
+class LogState:
+    """Everything an append can change: heads, stream rows and event rows."""
+
+    heads: dict[int, int]
+    streams: list[tuple[str, int, int]]
+    events: int
+
+
+def log_state(store: EventStore) -> LogState:
+    """A fingerprint of the log, to prove that a failed append wrote nothing."""
+    streams = sql(store, "SELECT stream_id, partition, version FROM {s}.streams ORDER BY 1")
+    (count,) = sql(store, "SELECT count(*) FROM {s}.events")[0]
+    return LogState(store.heads(), [tuple(r) for r in streams], int(count))
+
+
+def assert_dense(store: EventStore) -> int:
+    """Every partition's positions are exactly 1..head and every stream's versions 1..n."""
+    total = 0
+    for partition, head in store.heads().items():
+        positions = [
+            r[0]
+            for r in sql(
+                store,
+                "SELECT position FROM {s}.events WHERE partition = :p ORDER BY position",
+                {"p": partition},
+            )
+        ]
+        assert positions == list(range(1, head + 1)), f"partition {partition} has holes"
+        total += head
+    rows = sql(
+        store,
+        "SELECT s.stream_id, s.version, array_agg(e.stream_version ORDER BY e.stream_version),"
+        " array_agg(DISTINCT e.partition), min(s.partition)"
+        " FROM {s}.streams s JOIN {s}.events e USING (stream_id) GROUP BY 1, 2",
+    )
+    for stream_id, version, versions, partitions, partition in rows:
+        assert versions == list(range(1, version + 1)), f"stream {stream_id!r} has holes"
+        assert partitions == [partition], f"stream {stream_id!r} spans partitions"
+    (count,) = sql(store, "SELECT count(*) FROM {s}.events")[0]
+    assert count == total
+    return total
+
+
+@contextmanager
+def restored_registry() -> Iterator[None]:
+    """Event classes and upcasters registered inside the block are forgotten after it."""
+    registry = dict(_events._registry)
+    upcasters = dict(_events._upcasters)
+    try:
+        yield
+    finally:
+        _events._registry.clear()
+        _events._registry.update(registry)
+        _events._upcasters.clear()
+        _events._upcasters.update(upcasters)

@@ -1,0 +1,240 @@
+"""Schema lifecycle: migrations, their match with the code's tables, and connection failures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from eventsource import DatabaseUnavailable, EventStore, SchemaNotReady
+from eventsource._migrate import head_revision
+from eventsource._queries import quote_schema
+from eventsource._schema import VERSION_TABLE, metadata_for
+from tests.domain import Opened
+
+from ._support import sql
+
+
+@pytest.fixture
+def bare_store(database_url: str, schema: str) -> Iterator[EventStore]:
+    """A store on a fresh schema that has not been upgraded."""
+    store = EventStore.from_url(database_url, schema=schema, partitions=4)
+    yield store
+    store.close()
+
+
+def schema_diff(store: EventStore) -> list:
+    """Alembic's differences between the migrated schema and the code's table metadata."""
+
+    def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+        if type_ == "schema":
+            return name == store.schema
+        if type_ == "table":
+            return name != VERSION_TABLE
+        return True
+
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": True,
+                "include_name": include_name,
+                "compare_type": True,
+                "compare_server_default": True,
+            },
+        )
+        return list(compare_metadata(context, metadata_for(store.schema)))
+
+
+def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
+    """All migrations applied give exactly the tables, columns and keys of _schema.metadata."""
+    assert schema_diff(store) == []
+    tables = {
+        r[0]
+        for r in sql(
+            store, "SELECT tablename FROM pg_tables WHERE schemaname = :s", {"s": store.schema}
+        )
+    }
+    assert tables == {"meta", "partitions", "streams", "events", "snapshots", VERSION_TABLE}
+
+
+def test_schema_comparison_detects_drift(store: EventStore) -> None:
+    """The comparison is not vacuous: a changed column shows up as a difference."""
+    sql(store, "ALTER TABLE {s}.snapshots DROP COLUMN taken_at")
+    sql(store, "ALTER TABLE {s}.streams ADD COLUMN extra int")
+    kinds = sorted(diff[0] for diff in schema_diff(store))
+    assert kinds == ["add_column", "remove_column"]
+
+
+def test_upgrade_twice_is_a_no_op(store: EventStore) -> None:
+    """A second upgrade changes nothing: same revision, partitions, heads and events."""
+    store.append("s", [Opened(owner="a")])
+    before = (store.status(), store.heads(), store.read_stream("s"))
+    store.upgrade()
+    store.upgrade()
+    after = (store.status(), store.heads(), store.read_stream("s"))
+    assert before[0] == after[0]
+    assert before[1] == after[1]
+    assert [r.event for r in before[2]] == [r.event for r in after[2]]
+    assert sql(store, "SELECT count(*) FROM {s}.partitions") == [(4,)]
+    assert sql(store, "SELECT count(*) FROM {s}." + VERSION_TABLE) == [(1,)]
+    assert schema_diff(store) == []
+
+
+def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
+    """status() of an upgraded schema: at the head revision, with its partition count."""
+    status = store.status()
+    assert status.schema == store.schema
+    assert status.revision == status.head == head_revision() == "0001"
+    assert status.partitions == 4
+    assert status.up_to_date
+
+
+def test_status_of_a_schema_never_upgraded(bare_store: EventStore) -> None:
+    """status() of a missing schema: no revision, no partitions, not up to date."""
+    status = bare_store.status()
+    assert status.revision is None
+    assert status.partitions is None
+    assert status.head == head_revision()
+    assert not status.up_to_date
+
+
+def test_concurrent_upgrades_of_a_fresh_schema(database_url: str, schema: str) -> None:
+    """Four threads upgrading one new schema at once all succeed and create it once."""
+    stores = [EventStore.from_url(database_url, schema=schema, partitions=4) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def upgrade(store: EventStore) -> None:
+        try:
+            barrier.wait()
+            store.upgrade()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(s,)) for s in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert [s.partitions for s in stores] == [4, 4, 4, 4]
+        first = stores[0]
+        assert sql(first, "SELECT partition, head FROM {s}.partitions ORDER BY 1") == [
+            (0, 0),
+            (1, 0),
+            (2, 0),
+            (3, 0),
+        ]
+        assert sql(first, "SELECT key, value FROM {s}.meta") == [("partitions", "4")]
+        assert sql(first, "SELECT version_num FROM {s}." + VERSION_TABLE) == [("0001",)]
+        assert first.status().up_to_date
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_concurrent_upgrades_agree_on_one_partition_count(database_url: str, schema: str) -> None:
+    """Racing first upgrades with different counts: the first one wins, all see its count."""
+    counts = [2, 4, 8, 16]
+    stores = [EventStore.from_url(database_url, schema=schema, partitions=n) for n in counts]
+    barrier = threading.Barrier(len(stores))
+    threads = [threading.Thread(target=lambda s=s: (barrier.wait(), s.upgrade())) for s in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        seen = {s.partitions for s in stores}
+        assert len(seen) == 1
+        (count,) = seen
+        assert count in counts
+        assert sql(stores[0], "SELECT count(*) FROM {s}.partitions") == [(count,)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_partition_count_is_fixed_at_creation(store: EventStore, database_url: str) -> None:
+    """A later store asking for 8 partitions on a 4-partition schema still gets 4."""
+    other = EventStore.from_url(database_url, schema=store.schema, partitions=8)
+    try:
+        assert other.partitions == 4  # read from the database before any upgrade
+        other.upgrade()
+        assert other.partitions == 4
+        assert other.status().partitions == 4
+        assert len(other.heads()) == 4
+        with pytest.raises(ValueError, match=r"0\.\.3"):
+            other.read_partition(5)
+        result = other.append("s", [Opened(owner="a")])
+        assert 0 <= result.partition < 4
+    finally:
+        other.close()
+
+
+def test_append_to_a_schema_never_upgraded(bare_store: EventStore) -> None:
+    """Using a schema that was never upgraded raises SchemaNotReady naming it."""
+    with pytest.raises(SchemaNotReady) as info:
+        bare_store.append("s", [Opened(owner="a")])
+    assert info.value.schema == bare_store.schema
+    assert "eventsource db upgrade" in str(info.value)
+    with pytest.raises(SchemaNotReady):
+        bare_store.read_stream("s")
+    with pytest.raises(SchemaNotReady):
+        bare_store.heads()
+    with pytest.raises(SchemaNotReady):
+        _ = bare_store.partitions
+
+
+def test_upgrade_after_schema_not_ready_makes_it_usable(bare_store: EventStore) -> None:
+    """A failed use leaves nothing behind that stops a later upgrade."""
+    with pytest.raises(SchemaNotReady):
+        bare_store.append("s", [Opened(owner="a")])
+    bare_store.upgrade()
+    assert bare_store.append("s", [Opened(owner="a")]).stream_version == 1
+
+
+def test_schema_created_in_an_existing_empty_schema(bare_store: EventStore) -> None:
+    """upgrade() works when the schema exists but holds no tables yet."""
+    with bare_store.engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {quote_schema(bare_store.schema)}"))
+    bare_store.upgrade()
+    assert bare_store.status().up_to_date
+
+
+def test_unreachable_server_raises_database_unavailable(schema: str) -> None:
+    """A server that refuses connections gives DatabaseUnavailable naming host and database."""
+    store = EventStore.from_url(
+        "postgresql://postgres:s3cr3t@127.0.0.1:1/test", schema=schema, partitions=4
+    )
+    try:
+        for call in (
+            store.upgrade,
+            store.status,
+            lambda: store.append("s", [Opened(owner="a")]),
+            lambda: store.read_stream("s"),
+        ):
+            with pytest.raises(DatabaseUnavailable) as info:
+                call()
+            message = str(info.value)
+            assert "127.0.0.1" in message
+            assert "/test" in message
+            assert "s3cr3t" not in message
+            assert info.value.where == "127.0.0.1:1/test"
+    finally:
+        store.close()
+
+
+def test_store_arguments_are_checked(database_url: str) -> None:
+    """Invalid partition counts and schema names are rejected before connecting."""
+    with pytest.raises(ValueError, match="partitions"):
+        EventStore.from_url(database_url, schema="ok", partitions=0)
+    with pytest.raises(ValueError, match="invalid schema name"):
+        EventStore.from_url(database_url, schema='x"; DROP SCHEMA public; --')
+    with pytest.raises(ValueError, match="needs PostgreSQL"):
+        EventStore.from_url("mysql://u@h/db")

@@ -1,0 +1,216 @@
+"""Configuration, database URLs and schema names (no database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from eventsource import Settings
+from eventsource._core import describe_target, safe_url
+from eventsource._engine import resolve_url
+from eventsource._queries import Queries, quote_schema
+
+_ENV = (
+    "EVENTSOURCE_DATABASE_URL",
+    "EVENTSOURCE_SCHEMA",
+    "EVENTSOURCE_PARTITIONS",
+    "EVENTSOURCE_EMBEDDED_DIR",
+    "EVENTSOURCE_POOL_SIZE",
+    "EVENTSOURCE_LOG_FORMAT",
+    "EVENTSOURCE_LOG_LEVEL",
+    "DB_SCHEMA",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without any setting that Settings reads."""
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+# -- Settings -----------------------------------------------------------------------------
+
+
+def test_settings_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    """Without EVENTSOURCE_* variables: no URL, schema eventsource, 16 partitions."""
+    settings = Settings()
+    assert settings.database_url is None
+    assert settings.db_schema == "eventsource"
+    assert settings.partitions == 16
+    assert settings.pool_size == 10
+    assert settings.log_format == "auto"
+    assert settings.log_level == "info"
+    assert settings.embedded_dir.name == "pgdata"
+
+
+def test_settings_read_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every EVENTSOURCE_* variable sets its field."""
+    clean_env.setenv("EVENTSOURCE_DATABASE_URL", "postgresql://u@db.example/app")
+    clean_env.setenv("EVENTSOURCE_SCHEMA", "es_custom")
+    clean_env.setenv("EVENTSOURCE_PARTITIONS", "8")
+    clean_env.setenv("EVENTSOURCE_EMBEDDED_DIR", str(tmp_path))
+    clean_env.setenv("EVENTSOURCE_POOL_SIZE", "3")
+    clean_env.setenv("EVENTSOURCE_LOG_FORMAT", "json")
+    clean_env.setenv("EVENTSOURCE_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.database_url == "postgresql://u@db.example/app"
+    assert settings.db_schema == "es_custom"
+    assert settings.partitions == 8
+    assert settings.embedded_dir == tmp_path
+    assert settings.pool_size == 3
+    assert settings.log_format == "json"
+    assert settings.log_level == "debug"
+
+
+def test_blank_database_url_means_unset(clean_env: pytest.MonkeyPatch) -> None:
+    """EVENTSOURCE_DATABASE_URL set to an empty string is treated as not set."""
+    clean_env.setenv("EVENTSOURCE_DATABASE_URL", "")
+    assert Settings().database_url is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EVENTSOURCE_PARTITIONS", "0"),
+        ("EVENTSOURCE_PARTITIONS", "5000"),
+        ("EVENTSOURCE_PARTITIONS", "many"),
+        ("EVENTSOURCE_POOL_SIZE", "0"),
+        ("EVENTSOURCE_LOG_FORMAT", "xml"),
+        ("EVENTSOURCE_LOG_LEVEL", "loud"),
+    ],
+)
+def test_invalid_settings_are_rejected(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Out-of-range or unknown values raise ValidationError naming the field."""
+    clean_env.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_unprefixed_db_schema_variable_is_ignored(clean_env: pytest.MonkeyPatch) -> None:
+    """Only EVENTSOURCE_SCHEMA sets the schema; another app's DB_SCHEMA does not."""
+    clean_env.setenv("DB_SCHEMA", "someone_elses")
+    assert Settings().db_schema == "eventsource"
+
+
+# -- URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:pw@db.example:5433/app",
+        "postgresql://u:pw@db.example:5433/app",
+        "postgresql+psycopg2://u:pw@db.example:5433/app",
+        "postgresql+asyncpg://u:pw@db.example:5433/app",
+    ],
+)
+def test_resolve_url_uses_psycopg3(url: str) -> None:
+    """postgres:// and postgresql[+driver]:// URLs resolve to postgresql+psycopg, else intact."""
+    resolved = resolve_url(url)
+    assert resolved.drivername == "postgresql+psycopg"
+    assert (resolved.username, resolved.password, resolved.host) == ("u", "pw", "db.example")
+    assert (resolved.port, resolved.database) == (5433, "app")
+
+
+def test_resolve_url_reads_settings(clean_env: pytest.MonkeyPatch) -> None:
+    """resolve_url(None) takes the URL from Settings (the environment)."""
+    clean_env.setenv("EVENTSOURCE_DATABASE_URL", "postgres://env-host/envdb")
+    resolved = resolve_url(None)
+    assert resolved.host == "env-host"
+    assert resolved.database == "envdb"
+    explicit = resolve_url(None, Settings(database_url="postgresql://other/db2"))
+    assert explicit.host == "other"
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "sqlite:///x.db", "oracle://h/db"])
+def test_resolve_url_rejects_other_databases(url: str) -> None:
+    """Non-PostgreSQL URLs are a ValueError naming the scheme."""
+    with pytest.raises(ValueError, match="needs PostgreSQL") as info:
+        resolve_url(url)
+    assert url.split(":", 1)[0] in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["not a url", "://nothing", "postgresql:/"])
+def test_resolve_url_rejects_garbage(url: str) -> None:
+    """An unparseable URL is a ValueError that shows the expected form."""
+    with pytest.raises(ValueError, match="postgresql://"):
+        resolve_url(url)
+
+
+def test_safe_url_masks_the_password() -> None:
+    """safe_url hides the password but keeps user, host and database."""
+    masked = safe_url("postgresql+psycopg://alice:s3cr3t@db.example:5432/app")
+    assert "s3cr3t" not in masked
+    assert masked == "postgresql+psycopg://alice:***@db.example:5432/app"
+    assert "s3cr3t" not in safe_url(resolve_url("postgres://alice:s3cr3t@db/app"))
+    assert safe_url("postgresql://alice@db/app") == "postgresql://alice@db/app"
+
+
+def test_safe_url_of_garbage_reveals_nothing() -> None:
+    """An unparseable URL is not echoed (it may hold a password)."""
+    assert safe_url("garbage:s3cr3t") == "<unparseable database URL>"
+
+
+def test_describe_target_names_host_port_and_database() -> None:
+    """The target of an error message is host:port/database, without user or password."""
+    assert describe_target(resolve_url("postgresql://u:pw@db.example:6000/app")) == (
+        "db.example:6000/app"
+    )
+    assert describe_target(resolve_url("postgresql://u@/app?host=/run/pg")) == "/run/pg/app"
+    assert describe_target(resolve_url("postgresql:///app")) == "localhost/app"
+
+
+# -- schema names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [
+        ("eventsource", "eventsource"),
+        ("es_1", "es_1"),
+        ("_x$y", "_x$y"),
+        ("Mixed", '"Mixed"'),
+        ("select", '"select"'),
+        ("a" * 63, "a" * 63),
+    ],
+)
+def test_quote_schema_quotes_valid_names(name: str, quoted: str) -> None:
+    """Valid schema names are quoted by the dialect where needed (case, reserved words)."""
+    assert quote_schema(name) == quoted
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a" * 64,
+        "1abc",
+        'x"; DROP SCHEMA public CASCADE; --',
+        "x; DROP TABLE y",
+        "a-b",
+        "a.b",
+        "a b",
+        "ünïcode",
+        "x\x00",
+        None,
+        42,
+    ],
+)
+def test_quote_schema_rejects_hostile_names(bad: object) -> None:
+    """Names that are not plain identifiers are a ValueError showing the name."""
+    with pytest.raises(ValueError, match="invalid schema name"):
+        quote_schema(bad)  # type: ignore[arg-type]
+
+
+def test_queries_use_the_quoted_schema() -> None:
+    """Every statement built for a schema names it exactly as quoted."""
+    queries = Queries(quote_schema("Mixed"))
+    assert '"Mixed".events' in str(queries.read_stream)
+    assert '"Mixed".append_events' in str(queries.append)
+    assert "Mixed.events" not in str(queries.read_stream).replace('"Mixed"', "")
