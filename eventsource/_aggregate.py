@@ -33,6 +33,7 @@ from ._events import Event
 __all__ = ["Aggregate"]
 
 _MISSING = object()
+_IMMUTABLE = (int, str, float, bool, bytes, type(None), tuple, frozenset)
 
 
 class Aggregate:
@@ -47,6 +48,8 @@ class Aggregate:
     aggregate_type: ClassVar[str] = "Aggregate"
     snapshot_version: ClassVar[int] = 1
     _state_model: ClassVar[type[BaseModel] | None] = None
+    _fields_cache: ClassVar[dict[str, Any] | None] = None
+    _mutable_cache: ClassVar[list[tuple[str, Any]] | None] = None
 
     def __init__(self, id: str, /) -> None:
         if not isinstance(id, str):
@@ -55,9 +58,8 @@ class Aggregate:
         self._version = 0
         self._pending: list[Event] = []
         # Each instance gets its own copy of mutable defaults (a list default is not shared).
-        for name, default in self._defaults().items():
-            if not isinstance(default, int | str | float | bool | type(None) | tuple | frozenset):
-                setattr(self, name, copy.deepcopy(default))
+        for name, default in self._mutable_defaults():
+            setattr(self, name, copy.deepcopy(default))
 
     def __init_subclass__(
         cls, *, name: str | None = None, snapshot_version: int = 1, **kwargs: Any
@@ -128,15 +130,34 @@ class Aggregate:
 
     @classmethod
     def _fields(cls) -> dict[str, Any]:
-        """Annotated state attributes (not ClassVars, not private) and their types."""
-        hints = typing.get_type_hints(cls)
-        return {
-            name: hint
-            for name, hint in hints.items()
-            if not name.startswith("_")
-            and typing.get_origin(hint) is not ClassVar
-            and hint is not ClassVar
-        }
+        """Annotated state attributes (not ClassVars, not private) and their types.
+
+        Resolved once per class, on first use (type hints may name classes defined later).
+        """
+        cached: dict[str, Any] | None = cls.__dict__.get("_fields_cache")
+        if cached is None:
+            hints = typing.get_type_hints(cls)
+            cached = {
+                name: hint
+                for name, hint in hints.items()
+                if not name.startswith("_")
+                and typing.get_origin(hint) is not ClassVar
+                and hint is not ClassVar
+            }
+            cls._fields_cache = cached
+        return cached
+
+    @classmethod
+    def _mutable_defaults(cls) -> list[tuple[str, Any]]:
+        cached: list[tuple[str, Any]] | None = cls.__dict__.get("_mutable_cache")
+        if cached is None:
+            cached = [
+                (name, default)
+                for name, default in cls._defaults().items()
+                if not isinstance(default, _IMMUTABLE)
+            ]
+            cls._mutable_cache = cached
+        return cached
 
     @classmethod
     def _defaults(cls) -> dict[str, Any]:

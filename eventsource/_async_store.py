@@ -12,7 +12,6 @@ stores offer the same methods with the same parameters.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
@@ -48,11 +47,18 @@ from ._queries import Queries, quote_schema
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
 
 
-async def _fetch(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    # Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg.
+async def _fetch(
+    conn: AsyncConnection, sql: str, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """Run one statement on the driver connection; its rows (none for a command).
+
+    Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg.
+    """
     raw = await conn.get_raw_connection()
     async with raw.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         await cursor.execute(sql, params)
+        if cursor.description is None:
+            return []
         rows: list[tuple[Any, ...]] = await cursor.fetchall()
         return rows
 
@@ -74,7 +80,7 @@ class AsyncTransaction:
         self.store = store
         self.connection = connection
         self._staged = StagedAppends()
-        self._after_flush: list[tuple[Executable, dict[str, Any]]] = []
+        self._after_flush: list[tuple[str, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
         self._written: list[PendingAppend] = []
         self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
@@ -93,7 +99,7 @@ class AsyncTransaction:
                 plan = append_plan(self._staged, self.store._queries, partitions)
                 results = await _drive(self.connection, plan)
             while self._after_flush:
-                await self.connection.execute(*self._after_flush.pop(0))
+                await _fetch(self.connection, *self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
@@ -196,7 +202,8 @@ class AsyncEventStore:
         """Read the number of partitions from the database (``partitions`` caches it)."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                value = (await conn.execute(self._queries.partition_count)).scalar_one_or_none()
+                rows = await _fetch(conn, self._queries.partition_count)
+        value = rows[0][0] if rows else None
         if value is None:
             raise SchemaNotReady(self.schema, "no partition count stored")
         self._partitions = int(value)
@@ -275,10 +282,8 @@ class AsyncEventStore:
         check_stream_id(stream_id)
         with self._errors():
             async with self._autocommit.connect() as conn:
-                value = (
-                    await conn.execute(self._queries.stream_version, {"stream_id": stream_id})
-                ).scalar()
-        return int(value or 0)
+                rows = await _fetch(conn, self._queries.stream_version, {"stream_id": stream_id})
+        return int(rows[0][0]) if rows else 0
 
     async def read_partition(
         self, partition: int, after: int = 0, limit: int = 1000, *, decode: bool = True
@@ -296,33 +301,19 @@ class AsyncEventStore:
         return records(rows, decode=decode)
 
     async def iter_partition(
-        self, partition: int, after: int = 0, *, batch: int = 5000, decode: bool = True
+        self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
     ) -> AsyncIterator[RecordedEvent]:
-        """Every event of a partition after ``after``, in position order, to the current head.
-
-        The next page is fetched while the caller handles this one.
-        """
+        """Every event of a partition after ``after``, in position order, to the current head."""
         check_partition(partition, await self._partition_count_cached())
         check_range(after, batch)
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        page = await self.read_partition(partition, after, batch, decode=decode)
-        while page:
-            ahead = (
-                asyncio.ensure_future(
-                    self.read_partition(partition, page[-1].position, batch, decode=decode)
-                )
-                if len(page) == batch
-                else None
-            )
-            try:
-                for record in page:
-                    yield record
-            except BaseException:
-                if ahead is not None:
-                    ahead.cancel()
-                raise
-            page = await ahead if ahead is not None else []
+        while page := await self.read_partition(partition, after, batch, decode=decode):
+            for record in page:
+                yield record
+            if len(page) < batch:
+                return
+            after = page[-1].position
 
     async def load_snapshot(
         self, stream_id: str, aggregate_type: str
@@ -330,17 +321,16 @@ class AsyncEventStore:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                row = (
-                    await conn.execute(
-                        self._queries.load_snapshot,
-                        {"stream_id": stream_id, "aggregate_type": aggregate_type},
-                    )
-                ).first()
-        return (int(row[0]), row[1], row[2]) if row is not None else None
+                rows = await _fetch(
+                    conn,
+                    self._queries.load_snapshot,
+                    {"stream_id": stream_id, "aggregate_type": aggregate_type},
+                )
+        return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     async def heads(self) -> dict[int, int]:
         """The head (last position) of every partition."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = (await conn.execute(self._queries.heads)).all()
+                rows = await _fetch(conn, self._queries.heads)
         return {int(p): int(h) for p, h in rows}

@@ -61,7 +61,7 @@ def upgrade_schema(connection: Connection, schema: str, queries: Queries, partit
     cfg.attributes.update(connection=connection, schema=schema, version_table=VERSION_TABLE)
     command.upgrade(cfg, "head")
     connection.execute(queries.init_partition_count, {"n": str(partitions)})
-    stored = int(connection.execute(queries.partition_count).scalar_one())
+    stored = int(connection.exec_driver_sql(queries.partition_count).scalar_one())
     connection.execute(queries.init_partitions, {"n": stored})
     connection.commit()
     return stored
@@ -75,7 +75,7 @@ def schema_status(connection: Connection, schema: str, queries: Queries) -> Sche
     revision = context.get_current_revision()
     partitions = None
     if revision is not None:
-        value = connection.execute(queries.partition_count).scalar_one_or_none()
+        value = connection.exec_driver_sql(queries.partition_count).scalar_one_or_none()
         partitions = int(value) if value is not None else None
     connection.rollback()
     return SchemaStatus(

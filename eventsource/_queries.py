@@ -44,19 +44,20 @@ class Queries:
             f"INSERT INTO {s}.meta (key, value) VALUES ('partitions', :n)"
             " ON CONFLICT (key) DO NOTHING"
         )
-        self.partition_count = text(f"SELECT value FROM {s}.meta WHERE key = 'partitions'")
+        self.partition_count = f"SELECT value FROM {s}.meta WHERE key = 'partitions'"
         self.init_partitions = text(
             f"INSERT INTO {s}.partitions (partition) SELECT generate_series(0, :n - 1)"
             " ON CONFLICT (partition) DO NOTHING"
         )
         # The hot statements run on the psycopg connection itself (no SQLAlchemy layer), with
-        # psycopg's %(name)s placeholders; psycopg prepares them after a few executions.
+        # psycopg's placeholders: %(name)s, or %(name)b for arrays sent in binary (cheaper to
+        # build than quoted text); psycopg prepares them after a few executions.
         self.append = (
             "SELECT stream_id, status, stream_version, partition, position"
-            f" FROM {s}.append_events(%(stream_ids)s::text[], %(partitions)s::integer[],"
-            " %(expected)s::bigint[], %(counts)s::integer[], %(event_ids)s::uuid[],"
-            " %(types)s::text[], %(schema_versions)s::integer[], %(data)s::text[],"
-            " %(metadata)s::text[])"
+            f" FROM {s}.append_events(%(stream_ids)b::text[], %(partitions)b::integer[],"
+            " %(expected)b::bigint[], %(counts)b::integer[], %(event_ids)b::uuid[],"
+            " %(types)b::text[], %(schema_versions)b::integer[], %(data)b::text[],"
+            " %(metadata)b::text[])"
         )
         # One stream, one statement: claim the stream version, bump the partition head (its row
         # lock is held to commit), insert the events. No row back means the expected version
@@ -65,26 +66,26 @@ class Queries:
         self.append_one = {
             kind: (
                 f"WITH s AS ({claim}),"
-                f" h AS (UPDATE {s}.partitions p SET head = p.head + %(n)s FROM s"
-                "  WHERE p.partition = s.partition RETURNING p.head - %(n)s AS base),"
+                f" h AS (UPDATE {s}.partitions p SET head = p.head + %(n)b FROM s"
+                "  WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),"
                 f" e AS (INSERT INTO {s}.events (partition, position, event_id, stream_id,"
                 "  stream_version, event_type, schema_version, data, metadata)"
-                "  SELECT s.partition, h.base + u.k, u.id, %(stream_id)s, s.version - %(n)s + u.k,"
+                "  SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version - %(n)b + u.k,"
                 "  u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
-                "  unnest(%(event_ids)s::uuid[], %(types)s::text[], %(schema_versions)s::integer[],"
-                "  %(data)s::text[], %(metadata)s::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))"
-                " SELECT s.version, s.partition, h.base + %(n)s FROM s, h"
+                "  unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],"
+                "  %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))"
+                " SELECT s.version, s.partition, h.base + %(n)b FROM s, h"
             )
             for kind, claim in {
                 "new": f"INSERT INTO {s}.streams (stream_id, partition, version)"
-                " VALUES (%(stream_id)s, %(partition)s, %(n)s)"
+                " VALUES (%(stream_id)b, %(partition)b, %(n)b)"
                 " ON CONFLICT (stream_id) DO NOTHING RETURNING partition, version",
-                "at": f"UPDATE {s}.streams SET version = version + %(n)s"
-                " WHERE stream_id = %(stream_id)s AND version = %(expected)s"
+                "at": f"UPDATE {s}.streams SET version = version + %(n)b"
+                " WHERE stream_id = %(stream_id)b AND version = %(expected)b"
                 " RETURNING partition, version",
                 "any": f"INSERT INTO {s}.streams AS t (stream_id, partition, version)"
-                " SELECT %(stream_id)s, %(partition)s, %(n)s WHERE NOT EXISTS"
-                f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)s)"
+                " SELECT %(stream_id)b, %(partition)b, %(n)b WHERE NOT EXISTS"
+                f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)b)"
                 " ON CONFLICT (stream_id) DO UPDATE SET version = t.version + excluded.version"
                 " RETURNING partition, version",
             }.items()
@@ -99,15 +100,16 @@ class Queries:
             " WHERE partition = %(partition)s AND position > %(after)s"
             " ORDER BY position LIMIT %(limit)s"
         )
-        self.stream_version = text(f"SELECT version FROM {s}.streams WHERE stream_id = :stream_id")
-        self.heads = text(f"SELECT partition, head FROM {s}.partitions ORDER BY partition")
-        self.load_snapshot = text(
+        self.stream_version = f"SELECT version FROM {s}.streams WHERE stream_id = %(stream_id)s"
+        self.heads = f"SELECT partition, head FROM {s}.partitions ORDER BY partition"
+        self.load_snapshot = (
             f"SELECT version, shape, state::text FROM {s}.snapshots"
-            " WHERE stream_id = :stream_id AND aggregate_type = :aggregate_type"
+            " WHERE stream_id = %(stream_id)s AND aggregate_type = %(aggregate_type)s"
         )
-        self.save_snapshot = text(
+        self.save_snapshot = (
             f"INSERT INTO {s}.snapshots AS t (stream_id, aggregate_type, shape, version, state)"
-            " VALUES (:stream_id, :aggregate_type, :shape, :version, CAST(:state AS jsonb))"
+            " VALUES (%(stream_id)s, %(aggregate_type)s, %(shape)s, %(version)s,"
+            " %(state)s::jsonb)"
             " ON CONFLICT (stream_id) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
             " shape = excluded.shape, version = excluded.version, state = excluded.state,"
             " taken_at = now()"
