@@ -21,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._announce import Announcer
 from ._config import Settings
 from ._core import (
     ANY,
@@ -36,6 +37,7 @@ from ._core import (
     check_partitions,
     check_range,
     check_stream_id,
+    conninfo,
     records,
     translate_errors,
 )
@@ -120,7 +122,10 @@ class AsyncEventStore:
     ) -> None:
         self._engine = engine
         self.schema = schema
-        self._queries = Queries(quote_schema(schema))
+        self._queries = Queries(quote_schema(schema), schema)
+        self._announcer = Announcer(
+            conninfo(engine.url), self._queries.channel, self._queries.announce
+        )
         self._initial_partitions = check_partitions(partitions)
         self._partitions: int | None = None
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -161,6 +166,7 @@ class AsyncEventStore:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        self._announcer.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> AsyncEventStore:
@@ -236,7 +242,10 @@ class AsyncEventStore:
         with self._errors():
             async with self._autocommit.connect() as conn:
                 await _drive(conn, plan)
-        return pending.result
+        result = pending.result
+        if not result.duplicate:
+            self._announcer.announce((result.partition,))
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncTransaction]:
@@ -258,6 +267,7 @@ class AsyncEventStore:
                 raise
         finally:
             await conn.close()
+        self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})
         for callback in tx._on_commit:
             callback()
 

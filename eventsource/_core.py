@@ -496,6 +496,11 @@ def safe_url(url: str | URL) -> str:
         return "<unparseable database URL>"
 
 
+def conninfo(url: URL) -> str:
+    """A libpq connection string (URI) for a SQLAlchemy URL."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def describe_target(url: URL) -> str:
     host = url.host or url.query.get("host") or "localhost"
     if isinstance(host, tuple):

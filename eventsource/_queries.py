@@ -33,11 +33,20 @@ def quote_schema(schema: str) -> str:
     return _PREPARER.quote_schema(schema)
 
 
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which appends to ``schema`` announce their partitions."""
+    return f"eventsource.{schema}"
+
+
 class Queries:
     """The statements for one schema (already quoted with ``quote_schema``)."""
 
-    def __init__(self, quoted: str) -> None:
+    def __init__(self, quoted: str, schema: str) -> None:
         s = quoted
+        # Written partitions are announced on this channel (see _announce.py).
+        self.channel = notify_channel(schema)
+        self.listen = f"LISTEN {_PREPARER.quote(self.channel)}"
+        self.announce = "SELECT pg_notify(%(channel)s, %(payload)s)"
         self.create_schema = text(f"CREATE SCHEMA IF NOT EXISTS {s}")
         self.migrate_lock = text("SELECT pg_advisory_xact_lock(:key)")
         self.init_partition_count = text(

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, Executable, Result
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
+from ._announce import Announcer
 from ._config import Settings
 from ._core import (
     ANY,
@@ -35,6 +36,7 @@ from ._core import (
     check_partitions,
     check_range,
     check_stream_id,
+    conninfo,
     records,
     translate_errors,
 )
@@ -127,7 +129,10 @@ class EventStore:
     ) -> None:
         self._engine = engine
         self.schema = schema
-        self._queries = Queries(quote_schema(schema))
+        self._queries = Queries(quote_schema(schema), schema)
+        self._announcer = Announcer(
+            conninfo(engine.url), self._queries.channel, self._queries.announce
+        )
         self._initial_partitions = check_partitions(partitions)
         self._partitions: int | None = None
 
@@ -167,6 +172,7 @@ class EventStore:
 
     def close(self) -> None:
         """Close the connection pool."""
+        self._announcer.close()
         self._engine.dispose()
 
     def __enter__(self) -> EventStore:
@@ -258,7 +264,10 @@ class EventStore:
         plan = append_plan(staged, self._queries, self.partitions)
         with self._raw() as conn:
             _drive(conn, plan)
-        return pending.result
+        result = pending.result
+        if not result.duplicate:
+            self._announcer.announce((result.partition,))
+        return result
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -280,6 +289,7 @@ class EventStore:
                 raise
         finally:
             conn.close()
+        self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})
         for callback in tx._on_commit:
             callback()
 
