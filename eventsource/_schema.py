@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -91,3 +92,53 @@ def metadata_for(schema: str) -> MetaData:
     for table in metadata.tables.values():
         table.to_metadata(placed, schema=schema)
     return placed
+
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("projection", Text, nullable=False),
+    Column("partition", Integer, nullable=False, autoincrement=False),
+    Column("position", BigInteger, nullable=False, server_default=text("0")),
+    Column("owner", Text, nullable=True),
+    Column("lease_token", BigInteger, nullable=False, server_default=text("0")),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("error", Text, nullable=True),
+    Column("error_position", BigInteger, nullable=True),
+    Column("error_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("error_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("projection", "partition", name="projection_checkpoints_pkey"),
+)
+
+projection_workers = Table(
+    "projection_workers",
+    metadata,
+    Column("projection", Text, nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("projection", "worker_id", name="projection_workers_pkey"),
+)
+
+projection_state = Table(
+    "projection_state",
+    metadata,
+    Column("projection", Text, primary_key=True),
+    Column("paused_by", Text, nullable=True),
+    Column("paused_until", DateTime(timezone=True), nullable=True),
+    Column("replayed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+projection_skips = Table(
+    "projection_skips",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("projection", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=True),
+    Column("event_type", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("skipped_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

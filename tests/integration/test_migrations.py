@@ -59,7 +59,18 @@ def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
             store, "SELECT tablename FROM pg_tables WHERE schemaname = :s", {"s": store.schema}
         )
     }
-    assert tables == {"meta", "partitions", "streams", "events", "snapshots", VERSION_TABLE}
+    assert tables == {
+        "meta",
+        "partitions",
+        "streams",
+        "events",
+        "snapshots",
+        "projection_checkpoints",
+        "projection_workers",
+        "projection_state",
+        "projection_skips",
+        VERSION_TABLE,
+    }
 
 
 def test_schema_comparison_detects_drift(store: EventStore) -> None:
@@ -89,7 +100,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0001"
+    assert status.revision == status.head == head_revision() == "0002"
     assert status.partitions == 4
     assert status.up_to_date
 
@@ -132,7 +143,7 @@ def test_concurrent_upgrades_of_a_fresh_schema(database_url: str, schema: str) -
             (3, 0),
         ]
         assert sql(first, "SELECT key, value FROM {s}.meta") == [("partitions", "4")]
-        assert sql(first, "SELECT version_num FROM {s}." + VERSION_TABLE) == [("0001",)]
+        assert sql(first, "SELECT version_num FROM {s}." + VERSION_TABLE) == [(head_revision(),)]
         assert first.status().up_to_date
     finally:
         for store in stores:
