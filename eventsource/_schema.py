@@ -93,6 +93,7 @@ def metadata_for(schema: str) -> MetaData:
         table.to_metadata(placed, schema=schema)
     return placed
 
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata,

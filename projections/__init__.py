@@ -1,1 +1,43 @@
-"""Projections: read models built from partition offsets (see the projections issue)."""
+"""Projections: read models built from the event log's partitions, from stored offsets.
+
+from projections import Projection, handles
+
+class Balances(Projection):
+    name = "balances"
+
+    @handles(MoneyDeposited)
+    def on_deposit(self, event, record, tx) -> None: ...
+
+projections.run(store, [Balances()], stop_when_caught_up=True)   # in code
+# or as processes: eventsource projections run mymodule:Balances
+"""
+
+from __future__ import annotations
+
+from ._ops import (
+    PartitionStatus,
+    ProjectionTimeout,
+    ReplayError,
+    replay,
+    retry,
+    skip,
+    status,
+    wait_for,
+)
+from ._projection import Projection, handles
+from ._worker import ProjectionWorker, run
+
+__all__ = [
+    "PartitionStatus",
+    "Projection",
+    "ProjectionTimeout",
+    "ProjectionWorker",
+    "ReplayError",
+    "handles",
+    "replay",
+    "retry",
+    "run",
+    "skip",
+    "status",
+    "wait_for",
+]

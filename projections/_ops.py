@@ -1,0 +1,257 @@
+"""Operating projections: replay (rebuild), status, retry and skip of a stopped partition,
+and waiting for a projection to pass an append (read-your-writes)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from eventsource import AppendResult, EventSourceError, EventStore, PendingAppend
+from eventsource._queries import quote_schema
+
+from ._projection import Projection, check_name
+from ._queries import ProjectionQueries
+from ._worker import ProjectionWorker, _fetch, default_worker_id
+
+__all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
+
+
+class ProjectionTimeout(EventSourceError, TimeoutError):
+    """A projection did not reach the awaited position in time."""
+
+
+class ReplayError(EventSourceError):
+    """The replay could not take the projection over."""
+
+
+def _queries(store: EventStore) -> ProjectionQueries:
+    return ProjectionQueries(store._queries, quote_schema(store.schema))
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """One (projection, partition) as `eventsource projections status` shows it."""
+
+    projection: str
+    partition: int
+    position: int
+    head: int
+    owner: str | None
+    lease_until: datetime | None
+    updated_at: datetime
+    error: str | None
+    error_position: int | None
+    error_attempts: int
+    error_at: datetime | None
+    paused_by: str | None
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lag"] = self.lag
+        for key in ("lease_until", "updated_at", "error_at"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat()
+        return data
+
+
+def status(store: EventStore) -> list[PartitionStatus]:
+    """Every projection's partitions: position, head, lag, owner, last update, error."""
+    with store._raw() as conn:
+        rows = _fetch(conn, _queries(store).status)
+    return [PartitionStatus(*row) for row in rows]
+
+
+def wait_for(
+    store: EventStore,
+    projection: str | Projection | type[Projection],
+    result: AppendResult | PendingAppend,
+    timeout: float = 5.0,
+) -> None:
+    """Block until ``projection`` has applied ``result`` (read-your-writes).
+
+    ``ProjectionTimeout`` if it has not within ``timeout`` seconds.
+    """
+    name = check_name(projection if isinstance(projection, str) else projection.name)
+    key = {"projection": name, "partition": result.partition}
+    query = _queries(store).position
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        with store._raw() as conn:
+            rows = _fetch(conn, query, key)
+        if rows and rows[0][0] >= result.position:
+            return
+        if time.monotonic() >= deadline:
+            at = rows[0][0] if rows else "no checkpoint"
+            raise ProjectionTimeout(
+                f"projection {name!r} has not reached position {result.position} of partition"
+                f" {result.partition} within {timeout}s (it is at {at}): is a worker running?"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def retry(store: EventStore, projection: str, partition: int) -> int:
+    """Clear a stopped partition's error so workers retry its event; returns its position."""
+    with store._raw() as conn:
+        rows = _fetch(
+            conn, _queries(store).retry, {"projection": projection, "partition": partition}
+        )
+    if not rows:
+        raise EventSourceError(
+            f"projection {projection!r} partition {partition} is not stopped on an error"
+        )
+    store._announcer.announce((partition,))
+    return int(rows[0][0])
+
+
+def skip(store: EventStore, projection: str, partition: int) -> tuple[int, str | None]:
+    """Skip a stopped partition's poison event (logged in projection_skips); its position."""
+    with store._raw() as conn:
+        rows = _fetch(
+            conn, _queries(store).skip, {"projection": projection, "partition": partition}
+        )
+    if not rows:
+        raise EventSourceError(
+            f"projection {projection!r} partition {partition} is not stopped on an error"
+        )
+    store._announcer.announce((partition,))
+    return int(rows[0][0]), rows[0][1]
+
+
+def replay(
+    store: EventStore,
+    projection: Projection,
+    *,
+    console: Console | None = None,
+    progress: bool = True,
+    takeover_timeout: float = 30.0,
+    **options: Any,
+) -> int:
+    """Rebuild a read model from offset 0 while live workers step aside; events applied.
+
+    Takes every lease of the projection (workers release theirs at their next heartbeat),
+    calls ``reset`` and sets the checkpoints to 0 in one transaction (a failing ``reset``
+    changes nothing), runs every partition to its head with a progress bar, then hands the
+    partitions back. Writers may keep appending meanwhile.
+    """
+    worker = ProjectionWorker(
+        store,
+        [projection],
+        worker_id=f"replay:{default_worker_id()}",
+        exclusive=True,
+        **options,
+    )
+    queries = worker.queries
+    key = {"projection": projection.name, "worker": worker.worker_id}
+    worker.setup()
+    with store._raw() as conn:
+        if not _fetch(conn, queries.pause, {**key, "ttl": worker.lease_ttl}):
+            raise ReplayError(
+                f"projection {projection.name!r} is being replayed by another process"
+            )
+    group = worker._groups[0]
+    try:
+        _take_over(worker, store.partitions, takeover_timeout)
+        with store._errors(), store.engine.begin() as tx:
+            raw: Any = tx.connection.driver_connection
+            locked = _fetch(raw, queries.lock_all, key)
+            if len(locked) != store.partitions:
+                raise ReplayError("lost a lease during the takeover; run the replay again")
+            projection.reset(tx)
+            _fetch(raw, queries.reset_checkpoints, key)
+        for lease in group.leases.values():
+            lease.position, lease.failed = 0, False
+        return _run_to_head(worker, console or Console(stderr=True), progress)
+    finally:
+        worker.shutdown()
+        with store._raw() as conn:
+            _fetch(conn, queries.unpause, {**key, "replayed": True})
+
+
+def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    group = worker._groups[0]
+    while True:
+        worker.heartbeat()
+        if len(group.leases) == partitions:
+            return
+        if time.monotonic() > deadline:
+            raise ReplayError(
+                f"could not take over {partitions - len(group.leases)} partitions of"
+                f" {group.name!r} within {timeout}s: are their workers alive and responsive?"
+            )
+        time.sleep(0.2)
+
+
+def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
+    group = worker._groups[0]
+    store = worker.store
+    applied = 0
+    columns = (
+        TextColumn("[bold]replay[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} events/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not show, transient=False) as bar:
+        heads = store.heads()
+        task = bar.add_task(group.name, total=sum(heads.values()), rate="-")
+        started = time.monotonic()
+        last_beat = time.monotonic()
+        while True:
+            behind = [
+                p
+                for p, lease in group.leases.items()
+                if not lease.failed and lease.position < heads.get(p, 0)
+            ]
+            now = time.monotonic()
+            pending = [p for p in behind if group.retry_at.get(p, 0.0) <= now]
+            if behind and not pending:  # only partitions waiting to retry a failed event
+                time.sleep(min(group.retry_at[p] for p in behind) - now)
+                continue
+            if not pending:
+                heads = store.heads()  # writers may have appended meanwhile
+                bar.update(task, total=max(sum(heads.values()), applied))
+                if all(
+                    lease.failed or lease.position >= heads.get(p, 0)
+                    for p, lease in group.leases.items()
+                ):
+                    break
+                continue
+            for partition in pending:
+                lease = group.leases.get(partition)
+                if lease is None:
+                    raise ReplayError(f"lost the lease of partition {partition} during the replay")
+                count = worker.batch(group, partition, lease)
+                applied += count
+                elapsed = max(time.monotonic() - started, 1e-9)
+                bar.update(task, advance=count, rate=f"{applied / elapsed:,.0f}")
+            if time.monotonic() - last_beat >= worker.heartbeat_interval:
+                worker.heartbeat()
+                last_beat = time.monotonic()
+    failed = sorted(p for p, lease in group.leases.items() if lease.failed)
+    if failed:
+        console.print(
+            f"[yellow]partitions {failed} stopped on poison events: see"
+            " `eventsource projections status`[/]"
+        )
+    return applied

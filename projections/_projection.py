@@ -1,0 +1,151 @@
+"""The Projection base class and the ``@handles`` decorator.
+
+    class Balances(Projection):
+        name = "balances"
+
+        def setup(self, tx) -> None:
+            tx.execute(text("CREATE TABLE IF NOT EXISTS balances (...)"))
+
+        def reset(self, tx) -> None:
+            tx.execute(text("TRUNCATE balances"))
+
+        @handles(MoneyDeposited)
+        def on_deposit(self, event: MoneyDeposited, record: RecordedEvent, tx) -> None:
+            tx.execute(text("UPDATE balances SET ..."), {...})
+
+Handlers run inside the batch's transaction, the same one that moves the checkpoint: a read
+model in this database sees every event exactly once. Side effects elsewhere (an API, a cache,
+another database) see them at least once: a batch that fails after such a call is retried.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from sqlalchemy import Connection
+
+from eventsource import Event, RecordedEvent
+
+__all__ = ["Projection", "handles"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_NAME_LENGTH = 200
+
+_registry: dict[str, type[Projection]] = {}
+
+
+def handles(*event_types: type[Event] | str) -> Callable[[F], F]:
+    """Mark a method as the handler of these event classes (or stored type names)."""
+    if not event_types:
+        raise TypeError("@handles needs at least one event class or type name")
+    names = []
+    for event_type in event_types:
+        if isinstance(event_type, str):
+            names.append(event_type)
+        elif isinstance(event_type, type) and issubclass(event_type, Event):
+            names.append(event_type.event_type)
+        else:
+            raise TypeError(f"@handles takes Event classes or type names, got {event_type!r}")
+
+    def mark(fn: F) -> F:
+        fn.__handles__ = (*getattr(fn, "__handles__", ()), *names)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Projection:
+    """A read model built from the event log: a name, handlers, ``setup`` and ``reset``.
+
+    Class attributes: ``name`` (required, unique), ``batch_size`` (events per transaction).
+    """
+
+    name: ClassVar[str] = ""
+    batch_size: ClassVar[int] = 500
+    _handlers: ClassVar[dict[str, list[str]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, list[str]] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                for type_name in getattr(value, "__handles__", ()):
+                    methods = handlers.setdefault(type_name, [])
+                    if attr not in methods:
+                        methods.append(attr)
+        cls._handlers = handlers
+        name = cls.__dict__.get("name")
+        if name is None:
+            return  # an intermediate base class
+        check_name(name)
+        existing = _registry.get(name)
+        if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise TypeError(
+                f"projection name {name!r} is already used by"
+                f" {existing.__module__}.{existing.__qualname__}"
+            )
+        _registry[name] = cls
+
+    def setup(self, tx: Connection) -> None:
+        """Create the read model's tables (idempotent); called when a worker starts."""
+
+    def reset(self, tx: Connection) -> None:
+        """Empty the read model before a replay; the checkpoints go to 0 in the same transaction."""
+
+    @classmethod
+    def handled_types(cls) -> frozenset[str]:
+        """The stored event type names this projection has handlers for."""
+        return frozenset(cls._handlers)
+
+    def handle_batch(self, records: Sequence[RecordedEvent], tx: Connection) -> None:
+        """Apply one batch (a partition's events in position order) inside its transaction.
+
+        The default calls the ``@handles`` methods of each record's type and skips the rest
+        without decoding them. Override it to write a whole batch at once; ``record.event``
+        then decodes (``UnknownEventType`` for a type whose class is not loaded).
+        """
+        handlers = self._handlers
+        for record in records:
+            for method in handlers.get(record.event_type, ()):
+                result = getattr(self, method)(record.event, record, tx)
+                if inspect.isawaitable(result):
+                    _run_coroutine(result)
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"a projection needs a non-empty str name, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"projection name is longer than {MAX_NAME_LENGTH}: {name[:40]!r}…")
+    return name
+
+
+def check_unique(projections: Sequence[Projection]) -> None:
+    """Two projections with one name in one run are an error."""
+    seen: dict[str, Projection] = {}
+    for projection in projections:
+        if not isinstance(projection, Projection):
+            raise TypeError(f"expected Projection instances, got {projection!r}")
+        name = check_name(projection.name)
+        if name in seen:
+            raise ValueError(f"two projections are named {name!r}: names must be unique")
+        seen[name] = projection
+
+
+_loop: Any = None
+
+
+def _run_coroutine(awaitable: Any) -> Any:
+    """Run an async handler to completion on this thread's private event loop."""
+    import asyncio  # noqa: PLC0415 - only async handlers need it
+
+    global _loop  # noqa: PLW0603 - one loop per worker thread, created on demand
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(awaitable)
