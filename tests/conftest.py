@@ -31,7 +31,13 @@ def schema(database_url: str) -> Iterator[str]:
     engine = create_engine(database_url, poolclass=None)
     try:
         with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE"))
+            # The schema, and those named after it (the demo's read model: <schema>_bank).
+            related = conn.execute(
+                text("SELECT nspname FROM pg_namespace WHERE nspname = :n OR nspname LIKE :p"),
+                {"n": name, "p": f"{name}\\_%"},
+            ).scalars()
+            for schema_name in list(related):
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name)} CASCADE"))
     finally:
         engine.dispose()
 

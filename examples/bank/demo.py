@@ -2,24 +2,74 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import text
 
-from eventsource import ConcurrencyError, EventStore
+import projections
+from eventsource import AppendResult, ConcurrencyError, EventStore
 
 from .domain import Account, InsufficientFunds
+from .read_model import BankReadModel
 from .service import Bank
 
 
 def run_demo(store: EventStore, console: Console) -> None:
-    """Open accounts, move money, show a rule and a race being refused, then the log itself."""
+    """Writers and a projection worker process: accounts, money, refusals, the read model."""
     bank = Bank(store)
     run = uuid.uuid4().hex[:6]
     ann, bob = f"acc-ann-{run}", f"acc-bob-{run}"
+    read_schema = f"{store.schema}_bank"
 
     console.print(f"[bold]Bank demo[/] (run {run}) on {store.partitions} partitions")
+    worker = _start_worker(store, read_schema)
+    console.print(f"started a projection worker process (pid {worker.pid}) for the read model")
+    try:
+        _write(bank, console, ann, bob)
+        _show_log(store, console, bank, ann, bob)
+        # Read-your-writes: wait until the worker has applied everything written so far.
+        for partition, head in store.heads().items():
+            if head:
+                projections.wait_for(
+                    store, BankReadModel.name, AppendResult("", 0, partition, head), timeout=60
+                )
+        _show_read_model(store, console, read_schema, run)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=30)
+    console.print(f"projection worker stopped on SIGTERM (exit code {code})")
+
+
+def _start_worker(store: EventStore, read_schema: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "EVENTSOURCE_DATABASE_URL": store.url.render_as_string(hide_password=False),
+        "EVENTSOURCE_SCHEMA": store.schema,
+        "BANK_READ_SCHEMA": read_schema,
+        "EVENTSOURCE_LOG_FORMAT": "json",
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventsource",
+            "projections",
+            "run",
+            "examples.bank.read_model:BankReadModel",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _write(bank: Bank, console: Console, ann: str, bob: str) -> None:
     bank.open_account(ann, "Ann")
     bank.open_account(bob, "Bob")
     console.print(f"opened {ann} and {bob}")
@@ -48,7 +98,9 @@ def run_demo(store: EventStore, console: Console) -> None:
     except ConcurrencyError as exc:
         console.print(f"[yellow]refused by optimistic concurrency:[/] {exc}")
 
-    table = Table(title="accounts")
+
+def _show_log(store: EventStore, console: Console, bank: Bank, ann: str, bob: str) -> None:
+    table = Table(title="accounts (loaded from their events)")
     for column in ("account", "owner", "balance", "version"):
         table.add_column(column)
     for account_id in (ann, bob):
@@ -72,3 +124,34 @@ def run_demo(store: EventStore, console: Console) -> None:
                 str(record.metadata.get("correlation_id", ""))[:8],
             )
     console.print(log)
+
+
+def _show_read_model(store: EventStore, console: Console, read_schema: str, run: str) -> None:
+    with store.engine.connect() as conn:
+        s = conn.dialect.identifier_preparer.quote_schema(read_schema)
+        balances = conn.execute(
+            text(
+                f"SELECT account_id, owner, balance, movements FROM {s}.balances"
+                " WHERE account_id LIKE :run ORDER BY account_id"
+            ),
+            {"run": f"%-{run}"},
+        ).all()
+        movements = conn.execute(
+            text(
+                f"SELECT account_id, version, kind, amount, counterparty FROM {s}.transactions"
+                " WHERE account_id LIKE :run ORDER BY account_id, version"
+            ),
+            {"run": f"%-{run}"},
+        ).all()
+    table = Table(title=f"read model {read_schema}.balances (built by the worker process)")
+    for column in ("account", "owner", "balance", "movements"):
+        table.add_column(column)
+    for account_id, owner, balance, count in balances:
+        table.add_row(account_id, owner, f"{balance / 100:.2f}", str(count))
+    console.print(table)
+    table = Table(title=f"read model {read_schema}.transactions")
+    for column in ("account", "version", "kind", "amount", "counterparty"):
+        table.add_column(column)
+    for account_id, version, kind, amount, other in movements:
+        table.add_row(account_id, str(version), kind, f"{amount / 100:.2f}", other or "")
+    console.print(table)
