@@ -169,7 +169,8 @@ def replay(
     group = worker._groups[0]
     try:
         _take_over(worker, store.partitions, takeover_timeout)
-        with store._errors(), store.engine.begin() as tx:
+        # Not translated: errors of the projection's own reset() are its own.
+        with store.engine.begin() as tx:
             raw: Any = tx.connection.driver_connection
             locked = _fetch(raw, queries.lock_all, key)
             if len(locked) != store.partitions:
