@@ -12,8 +12,8 @@ stores offer the same methods with the same parameters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Executable
@@ -21,8 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._announce import Announcer
-from ._config import Settings
+from ._base import StoreBase
 from ._core import (
     ANY,
     AppendResult,
@@ -34,17 +33,13 @@ from ._core import (
     StagedAppends,
     append_plan,
     check_partition,
-    check_partitions,
     check_range,
     check_stream_id,
-    conninfo,
     records,
-    translate_errors,
 )
 from ._errors import EventSourceError, SchemaNotReady
 from ._events import Event
 from ._migrate import SchemaStatus, schema_status, upgrade_schema
-from ._queries import Queries, quote_schema
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
 
@@ -114,55 +109,20 @@ class AsyncTransaction:
             pending._rolled_back = True
 
 
-class AsyncEventStore:
+class AsyncEventStore(StoreBase[AsyncEngine]):
     """A partitioned, append-only event log in one PostgreSQL schema (asyncio)."""
 
     def __init__(
         self, engine: AsyncEngine, *, schema: str = "eventsource", partitions: int = 16
     ) -> None:
-        self._engine = engine
-        self.schema = schema
-        self._queries = Queries(quote_schema(schema), schema)
-        self._announcer = Announcer(
-            conninfo(engine.url), self._queries.channel, self._queries.announce
-        )
-        self._initial_partitions = check_partitions(partitions)
-        self._partitions: int | None = None
+        super().__init__(engine, schema=schema, partitions=partitions)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
-    def from_url(
-        cls,
-        url: str | URL | None = None,
-        *,
-        schema: str = "eventsource",
-        partitions: int = 16,
-        pool_size: int = 10,
-    ) -> AsyncEventStore:
-        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
-        from ._engine import async_engine, resolve_url  # noqa: PLC0415
+    def _make_engine(cls, url: URL, pool_size: int) -> AsyncEngine:
+        from ._engine import async_engine  # noqa: PLC0415
 
-        return cls(async_engine(resolve_url(url), pool_size), schema=schema, partitions=partitions)
-
-    @classmethod
-    def from_env(cls, settings: Settings | None = None) -> AsyncEventStore:
-        """A store configured by ``EVENTSOURCE_*`` environment variables."""
-        from ._engine import async_engine, resolve_url  # noqa: PLC0415
-
-        settings = settings or Settings()
-        return cls(
-            async_engine(resolve_url(settings.database_url, settings), settings.pool_size),
-            schema=settings.db_schema,
-            partitions=settings.partitions,
-        )
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
-
-    @property
-    def url(self) -> URL:
-        return self._engine.url
+        return async_engine(url, pool_size)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -174,11 +134,6 @@ class AsyncEventStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        with translate_errors(self._engine.url, self.schema):
-            yield
 
     # -- schema --------------------------------------------------------------------------
 

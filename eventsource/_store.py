@@ -20,8 +20,7 @@ from sqlalchemy import Connection, Engine, Executable, Result
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from ._announce import Announcer
-from ._config import Settings
+from ._base import StoreBase
 from ._core import (
     ANY,
     AppendResult,
@@ -33,17 +32,13 @@ from ._core import (
     StagedAppends,
     append_plan,
     check_partition,
-    check_partitions,
     check_range,
     check_stream_id,
-    conninfo,
     records,
-    translate_errors,
 )
 from ._errors import SchemaNotReady
 from ._events import Event
 from ._migrate import SchemaStatus, schema_status, upgrade_schema
-from ._queries import Queries, quote_schema
 
 __all__ = ["EventStore", "Transaction"]
 
@@ -121,54 +116,14 @@ class Transaction:
             pending._rolled_back = True
 
 
-class EventStore:
+class EventStore(StoreBase[Engine]):
     """A partitioned, append-only event log in one PostgreSQL schema."""
 
-    def __init__(
-        self, engine: Engine, *, schema: str = "eventsource", partitions: int = 16
-    ) -> None:
-        self._engine = engine
-        self.schema = schema
-        self._queries = Queries(quote_schema(schema), schema)
-        self._announcer = Announcer(
-            conninfo(engine.url), self._queries.channel, self._queries.announce
-        )
-        self._initial_partitions = check_partitions(partitions)
-        self._partitions: int | None = None
-
     @classmethod
-    def from_url(
-        cls,
-        url: str | URL | None = None,
-        *,
-        schema: str = "eventsource",
-        partitions: int = 16,
-        pool_size: int = 10,
-    ) -> EventStore:
-        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
-        from ._engine import resolve_url, sync_engine  # noqa: PLC0415 - keep import light
+    def _make_engine(cls, url: URL, pool_size: int) -> Engine:
+        from ._engine import sync_engine  # noqa: PLC0415
 
-        return cls(sync_engine(resolve_url(url), pool_size), schema=schema, partitions=partitions)
-
-    @classmethod
-    def from_env(cls, settings: Settings | None = None) -> EventStore:
-        """A store configured by ``EVENTSOURCE_*`` environment variables."""
-        from ._engine import resolve_url, sync_engine  # noqa: PLC0415
-
-        settings = settings or Settings()
-        return cls(
-            sync_engine(resolve_url(settings.database_url, settings), settings.pool_size),
-            schema=settings.db_schema,
-            partitions=settings.partitions,
-        )
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    @property
-    def url(self) -> URL:
-        return self._engine.url
+        return sync_engine(url, pool_size)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -180,11 +135,6 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        with translate_errors(self._engine.url, self.schema):
-            yield
 
     @contextmanager
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:

@@ -109,30 +109,26 @@ def wait_for(
 
 def retry(store: EventStore, projection: str, partition: int) -> int:
     """Clear a stopped partition's error so workers retry its event; returns its position."""
-    with store._raw() as conn:
-        rows = _fetch(
-            conn, _queries(store).retry, {"projection": projection, "partition": partition}
-        )
-    if not rows:
-        raise EventSourceError(
-            f"projection {projection!r} partition {partition} is not stopped on an error"
-        )
-    store._announcer.announce((partition,))
-    return int(rows[0][0])
+    row = _on_stopped(store, _queries(store).retry, projection, partition)
+    return int(row[0])
 
 
 def skip(store: EventStore, projection: str, partition: int) -> tuple[int, str | None]:
     """Skip a stopped partition's poison event (logged in projection_skips); its position."""
+    row = _on_stopped(store, _queries(store).skip, projection, partition)
+    return int(row[0]), row[1]
+
+
+def _on_stopped(store: EventStore, sql: str, projection: str, partition: int) -> tuple[Any, ...]:
+    """Run an operator's statement on a stopped partition, then wake its workers."""
     with store._raw() as conn:
-        rows = _fetch(
-            conn, _queries(store).skip, {"projection": projection, "partition": partition}
-        )
+        rows = _fetch(conn, sql, {"projection": projection, "partition": partition})
     if not rows:
         raise EventSourceError(
             f"projection {projection!r} partition {partition} is not stopped on an error"
         )
     store._announcer.announce((partition,))
-    return int(rows[0][0]), rows[0][1]
+    return rows[0]
 
 
 def replay(

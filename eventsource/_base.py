@@ -1,0 +1,76 @@
+"""What the sync and async stores share besides I/O: configuration, statements, announcer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Generic, Self, TypeVar
+
+from sqlalchemy.engine import URL
+
+from ._announce import Announcer
+from ._config import Settings
+from ._core import check_partitions, conninfo, translate_errors
+from ._queries import Queries, quote_schema
+
+__all__ = ["StoreBase"]
+
+EngineT = TypeVar("EngineT")
+
+
+class StoreBase(Generic[EngineT]):
+    """The schema, its statements and the announcer of a store over a SQLAlchemy engine."""
+
+    def __init__(
+        self, engine: EngineT, *, schema: str = "eventsource", partitions: int = 16
+    ) -> None:
+        self._engine = engine
+        self.schema = schema
+        self._queries = Queries(quote_schema(schema), schema)
+        self._announcer = Announcer(
+            conninfo(self.url), self._queries.channel, self._queries.announce
+        )
+        self._initial_partitions = check_partitions(partitions)
+        self._partitions: int | None = None
+
+    @classmethod
+    def _make_engine(cls, url: URL, pool_size: int) -> EngineT:
+        raise TypeError(f"{cls.__name__} does not create engines")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL | None = None,
+        *,
+        schema: str = "eventsource",
+        partitions: int = 16,
+        pool_size: int = 10,
+    ) -> Self:
+        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
+        from ._engine import resolve_url  # noqa: PLC0415 - may start the embedded server
+
+        engine = cls._make_engine(resolve_url(url), pool_size)
+        return cls(engine, schema=schema, partitions=partitions)
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> Self:
+        """A store configured by ``EVENTSOURCE_*`` environment variables."""
+        from ._engine import resolve_url  # noqa: PLC0415
+
+        settings = settings or Settings()
+        engine = cls._make_engine(resolve_url(settings.database_url, settings), settings.pool_size)
+        return cls(engine, schema=settings.db_schema, partitions=settings.partitions)
+
+    @property
+    def engine(self) -> EngineT:
+        return self._engine
+
+    @property
+    def url(self) -> URL:
+        url: URL = self._engine.url  # type: ignore[attr-defined]
+        return url
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        with translate_errors(self.url, self.schema):
+            yield
