@@ -20,7 +20,9 @@ another database) see them at least once: a batch that fails after such a call i
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -138,14 +140,20 @@ def check_unique(projections: Sequence[Projection]) -> None:
         seen[name] = projection
 
 
-_loop: Any = None
+_local = threading.local()
 
 
 def _run_coroutine(awaitable: Any) -> Any:
     """Run an async handler to completion on this thread's private event loop."""
-    import asyncio  # noqa: PLC0415 - only async handlers need it
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(awaitable)
 
-    global _loop  # noqa: PLW0603 - one loop per worker thread, created on demand
-    if _loop is None or _loop.is_closed():
-        _loop = asyncio.new_event_loop()
-    return _loop.run_until_complete(awaitable)
+
+def close_thread_loop() -> None:
+    """Close this thread's handler loop, if async handlers created one."""
+    loop = getattr(_local, "loop", None)
+    if loop is not None and not loop.is_closed():
+        loop.close()
+    _local.loop = None

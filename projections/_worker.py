@@ -33,7 +33,7 @@ from eventsource._core import conninfo, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
 
-from ._projection import Projection, check_unique
+from ._projection import Projection, check_unique, close_thread_loop
 from ._queries import ProjectionQueries
 
 __all__ = ["ProjectionWorker", "run"]
@@ -144,6 +144,7 @@ class ProjectionWorker:
                     self._wait(listener, self._idle_timeout(next_beat))
         finally:
             self.shutdown()
+            close_thread_loop()
             if listener is not None:
                 listener.close()
             self._log.info("worker stopped")
@@ -156,6 +157,11 @@ class ProjectionWorker:
                 _fetch(conn, self.queries.init_checkpoints, {"projection": group.name})
         for group in self._groups:
             with self.store._errors(), self.store.engine.begin() as tx:
+                # Workers starting together must not race on CREATE ... IF NOT EXISTS.
+                tx.exec_driver_sql(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
+                    {"key": f"eventsource.projection.setup:{self.store.schema}:{group.name}"},
+                )
                 group.projection.setup(tx)
 
     def shutdown(self) -> None:
@@ -237,9 +243,9 @@ class ProjectionWorker:
         renewed = {}
         for partition, position, failed in rows:
             lease = group.leases[partition]
-            lease.position, lease.failed = position, failed
-            if not failed:
+            if lease.failed and not failed:  # an operator retried or skipped it
                 group.attempts.pop(partition, None)
+            lease.position, lease.failed = position, failed
             renewed[partition] = lease
         for partition in set(group.leases) - renewed.keys():
             self._log.warning("lease lost", projection=group.name, partition=partition)

@@ -193,13 +193,6 @@ def others_at_heads_and_stopped(store: EventStore, partition: int) -> bool:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: ProjectionWorker._renew() clears the failure count of every partition that is"
-    " not stopped at each heartbeat, so with the CLI's defaults (retries after 0.2 s and 1 s,"
-    " heartbeat every 1 s) the count never reaches max_attempts: the worker retries the poison"
-    " event forever and status never shows it",
-    strict=True,
-)
 def test_a_worker_process_stops_a_poisoned_partition(
     database_url: str, schema: str, store: EventStore, tmp_path: Path
 ) -> None:

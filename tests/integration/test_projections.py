@@ -507,12 +507,6 @@ def test_an_async_handler_is_awaited(store: EventStore) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
-@pytest.mark.xfail(
-    reason="BUG: async handlers share one module-global event loop (_projection._loop) across"
-    " threads, so two workers running async handlers at once fail with 'This event loop is"
-    " already running' and their partitions stop as poisoned",
-    strict=True,
-)
 def test_async_handlers_of_two_workers_in_two_threads(store: EventStore) -> None:
     """Two workers in two threads of one process, each with an async handler, both finish."""
     for i in range(40):
@@ -567,13 +561,6 @@ def test_a_poison_event_stops_only_its_partition(store: EventStore) -> None:
     assert stopped.as_json()["error_position"] == poison_position
 
 
-@pytest.mark.xfail(
-    reason="BUG: ProjectionWorker._renew() clears the failure count (group.attempts) of every"
-    " partition that is not stopped at each heartbeat, so when a retry delay outlasts the"
-    " heartbeat interval (the defaults: retries after 0.2 s and 1 s, heartbeat every 1 s) the"
-    " count never reaches max_attempts and the poison event is retried forever, unrecorded",
-    strict=True,
-)
 def test_a_poison_event_stops_its_partition_when_retries_outlast_a_heartbeat(
     store: EventStore, running: Any
 ) -> None:
@@ -959,12 +946,6 @@ def test_two_projection_classes_with_one_name_are_refused() -> None:
 # -- bugs found ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: ProjectionWorker.setup() runs every projection's setup() with no lock, so two"
-    " workers starting together race on CREATE TABLE IF NOT EXISTS (PostgreSQL's IF NOT EXISTS"
-    " is not concurrency-safe) and one fails with a unique violation on pg_type",
-    strict=True,
-)
 def test_workers_starting_together_both_set_up(store: EventStore) -> None:
     """Two workers starting at the same moment both get through the projection's setup."""
     errors: list[BaseException] = []
