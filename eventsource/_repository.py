@@ -90,13 +90,24 @@ class _RepositoryCore(Generic[A]):
             return None
         return events, aggregate.version - len(aggregate._pending) + already
 
-    def staged(self, aggregate: A, tx: Transaction | AsyncTransaction, count: int) -> None:
+    def staged(
+        self,
+        aggregate: A,
+        tx: Transaction | AsyncTransaction,
+        pending: AppendResult | PendingAppend,
+        count: int,
+        snapshot: dict[str, Any] | None,
+    ) -> PendingAppend:
         """Record that ``count`` more events of ``aggregate`` are staged in ``tx``."""
+        assert isinstance(pending, PendingAppend)
+        if snapshot is not None:
+            tx._after_flush.append((tx.store._queries.save_snapshot, snapshot))
         key = id(aggregate)
         if key not in tx._saved:
             # Saved events leave pending_events only once the transaction has committed.
             tx.on_commit(lambda: aggregate._mark_saved(tx._saved[key][1]))
         tx._saved[key] = (aggregate, tx._saved.get(key, (aggregate, 0))[1] + count)
+        return pending
 
     def check(self, aggregate: A) -> None:
         if not isinstance(aggregate, self.aggregate_type):
@@ -186,11 +197,7 @@ class Repository(Generic[A]):
             partition_key=aggregate.partition_key(),
             tx=tx,
         )
-        assert isinstance(pending, PendingAppend)
-        self._core.staged(aggregate, tx, len(events))
-        if snapshot is not None:
-            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
-        return pending
+        return self._core.staged(aggregate, tx, pending, len(events), snapshot)
 
 
 class AsyncRepository(Generic[A]):
@@ -273,8 +280,4 @@ class AsyncRepository(Generic[A]):
             partition_key=aggregate.partition_key(),
             tx=tx,
         )
-        assert isinstance(pending, PendingAppend)
-        self._core.staged(aggregate, tx, len(events))
-        if snapshot is not None:
-            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
-        return pending
+        return self._core.staged(aggregate, tx, pending, len(events), snapshot)

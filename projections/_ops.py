@@ -20,10 +20,11 @@ from rich.progress import (
 
 from eventsource import AppendResult, EventSourceError, EventStore, PendingAppend
 from eventsource._queries import quote_schema
+from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_name
 from ._queries import ProjectionQueries
-from ._worker import ProjectionWorker, _fetch, default_worker_id
+from ._worker import ProjectionWorker, default_worker_id
 
 __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
 
@@ -167,7 +168,7 @@ def replay(
         _take_over(worker, store.partitions, takeover_timeout)
         # Not translated: errors of the projection's own reset() are its own.
         with store.engine.begin() as tx:
-            raw: Any = tx.connection.driver_connection
+            raw = _driver(tx)
             locked = _fetch(raw, queries.lock_all, key)
             if len(locked) != store.partitions:
                 raise ReplayError("lost a lease during the takeover; run the replay again")

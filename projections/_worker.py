@@ -32,6 +32,7 @@ from eventsource import DatabaseUnavailable, EventStore, RecordedEvent
 from eventsource._core import conninfo, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
+from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_unique, close_thread_loop
 from ._queries import ProjectionQueries
@@ -71,14 +72,6 @@ class _Group:
 
 class _LeaseLost(Exception):
     """The checkpoint's lease token is no longer this worker's."""
-
-
-def _fetch(
-    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any] | None = None
-) -> list[tuple[Any, ...]]:
-    with conn.cursor(binary=True) as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description is not None else []
 
 
 class ProjectionWorker:
@@ -302,7 +295,7 @@ class ProjectionWorker:
         try:
             # Not translated: a handler's own SQL errors are its own (and may be poison).
             with self.store.engine.connect() as conn, conn.begin():
-                raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+                raw = _driver(conn)
                 locked = _fetch(raw, self.queries.lock_checkpoint, key)
                 if not locked:
                     raise _LeaseLost
