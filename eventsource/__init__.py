@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from ._aggregate import Aggregate
 from ._async_store import AsyncEventStore, AsyncTransaction
+from ._command_worker import CommandWorker, LeaseLost
+from ._commands import (
+    AsyncCommandQueue,
+    Command,
+    CommandContext,
+    CommandInfo,
+    CommandQueue,
+    Enqueued,
+    handler,
+)
 from ._config import Settings
 from ._context import correlation, current_correlation
 from ._core import (
@@ -21,12 +31,14 @@ from ._core import (
 )
 from ._errors import (
     AggregateNotFound,
+    CommandNotFound,
     ConcurrencyError,
     DatabaseUnavailable,
     DuplicateEventId,
     EmbeddedUnavailable,
     EventSourceError,
     SchemaNotReady,
+    UnknownCommandType,
     UnknownEventType,
 )
 from ._events import Event, UpcastError, upcaster
@@ -39,27 +51,38 @@ __all__ = [
     "Aggregate",
     "AggregateNotFound",
     "AppendResult",
+    "AsyncCommandQueue",
     "AsyncEventStore",
     "AsyncRepository",
     "AsyncTransaction",
+    "Command",
+    "CommandContext",
+    "CommandInfo",
+    "CommandNotFound",
+    "CommandQueue",
+    "CommandWorker",
     "ConcurrencyError",
     "DatabaseUnavailable",
     "DuplicateEventId",
     "EmbeddedUnavailable",
+    "Enqueued",
     "Event",
     "EventSourceError",
     "EventStore",
     "ExpectedVersion",
+    "LeaseLost",
     "PendingAppend",
     "RecordedEvent",
     "Repository",
     "SchemaNotReady",
     "Settings",
     "Transaction",
+    "UnknownCommandType",
     "UnknownEventType",
     "UpcastError",
     "correlation",
     "current_correlation",
+    "handler",
     "partition_for",
     "upcaster",
 ]

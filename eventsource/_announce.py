@@ -26,25 +26,34 @@ log = get_logger("eventsource.announce")
 
 
 class Announcer:
-    """Coalesces written partitions and announces them on one channel from a daemon thread."""
+    """Coalesces announced items per channel and sends them from a daemon thread.
 
-    LINGER = 0.002  # seconds: at most ~500 announcements a second per process
+    Items are partition numbers on the store's channel and queue names on the command channel.
+    The first announcement after a quiet spell goes out at once; those that follow within
+    ``LINGER`` are coalesced into one ``pg_notify`` per channel.
+    """
+
+    LINGER = 0.002  # seconds: at most ~500 announcements a second per process and channel
 
     def __init__(self, conninfo: str, channel: str, statement: str) -> None:
         self._conninfo = conninfo
         self._channel = channel
         self._statement = statement
-        self._dirty: set[int] = set()
+        self._dirty: dict[str, set[str]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_sent = 0.0
 
-    def announce(self, partitions: Iterable[int]) -> None:
-        """Queue partitions to announce; returns at once."""
+    def announce(self, items: Iterable[object], channel: str | None = None) -> None:
+        """Queue items (partitions by default) to announce on ``channel``; returns at once."""
+        names = {str(item) for item in items}
+        if not names:
+            return
         with self._cond:
             if self._closed:
                 return
-            self._dirty.update(partitions)
+            self._dirty.setdefault(channel or self._channel, set()).update(names)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="eventsource-announcer", daemon=True
@@ -67,30 +76,33 @@ class Announcer:
             with self._cond:
                 while not self._dirty and not self._closed:
                     self._cond.wait()
-            # Linger a moment so that a burst of commits makes one announcement, not one each.
-            time.sleep(self.LINGER)
+            # Within a burst of commits, linger a moment so that they make one announcement.
+            quiet = time.monotonic() - self._last_sent
+            if quiet < self.LINGER:
+                time.sleep(self.LINGER - quiet)
             with self._cond:
-                partitions, self._dirty = self._dirty, set()
+                dirty, self._dirty = self._dirty, {}
                 closing = self._closed
-            if partitions:
-                conn = self._send(conn, partitions)
+            for channel, items in dirty.items():
+                conn = self._send(conn, channel, items)
+            self._last_sent = time.monotonic()
             if closing:
                 break
         if conn is not None:
             conn.close()
 
     def _send(
-        self, conn: psycopg.Connection[tuple[object, ...]] | None, partitions: set[int]
+        self, conn: psycopg.Connection[tuple[object, ...]] | None, channel: str, items: set[str]
     ) -> psycopg.Connection[tuple[object, ...]] | None:
-        payload = ",".join(str(p) for p in sorted(partitions))
+        payload = ",".join(sorted(items, key=lambda item: (len(item), item)))
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(self._conninfo, autocommit=True)
                 conn.execute("SET synchronous_commit TO off")
-            conn.execute(self._statement, {"channel": self._channel, "payload": payload})
+            conn.execute(self._statement, {"channel": channel, "payload": payload})
         except psycopg.Error as exc:
             # Announcements are a latency optimisation: readers poll as well.
-            log.warning("announcement failed", channel=self._channel, error=str(exc))
+            log.warning("announcement failed", channel=channel, error=str(exc))
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()

@@ -9,6 +9,7 @@ from typing import Generic, Self, TypeVar
 from sqlalchemy.engine import URL
 
 from ._announce import Announcer
+from ._command_queries import CommandQueries
 from ._config import Settings
 from ._core import check_partitions, conninfo, translate_errors
 from ._queries import Queries, quote_schema
@@ -27,6 +28,7 @@ class StoreBase(Generic[EngineT]):
         self._engine = engine
         self.schema = schema
         self._queries = Queries(quote_schema(schema), schema)
+        self._command_queries = CommandQueries(quote_schema(schema), schema)
         self._announcer = Announcer(
             conninfo(self.url), self._queries.channel, self._queries.announce
         )

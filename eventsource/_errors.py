@@ -88,3 +88,22 @@ class SchemaNotReady(EventSourceError):
 
 class EmbeddedUnavailable(EventSourceError):
     """No database URL is set and the embedded PostgreSQL cannot start."""
+
+
+class UnknownCommandType(EventSourceError):
+    """A command type name has no registered Command class in this process."""
+
+    def __init__(self, command_type: str) -> None:
+        self.command_type = command_type
+        super().__init__(
+            f"unknown command type {command_type!r}: import the module that defines it"
+            " (a Command subclass registered under that name)"
+        )
+
+
+class CommandNotFound(EventSourceError):
+    """No command with this id is in the state the operation needs."""
+
+    def __init__(self, command_id: int, detail: str) -> None:
+        self.command_id = command_id
+        super().__init__(f"command {command_id}: {detail}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -307,6 +308,229 @@ projections_app.command(
 projections_app.command(
     "skip", help="Skip the event a partition stopped on; the skip is recorded."
 )(_partition_command("skip"))
+
+
+worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+commands_app = typer.Typer(
+    help="Inspect and operate the command queue: list, dead letters, retry, purge.",
+    no_args_is_help=True,
+)
+app.add_typer(commands_app, name="commands")
+
+
+def _import_handlers(module_name: str) -> None:
+    """Import the module that registers the handlers; ValueError naming what failed."""
+    if not module_name or module_name.startswith(".") or ":" in module_name:
+        raise ValueError(f"expected a module name such as myapp.handlers, got {module_name!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+
+
+@worker_app.command("run")
+def worker_run(  # noqa: PLR0917 - typer maps parameters to options
+    modules: Annotated[
+        list[str], typer.Argument(help="Modules whose @handler functions this worker runs.")
+    ],
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", "-q", help="A queue to work on (repeat it; default: default)."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=256, help="Handler threads.")
+    ] = 4,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
+    ] = None,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            "--lease", min=0.5, help="Seconds a command stays leased without a heartbeat."
+        ),
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", min=0, help="Seconds to let running handlers finish on stop."),
+    ] = 30.0,
+    poll_only: Annotated[
+        bool,
+        typer.Option("--poll-only", help="No LISTEN/NOTIFY (e.g. behind PgBouncer)."),
+    ] = False,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", min=0.01, help="Seconds between polls.")
+    ] = 1.0,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+) -> None:
+    """Run command handlers until SIGTERM/SIGINT; workers compete for commands."""
+    from ._command_worker import CommandWorker  # noqa: PLC0415
+
+    with _cli_errors():
+        for module_name in modules:
+            _import_handlers(module_name)
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            worker = CommandWorker(
+                store,
+                queue or ["default"],
+                concurrency=concurrency,
+                worker_id=worker_id,
+                lease=lease if lease is not None else settings.command_lease,
+                grace=grace,
+                listen=not poll_only,
+                poll_interval=poll_interval,
+                backoff_base=settings.command_backoff_base,
+                backoff_max=settings.command_backoff_max,
+            )
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stop())
+            worker.run()
+
+
+def _command_table(title: str, rows: Sequence[Any], *, dead: bool) -> Table:
+    table = Table(title=title)
+    columns = ["id", "queue", "type", "status", "attempts", "run at", "worker", "error"]
+    if dead:
+        columns = ["id", "queue", "type", "attempts", "died", "error"]
+    for column in columns:
+        table.add_column(column)
+    for c in rows:
+        error = (c.last_error or "").strip().splitlines()
+        last = error[-1] if error else ""
+        if dead:
+            table.add_row(
+                str(c.id),
+                c.queue,
+                c.command_type,
+                f"{c.attempts}/{c.max_attempts}",
+                c.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+                last,
+            )
+        else:
+            table.add_row(
+                str(c.id),
+                c.queue,
+                c.command_type,
+                c.status,
+                f"{c.attempts}/{c.max_attempts}",
+                c.run_at.strftime("%H:%M:%S"),
+                c.worker or "",
+                last,
+            )
+    return table
+
+
+QueueFilter = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")]
+
+
+@commands_app.command("list")
+def commands_list(
+    queue: QueueFilter = None,
+    limit: Limit = 100,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Pending and running commands with attempts, run-at, worker and last error."""
+    from ._commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            rows = CommandQueue(store).list(queue=queue, limit=limit)
+        if as_json:
+            console.print_json(json.dumps([r.as_json() for r in rows]))
+        else:
+            console.print(_command_table("commands", rows, dead=False))
+
+
+@commands_app.command("dead")
+def commands_dead(
+    queue: QueueFilter = None,
+    limit: Limit = 100,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Dead commands (no attempts left) with their last error; --json adds tracebacks."""
+    from ._commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            rows = CommandQueue(store).dead(queue=queue, limit=limit)
+        if as_json:
+            console.print_json(json.dumps([r.as_json() for r in rows]))
+        else:
+            console.print(_command_table("dead commands", rows, dead=True))
+
+
+@commands_app.command("retry")
+def commands_retry(
+    command_id: Annotated[int, typer.Argument(min=1, help="The dead command's id.")],
+    attempts: Annotated[
+        int, typer.Option("--attempts", min=1, max=100, help="Attempts to give it.")
+    ] = 1,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Run a dead command again (after fixing its handler)."""
+    from ._commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            CommandQueue(store).retry(command_id, attempts=attempts)
+        if as_json:
+            console.print_json(json.dumps({"retried": command_id, "attempts": attempts}))
+        else:
+            console.print(f"command {command_id}: pending again with {attempts} more attempt(s)")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30``, ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@commands_app.command("purge")
+def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Only dead commands older than this (e.g. 7d).")
+    ] = "0s",
+    queue: QueueFilter = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Delete dead commands (done ones are deleted by their ack already)."""
+    from ._commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        age = parse_duration(older_than)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("purge deletes dead commands for good: pass --yes to confirm", 2)
+            typer.confirm(f"Delete dead commands older than {older_than}?", abort=True)
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            purged = CommandQueue(store).purge(older_than=age, queue=queue)
+        if as_json:
+            console.print_json(json.dumps({"purged": purged}))
+        else:
+            console.print(f"purged {purged} dead command(s)")
 
 
 @app.command("demo")

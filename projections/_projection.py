@@ -20,17 +20,16 @@ another database) see them at least once: a batch that fails after such a call i
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Connection
 
 from eventsource import Event, RecordedEvent
+from eventsource._loop import close_thread_loop, run_on_thread_loop
 
-__all__ = ["Projection", "handles"]
+__all__ = ["Projection", "close_thread_loop", "handles"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,7 +116,7 @@ class Projection:
             for method in handlers.get(record.event_type, ()):
                 result = getattr(self, method)(record.event, record, tx)
                 if inspect.isawaitable(result):
-                    _run_coroutine(result)
+                    run_on_thread_loop(result)
 
 
 def check_name(name: object) -> str:
@@ -138,22 +137,3 @@ def check_unique(projections: Sequence[Projection]) -> None:
         if name in seen:
             raise ValueError(f"two projections are named {name!r}: names must be unique")
         seen[name] = projection
-
-
-_local = threading.local()
-
-
-def _run_coroutine(awaitable: Any) -> Any:
-    """Run an async handler to completion on this thread's private event loop."""
-    loop = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _local.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(awaitable)
-
-
-def close_thread_loop() -> None:
-    """Close this thread's handler loop, if async handlers created one."""
-    loop = getattr(_local, "loop", None)
-    if loop is not None and not loop.is_closed():
-        loop.close()
-    _local.loop = None

@@ -69,6 +69,7 @@ def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
         "projection_workers",
         "projection_state",
         "projection_skips",
+        "commands",
         VERSION_TABLE,
     }
 
@@ -100,7 +101,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0002"
+    assert status.revision == status.head == head_revision() == "0003"
     assert status.partitions == 4
     assert status.up_to_date
 

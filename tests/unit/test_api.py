@@ -10,9 +10,11 @@ import pytest
 
 import eventsource
 from eventsource import (
+    AsyncCommandQueue,
     AsyncEventStore,
     AsyncRepository,
     AsyncTransaction,
+    CommandQueue,
     EventStore,
     Repository,
     Transaction,
@@ -24,27 +26,38 @@ PUBLIC_API = [
     "Aggregate",
     "AggregateNotFound",
     "AppendResult",
+    "AsyncCommandQueue",
     "AsyncEventStore",
     "AsyncRepository",
     "AsyncTransaction",
+    "Command",
+    "CommandContext",
+    "CommandInfo",
+    "CommandNotFound",
+    "CommandQueue",
+    "CommandWorker",
     "ConcurrencyError",
     "DatabaseUnavailable",
     "DuplicateEventId",
     "EmbeddedUnavailable",
+    "Enqueued",
     "Event",
     "EventSourceError",
     "EventStore",
     "ExpectedVersion",
+    "LeaseLost",
     "PendingAppend",
     "RecordedEvent",
     "Repository",
     "SchemaNotReady",
     "Settings",
     "Transaction",
+    "UnknownCommandType",
     "UnknownEventType",
     "UpcastError",
     "correlation",
     "current_correlation",
+    "handler",
     "partition_for",
     "upcaster",
 ]
@@ -53,6 +66,7 @@ TWINS = [
     (EventStore, AsyncEventStore),
     (Repository, AsyncRepository),
     (Transaction, AsyncTransaction),
+    (CommandQueue, AsyncCommandQueue),
 ]
 
 
@@ -80,7 +94,7 @@ def test_errors_share_one_root() -> None:
         if isinstance(getattr(eventsource, n), type)
         and issubclass(getattr(eventsource, n), Exception)
     ]
-    assert len(errors) == 9
+    assert len(errors) == 12
     assert all(issubclass(e, eventsource.EventSourceError) for e in errors)
 
 
