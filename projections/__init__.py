@@ -25,6 +25,7 @@ from ._ops import (
     wait_for,
 )
 from ._projection import Projection, handles
+from ._reactor import Reactor
 from ._worker import ProjectionWorker, run
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Projection",
     "ProjectionTimeout",
     "ProjectionWorker",
+    "Reactor",
     "ReplayError",
     "handles",
     "replay",

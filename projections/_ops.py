@@ -24,6 +24,7 @@ from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_name
 from ._queries import ProjectionQueries
+from ._reactor import Reactor
 from ._worker import ProjectionWorker, default_worker_id
 
 __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
@@ -148,6 +149,10 @@ def replay(
     changes nothing), runs every partition to its head with a progress bar, then hands the
     partitions back. Writers may keep appending meanwhile.
     """
+    if isinstance(projection, Reactor):
+        raise ReplayError(
+            f"{projection.name!r} is a reactor: replaying it would enqueue its commands again"
+        )
     worker = ProjectionWorker(
         store,
         [projection],

@@ -26,6 +26,12 @@ class ProjectionQueries:
             " SELECT %(projection)s, p.partition FROM "
             f"{s}.partitions p ON CONFLICT (projection, partition) DO NOTHING"
         )
+        # A reactor that starts at the head: its first checkpoints skip the history.
+        self.init_checkpoints_at_head = (
+            f"INSERT INTO {s}.projection_checkpoints (projection, partition, position)"
+            " SELECT %(projection)s, p.partition, p.head FROM "
+            f"{s}.partitions p ON CONFLICT (projection, partition) DO NOTHING"
+        )
         self.heartbeat = (
             f"INSERT INTO {s}.projection_workers AS w (projection, worker_id)"
             " VALUES (%(projection)s, %(worker)s)"

@@ -36,6 +36,7 @@ from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_unique, close_thread_loop
 from ._queries import ProjectionQueries
+from ._reactor import Reactor
 
 __all__ = ["ProjectionWorker", "run"]
 
@@ -105,6 +106,9 @@ class ProjectionWorker:
         self.exclusive = exclusive  # replay: every partition, and keep the projection paused
         self.queries = ProjectionQueries(store._queries, quote_schema(store.schema))
         self._groups = [_Group(p) for p in projections]
+        for projection in projections:
+            if isinstance(projection, Reactor):
+                projection.attach(store)
         self._stop = threading.Event()
         self._log = log.bind(worker=self.worker_id)
 
@@ -147,7 +151,10 @@ class ProjectionWorker:
         with self.store._raw() as conn:
             for group in self._groups:
                 _fetch(conn, self.queries.register, {"projection": group.name})
-                _fetch(conn, self.queries.init_checkpoints, {"projection": group.name})
+                init = self.queries.init_checkpoints
+                if isinstance(group.projection, Reactor) and group.projection.start_at_head:
+                    init = self.queries.init_checkpoints_at_head
+                _fetch(conn, init, {"projection": group.name})
         for group in self._groups:
             with self.store._errors(), self.store.engine.begin() as tx:
                 # Workers starting together must not race on CREATE ... IF NOT EXISTS.

@@ -1,0 +1,71 @@
+"""Reactors: event handlers that turn events into commands, exactly once per event.
+
+    class StatementOnLargeDeposit(Reactor):
+        name = "bank.statement-on-large-deposit"
+
+        @handles(MoneyDeposited)
+        def on_deposit(self, event, record, tx) -> None:
+            if event.amount >= 1000:
+                self.enqueue(SendStatement(account_id=record.stream_id), tx)
+
+A reactor runs on the projection runtime (partitions, leases, checkpoints): its enqueues join
+the batch's transaction, the one that moves its checkpoint, so a crash never loses an event's
+commands nor enqueues them twice. Reactors are not replayed (that would enqueue every command
+again). ``start_at_head = True`` makes a new reactor begin at the log's current head instead of
+its beginning, so that deploying it does not react to history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from sqlalchemy import Connection
+
+from eventsource import Command, CommandQueue, Enqueued, EventStore
+
+from ._projection import Projection
+
+__all__ = ["Reactor"]
+
+
+class Reactor(Projection):
+    """A projection whose handlers enqueue commands with ``self.enqueue(command, tx)``."""
+
+    start_at_head: ClassVar[bool] = False
+    _queue: CommandQueue | None = None
+
+    def attach(self, store: EventStore) -> None:
+        """Bind the reactor to the store whose command queue it feeds (done by the worker)."""
+        self._queue = CommandQueue(store)
+
+    def enqueue(
+        self,
+        command: Command,
+        tx: Connection,
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+        ordering_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> Enqueued:
+        """Enqueue ``command`` in the batch's transaction ``tx`` (committed with the checkpoint)."""
+        if self._queue is None:
+            raise RuntimeError(
+                f"reactor {self.name!r} is not attached to a store: run it with a projection"
+                " worker (projections.run or `eventsource projections run`)"
+            )
+        return self._queue.enqueue(
+            command,
+            queue=queue,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            dedupe_key=dedupe_key,
+            ordering_key=ordering_key,
+            max_attempts=max_attempts,
+            tx=tx,
+        )
