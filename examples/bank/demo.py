@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 from rich.console import Console
@@ -13,8 +14,9 @@ from rich.table import Table
 from sqlalchemy import text
 
 import projections
-from eventsource import AppendResult, ConcurrencyError, EventStore
+from eventsource import AppendResult, CommandQueue, ConcurrencyError, EventStore
 
+from .commands import LargeDeposits
 from .domain import Account, InsufficientFunds
 from .read_model import BankReadModel
 from .service import Bank
@@ -28,25 +30,42 @@ def run_demo(store: EventStore, console: Console) -> None:
     read_schema = f"{store.schema}_bank"
 
     console.print(f"[bold]Bank demo[/] (run {run}) on {store.partitions} partitions")
-    worker = _start_worker(store, read_schema)
-    console.print(f"started a projection worker process (pid {worker.pid}) for the read model")
+    workers = {
+        "projection worker": _start(
+            store,
+            read_schema,
+            "projections",
+            "run",
+            "examples.bank.read_model:BankReadModel",
+            "examples.bank.commands:LargeDeposits",
+        ),
+        "command worker": _start(
+            store, read_schema, "worker", "run", "examples.bank.commands", "--queue", "bank"
+        ),
+    }
+    for what, process in workers.items():
+        console.print(f"started a {what} process (pid {process.pid})")
     try:
         _write(bank, console, ann, bob)
         _show_log(store, console, bank, ann, bob)
-        # Read-your-writes: wait until the worker has applied everything written so far.
-        for partition, head in store.heads().items():
-            if head:
-                projections.wait_for(
-                    store, BankReadModel.name, AppendResult("", 0, partition, head), timeout=60
-                )
+        # Read-your-writes: wait until the workers have applied everything written so far.
+        for name in (BankReadModel.name, LargeDeposits.name):
+            for partition, head in store.heads().items():
+                if head:
+                    projections.wait_for(
+                        store, name, AppendResult("", 0, partition, head), timeout=60
+                    )
         _show_read_model(store, console, read_schema, run)
+        _wait_for_commands(store, timeout=60)
+        _show_commands(store, console, read_schema, run)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=30)
-    console.print(f"projection worker stopped on SIGTERM (exit code {code})")
+        for process in workers.values():
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=60) for process in workers.values()]
+    console.print(f"workers stopped on SIGTERM (exit codes {codes})")
 
 
-def _start_worker(store: EventStore, read_schema: str) -> subprocess.Popen[bytes]:
+def _start(store: EventStore, read_schema: str, *command: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "EVENTSOURCE_DATABASE_URL": store.url.render_as_string(hide_password=False),
@@ -55,14 +74,7 @@ def _start_worker(store: EventStore, read_schema: str) -> subprocess.Popen[bytes
         "EVENTSOURCE_LOG_FORMAT": "json",
     }
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventsource",
-            "projections",
-            "run",
-            "examples.bank.read_model:BankReadModel",
-        ],
+        [sys.executable, "-m", "eventsource", *command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -76,15 +88,20 @@ def _write(bank: Bank, console: Console, ann: str, bob: str) -> None:
 
     bank.deposit(ann, 100_00)
     bank.deposit(bob, 20_00)
-    console.print("deposited 100.00 to Ann and 20.00 to Bob")
+    bank.deposit(bob, 1_500_00)
+    console.print(
+        "deposited 100.00 to Ann, 20.00 and 1,500.00 to Bob (a large deposit: a reactor"
+        " enqueues a review)"
+    )
 
     transfer_id = bank.transfer(ann, bob, 30_00)
     console.print(
-        f"transferred 30.00 from Ann to Bob in one transaction (transfer {transfer_id[:8]})"
+        f"transferred 30.00 from Ann to Bob in one transaction (transfer {transfer_id[:8]}),"
+        " which also enqueued a receipt for each of them"
     )
 
     try:
-        bank.withdraw(bob, 1_000_00)
+        bank.withdraw(bob, 10_000_00)
     except InsufficientFunds as exc:
         console.print(f"[yellow]refused by the business rule:[/] {exc}")
 
@@ -155,3 +172,47 @@ def _show_read_model(store: EventStore, console: Console, read_schema: str, run:
     for account_id, version, kind, amount, other in movements:
         table.add_row(account_id, str(version), kind, f"{amount / 100:.2f}", other or "")
     console.print(table)
+
+
+def _wait_for_commands(store: EventStore, timeout: float) -> None:
+    """Until the command worker has run every live command of the bank queue."""
+    queue = CommandQueue(store)
+    deadline = time.monotonic() + timeout
+    while queue.list(queue="bank"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the command worker did not finish the bank's commands in time")
+        time.sleep(0.05)
+
+
+def _show_commands(store: EventStore, console: Console, read_schema: str, run: str) -> None:
+    with store.engine.connect() as conn:
+        s = conn.dialect.identifier_preparer.quote_schema(read_schema)
+        receipts = conn.execute(
+            text(
+                f"SELECT account_id, transfer_id, balance, attempt FROM {s}.receipts"
+                " WHERE account_id LIKE :run ORDER BY account_id"
+            ),
+            {"run": f"%-{run}"},
+        ).all()
+        reviews = conn.execute(
+            text(
+                f"SELECT account_id, amount FROM {s}.reviews WHERE account_id LIKE :run"
+                " ORDER BY account_id"
+            ),
+            {"run": f"%-{run}"},
+        ).all()
+    table = Table(title=f"{read_schema}.receipts (commands run by the command worker process)")
+    for column in ("account", "transfer", "balance when sent", "attempt"):
+        table.add_column(column)
+    for account_id, transfer_id, balance, attempt in receipts:
+        table.add_row(account_id, transfer_id[:8], f"{balance / 100:.2f}", str(attempt))
+    console.print(table)
+    table = Table(title=f"{read_schema}.reviews (enqueued by the LargeDeposits reactor)")
+    for column in ("account", "amount"):
+        table.add_column(column)
+    for account_id, amount in reviews:
+        table.add_row(account_id, f"{amount / 100:.2f}")
+    console.print(table)
+    dead = CommandQueue(store).dead(queue="bank")
+    if dead:
+        console.print(f"[red]{len(dead)} dead command(s):[/] see `eventsource commands dead`")

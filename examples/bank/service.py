@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from eventsource import ConcurrencyError, EventStore, Repository, correlation
+from eventsource import CommandQueue, ConcurrencyError, EventStore, Repository, correlation
 
+from .commands import SendReceipt
 from .domain import Account
 
 
@@ -16,6 +17,7 @@ class Bank:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.accounts = Repository(store, Account, snapshot_every=50)
+        self.commands = CommandQueue(store)
 
     def open_account(self, account_id: str, owner: str) -> Account:
         account = Account(account_id)
@@ -30,7 +32,10 @@ class Bank:
         return self._retrying(account_id, lambda account: account.withdraw(amount))
 
     def transfer(self, from_id: str, to_id: str, amount: int) -> str:
-        """Move money between two accounts: both streams change in one transaction, or neither."""
+        """Move money between two accounts: both streams change in one transaction, or neither.
+
+        The same transaction enqueues a receipt for each account (ordered per account).
+        """
         transfer_id = uuid.uuid4().hex
         with correlation(correlation_id=transfer_id):
             for attempt in range(5):
@@ -41,6 +46,9 @@ class Bank:
                     with self.store.transaction() as tx:
                         self.accounts.save(source, tx=tx)
                         self.accounts.save(target, tx=tx)
+                        for account_id in (from_id, to_id):
+                            receipt = SendReceipt(transfer_id=transfer_id, account_id=account_id)
+                            self.commands.enqueue(receipt, ordering_key=account_id, tx=tx)
                 except ConcurrencyError:
                     if attempt == 4:
                         raise
