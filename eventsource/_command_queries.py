@@ -20,7 +20,7 @@ _ENQUEUE_COLUMNS = (
 )
 _DEDUPE_CONFLICT = (
     "ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status = 'pending'"
-    " AND attempts = 0 DO NOTHING"
+    " AND started_at IS NULL DO NOTHING"
 )
 _LIST_COLUMNS = (
     "id, queue, command_type, status, priority, attempts, max_attempts, run_at, lease_until,"
@@ -54,14 +54,14 @@ class CommandQueries:
             f"WITH ins AS ({insert} VALUES ({values}) {_DEDUPE_CONFLICT} RETURNING id)"
             " SELECT id, false FROM ins UNION ALL"
             f" SELECT id, true FROM {s}.commands WHERE NOT EXISTS (SELECT 1 FROM ins)"
-            " AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND attempts = 0"
+            " AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL"
         )
         self.enqueue_keyed = (
             f"WITH lock AS (SELECT {_KEY_LOCK.format(key='%(ordering_key)s')}),"
             f" ins AS ({insert} SELECT {values} FROM lock {_DEDUPE_CONFLICT} RETURNING id)"
             " SELECT id, false FROM ins UNION ALL"
             f" SELECT id, true FROM {s}.commands WHERE NOT EXISTS (SELECT 1 FROM ins)"
-            " AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND attempts = 0"
+            " AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL"
         )
         # Many commands in one statement; ids come back in input order (ordinality), with
         # NULL for those whose dedupe key was taken.

@@ -254,8 +254,13 @@ class CommandWorker:
                     if claimed:
                         self._work(conn, slot, claimed)
                         continue
-                except psycopg.OperationalError as exc:
-                    self._log.warning("database connection lost", slot=slot.index, error=str(exc))
+                except psycopg.Error as exc:
+                    # The connection broke, or a statement failed: give up what this slot
+                    # holds (its leases run out and the commands are reclaimed), start afresh.
+                    self._log.warning("slot failed", slot=slot.index, error=str(exc))
+                    with self._held_lock:
+                        slot.held.clear()
+                    slot.busy = False
                     if conn is not None:
                         conn.close()
                     conn = None

@@ -147,7 +147,10 @@ def handler(command: type[C], *, timeout: float | None = None) -> Callable[[F], 
     if not (isinstance(command, type) and issubclass(command, Command) and command.command_type):
         raise TypeError(f"@handler takes a registered Command class, got {command!r}")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
@@ -310,7 +313,8 @@ class Enqueued:
     """The id of an enqueued command; ``duplicate`` when its dedupe key was already pending.
 
     For a duplicate nothing was written and ``id`` is the pending command's (or ``None`` if it
-    started in the meantime).
+    started in the meantime, or was enqueued by a transaction that committed while this
+    enqueue ran).
     """
 
     id: int | None
@@ -339,7 +343,9 @@ def enqueue_params(command: Command, options: _Options, default_attempts: int) -
         attempts = cls.default_max_attempts or default_attempts
     correlation_id, causation_id = current_correlation()
     return {
-        "queue": check_name(options.queue or cls.default_queue, "queue name"),
+        "queue": check_name(
+            cls.default_queue if options.queue is None else options.queue, "queue name"
+        ),
         "command_type": command_type,
         "payload": payload,
         "priority": _check_priority(options.priority),

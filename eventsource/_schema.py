@@ -184,7 +184,9 @@ commands = Table(
         "commands_dedupe",
         "dedupe_key",
         unique=True,
-        postgresql_where=text("dedupe_key IS NOT NULL AND status = 'pending' AND attempts = 0"),
+        postgresql_where=text(
+            "dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL"
+        ),
     ),
     Index(
         "commands_ordering",

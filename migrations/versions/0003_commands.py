@@ -57,13 +57,15 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending'"),
         schema=schema,
     )
-    # One not-yet-started command per dedupe key (retries of started ones do not count).
+    # One never-started command per dedupe key (retried or released ones do not count).
     op.create_index(
         "commands_dedupe",
         "commands",
         ["dedupe_key"],
         unique=True,
-        postgresql_where=sa.text("dedupe_key IS NOT NULL AND status = 'pending' AND attempts = 0"),
+        postgresql_where=sa.text(
+            "dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL"
+        ),
         schema=schema,
     )
     # Per-key ordering: the earlier live commands of a key.
