@@ -73,8 +73,14 @@ class _Slot:
 
     index: int
     held: dict[int, _Claimed] = field(default_factory=dict)
-    avg_seconds: float = 0.0  # moving average of one handler call
+    avg_seconds: float | None = None  # moving average of one handler call (None: unknown)
     busy: bool = False
+    running: int | None = None  # the command whose handler runs now
+
+
+def storable(text: str) -> str:
+    """Error text PostgreSQL accepts: NUL and lone surrogates escaped, never refused."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def default_worker_id() -> str:
@@ -275,10 +281,11 @@ class CommandWorker:
                 conn.close()
 
     def _claim(self, conn: psycopg.Connection[Any], slot: _Slot) -> list[_Claimed]:
-        # Claim about 50 ms of work: many commands when handlers are quick, one when slow.
-        limit = self.batch_size
-        if slot.avg_seconds > 0:
-            limit = max(1, min(limit, int(0.05 / slot.avg_seconds)))
+        # Claim about 0.1 s of work: many commands when handlers are quick, one when slow
+        # (and one until this slot has timed a handler), so that idle slots and other
+        # workers are not kept waiting behind a long batch.
+        avg = slot.avg_seconds
+        limit = 1 if avg is None else max(1, min(self.batch_size, int(0.1 / max(avg, 1e-6))))
         slot.busy = True
         rows = _fetch(
             conn,
@@ -308,11 +315,17 @@ class CommandWorker:
                     self._release(conn, slot, claimed[index:])
                     break
                 started = time.monotonic()
-                if self._run_one(conn, slot, command):
-                    acks.append(command)
+                slot.running = command.id
+                try:
+                    if self._run_one(conn, slot, command):
+                        acks.append(command)
+                finally:
+                    slot.running = None
                 now = time.monotonic()
-                slot.avg_seconds = 0.8 * slot.avg_seconds + 0.2 * (now - started)
-                if acks and now - flushed > 0.05:
+                took = now - started
+                avg = slot.avg_seconds
+                slot.avg_seconds = took if avg is None else (avg + took) / 2
+                if acks and now - flushed > 0.05:  # ack finished work at least every 50 ms
                     self._ack(conn, slot, acks)
                     acks, flushed = [], now
         finally:
@@ -423,8 +436,8 @@ class CommandWorker:
                 "token": command.token,
                 "dead": dead,
                 "delay": delay,
-                "error": error[:ERROR_LIMIT],
-                "traceback": trace[-TRACEBACK_LIMIT:] if trace else None,
+                "error": storable(error[:ERROR_LIMIT]),
+                "traceback": storable(trace[-TRACEBACK_LIMIT:]) if trace else None,
             },
         )
         self._count(1)
@@ -562,21 +575,27 @@ class CommandWorker:
             self._notify_slots()
 
     def _abandon(self, threads: Iterable[threading.Thread]) -> None:
-        """After the grace period: give up the attempts still running (retried elsewhere)."""
+        """After the grace period: fail the attempts still running (they are retried
+        elsewhere, and the late finishers' acks are fenced off) and hand back the commands
+        claimed behind them, whose handlers never started."""
         stuck = [t.name for t in threads]
         if not stuck:
             return
         with self._held_lock:
-            held = [c for slot in self._slots for c in slot.held.values()]
-        self._log.warning("grace period over; abandoning running handlers", slots=stuck)
-        with self._held_lock:
+            running = [
+                slot.held[slot.running]
+                for slot in self._slots
+                if slot.running is not None and slot.running in slot.held
+            ]
+            waiting = [
+                c for slot in self._slots for c in slot.held.values() if c.id != slot.running
+            ]
             for slot in self._slots:
                 slot.held.clear()
-        if not held:
-            return
+        self._log.warning("grace period over; abandoning running handlers", slots=stuck)
         try:
             with psycopg.connect(conninfo(self.store.url), autocommit=True) as conn:
-                for command in held:
+                for command in running:
                     self._record_failure(
                         conn,
                         command,
@@ -584,6 +603,12 @@ class CommandWorker:
                         f" (grace period {self.grace:g} s)",
                         None,
                         self._log.bind(command_id=command.id),
+                    )
+                if waiting:
+                    _fetch(
+                        conn,
+                        self._sql.release,
+                        {"ids": [c.id for c in waiting], "tokens": [c.token for c in waiting]},
                     )
         except psycopg.Error as exc:
             self._log.warning("could not record abandoned attempts", error=str(exc))

@@ -9,7 +9,8 @@ Handlers leave two traces in tables of the test's schema (``EVENTSOURCE_SCHEMA``
 - ``effects``: one row per attempt written through ``ctx.tx``, so it commits only together with
   the command's ack — exactly once per command if the queue's fencing holds.
 
-``fixed`` holds the numbers of poison commands that have been "fixed" by the operator.
+``fixed`` holds the numbers of poison commands that have been "fixed" by the operator, and
+``gates`` those of gated commands whose first attempt may finish.
 """
 
 from __future__ import annotations
@@ -30,16 +31,27 @@ from eventsource._queries import quote_schema
 
 
 class Work(Command, name="acceptance.Work"):
-    """Sleep ``sleep`` seconds (``first_sleep`` on the first attempt), then record the effect."""
+    """Sleep ``sleep`` seconds (``first_sleep`` on the first attempt), then record the effect.
+
+    A ``gated`` command's first attempt also waits for its number in the ``gates`` table (for
+    at most a minute) before recording its effect: the test decides when it finishes.
+    """
 
     n: int
     key: str | None = None
     sleep: float = 0.0
     first_sleep: float | None = None
+    gated: bool = False
 
 
 class Poison(Command, name="acceptance.Poison"):
     """Fails until its number is in the ``fixed`` table, then records the effect."""
+
+    n: int
+
+
+class Garbled(Command, name="acceptance.Garbled"):
+    """Fails with an error message holding a NUL character (which PostgreSQL text refuses)."""
 
     n: int
 
@@ -69,6 +81,7 @@ def create_tables(store: EventStore) -> None:
             )
         )
         conn.execute(text(f"CREATE TABLE {s}.fixed (n int PRIMARY KEY)"))
+        conn.execute(text(f"CREATE TABLE {s}.gates (n int PRIMARY KEY)"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class _Statements:
     start: str
     end: str
     is_fixed: str
+    is_open: str
     effect: TextClause
 
 
@@ -89,6 +103,7 @@ def _statements() -> _Statements:
         ),
         end=f"UPDATE {s}.runs SET ended_at = clock_timestamp() WHERE id = %s",
         is_fixed=f"SELECT count(*) FROM {s}.fixed WHERE n = %s",
+        is_open=f"SELECT count(*) FROM {s}.gates WHERE n = %s",
         effect=text(
             f"INSERT INTO {s}.effects (command_id, n, attempt, pid)"
             " VALUES (:command_id, :n, :attempt, :pid)"
@@ -123,6 +138,15 @@ def _ended(run_id: int) -> None:
     _side_connection().execute(_statements().end, (run_id,))
 
 
+def _wait_for_gate(n: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = _side_connection().execute(_statements().is_open, (n,)).fetchone()
+        if row is not None and row[0] > 0:
+            return
+        time.sleep(0.05)
+
+
 def _effect(ctx: CommandContext, n: int) -> None:
     params = {"command_id": ctx.command_id, "n": n, "attempt": ctx.attempt, "pid": os.getpid()}
     ctx.tx.execute(_statements().effect, params)
@@ -131,10 +155,14 @@ def _effect(ctx: CommandContext, n: int) -> None:
 @handler(Work)
 def work(cmd: Work, ctx: CommandContext) -> None:
     run_id = _started(ctx, cmd.n, cmd.key)
-    first = ctx.attempt == 1 and cmd.first_sleep is not None
-    time.sleep(cmd.first_sleep if first and cmd.first_sleep is not None else cmd.sleep)
+    delay = cmd.sleep
+    if ctx.attempt == 1 and cmd.first_sleep is not None:
+        delay = cmd.first_sleep
+    time.sleep(delay)
+    if cmd.gated and ctx.attempt == 1:
+        _wait_for_gate(cmd.n)
     _effect(ctx, cmd.n)
-    _ended(run_id)  # after the effect's insert: an ended run did write its effect (maybe rolled back)
+    _ended(run_id)  # after the insert: an ended run did write its effect (committed or not)
 
 
 @handler(Poison)
@@ -146,3 +174,10 @@ def poison(cmd: Poison, ctx: CommandContext) -> None:
         raise PoisonError(f"poison command {cmd.n} is not fixed yet")
     _effect(ctx, cmd.n)
     _ended(run_id)
+
+
+@handler(Garbled)
+def garbled(cmd: Garbled, ctx: CommandContext) -> None:
+    run_id = _started(ctx, cmd.n, None)
+    _ended(run_id)
+    raise ValueError(f"undecodable input for command {cmd.n}: b'\x00' -> '\x00'")

@@ -1180,14 +1180,19 @@ def test_stop_releases_claimed_commands_that_have_not_started(
 
     probe = probes(block_first)
     queue = CommandQueue(store)
-    ids = queue.enqueue_many([probe.job(n=n) for n in range(5)])
     worker = make_worker(store, concurrency=1)
     with running(worker):
+        # A slot claims one command until it has timed a handler, then ~0.1 s of work.
+        queue.enqueue(probe.job(n=-1))
+        deadline = time.monotonic() + 10
+        while probe.ns != [-1] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ids = queue.enqueue_many([probe.job(n=n) for n in range(5)])
         assert started.wait(10)
         assert count(store, "status = 'running' AND attempts = 1") == 5  # one claimed batch
         worker.stop()
         go.set()
-    assert probe.ns == [0]
+    assert probe.ns == [-1, 0]
     assert queue.get(ids[0]) is None  # the started one finished and was acked
     rest = queue.list()
     assert [i.id for i in rest] == ids[1:]
@@ -1200,7 +1205,8 @@ def test_stop_releases_claimed_commands_that_have_not_started(
         )
         assert info.last_error is None
     drain(store)
-    assert probe.ns == [0, 1, 2, 3, 4]
+    assert probe.ns[:2] == [-1, 0]
+    assert sorted(probe.ns[2:]) == [1, 2, 3, 4]  # each released one ran once, on its first attempt
     assert all(c.attempt == 1 for c in probe.calls)
 
 
