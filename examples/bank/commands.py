@@ -68,11 +68,15 @@ _tables_ready = False
 
 
 def _tables(ctx: CommandContext) -> str:
-    global _tables_ready  # noqa: PLW0603 - once per process
     if not _tables_ready:
         create_tables(ctx.tx.connection)
-        _tables_ready = True
+        ctx.tx.on_commit(_mark_tables_ready)  # other threads may rely on them once committed
     return ctx.tx.connection.dialect.identifier_preparer.quote_schema(read_schema())
+
+
+def _mark_tables_ready() -> None:
+    global _tables_ready  # noqa: PLW0603 - once per process
+    _tables_ready = True
 
 
 @handler(SendReceipt)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from eventsource import EventStore
+from eventsource import CommandQueue, EventStore
 from tests.domain import Deposited
 
 from ._support import cli_env, describe, eventsource_command, run_cli, scalar
@@ -103,12 +103,19 @@ def test_demo_runs_the_bank_end_to_end(database_url: str, schema: str) -> None:
     assert opened is not None, out
     ann, bob = opened.groups()
     assert re.search(rf"{ann}\s*│\s*Ann\s*│\s*60\.00\s*│\s*4\s*│", out), out
-    assert re.search(rf"{bob}\s*│\s*Bob\s*│\s*50\.00\s*│\s*3\s*│", out), out
+    assert re.search(rf"{bob}\s*│\s*Bob\s*│\s*1550\.00\s*│\s*4\s*│", out), out
+    # The command worker process ran a receipt per account of the transfer; the reactor
+    # enqueued one review for the large deposit.
+    assert re.search(rf"{ann}\s*│\s*\w{{8}}\s*│\s*60\.00\s*│\s*1\s*│", out), out
+    assert re.search(rf"{bob}\s*│\s*\w{{8}}\s*│\s*1550\.00\s*│\s*1\s*│", out), out
+    assert re.search(rf"{bob}\s*│\s*1500\.00\s*│", out), out
+    assert "exit codes [0, 0]" in out
 
     with EventStore.from_url(database_url, schema=schema) as store:
         assert store.stream_version(ann) == 4
-        assert store.stream_version(bob) == 3
-        assert sum(store.heads().values()) == 7
+        assert store.stream_version(bob) == 4
+        assert sum(store.heads().values()) == 8
+        assert CommandQueue(store).list(("pending", "running", "dead")) == []
 
 
 @pytest.mark.parametrize(

@@ -54,14 +54,16 @@ def test_without_a_url_the_cli_runs_on_the_embedded_server(embedded_dir: Path) -
     assert demo.returncode == 0, describe(demo)
     assert "refused by the business rule" in demo.stdout
     assert "refused by optimistic concurrency" in demo.stdout
+    assert ".receipts" in demo.stdout
+    assert "exit codes [0, 0]" in demo.stdout
     assert "Traceback" not in demo.stderr
 
-    # The data outlives the processes: a third one finds the demo's seven events.
+    # The data outlives the processes: a third one finds the demo's eight events.
     status = run_cli(["db", "status", "--json"], env, timeout=120)
     assert status.returncode == 0, describe(status)
     info = json.loads(status.stdout)
     assert info["up_to_date"] is True
-    assert info["events"] == 7
+    assert info["events"] == 8
 
     # The server stops with the last process that used it.
     deadline = time.monotonic() + 15
