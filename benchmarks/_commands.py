@@ -13,6 +13,7 @@ warm-up commands handled, then a quiet moment, so it is ready and idle when meas
 from __future__ import annotations
 
 import gc
+import json
 import os
 import secrets
 import signal
@@ -66,6 +67,7 @@ class Worker:
     log: IO[bytes]
     app_name: str  # its connections' application_name
     concurrency: int
+    processed: int | None = None  # attempts it finished, from its "worker stopped" log line
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -86,6 +88,8 @@ def worker_process(
         "EVENTSOURCE_DATABASE_URL": store.url.render_as_string(hide_password=False),
         "EVENTSOURCE_SCHEMA": store.schema,
         "PGAPPNAME": app_name,  # libpq's default application_name: find its connections
+        "EVENTSOURCE_LOG_FORMAT": "json",  # its "worker stopped" line says how many it ran
+        "EVENTSOURCE_LOG_LEVEL": "info",
     }
     root = str(Path(__file__).resolve().parent.parent)  # so that `benchmarks` imports
     environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, environ.get("PYTHONPATH")) if p)
@@ -114,6 +118,31 @@ def worker_process(
             worker.check()
         finally:
             _stop(worker)
+            worker.processed = _processed(worker.log)
+
+
+def _processed(log: IO[bytes]) -> int | None:
+    """``processed`` of the worker's last "worker stopped" log line, if any."""
+    found = None
+    log.flush()
+    log.seek(0)
+    for line in log.read().decode(errors="replace").splitlines():
+        if '"worker stopped"' in line:
+            try:
+                found = int(json.loads(line)["processed"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+def _check_processed(worker: Worker, n: int, what: str) -> None:
+    """The worker ran the warm-up and the N commands, each once (no retries, no failures)."""
+    expected = WARMUP_COMMANDS + n
+    if worker.processed != expected:
+        raise RuntimeError(
+            f"{what}: the worker finished {worker.processed} attempts, expected {expected}"
+            f" (warm-up {WARMUP_COMMANDS} + {n}):\n{_log_tail(worker.log)}"
+        )
 
 
 def _wait_ready(store: EventStore, worker: Worker) -> None:
@@ -169,11 +198,12 @@ def _rows(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> 
         return cursor.fetchall()
 
 
+def _table(store: EventStore) -> str:
+    return f"{quote_schema(store.schema)}.commands"
+
+
 def _counts_sql(store: EventStore) -> str:
-    return (
-        "SELECT count(*), count(*) FILTER (WHERE status = 'dead')"
-        f" FROM {quote_schema(store.schema)}.commands"
-    )
+    return f"SELECT count(*), count(*) FILTER (WHERE status = 'dead') FROM {_table(store)}"
 
 
 def _wait_empty(store: EventStore, worker: Worker, deadline: float, *, what: str) -> None:
@@ -216,24 +246,25 @@ def enqueue(bench: Bench, n: int) -> Run:
     )
 
 
-def _table(store: EventStore) -> str:
-    return f"{quote_schema(store.schema)}.commands"
-
-
 # -- drain -----------------------------------------------------------------------------------
 
 
-def _drain_once(store: EventStore, n: int, concurrency: int, run_id: str, scratch: Path) -> float:
-    """Seconds from the commit of N queued no-op commands until a worker process ran them."""
+def _drain_once(
+    store: EventStore, n: int, concurrency: int, run_id: str, scratch: Path
+) -> tuple[float, float]:
+    """Seconds from the commit of N queued no-op commands until a worker process ran them,
+    and the seconds the (untimed) ``enqueue_many`` transaction took."""
     queue = CommandQueue(store)
     commands = [_noop(run_id, i) for i in range(n)]
     sql = _counts_sql(store)
     with worker_process(store, concurrency=concurrency, scratch=scratch) as worker:
         gc.collect()
         committed: list[float] = []
+        begun = time.perf_counter()
         with store.transaction() as tx:
             tx.on_commit(lambda: committed.append(time.perf_counter()))  # first callback
             ids = queue.enqueue_many(commands, tx=tx)
+        enqueue_many_s = committed[0] - begun
         deadline = time.monotonic() + max(60.0, n / 200)
         while True:
             remaining, dead = _rows(store, sql)[0]
@@ -251,7 +282,8 @@ def _drain_once(store: EventStore, n: int, concurrency: int, run_id: str, scratc
             time.sleep(DRAIN_POLL)
     if len(ids) != n:
         raise RuntimeError(f"drain: enqueue_many returned {len(ids)} ids for {n} commands")
-    return seconds
+    _check_processed(worker, n, "drain")
+    return seconds, enqueue_many_s
 
 
 @workload(
@@ -268,23 +300,23 @@ def _drain_once(store: EventStore, n: int, concurrency: int, run_id: str, scratc
 )
 def drain(bench: Bench, n: int) -> Run:
     store = bench.store
-    rates: dict[int, float] = {}
     seconds: dict[int, float] = {}
+    enqueue_many_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as scratch:
         for concurrency in DRAIN_CONCURRENCIES:
             if concurrency == DRAIN_DEFAULT:  # the run's own schema
-                took = _drain_once(store, n, concurrency, bench.run_id, Path(scratch))
-            else:
-                with fresh_store(
-                    store.url, partitions=store.partitions, pool_size=2
-                ) as other:
-                    took = _drain_once(other, n, concurrency, bench.run_id, Path(scratch))
+                took, setup = _drain_once(store, n, concurrency, bench.run_id, Path(scratch))
+            else:  # a fresh schema of its own: no dead rows of another drain in the table
+                with fresh_store(store.url, partitions=store.partitions, pool_size=2) as other:
+                    took, setup = _drain_once(other, n, concurrency, bench.run_id, Path(scratch))
             seconds[concurrency] = took
-            rates[concurrency] = n / took
-    best = max(rates, key=lambda c: rates[c])
+            enqueue_many_s.append(setup)
+    rates = {c: n / s for c, s in seconds.items()}
     extra: dict[str, Any] = {"concurrency": DRAIN_DEFAULT}
     extra.update({f"per_s_c{c}": round(rate, 1) for c, rate in rates.items()})
-    extra.update({"best_concurrency": best, "poll_ms": DRAIN_POLL * 1000})
+    extra["best_concurrency"] = max(rates, key=lambda c: rates[c])
+    extra["enqueue_many_s"] = round(statistics.median(enqueue_many_s), 4)
+    extra["poll_ms"] = DRAIN_POLL * 1000
     return Run(seconds[DRAIN_DEFAULT], n, extra)
 
 
@@ -320,6 +352,7 @@ def queue_latency(bench: Bench, n: int) -> Run:
                     after.append(time.time())
                     time.sleep(LATENCY_PAUSE)
             _wait_empty(store, worker, time.monotonic() + READY_TIMEOUT, what="queue_latency")
+        _check_processed(worker, n, "queue_latency")
         started: dict[int, float] = {}
         for line in probes.read_text().splitlines():
             i, at = line.split()
