@@ -427,46 +427,39 @@ QueueFilter = Annotated[str | None, typer.Option("--queue", "-q", help="Only thi
 Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")]
 
 
-@commands_app.command("list")
-def commands_list(
-    queue: QueueFilter = None,
-    limit: Limit = 100,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
-    as_json: AsJson = False,
-) -> None:
-    """Pending and running commands with attempts, run-at, worker and last error."""
-    from ._commands import CommandQueue  # noqa: PLC0415
+def _listing(dead: bool, help_text: str) -> Any:
+    def command(
+        queue: QueueFilter = None,
+        limit: Limit = 100,
+        database_url: DatabaseUrl = None,
+        schema: Schema = "eventsource",
+        as_json: AsJson = False,
+    ) -> None:
+        from ._commands import CommandQueue  # noqa: PLC0415
 
-    with _cli_errors():
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
-            rows = CommandQueue(store).list(queue=queue, limit=limit)
-        if as_json:
-            console.print_json(json.dumps([r.as_json() for r in rows]))
-        else:
-            console.print(_command_table("commands", rows, dead=False))
+        with _cli_errors():
+            settings = _settings(database_url, schema)
+            with _open_store(settings) as store:
+                commands = CommandQueue(store)
+                rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
+            if as_json:
+                console.print_json(json.dumps([r.as_json() for r in rows]))
+            else:
+                title = "dead commands" if dead else "commands"
+                console.print(_command_table(title, rows, dead=dead))
+
+    command.__doc__ = help_text
+    return command
 
 
-@commands_app.command("dead")
-def commands_dead(
-    queue: QueueFilter = None,
-    limit: Limit = 100,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
-    as_json: AsJson = False,
-) -> None:
-    """Dead commands (no attempts left) with their last error; --json adds tracebacks."""
-    from ._commands import CommandQueue  # noqa: PLC0415
-
-    with _cli_errors():
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
-            rows = CommandQueue(store).dead(queue=queue, limit=limit)
-        if as_json:
-            console.print_json(json.dumps([r.as_json() for r in rows]))
-        else:
-            console.print(_command_table("dead commands", rows, dead=True))
+commands_app.command("list")(
+    _listing(False, "Pending and running commands with attempts, run-at, worker and last error.")
+)
+commands_app.command("dead")(
+    _listing(
+        True, "Dead commands (no attempts left) with their last error; --json adds tracebacks."
+    )
+)
 
 
 @commands_app.command("retry")

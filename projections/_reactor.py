@@ -17,8 +17,7 @@ its beginning, so that deploying it does not react to history.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import Connection
 
@@ -39,33 +38,17 @@ class Reactor(Projection):
         """Bind the reactor to the store whose command queue it feeds (done by the worker)."""
         self._queue = CommandQueue(store)
 
-    def enqueue(
-        self,
-        command: Command,
-        tx: Connection,
-        *,
-        queue: str | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-        ordering_key: str | None = None,
-        max_attempts: int | None = None,
-    ) -> Enqueued:
-        """Enqueue ``command`` in the batch's transaction ``tx`` (committed with the checkpoint)."""
+    def enqueue(self, command: Command, tx: Connection, **options: Any) -> Enqueued:
+        """Enqueue ``command`` in the batch's transaction ``tx`` (committed with the checkpoint).
+
+        ``options`` are those of ``CommandQueue.enqueue``: queue, delay, run_at, priority,
+        dedupe_key, ordering_key, max_attempts.
+        """
         if self._queue is None:
             raise RuntimeError(
                 f"reactor {self.name!r} is not attached to a store: run it with a projection"
                 " worker (projections.run or `eventsource projections run`)"
             )
-        return self._queue.enqueue(
-            command,
-            queue=queue,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            dedupe_key=dedupe_key,
-            ordering_key=ordering_key,
-            max_attempts=max_attempts,
-            tx=tx,
-        )
+        if "tx" in options:
+            raise TypeError("pass the batch's transaction as the second argument, not tx=")
+        return self._queue.enqueue(command, tx=tx, **options)
