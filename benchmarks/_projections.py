@@ -104,19 +104,14 @@ class BatchCounterProjection(CounterProjection):
 
 
 class PipelinedCounterProjection(CounterProjection):
-    """The per-event handlers of ``CounterProjection``, run inside a psycopg pipeline.
+    """The per-event handlers of ``CounterProjection`` with ``pipelined = True``.
 
-    The handlers only write, so their statements can be sent without waiting for each
-    result: one network round trip per batch instead of one per event. (A handler that reads
-    a result through SQLAlchemy would not work this way: SQLAlchemy sees no rows.)
+    The handlers only write, so the worker sends a batch's statements in a psycopg pipeline
+    without waiting for each result: one network round trip per batch instead of one per event.
     """
 
     name = "bench.counter_pipeline"
-
-    def handle_batch(self, records: Sequence[RecordedEvent], tx: Connection) -> None:
-        raw: Any = tx.connection.driver_connection
-        with raw.pipeline():
-            super().handle_batch(records, tx)
+    pipelined = True
 
 
 class TailProbe(Projection):

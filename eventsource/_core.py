@@ -215,17 +215,29 @@ class RecordedEvent:
         )
 
 
-def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[RecordedEvent]:
-    """Records from result rows; with ``decode``, events of loaded types are decoded now.
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused for a block (re-enabled after, if it was on).
 
-    The collector is paused while the batch is built: a batch allocates several objects per
-    row, none of them cyclic, and collections triggered by them would rescan every live
-    object of the process over and over (this halves the cost of a replay).
+    A batch allocates several objects per event, none of them cyclic; collections triggered
+    by them would rescan every live object of the process over and over.
     """
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[RecordedEvent]:
+    """Records from result rows; with ``decode``, events of loaded types are decoded now.
+
+    The collector is paused while the batch is built (this halves the cost of a replay).
+    """
+    with paused_gc():
         result = [RecordedEvent(*row) for row in rows]
         if decode:
             for record in result:
@@ -234,9 +246,6 @@ def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[Reco
                         record.event_type, record.schema_version, record._data, record._event_id
                     )
         return result
-    finally:
-        if paused:
-            gc.enable()
 
 
 def check_stream_id(stream_id: object) -> str:

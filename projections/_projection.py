@@ -61,11 +61,15 @@ def handles(*event_types: type[Event] | str) -> Callable[[F], F]:
 class Projection:
     """A read model built from the event log: a name, handlers, ``setup`` and ``reset``.
 
-    Class attributes: ``name`` (required, unique), ``batch_size`` (events per transaction).
+    Class attributes: ``name`` (required, unique), ``batch_size`` (events per transaction),
+    ``pipelined``: the handlers only write (they never read the results of their statements),
+    so the worker sends a batch's statements in a psycopg pipeline, without waiting for each
+    one's reply; a projection doing one statement per event catches up about twice as fast.
     """
 
     name: ClassVar[str] = ""
     batch_size: ClassVar[int] = 500
+    pipelined: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, list[str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

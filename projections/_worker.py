@@ -29,7 +29,7 @@ import psycopg
 from sqlalchemy import exc as sa_exc
 
 from eventsource import DatabaseUnavailable, EventStore, RecordedEvent
-from eventsource._core import conninfo, records
+from eventsource._core import conninfo, paused_gc, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
 from eventsource._store import _driver, _fetch
@@ -319,7 +319,13 @@ class ProjectionWorker:
                     lease.position = position
                     return 0
                 last = batch[-1]
-                projection.handle_batch(batch, conn)
+                with paused_gc():
+                    if projection.pipelined:
+                        # Statements go out back to back; errors surface when the pipeline syncs.
+                        with raw.pipeline():
+                            projection.handle_batch(batch, conn)
+                    else:
+                        projection.handle_batch(batch, conn)
                 with raw.cursor() as cursor:
                     cursor.execute(
                         self.queries.advance,
