@@ -119,10 +119,10 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
-    def _make_engine(cls, url: URL, pool_size: int) -> AsyncEngine:
+    def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> AsyncEngine:
         from ._engine import async_engine  # noqa: PLC0415
 
-        return async_engine(url, pool_size)
+        return async_engine(url, pool_size, prepared)
 
     async def close(self) -> None:
         """Close the connection pool."""

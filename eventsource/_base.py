@@ -33,10 +33,12 @@ class StoreBase(Generic[EngineT]):
             conninfo(self.url), self._queries.channel, self._queries.announce
         )
         self._initial_partitions = check_partitions(partitions)
+        # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
+        self.prepared_statements = True
         self._partitions: int | None = None
 
     @classmethod
-    def _make_engine(cls, url: URL, pool_size: int) -> EngineT:
+    def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> EngineT:
         raise TypeError(f"{cls.__name__} does not create engines")
 
     @classmethod
@@ -47,12 +49,15 @@ class StoreBase(Generic[EngineT]):
         schema: str = "eventsource",
         partitions: int = 16,
         pool_size: int = 10,
+        prepared_statements: bool = True,
     ) -> Self:
         """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
         from ._engine import resolve_url  # noqa: PLC0415 - may start the embedded server
 
-        engine = cls._make_engine(resolve_url(url), pool_size)
-        return cls(engine, schema=schema, partitions=partitions)
+        engine = cls._make_engine(resolve_url(url), pool_size, prepared_statements)
+        store = cls(engine, schema=schema, partitions=partitions)
+        store.prepared_statements = prepared_statements
+        return store
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> Self:
@@ -60,8 +65,11 @@ class StoreBase(Generic[EngineT]):
         from ._engine import resolve_url  # noqa: PLC0415
 
         settings = settings or Settings()
-        engine = cls._make_engine(resolve_url(settings.database_url, settings), settings.pool_size)
-        return cls(engine, schema=settings.db_schema, partitions=settings.partitions)
+        url = resolve_url(settings.database_url, settings)
+        engine = cls._make_engine(url, settings.pool_size, settings.prepared_statements)
+        store = cls(engine, schema=settings.db_schema, partitions=settings.partitions)
+        store.prepared_statements = settings.prepared_statements
+        return store
 
     @property
     def engine(self) -> EngineT:

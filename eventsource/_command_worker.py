@@ -34,6 +34,7 @@ from ._command_queries import CommandQueries
 from ._commands import CommandContext, HandlerSpec, registered_handlers
 from ._context import correlation
 from ._core import conninfo
+from ._engine import PREPARE_THRESHOLD
 from ._errors import DatabaseUnavailable, EventSourceError
 from ._logging import get_logger
 from ._loop import close_thread_loop, run_on_thread_loop
@@ -254,7 +255,11 @@ class CommandWorker:
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(
-                            conninfo(self.store.url), autocommit=True, prepare_threshold=2
+                            conninfo(self.store.url),
+                            autocommit=True,
+                            prepare_threshold=PREPARE_THRESHOLD
+                            if self.store.prepared_statements
+                            else None,
                         )
                     claimed = self._claim(conn, slot)
                     if claimed:

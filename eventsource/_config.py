@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     ``EVENTSOURCE_SCHEMA``: the schema holding the framework's tables (default ``eventsource``).
     ``EVENTSOURCE_PARTITIONS``: the partition count used when the schema is first created.
     ``EVENTSOURCE_EMBEDDED_DIR``: the embedded server's data directory.
+    ``EVENTSOURCE_PREPARED_STATEMENTS``: ``false`` behind a PgBouncer older than 1.21 in
+    transaction mode (hot statements are otherwise prepared server-side).
     ``EVENTSOURCE_COMMAND_LEASE``: seconds a claimed command stays leased without a heartbeat;
     ``EVENTSOURCE_COMMAND_BACKOFF_BASE`` / ``_MAX``: the retry delay after the first failed
     attempt, doubled per attempt up to the maximum (with jitter).
@@ -37,6 +39,7 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
     )
     pool_size: int = Field(default=10, ge=1, le=200)
+    prepared_statements: bool = True
     command_lease: float = Field(default=10.0, ge=0.5, le=3600)
     command_backoff_base: float = Field(default=1.0, ge=0, le=3600)
     command_backoff_max: float = Field(default=300.0, ge=0, le=86400)

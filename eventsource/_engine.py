@@ -40,20 +40,24 @@ def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
-def _engine_options(pool_size: int) -> dict[str, Any]:
+PREPARE_THRESHOLD = 2
+
+
+def _engine_options(pool_size: int, prepared: bool = True) -> dict[str, Any]:
     return {
         "pool_size": pool_size,
         "max_overflow": pool_size,
         "pool_pre_ping": False,
         "pool_recycle": 3600,
-        # Hot statements are prepared server-side after a few executions.
-        "connect_args": {"prepare_threshold": 2},
+        # Hot statements are prepared server-side after a few executions (not behind a
+        # PgBouncer older than 1.21 in transaction mode: ``prepared=False``).
+        "connect_args": {"prepare_threshold": PREPARE_THRESHOLD if prepared else None},
     }
 
 
-def sync_engine(url: URL, pool_size: int = 10) -> Engine:
-    return create_engine(url, **_engine_options(pool_size))
+def sync_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> Engine:
+    return create_engine(url, **_engine_options(pool_size, prepared))
 
 
-def async_engine(url: URL, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, **_engine_options(pool_size))
+def async_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> AsyncEngine:
+    return create_async_engine(url, **_engine_options(pool_size, prepared))

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus
 from sqlalchemy import Connection, Engine, Executable, Result
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
@@ -42,6 +43,8 @@ from ._migrate import SchemaStatus, schema_status, upgrade_schema
 
 __all__ = ["EventStore", "Transaction"]
 
+TUPLES_OK = ExecStatus.TUPLES_OK
+
 
 def _fetch(
     conn: psycopg.Connection[Any], sql: str, params: dict[str, Any] | None = None
@@ -52,7 +55,8 @@ def _fetch(
     """
     with conn.cursor(binary=True) as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description is not None else []
+        result = cursor.pgresult  # cheaper to test than ``description``, built on each access
+        return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
 
 
 def _driver(connection: Connection) -> psycopg.Connection[Any]:
@@ -120,10 +124,10 @@ class EventStore(StoreBase[Engine]):
     """A partitioned, append-only event log in one PostgreSQL schema."""
 
     @classmethod
-    def _make_engine(cls, url: URL, pool_size: int) -> Engine:
+    def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> Engine:
         from ._engine import sync_engine  # noqa: PLC0415
 
-        return sync_engine(url, pool_size)
+        return sync_engine(url, pool_size, prepared)
 
     def close(self) -> None:
         """Close the connection pool."""
