@@ -49,6 +49,8 @@ class CommandQueries:
             " %(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s"
         )
         insert = f"INSERT INTO {s}.commands ({_ENQUEUE_COLUMNS})"
+        # One command without dedupe or ordering key: a plain insert (the most common case).
+        self.enqueue_plain = f"{insert} VALUES ({values}) RETURNING id, false"
         # One command: its id, or the pending duplicate's id when the dedupe key is taken.
         self.enqueue = (
             f"WITH ins AS ({insert} VALUES ({values}) {_DEDUPE_CONFLICT} RETURNING id)"
@@ -180,3 +182,9 @@ class CommandQueries:
             f"SELECT queue, status, count(*), min(enqueued_at) FROM {s}.commands"
             " GROUP BY queue, status ORDER BY queue, status"
         )
+
+    def enqueue_for(self, params: dict[str, object]) -> str:
+        """The enqueue statement for one command's parameters."""
+        if params["ordering_key"] is not None:
+            return self.enqueue_keyed
+        return self.enqueue if params["dedupe_key"] is not None else self.enqueue_plain

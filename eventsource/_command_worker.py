@@ -212,7 +212,7 @@ class CommandWorker:
                     for _ in listener.notifies(timeout=0.25, stop_after=1):
                         woke = True
                     if woke:
-                        self._notify_slots()
+                        self._wake_one()
                 except psycopg.OperationalError:
                     self._log.warning("LISTEN connection lost; reconnecting")
                     listener.close()
@@ -237,6 +237,12 @@ class CommandWorker:
         with self._wake:
             self._generation += 1
             self._wake.notify_all()
+
+    def _wake_one(self) -> None:
+        """Wake one idle slot; a slot whose claim comes back full wakes the next (a chain)."""
+        with self._wake:
+            self._generation += 1
+            self._wake.notify()
 
     def _idle(self) -> bool:
         if any(slot.busy or slot.held for slot in self._slots):
@@ -309,6 +315,8 @@ class CommandWorker:
                 slot.held[command.id] = command
         if not claimed:
             slot.busy = False
+        elif len(claimed) == limit:
+            self._wake_one()  # there may be more: let another idle slot claim too
         return claimed
 
     def _work(self, conn: psycopg.Connection[Any], slot: _Slot, claimed: list[_Claimed]) -> None:

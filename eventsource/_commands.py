@@ -482,7 +482,7 @@ class CommandQueue:
         """
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
         params = enqueue_params(command, options, self.max_attempts)
-        sql = self._sql.enqueue_keyed if params["ordering_key"] else self._sql.enqueue
+        sql = self._sql.enqueue_for(params)
         rows = self._execute(sql, params, tx, params["queue"])
         if not rows:
             return Enqueued(None, duplicate=True)
@@ -621,7 +621,7 @@ class AsyncCommandQueue:
         """Queue ``command`` for a worker (see ``CommandQueue.enqueue``)."""
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
         params = enqueue_params(command, options, self.max_attempts)
-        sql = self._sql.enqueue_keyed if params["ordering_key"] else self._sql.enqueue
+        sql = self._sql.enqueue_for(params)
         rows = await self._execute(sql, params, tx, params["queue"])
         if not rows:
             return Enqueued(None, duplicate=True)
