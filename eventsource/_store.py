@@ -11,6 +11,7 @@ The async twin is ``AsyncEventStore``; both delegate everything but I/O to ``_co
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -35,11 +36,14 @@ from ._core import (
     check_partition,
     check_range,
     check_stream_id,
+    conninfo,
     records,
 )
+from ._engine import PREPARE_THRESHOLD
 from ._errors import SchemaNotReady
 from ._events import Event
 from ._migrate import SchemaStatus, schema_status, upgrade_schema
+from ._rawpool import RawPool
 
 __all__ = ["EventStore", "Transaction"]
 
@@ -129,9 +133,14 @@ class EventStore(StoreBase[Engine]):
 
         return sync_engine(url, pool_size, prepared)
 
+    _raw_connections: RawPool | None = None
+    _raw_lock = threading.Lock()
+
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._announcer.close()
+        if self._raw_connections is not None:
+            self._raw_connections.close()
         self._engine.dispose()
 
     def __enter__(self) -> EventStore:
@@ -147,20 +156,21 @@ class EventStore(StoreBase[Engine]):
         It skips SQLAlchemy's connection and result layers (a few tens of microseconds per
         call); errors are translated, and a broken connection is dropped from the pool.
         """
-        with self._errors():
-            proxied = self._engine.raw_connection()
-            conn: psycopg.Connection[Any] = proxied.driver_connection  # type: ignore[assignment]
-            try:
-                conn.autocommit = True
-                yield conn
-            except psycopg.OperationalError:
-                proxied.invalidate()
-                raise
-            finally:
-                if not conn.closed:
-                    with suppress(psycopg.Error):
-                        conn.autocommit = False
-                proxied.close()
+        with self._errors(), self._raw_pool().connection() as conn:
+            yield conn
+
+    def _raw_pool(self) -> RawPool:
+        pool = self._raw_connections
+        if pool is None:
+            with self._raw_lock:
+                pool = self._raw_connections
+                if pool is None:
+                    pool = self._raw_connections = RawPool(
+                        conninfo(self.url),
+                        self._engine.pool.size(),  # type: ignore[attr-defined]
+                        PREPARE_THRESHOLD if self.prepared_statements else None,
+                    )
+        return pool
 
     # -- schema --------------------------------------------------------------------------
 
