@@ -124,6 +124,12 @@ class Transaction:
             pending._rolled_back = True
 
 
+def _pool_size(engine: Engine) -> int:
+    """The engine's pool size (a pool without one, e.g. NullPool: the default of 10)."""
+    size = getattr(engine.pool, "size", None)
+    return int(size()) if callable(size) else 10
+
+
 class EventStore(StoreBase[Engine]):
     """A partitioned, append-only event log in one PostgreSQL schema."""
 
@@ -167,7 +173,7 @@ class EventStore(StoreBase[Engine]):
                 if pool is None:
                     pool = self._raw_connections = RawPool(
                         conninfo(self.url),
-                        self._engine.pool.size(),  # type: ignore[attr-defined]
+                        _pool_size(self._engine),
                         PREPARE_THRESHOLD if self.prepared_statements else None,
                     )
         return pool

@@ -54,3 +54,19 @@ def test_close_closes_idle_connections(database_url: str, store: EventStore) -> 
         kept = conn
     other.close()
     assert kept.closed
+
+
+def test_a_store_over_an_engine_without_a_sized_pool(database_url: str, store: EventStore) -> None:
+    """EventStore(engine) with NullPool still gets a single-statement pool."""
+    from sqlalchemy import create_engine  # noqa: PLC0415
+    from sqlalchemy.pool import NullPool  # noqa: PLC0415
+
+    from eventsource._engine import resolve_url  # noqa: PLC0415
+
+    engine = create_engine(resolve_url(database_url), poolclass=NullPool)
+    other = EventStore(engine, schema=store.schema)
+    try:
+        result = other.append("np-1", [Opened(owner="a")])
+        assert store.read_stream("np-1")[0].position == result.position
+    finally:
+        other.close()
