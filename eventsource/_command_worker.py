@@ -167,7 +167,13 @@ class CommandWorker:
         return self._stop.is_set()
 
     def run(self, *, stop_when_idle: bool = False) -> None:
-        """Work until ``stop()`` (or, with ``stop_when_idle``, until no command is left)."""
+        """Work until ``stop()`` (or, with ``stop_when_idle``, until no command is left).
+
+        An unreachable database or a schema without the command queue raises at once
+        (``DatabaseUnavailable``, ``SchemaNotReady``); later outages are waited out.
+        """
+        with self.store._raw() as conn:
+            _fetch(conn, self._sql.remaining, {"queues": self.queues, "types": self._types})
         self._log.info(
             "worker started",
             queues=self.queues,

@@ -579,6 +579,23 @@ def test_bad_command_lines_exit_with_one_line(
         one_line_error(refused)
 
 
+def test_a_worker_without_its_database_or_schema_exits_1_at_once(
+    store: EventStore, env: dict[str, str]
+) -> None:
+    """An unreachable server, or a schema that was never upgraded, is one line and exit 1,
+    not a worker logging failures forever."""
+    module = "tests.acceptance._command_support"
+    down = {**env, "EVENTSOURCE_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}
+    unreachable = run_no_tty(["worker", "run", module], down)
+    assert unreachable.returncode == 1, describe(unreachable)
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/nowhere" in one_line_error(unreachable)
+
+    bare = {**env, "EVENTSOURCE_SCHEMA": f"{store.schema}_never"}
+    missing = run_no_tty(["worker", "run", module], bare)
+    assert missing.returncode == 1, describe(missing)
+    assert "eventsource db upgrade" in one_line_error(missing)
+
+
 # -- regressions -------------------------------------------------------------------------------
 
 
