@@ -14,9 +14,15 @@ from rich.table import Table
 from sqlalchemy import text
 
 import projections
-from eventsource import AppendResult, CommandQueue, ConcurrencyError, EventStore
+from eventsource import (
+    AppendResult,
+    CommandQueue,
+    ConcurrencyError,
+    EventSourceError,
+    EventStore,
+)
 
-from .commands import LargeDeposits
+from .commands import LargeDeposits, create_tables
 from .domain import Account, InsufficientFunds
 from .read_model import BankReadModel
 from .service import Bank
@@ -30,6 +36,8 @@ def run_demo(store: EventStore, console: Console) -> None:
     read_schema = f"{store.schema}_bank"
 
     console.print(f"[bold]Bank demo[/] (run {run}) on {store.partitions} partitions")
+    with store.engine.begin() as tx:  # the read schema exists before two workers create tables
+        create_tables(tx, read_schema)
     workers = {
         "projection worker": _start(
             store,
@@ -49,14 +57,18 @@ def run_demo(store: EventStore, console: Console) -> None:
         _write(bank, console, ann, bob)
         _show_log(store, console, bank, ann, bob)
         # Read-your-writes: wait until the workers have applied everything written so far.
+        deadline = time.monotonic() + 60
         for name in (BankReadModel.name, LargeDeposits.name):
             for partition, head in store.heads().items():
-                if head:
-                    projections.wait_for(
-                        store, name, AppendResult("", 0, partition, head), timeout=60
-                    )
+                written = AppendResult("", 0, partition, head)
+                while head:
+                    try:
+                        projections.wait_for(store, name, written, timeout=0.5)
+                        break
+                    except projections.ProjectionTimeout:
+                        _check_alive(workers, deadline)
         _show_read_model(store, console, read_schema, run)
-        _wait_for_commands(store, timeout=60)
+        _wait_for_commands(store, workers, deadline)
         _show_commands(store, console, read_schema, run)
     finally:
         for process in workers.values():
@@ -174,14 +186,24 @@ def _show_read_model(store: EventStore, console: Console, read_schema: str, run:
     console.print(table)
 
 
-def _wait_for_commands(store: EventStore, timeout: float) -> None:
+def _wait_for_commands(
+    store: EventStore, workers: dict[str, subprocess.Popen[bytes]], deadline: float
+) -> None:
     """Until the command worker has run every live command of the bank queue."""
     queue = CommandQueue(store)
-    deadline = time.monotonic() + timeout
     while queue.list(queue="bank"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the command worker did not finish the bank's commands in time")
+        _check_alive(workers, deadline)
         time.sleep(0.05)
+
+
+def _check_alive(workers: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
+    """Fail at once when a worker process has exited, or when the demo has waited too long."""
+    for what, process in workers.items():
+        code = process.poll()
+        if code is not None:
+            raise EventSourceError(f"the demo's {what} process exited early (exit code {code})")
+    if time.monotonic() > deadline:
+        raise EventSourceError("the demo's workers did not catch up within a minute")
 
 
 def _show_commands(store: EventStore, console: Console, read_schema: str, run: str) -> None:
