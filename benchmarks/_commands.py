@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import secrets
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,7 +31,8 @@ from eventsource._queries import quote_schema
 from . import _projections  # noqa: F401 - registered first: the order of BENCHMARKS.md
 from ._command_handlers import PROBES_ENV, QUEUE, BenchNoop, BenchProbe
 from ._harness import Bench, Run, fresh_store
-from ._projections import _log_tail, _ms, _p99
+from ._processes import log_tail, start_cli, stop
+from ._projections import _ms, _p99
 from ._registry import workload
 
 __all__: list[str] = []
@@ -72,7 +70,7 @@ class Worker:
     def check(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(
-                f"the command worker exited with {self.proc.returncode}:\n{_log_tail(self.log)}"
+                f"the command worker exited with {self.proc.returncode}:\n{log_tail(self.log)}"
             )
 
 
@@ -83,41 +81,20 @@ def worker_process(
     """A ready, idle ``eventsource worker run`` process on the store's schema; SIGTERM after."""
     app_name = f"bench-worker-{secrets.token_hex(4)}"
     environ = {
-        **os.environ,
         **(env or {}),
-        "EVENTSOURCE_DATABASE_URL": store.url.render_as_string(hide_password=False),
-        "EVENTSOURCE_SCHEMA": store.schema,
         "PGAPPNAME": app_name,  # libpq's default application_name: find its connections
         "EVENTSOURCE_LOG_FORMAT": "json",  # its "worker stopped" line says how many it ran
         "EVENTSOURCE_LOG_LEVEL": "info",
     }
-    root = str(Path(__file__).resolve().parent.parent)  # so that `benchmarks` imports
-    environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, environ.get("PYTHONPATH")) if p)
-    command = [
-        sys.executable,
-        "-m",
-        "eventsource",
-        "worker",
-        "run",
-        HANDLERS,
-        "--queue",
-        QUEUE,
-        "--concurrency",
-        str(concurrency),
-        "--schema",
-        store.schema,
-    ]
+    args = ["worker", "run", HANDLERS, "--queue", QUEUE, "--concurrency", str(concurrency)]
     with open(scratch / f"worker-c{concurrency}.log", "w+b") as log:
-        proc = subprocess.Popen(
-            command, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=root
-        )
-        worker = Worker(proc, log, app_name, concurrency)
+        worker = Worker(start_cli(store, args, log, environ), log, app_name, concurrency)
         try:
             _wait_ready(store, worker)
             yield worker
             worker.check()
         finally:
-            _stop(worker)
+            stop(worker.proc, worker.log, STOP_TIMEOUT, "command worker")
             worker.processed = _processed(worker.log)
 
 
@@ -141,7 +118,7 @@ def _check_processed(worker: Worker, n: int, what: str) -> None:
     if worker.processed != expected:
         raise RuntimeError(
             f"{what}: the worker finished {worker.processed} attempts, expected {expected}"
-            f" (warm-up {WARMUP_COMMANDS} + {n}):\n{_log_tail(worker.log)}"
+            f" (warm-up {WARMUP_COMMANDS} + {n}):\n{log_tail(worker.log)}"
         )
 
 
@@ -165,7 +142,7 @@ def _wait_ready(store: EventStore, worker: Worker) -> None:
             raise RuntimeError(
                 f"the command worker did not connect and listen within {READY_TIMEOUT}s"
                 f" ({connections} connections, listening: {bool(listening)}):"
-                f"\n{_log_tail(worker.log)}"
+                f"\n{log_tail(worker.log)}"
             )
         time.sleep(0.05)
     queue = CommandQueue(store)
@@ -174,22 +151,6 @@ def _wait_ready(store: EventStore, worker: Worker) -> None:
         time.sleep(0.005)
     _wait_empty(store, worker, deadline, what="warm-up")
     time.sleep(0.5)  # idle: every slot back waiting on its condition, the listener on LISTEN
-
-
-def _stop(worker: Worker) -> None:
-    proc = worker.proc
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(
-            f"the command worker did not stop within {STOP_TIMEOUT}s of SIGTERM:"
-            f"\n{_log_tail(worker.log)}"
-        ) from None
 
 
 def _rows(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -213,12 +174,12 @@ def _wait_empty(store: EventStore, worker: Worker, deadline: float, *, what: str
         worker.check()
         remaining, dead = _rows(store, sql)[0]
         if dead:
-            raise RuntimeError(f"{what}: {dead} commands are dead:\n{_log_tail(worker.log)}")
+            raise RuntimeError(f"{what}: {dead} commands are dead:\n{log_tail(worker.log)}")
         if not remaining:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"{what}: {remaining} commands left at the deadline:\n{_log_tail(worker.log)}"
+                f"{what}: {remaining} commands left at the deadline:\n{log_tail(worker.log)}"
             )
         time.sleep(0.01)
 
@@ -272,12 +233,12 @@ def _drain_once(
                 seconds = time.perf_counter() - committed[0]
                 break
             if dead:
-                raise RuntimeError(f"drain: {dead} commands are dead:\n{_log_tail(worker.log)}")
+                raise RuntimeError(f"drain: {dead} commands are dead:\n{log_tail(worker.log)}")
             worker.check()
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"drain: {remaining} of {n} commands left after {max(60.0, n / 200):.0f}s"
-                    f" (concurrency {concurrency}):\n{_log_tail(worker.log)}"
+                    f" (concurrency {concurrency}):\n{log_tail(worker.log)}"
                 )
             time.sleep(DRAIN_POLL)
     if len(ids) != n:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from projections import Projection, handles
 from . import _workloads  # noqa: F401 - registered first: the order of BENCHMARKS.md
 from ._harness import Bench, Run
 from ._model import CounterCreated, CounterIncremented, created, incremented
+from ._processes import log_tail, start_cli, stop
 from ._registry import workload
 
 __all__ = [
@@ -280,34 +279,8 @@ def catchup_pipeline(bench: Bench, n: int) -> Run:
 
 def _worker_process(store: EventStore, log: Any, commits: Path) -> subprocess.Popen[bytes]:
     """``eventsource projections run benchmarks._projections:TailProbe`` on the run's schema."""
-    env = {
-        **os.environ,
-        "EVENTSOURCE_DATABASE_URL": store.url.render_as_string(hide_password=False),
-        "EVENTSOURCE_SCHEMA": store.schema,
-        "BENCH_TAIL_COMMITS": str(commits),
-    }
-    root = str(Path(__file__).resolve().parent.parent)  # so that `benchmarks` imports
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    command = [
-        sys.executable,
-        "-m",
-        "eventsource",
-        "projections",
-        "run",
-        f"{__name__}:TailProbe",
-        "--schema",
-        store.schema,
-    ]
-    return subprocess.Popen(
-        command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=root
-    )
-
-
-def _log_tail(log: Any) -> str:
-    log.flush()
-    log.seek(0)
-    data: bytes = log.read()
-    return data.decode(errors="replace")[-2000:]
+    args = ["projections", "run", f"{__name__}:TailProbe"]
+    return start_cli(store, args, log, {"BENCH_TAIL_COMMITS": str(commits)})
 
 
 def _wait_applied(
@@ -319,7 +292,7 @@ def _wait_applied(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"the projection worker exited with {proc.returncode}:\n{_log_tail(log)}"
+                    f"the projection worker exited with {proc.returncode}:\n{log_tail(log)}"
                 )
             try:
                 projections.wait_for(store, TailProbe.name, result, timeout=0.5)
@@ -328,23 +301,8 @@ def _wait_applied(
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"the projection worker did not catch up within {TAIL_WARMUP_TIMEOUT}s:"
-                        f"\n{_log_tail(log)}"
+                        f"\n{log_tail(log)}"
                     ) from None
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Any) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=TAIL_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(
-            f"the projection worker did not stop within {TAIL_STOP_TIMEOUT}s of SIGTERM:"
-            f"\n{_log_tail(log)}"
-        ) from None
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -396,7 +354,7 @@ def tail_latency(bench: Bench, n: int) -> Run:
                         time.sleep(TAIL_PAUSE)
                 _wait_applied(store, last, proc, log)
             finally:
-                _stop(proc, log)
+                stop(proc, log, TAIL_STOP_TIMEOUT, "projection worker")
         visible: dict[tuple[int, int], float] = {}
         if commits.exists():
             for line in commits.read_text().splitlines():

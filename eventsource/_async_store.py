@@ -112,10 +112,9 @@ class AsyncTransaction:
 class AsyncEventStore(StoreBase[AsyncEngine]):
     """A partitioned, append-only event log in one PostgreSQL schema (asyncio)."""
 
-    def __init__(
-        self, engine: AsyncEngine, *, schema: str = "eventsource", partitions: int = 16
-    ) -> None:
-        super().__init__(engine, schema=schema, partitions=partitions)
+    def __init__(self, engine: AsyncEngine, **options: Any) -> None:
+        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
+        super().__init__(engine, **options)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod

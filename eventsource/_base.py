@@ -12,6 +12,7 @@ from ._announce import Announcer
 from ._command_queries import CommandQueries
 from ._config import Settings
 from ._core import check_partitions, conninfo, translate_errors
+from ._engine import PREPARE_THRESHOLD
 from ._queries import Queries, quote_schema
 
 __all__ = ["StoreBase"]
@@ -23,7 +24,12 @@ class StoreBase(Generic[EngineT]):
     """The schema, its statements and the announcer of a store over a SQLAlchemy engine."""
 
     def __init__(
-        self, engine: EngineT, *, schema: str = "eventsource", partitions: int = 16
+        self,
+        engine: EngineT,
+        *,
+        schema: str = "eventsource",
+        partitions: int = 16,
+        prepared_statements: bool = True,
     ) -> None:
         self._engine = engine
         self.schema = schema
@@ -34,7 +40,8 @@ class StoreBase(Generic[EngineT]):
         )
         self._initial_partitions = check_partitions(partitions)
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
-        self.prepared_statements = True
+        self.prepared_statements = prepared_statements
+        self._prepare_threshold = PREPARE_THRESHOLD if prepared_statements else None
         self._partitions: int | None = None
 
     @classmethod
@@ -55,9 +62,9 @@ class StoreBase(Generic[EngineT]):
         from ._engine import resolve_url  # noqa: PLC0415 - may start the embedded server
 
         engine = cls._make_engine(resolve_url(url), pool_size, prepared_statements)
-        store = cls(engine, schema=schema, partitions=partitions)
-        store.prepared_statements = prepared_statements
-        return store
+        return cls(
+            engine, schema=schema, partitions=partitions, prepared_statements=prepared_statements
+        )
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> Self:
@@ -67,9 +74,12 @@ class StoreBase(Generic[EngineT]):
         settings = settings or Settings()
         url = resolve_url(settings.database_url, settings)
         engine = cls._make_engine(url, settings.pool_size, settings.prepared_statements)
-        store = cls(engine, schema=settings.db_schema, partitions=settings.partitions)
-        store.prepared_statements = settings.prepared_statements
-        return store
+        return cls(
+            engine,
+            schema=settings.db_schema,
+            partitions=settings.partitions,
+            prepared_statements=settings.prepared_statements,
+        )
 
     @property
     def engine(self) -> EngineT:

@@ -65,20 +65,20 @@ class CommandQueries:
             f" SELECT id, true FROM {s}.commands WHERE NOT EXISTS (SELECT 1 FROM ins)"
             " AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL"
         )
-        # Many commands in one statement; ids come back in input order (ordinality), with
-        # NULL for those whose dedupe key was taken.
+        # Many commands in one statement (parameters: one array per column of ``enqueue``);
+        # the new ids, in input order.
         self.enqueue_many = (
             "WITH lock AS (SELECT count(*) AS n FROM (SELECT " + _KEY_LOCK.format(key="k") + ""
-            " FROM (SELECT DISTINCT k FROM unnest(%(ordering_keys)b::text[]) AS k"
+            " FROM (SELECT DISTINCT k FROM unnest(%(ordering_key)b::text[]) AS k"
             "  WHERE k IS NOT NULL ORDER BY k) AS keys) AS locked),"
             f" ins AS ({insert}"
             " SELECT u.q, u.t, u.p::jsonb, u.pr, u.ma,"
             " coalesce(u.ra, now()) + make_interval(secs => coalesce(u.d, 0)),"
             " u.dk, u.ok, u.ci, u.ca"
-            " FROM lock, unnest(%(queues)b::text[], %(command_types)b::text[],"
-            " %(payloads)b::text[], %(priorities)b::integer[], %(max_attempts)b::integer[],"
-            " %(run_ats)b::timestamptz[], %(delays)b::float8[], %(dedupe_keys)b::text[],"
-            " %(ordering_keys)b::text[], %(correlation_ids)b::text[], %(causation_ids)b::text[])"
+            " FROM lock, unnest(%(queue)b::text[], %(command_type)b::text[],"
+            " %(payload)b::text[], %(priority)b::integer[], %(max_attempts)b::integer[],"
+            " %(run_at)b::timestamptz[], %(delay)b::float8[], %(dedupe_key)b::text[],"
+            " %(ordering_key)b::text[], %(correlation_id)b::text[], %(causation_id)b::text[])"
             " WITH ORDINALITY AS u(q, t, p, pr, ma, ra, d, dk, ok, ci, ca, n)"
             f" ORDER BY u.n {_DEDUPE_CONFLICT} RETURNING id)"
             " SELECT id FROM ins ORDER BY id"
@@ -127,7 +127,7 @@ class CommandQueries:
         # A failed attempt: retry after ``delay`` seconds, or dead once attempts are used up.
         self.fail = (
             f"UPDATE {s}.commands SET"
-            " status = CASE WHEN attempts >= max_attempts OR %(dead)s THEN 'dead'"
+            " status = CASE WHEN attempts >= max_attempts THEN 'dead'"
             " ELSE 'pending' END,"
             " run_at = now() + make_interval(secs => %(delay)s::float8),"
             " lease_token = NULL, lease_until = NULL, worker = NULL,"
@@ -171,12 +171,12 @@ class CommandQueries:
         self.retry = (
             f"UPDATE {s}.commands SET status = 'pending', run_at = now(),"
             " max_attempts = attempts + %(attempts)s, updated_at = now()"
-            " WHERE id = %(id)s AND status = 'dead' RETURNING id"
+            " WHERE id = %(id)s AND status = 'dead' RETURNING queue"
         )
         self.purge = (
             f"DELETE FROM {s}.commands WHERE status = 'dead'"
             " AND updated_at < now() - make_interval(secs => %(older_than)s::float8)"
-            " AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)"
+            " AND (%(queue)s::text IS NULL OR queue = %(queue)s::text) RETURNING id"
         )
         self.counts = (
             f"SELECT queue, status, count(*), min(enqueued_at) FROM {s}.commands"

@@ -34,11 +34,10 @@ from ._command_queries import CommandQueries
 from ._commands import CommandContext, HandlerSpec, registered_handlers
 from ._context import correlation
 from ._core import conninfo
-from ._engine import PREPARE_THRESHOLD
 from ._errors import DatabaseUnavailable, EventSourceError
 from ._logging import get_logger
 from ._loop import close_thread_loop, run_on_thread_loop
-from ._store import EventStore, Transaction, _driver, _fetch
+from ._store import EventStore, _driver, _fetch
 
 __all__ = ["CommandWorker", "LeaseLost"]
 
@@ -64,6 +63,7 @@ class _Claimed:
     correlation_id: str | None
     causation_id: str | None
     enqueued_at: datetime
+    timeout: float | None = None  # seconds this attempt may run
     deadline: float | None = None  # monotonic time after which the attempt has timed out
     done: bool = False
 
@@ -77,6 +77,11 @@ class _Slot:
     avg_seconds: float | None = None  # moving average of one handler call (None: unknown)
     busy: bool = False
     running: int | None = None  # the command whose handler runs now
+
+
+def timed_out(timeout: float) -> str:
+    """The error recorded for an attempt that ran past its timeout."""
+    return f"TimeoutError: the handler ran longer than its timeout of {timeout:g} s"
 
 
 def storable(text: str) -> str:
@@ -269,9 +274,7 @@ class CommandWorker:
                         conn = psycopg.connect(
                             conninfo(self.store.url),
                             autocommit=True,
-                            prepare_threshold=PREPARE_THRESHOLD
-                            if self.store.prepared_statements
-                            else None,
+                            prepare_threshold=self.store._prepare_threshold,
                         )
                     claimed = self._claim(conn, slot)
                     if claimed:
@@ -357,22 +360,15 @@ class CommandWorker:
         spec = self.handlers[command.command_type]
         timeout = spec.timeout if spec.timeout is not None else self.default_timeout
         if timeout is not None:
-            command.deadline = time.monotonic() + timeout
+            command.timeout, command.deadline = timeout, time.monotonic() + timeout
         bound = self._log.bind(
             command_id=command.id,
             command_type=command.command_type,
             attempt=command.attempt,
             correlation_id=command.correlation_id,
         )
-        opened: list[Transaction] = []
         try:
             with ExitStack() as stack:
-
-                def open_tx() -> Transaction:
-                    tx = stack.enter_context(self.store.transaction())
-                    opened.append(tx)
-                    return tx
-
                 ctx = CommandContext(
                     command.id,
                     command.attempt,
@@ -383,7 +379,7 @@ class CommandWorker:
                     command.correlation_id,
                     self.worker_id,
                     bound,
-                    open_tx,
+                    lambda: stack.enter_context(self.store.transaction()),
                 )
                 with correlation(
                     command.correlation_id or f"command:{command.id}", f"command:{command.id}"
@@ -392,11 +388,11 @@ class CommandWorker:
                     result = spec.fn(cmd, ctx)
                     if spec.is_async:
                         run_on_thread_loop(asyncio.wait_for(result, timeout))
-                if opened:
+                if ctx._tx is not None:
                     # The ack joins the handler's transaction: its writes commit only while
                     # this attempt still holds the lease.
                     acked = _fetch(
-                        _driver(opened[0].connection),
+                        _driver(ctx._tx.connection),
                         self._sql.ack_one,
                         {"id": command.id, "token": command.token},
                     )
@@ -410,26 +406,25 @@ class CommandWorker:
             self._forget(slot, command)
             return False
         except Exception as exc:
-            self._failed(conn, slot, command, exc, bound, timeout)
+            self._failed(conn, slot, command, exc, bound)
             return False
-        if opened:
+        if ctx._tx is not None:
             self._forget(slot, command)
             self._count(1)
             bound.debug("command done")
             return False
         return True
 
-    def _failed(  # noqa: PLR0917
+    def _failed(
         self,
         conn: psycopg.Connection[Any],
         slot: _Slot,
         command: _Claimed,
         exc: BaseException,
         bound: Any,
-        timeout: float | None,
     ) -> None:
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError) and timeout is not None:
-            error = f"TimeoutError: the handler ran longer than its timeout of {timeout:g} s"
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError) and command.timeout is not None:
+            error = timed_out(command.timeout)
         else:
             error = f"{type(exc).__name__}: {exc}"
         trace = "".join(traceback.format_exception(exc))
@@ -443,8 +438,6 @@ class CommandWorker:
         error: str,
         trace: str | None,
         bound: Any,
-        *,
-        dead: bool = False,
     ) -> None:
         delay = backoff(command.attempt, self.backoff_base, self.backoff_max)
         rows = _fetch(
@@ -453,7 +446,6 @@ class CommandWorker:
             {
                 "id": command.id,
                 "token": command.token,
-                "dead": dead,
                 "delay": delay,
                 "error": storable(error[:ERROR_LIMIT]),
                 "traceback": storable(trace[-TRACEBACK_LIMIT:]) if trace else None,
@@ -486,9 +478,7 @@ class CommandWorker:
                         command_id=command.id,
                         attempt=command.attempt,
                     )
-        with self._held_lock:
-            for command in acks:
-                slot.held.pop(command.id, None)
+        self._forget(slot, *acks)
         self._count(len(rows))
 
     def _release(
@@ -500,13 +490,13 @@ class CommandWorker:
             self._sql.release,
             {"ids": [c.id for c in commands], "tokens": [c.token for c in commands]},
         )
+        self._forget(slot, *commands)
+
+    def _forget(self, slot: _Slot, *commands: _Claimed) -> None:
+        """No longer hold these commands (no more lease extensions for them)."""
         with self._held_lock:
             for command in commands:
                 slot.held.pop(command.id, None)
-
-    def _forget(self, slot: _Slot, command: _Claimed) -> None:
-        with self._held_lock:
-            slot.held.pop(command.id, None)
 
     def _count(self, n: int) -> None:
         with self._processed_lock:
@@ -551,8 +541,7 @@ class CommandWorker:
             self._record_failure(
                 conn,
                 command,
-                f"TimeoutError: the handler ran longer than its timeout of"
-                f" {self.handlers[command.command_type].timeout or self.default_timeout:g} s",
+                timed_out(command.timeout or 0),
                 None,
                 self._log.bind(command_id=command.id, attempt=command.attempt),
             )

@@ -359,32 +359,18 @@ def enqueue_params(command: Command, options: _Options, default_attempts: int) -
     }
 
 
-_MANY_KEYS = {
-    "queue": "queues",
-    "command_type": "command_types",
-    "payload": "payloads",
-    "priority": "priorities",
-    "max_attempts": "max_attempts",
-    "run_at": "run_ats",
-    "delay": "delays",
-    "dedupe_key": "dedupe_keys",
-    "ordering_key": "ordering_keys",
-    "correlation_id": "correlation_ids",
-    "causation_id": "causation_ids",
-}
-
-
 def enqueue_many_params(
     commands: Sequence[Command], options: _Options, default_attempts: int
 ) -> dict[str, list[Any]]:
+    """The parameters of ``enqueue_many``: one list per parameter of ``enqueue_params``."""
     if isinstance(commands, Command | str | bytes) or not isinstance(commands, Sequence):
         raise TypeError(f"enqueue_many takes a sequence of commands, got {commands!r}")
     if options.dedupe_key is not None:
         raise ValueError("enqueue_many takes no dedupe_key: one key would drop all but one")
-    columns: dict[str, list[Any]] = {name: [] for name in _MANY_KEYS.values()}
+    columns: dict[str, list[Any]] = {}
     for command in commands:
         for key, value in enqueue_params(command, options, default_attempts).items():
-            columns[_MANY_KEYS[key]].append(value)
+            columns.setdefault(key, []).append(value)
     return columns
 
 
@@ -447,16 +433,45 @@ Infos = list["CommandInfo"]
 Ids = list[int]
 
 
-class CommandQueue:
+class _QueueCore:
+    """What the sync and async queues share besides I/O: checks, statements, results."""
+
+    def __init__(self, store: EventStore | AsyncEventStore, max_attempts: int) -> None:
+        self.max_attempts = check_max_attempts(max_attempts)
+        self._sql = store._command_queries
+        self._announcer = store._announcer
+
+    def _one(self, command: Command, options: _Options) -> tuple[str, dict[str, Any]]:
+        params = enqueue_params(command, options, self.max_attempts)
+        return self._sql.enqueue_for(params), params
+
+    def _many(self, commands: Sequence[Command], options: _Options) -> dict[str, list[Any]]:
+        return enqueue_many_params(commands, options, self.max_attempts)
+
+    @staticmethod
+    def _enqueued(rows: Rows) -> Enqueued:
+        if not rows:
+            return Enqueued(None, duplicate=True)
+        return Enqueued(int(rows[0][0]), duplicate=bool(rows[0][1]))
+
+    def _announce(self, queues: Sequence[str]) -> None:
+        """Wake idle workers of these queues once the enqueue has committed."""
+        self._announcer.announce(queues, channel=self._sql.channel)
+
+    def _notify_params(self, queues: Sequence[str]) -> dict[str, str]:
+        """A NOTIFY inside the caller's own transaction (sent when it commits)."""
+        return {"channel": self._sql.channel, "payload": ",".join(sorted(queues))}
+
+
+class CommandQueue(_QueueCore):
     """Enqueue commands to the store's database and inspect them; workers deliver them.
 
     ``max_attempts`` is the default for commands whose class and ``enqueue`` call set none.
     """
 
     def __init__(self, store: EventStore, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        super().__init__(store, max_attempts)
         self.store = store
-        self.max_attempts = check_max_attempts(max_attempts)
-        self._sql = store._command_queries
 
     # -- enqueue -------------------------------------------------------------------------
 
@@ -481,12 +496,8 @@ class CommandQueue:
         enqueue order; ``max_attempts`` bounds the retries before the command is dead.
         """
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
-        params = enqueue_params(command, options, self.max_attempts)
-        sql = self._sql.enqueue_for(params)
-        rows = self._execute(sql, params, tx, params["queue"])
-        if not rows:
-            return Enqueued(None, duplicate=True)
-        return Enqueued(int(rows[0][0]), duplicate=bool(rows[0][1]))
+        sql, params = self._one(command, options)
+        return self._enqueued(self._execute(sql, params, tx, params["queue"]))
 
     def enqueue_many(
         self,
@@ -502,10 +513,10 @@ class CommandQueue:
     ) -> Ids:
         """Queue many commands in one statement (all checked before any is written); their ids."""
         options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
-        params = enqueue_many_params(commands, options, self.max_attempts)
-        if not params["queues"]:
+        params = self._many(commands, options)
+        if not params:
             return []
-        rows = self._execute(self._sql.enqueue_many, params, tx, *set(params["queues"]))
+        rows = self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
         return [int(row[0]) for row in rows]
 
     def _execute(
@@ -520,11 +531,11 @@ class CommandQueue:
             if tx is None:
                 with store._raw() as conn:
                     rows = _fetch(conn, sql, params)
-                store._announcer.announce(queues, channel=self._sql.channel)
+                self._announce(queues)
                 return rows
             if isinstance(tx, Transaction):
                 rows = _fetch(_driver(tx.connection), sql, params)
-                tx.on_commit(lambda: store._announcer.announce(queues, channel=self._sql.channel))
+                tx.on_commit(lambda: self._announce(queues))
                 return rows
             if isinstance(tx, Connection):  # e.g. a projection's batch transaction
                 conn = _driver(tx)
@@ -532,9 +543,6 @@ class CommandQueue:
                 _fetch(conn, self._sql.notify, self._notify_params(queues))
                 return rows
         raise TypeError(f"tx must be a store Transaction or a SQLAlchemy Connection, got {tx!r}")
-
-    def _notify_params(self, queues: Sequence[str]) -> dict[str, str]:
-        return {"channel": self._sql.channel, "payload": ",".join(sorted(queues))}
 
     # -- inspection and operations -------------------------------------------------------
 
@@ -561,16 +569,15 @@ class CommandQueue:
     def retry(self, command_id: int, *, attempts: int = 1) -> None:
         """Give a dead command ``attempts`` more attempts, starting now."""
         params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
-        if not self._run(self._sql.retry, params):
+        rows = self._run(self._sql.retry, params)
+        if not rows:
             raise CommandNotFound(command_id, _why_not_dead(self.get(command_id)))
-        self.store._announcer.announce(("retry",), channel=self._sql.channel)
+        self._announce([rows[0][0]])
 
     def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
         params = {"older_than": seconds(older_than, "older_than"), "queue": queue}
-        with self.store._errors(), self.store._raw() as conn, conn.cursor() as cursor:
-            cursor.execute(self._sql.purge, params)
-            return cursor.rowcount
+        return len(self._run(self._sql.purge, params))
 
     def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
         """(queue, status, count, oldest enqueue time) for every queue and state."""
@@ -578,7 +585,7 @@ class CommandQueue:
         return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
 
     def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
-        with self.store._errors(), self.store._raw() as conn:
+        with self.store._raw() as conn:  # errors translated
             return _fetch(conn, sql, params)
 
 
@@ -597,13 +604,12 @@ def _why_not_dead(info: CommandInfo | None) -> str:
 # -- the queue (async) ---------------------------------------------------------------------
 
 
-class AsyncCommandQueue:
+class AsyncCommandQueue(_QueueCore):
     """The async twin of ``CommandQueue`` over an ``AsyncEventStore``."""
 
     def __init__(self, store: AsyncEventStore, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        super().__init__(store, max_attempts)
         self.store = store
-        self.max_attempts = check_max_attempts(max_attempts)
-        self._sql = store._command_queries
 
     async def enqueue(
         self,
@@ -620,12 +626,8 @@ class AsyncCommandQueue:
     ) -> Enqueued:
         """Queue ``command`` for a worker (see ``CommandQueue.enqueue``)."""
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
-        params = enqueue_params(command, options, self.max_attempts)
-        sql = self._sql.enqueue_for(params)
-        rows = await self._execute(sql, params, tx, params["queue"])
-        if not rows:
-            return Enqueued(None, duplicate=True)
-        return Enqueued(int(rows[0][0]), duplicate=bool(rows[0][1]))
+        sql, params = self._one(command, options)
+        return self._enqueued(await self._execute(sql, params, tx, params["queue"]))
 
     async def enqueue_many(
         self,
@@ -641,10 +643,10 @@ class AsyncCommandQueue:
     ) -> Ids:
         """Queue many commands in one statement; their ids."""
         options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
-        params = enqueue_many_params(commands, options, self.max_attempts)
-        if not params["queues"]:
+        params = self._many(commands, options)
+        if not params:
             return []
-        rows = await self._execute(self._sql.enqueue_many, params, tx, *set(params["queues"]))
+        rows = await self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
         return [int(row[0]) for row in rows]
 
     async def _execute(
@@ -659,16 +661,15 @@ class AsyncCommandQueue:
             if tx is None:
                 async with store._autocommit.connect() as conn:
                     rows = await _afetch(conn, sql, params)
-                store._announcer.announce(queues, channel=self._sql.channel)
+                self._announce(queues)
                 return rows
             if isinstance(tx, AsyncTransaction):
                 rows = await _afetch(tx.connection, sql, params)
-                tx.on_commit(lambda: store._announcer.announce(queues, channel=self._sql.channel))
+                tx.on_commit(lambda: self._announce(queues))
                 return rows
             if isinstance(tx, AsyncConnection):
                 rows = await _afetch(tx, sql, params)
-                notify = {"channel": self._sql.channel, "payload": ",".join(sorted(queues))}
-                await _afetch(tx, self._sql.notify, notify)
+                await _afetch(tx, self._sql.notify, self._notify_params(queues))
                 return rows
         raise TypeError(
             f"tx must be an AsyncTransaction or a SQLAlchemy AsyncConnection, got {tx!r}"
@@ -697,20 +698,15 @@ class AsyncCommandQueue:
     async def retry(self, command_id: int, *, attempts: int = 1) -> None:
         """Give a dead command ``attempts`` more attempts, starting now."""
         params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
-        if not await self._run(self._sql.retry, params):
+        rows = await self._run(self._sql.retry, params)
+        if not rows:
             raise CommandNotFound(command_id, _why_not_dead(await self.get(command_id)))
-        self.store._announcer.announce(("retry",), channel=self._sql.channel)
+        self._announce([rows[0][0]])
 
     async def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
         params = {"older_than": seconds(older_than, "older_than"), "queue": queue}
-        with self.store._errors():
-            async with self.store._autocommit.connect() as conn:
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
-                async with driver.cursor() as cursor:
-                    await cursor.execute(self._sql.purge, params)
-                    return int(cursor.rowcount)
+        return len(await self._run(self._sql.purge, params))
 
     async def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
         """(queue, status, count, oldest enqueue time) for every queue and state."""

@@ -11,7 +11,6 @@ The async twin is ``AsyncEventStore``; both delegate everything but I/O to ``_co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -39,7 +38,6 @@ from ._core import (
     conninfo,
     records,
 )
-from ._engine import PREPARE_THRESHOLD
 from ._errors import SchemaNotReady
 from ._events import Event
 from ._migrate import SchemaStatus, schema_status, upgrade_schema
@@ -139,14 +137,16 @@ class EventStore(StoreBase[Engine]):
 
         return sync_engine(url, pool_size, prepared)
 
-    _raw_connections: RawPool | None = None
-    _raw_lock = threading.Lock()
+    def __init__(self, engine: Engine, **options: Any) -> None:
+        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
+        super().__init__(engine, **options)
+        # Connections open on first use.
+        self._raw_pool = RawPool(conninfo(self.url), _pool_size(engine), self._prepare_threshold)
 
     def close(self) -> None:
         """Close the connection pools."""
         self._announcer.close()
-        if self._raw_connections is not None:
-            self._raw_connections.close()
+        self._raw_pool.close()
         self._engine.dispose()
 
     def __enter__(self) -> EventStore:
@@ -162,21 +162,8 @@ class EventStore(StoreBase[Engine]):
         It skips SQLAlchemy's connection and result layers (a few tens of microseconds per
         call); errors are translated, and a broken connection is dropped from the pool.
         """
-        with self._errors(), self._raw_pool().connection() as conn:
+        with self._errors(), self._raw_pool.connection() as conn:
             yield conn
-
-    def _raw_pool(self) -> RawPool:
-        pool = self._raw_connections
-        if pool is None:
-            with self._raw_lock:
-                pool = self._raw_connections
-                if pool is None:
-                    pool = self._raw_connections = RawPool(
-                        conninfo(self.url),
-                        _pool_size(self._engine),
-                        PREPARE_THRESHOLD if self.prepared_statements else None,
-                    )
-        return pool
 
     # -- schema --------------------------------------------------------------------------
 
