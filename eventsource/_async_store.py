@@ -76,12 +76,17 @@ class AsyncTransaction:
 
     def __init__(self, store: AsyncEventStore, connection: AsyncConnection) -> None:
         self.store = store
-        self.connection = connection
+        self._connection = connection
         self._staged = StagedAppends()
         self._after_flush: list[tuple[str, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
         self._written: list[PendingAppend] = []
         self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The SQLAlchemy ``AsyncConnection`` of this transaction."""
+        return self._connection
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``AsyncConnection.execute``)."""

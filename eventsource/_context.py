@@ -43,10 +43,15 @@ def current_correlation() -> tuple[str | None, str | None]:
     return _correlation_id.get(), _causation_id.get()
 
 
-def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The metadata to store: the caller's, plus the context's ids where the caller gave none."""
-    result = dict(metadata) if metadata else {}
+def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The metadata to store: the caller's, plus the context's ids where the caller gave none.
+
+    ``None`` when there is none at all (stored as ``{}``).
+    """
     correlation_id, causation_id = _correlation_id.get(), _causation_id.get()
+    if not metadata and correlation_id is None and causation_id is None:
+        return None
+    result = dict(metadata) if metadata else {}
     if correlation_id is not None:
         result.setdefault("correlation_id", correlation_id)
     if causation_id is not None:

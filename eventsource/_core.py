@@ -374,10 +374,12 @@ class StagedAppends:
                 raise TypeError(f"append takes Event instances, got {type(event).__name__}")
         if partition_key is not None:
             check_stream_id(partition_key)
+        meta = with_context(metadata)
         try:
-            meta_text = _json_text(
-                json.dumps(with_context(metadata), ensure_ascii=False, allow_nan=False),
-                "metadata",
+            meta_text = (
+                "{}"
+                if meta is None
+                else _json_text(json.dumps(meta, ensure_ascii=False, allow_nan=False), "metadata")
             )
         except TypeError as exc:
             raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
@@ -435,8 +437,8 @@ class StagedAppends:
             "metadata": [m for s in streams for m in s.metadata],
         }
 
-    def single(self, partitions: int) -> tuple[str, dict[str, Any]] | None:
-        """For exactly one staged stream: the fast statement's kind and parameters."""
+    def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
+        """For exactly one staged stream: the fast statement and its parameters."""
         if len(self._streams) != 1:
             return None
         (staged,) = self._streams.values()
@@ -445,18 +447,25 @@ class StagedAppends:
         kind = (
             "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
         )
-        return kind, {
+        params = {
             "stream_id": staged.stream_id,
             "partition": partition_for(staged.partition_key, partitions),
             "expected": expected,
             "n": len(events),
             "first_id": events[0].event_id,
-            "event_ids": [e.event_id for e in events],
-            "types": [e.event_type for e in events],
-            "schema_versions": [e.schema_version for e in events],
-            "data": staged.data,
-            "metadata": staged.metadata,
         }
+        if len(events) == 1:
+            params["type"] = events[0].event_type
+            params["schema_version"] = events[0].schema_version
+            params["data"] = staged.data[0]
+            params["metadata"] = staged.metadata[0]
+            return queries.append_one_event[kind], params
+        params["event_ids"] = [e.event_id for e in events]
+        params["types"] = [e.event_type for e in events]
+        params["schema_versions"] = [e.schema_version for e in events]
+        params["data"] = staged.data
+        params["metadata"] = staged.metadata
+        return queries.append_one[kind], params
 
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream), in staging order."""
@@ -486,10 +495,10 @@ def append_plan(staged: StagedAppends, queries: Queries, partitions: int) -> Pla
     It yields (sql, params) and is sent back the rows; one stream takes the one-statement
     path, several streams (or a conflict or retry on the fast path) the append function.
     """
-    single = staged.single(partitions)
+    single = staged.single(partitions, queries)
     if single is not None:
-        kind, params = single
-        rows = yield queries.append_one[kind], params
+        sql, params = single
+        rows = yield sql, params
         if rows:
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])

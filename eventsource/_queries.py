@@ -71,34 +71,47 @@ class Queries:
         # One stream, one statement: claim the stream version, bump the partition head (its row
         # lock is held to commit), insert the events. No row back means the expected version
         # did not hold (or an idempotent retry): nothing was written, and ``append`` above
-        # then reports exactly what happened.
-        self.append_one = {
-            kind: (
+        # then reports exactly what happened. ``append_one`` takes the events as arrays,
+        # ``append_one_event`` one event as plain values (cheaper to send than arrays).
+        claims = {
+            "new": f"INSERT INTO {s}.streams (stream_id, partition, version)"
+            " VALUES (%(stream_id)b, %(partition)b, %(n)b)"
+            " ON CONFLICT (stream_id) DO NOTHING RETURNING partition, version",
+            "at": f"UPDATE {s}.streams SET version = version + %(n)b"
+            " WHERE stream_id = %(stream_id)b AND version = %(expected)b"
+            " RETURNING partition, version",
+            "any": f"INSERT INTO {s}.streams AS t (stream_id, partition, version)"
+            " SELECT %(stream_id)b, %(partition)b, %(n)b WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)b)"
+            " ON CONFLICT (stream_id) DO UPDATE SET version = t.version + excluded.version"
+            " RETURNING partition, version",
+        }
+        insert = (
+            f"INSERT INTO {s}.events (partition, position, event_id, stream_id, stream_version,"
+            " event_type, schema_version, data, metadata)"
+        )
+        many = (
+            f" {insert} SELECT s.partition, h.base + u.k, u.id, %(stream_id)b,"
+            " s.version - %(n)b + u.k, u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
+            " unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],"
+            " %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k)"
+        )
+        one = (
+            f" {insert} SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version,"
+            " %(type)b, %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb FROM s, h"
+        )
+
+        def one_stream(claim: str, events: str) -> str:
+            return (
                 f"WITH s AS ({claim}),"
                 f" h AS (UPDATE {s}.partitions p SET head = p.head + %(n)b FROM s"
                 "  WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),"
-                f" e AS (INSERT INTO {s}.events (partition, position, event_id, stream_id,"
-                "  stream_version, event_type, schema_version, data, metadata)"
-                "  SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version - %(n)b + u.k,"
-                "  u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
-                "  unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],"
-                "  %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))"
+                f" e AS ({events})"
                 " SELECT s.version, s.partition, h.base + %(n)b FROM s, h"
             )
-            for kind, claim in {
-                "new": f"INSERT INTO {s}.streams (stream_id, partition, version)"
-                " VALUES (%(stream_id)b, %(partition)b, %(n)b)"
-                " ON CONFLICT (stream_id) DO NOTHING RETURNING partition, version",
-                "at": f"UPDATE {s}.streams SET version = version + %(n)b"
-                " WHERE stream_id = %(stream_id)b AND version = %(expected)b"
-                " RETURNING partition, version",
-                "any": f"INSERT INTO {s}.streams AS t (stream_id, partition, version)"
-                " SELECT %(stream_id)b, %(partition)b, %(n)b WHERE NOT EXISTS"
-                f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)b)"
-                " ON CONFLICT (stream_id) DO UPDATE SET version = t.version + excluded.version"
-                " RETURNING partition, version",
-            }.items()
-        }
+
+        self.append_one = {kind: one_stream(claim, many) for kind, claim in claims.items()}
+        self.append_one_event = {kind: one_stream(claim, one) for kind, claim in claims.items()}
         self.read_stream = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.events"
             " WHERE stream_id = %(stream_id)s AND stream_version > %(after)s"

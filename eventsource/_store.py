@@ -81,16 +81,32 @@ class Transaction:
 
     Appends are staged and written together when the transaction commits (or at ``flush()``),
     so the partition heads they lock are held only for the last moment of the transaction.
+    The database transaction begins when ``connection`` is first used; one that only staged
+    appends is written at commit as a single statement.
     """
 
-    def __init__(self, store: EventStore, connection: Connection) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
-        self.connection = connection
+        self._connection: Connection | None = None
         self._staged = StagedAppends()
         self._after_flush: list[tuple[str, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
         self._written: list[PendingAppend] = []
         self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
+
+    @property
+    def connection(self) -> Connection:
+        """The SQLAlchemy ``Connection`` of this transaction (begun on first use)."""
+        if self._connection is None:
+            with self.store._errors():
+                connection = self.store._engine.connect()
+                try:
+                    connection.begin()
+                except BaseException:
+                    connection.close()
+                    raise
+            self._connection = connection
+        return self._connection
 
     def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``Connection.execute``)."""
@@ -116,6 +132,30 @@ class Transaction:
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
         self._on_commit.append(callback)
+
+    def _commit(self) -> None:
+        """Write what is staged and commit."""
+        connection = self._connection
+        if connection is not None:
+            self.flush()
+            with self.store._errors():
+                connection.commit()
+            return
+        # Nothing ran on a connection yet: write on a pooled driver connection, with no round
+        # trips for BEGIN and COMMIT when the appends are the only statement.
+        if not self._staged:
+            return
+        self._written.extend(self._staged.pending())
+        plan = append_plan(self._staged, self.store._queries, self.store.partitions)
+        with self.store._raw() as raw:
+            if not self._after_flush:
+                _drive(raw, plan)
+                return
+            with raw.transaction():
+                _drive(raw, plan)
+                for sql, params in self._after_flush:
+                    _fetch(raw, sql, params)
+            self._after_flush.clear()
 
     def _rolled_back(self) -> None:
         for pending in self._written + self._staged.pending():
@@ -229,23 +269,20 @@ class EventStore(StoreBase[Engine]):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One transaction for several appends, enqueues and statements; commits on exit."""
-        with self._errors():
-            conn = self._engine.connect()
-        tx = Transaction(self, conn)
+        tx = Transaction(self)
         try:
-            conn.begin()
             try:
                 yield tx  # the caller's own statements raise their own errors, untranslated
-                tx.flush()
-                with self._errors():
-                    conn.commit()
+                tx._commit()
             except BaseException:
                 tx._rolled_back()
-                with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
-                    conn.rollback()
+                if tx._connection is not None:
+                    with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
+                        tx._connection.rollback()
                 raise
         finally:
-            conn.close()
+            if tx._connection is not None:
+                tx._connection.close()
         self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})
         for callback in tx._on_commit:
             callback()

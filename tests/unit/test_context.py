@@ -14,7 +14,7 @@ from eventsource._context import with_context
 def test_no_ids_outside_a_block() -> None:
     """Outside any correlation() block there are no ids and metadata is passed through."""
     assert current_correlation() == (None, None)
-    assert with_context(None) == {}
+    assert with_context(None) is None
     assert with_context({"a": 1}) == {"a": 1}
 
 
@@ -28,7 +28,7 @@ def test_block_carries_ids_into_metadata_and_resets_after() -> None:
             "causation_id": "cause-1",
         }
     assert current_correlation() == (None, None)
-    assert with_context(None) == {}
+    assert with_context(None) is None
 
 
 def test_caller_metadata_wins_over_context() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -134,12 +135,14 @@ def test_invalid_schema_version_is_rejected(bad: object) -> None:
 # -- instances ----------------------------------------------------------------------------
 
 
-def test_event_id_defaults_to_a_new_uuid4() -> None:
-    """Each event gets a fresh uuid4 event_id unless one is given."""
+def test_event_id_defaults_to_a_new_time_ordered_uuid() -> None:
+    """Each event gets a fresh UUIDv7 event_id unless one is given; later ids sort after."""
     a, b = Opened(owner="ann"), Opened(owner="ann")
     assert isinstance(a.event_id, uuid.UUID)
-    assert a.event_id.version == 4
+    assert a.event_id.version == 7
     assert a.event_id != b.event_id
+    time.sleep(0.002)  # a later millisecond: its id sorts after, whatever the random bits
+    assert Opened(owner="ann").event_id > a.event_id
 
 
 def test_given_event_id_is_kept() -> None:
