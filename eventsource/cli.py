@@ -230,6 +230,7 @@ def projections_replay(
             )
         settings = _settings(database_url, schema)
         with _open_store(settings) as store:
+            _freeze_startup_objects()
             applied = projections.replay(store, projection, console=err_console)
         console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
 

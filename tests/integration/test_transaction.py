@@ -16,12 +16,13 @@ from eventsource import (
     EventSourceError,
     EventStore,
     PendingAppend,
+    Repository,
     SchemaNotReady,
     correlation,
     partition_for,
 )
 from eventsource._queries import quote_schema
-from tests.domain import Deposited, Opened
+from tests.domain import Counter, Deposited, Opened
 
 from ._support import log_state, sql
 
@@ -299,3 +300,41 @@ def test_user_sql_error_is_not_reported_as_schema_not_ready(store: EventStore) -
     with pytest.raises(Exception) as info, store.transaction() as tx:
         tx.execute(text("SELECT * FROM no_such_user_table"))
     assert not isinstance(info.value, SchemaNotReady)
+
+
+def test_a_transaction_takes_a_connection_only_when_it_runs_a_statement(store: EventStore) -> None:
+    """Staging appends holds no pooled connection; the first statement of its own begins one."""
+    pool = store.engine.pool
+    with store.transaction() as tx:
+        store.append("s-1", [Opened(owner="a")], NO_STREAM, tx=tx)
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert log_state(store).events == 0
+    assert store.stream_version("s-1") == 1
+
+    with store.transaction() as tx:
+        store.append("s-2", [Opened(owner="b")], NO_STREAM, tx=tx)
+        tx.execute(text("SELECT 1"))
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert store.stream_version("s-2") == 1
+
+
+def test_an_appends_only_transaction_with_a_snapshot_is_all_or_nothing(store: EventStore) -> None:
+    """Appends and the snapshot of a save commit together, and a conflict writes neither."""
+    repo = Repository(store, Counter, snapshot_every=1)
+    store.append("taken", [Opened(owner="x")], NO_STREAM)
+    before = log_state(store)
+    counter = Counter("c-1")
+    counter.open("ann")
+    with pytest.raises(ConcurrencyError), store.transaction() as tx:
+        repo.save(counter, tx=tx)
+        store.append("taken", [Deposited(amount=1)], NO_STREAM, tx=tx)
+    assert log_state(store) == before
+    assert sql(store, "SELECT count(*) FROM {s}.snapshots") == [(0,)]
+
+    with store.transaction() as tx:
+        repo.save(counter, tx=tx)
+        store.append("taken", [Deposited(amount=1)], 1, tx=tx)
+    assert sql(store, "SELECT stream_id, version FROM {s}.snapshots") == [("c-1", 1)]
+    assert store.stream_version("taken") == 2
+    assert repo.load("c-1").owner == "ann"
