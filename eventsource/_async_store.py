@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import psycopg
 from sqlalchemy import Executable
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Result
@@ -64,9 +65,14 @@ async def _fetch(
 async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
     """Run an append plan on ``conn``: execute what it yields, send back the rows."""
     try:
-        sql, params = next(plan)
+        step = next(plan)
         while True:
-            sql, params = plan.send(await _fetch(conn, sql, params))
+            try:
+                rows = await _fetch(conn, *step)
+            except psycopg.errors.UniqueViolation as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(rows)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -99,7 +105,7 @@ class AsyncTransaction:
             if self._staged:
                 self._written.extend(self._staged.pending())
                 partitions = await self.store._partition_count_cached()
-                plan = append_plan(self._staged, self.store._queries, partitions)
+                plan = append_plan(self._staged, self.store._queries, partitions, autocommit=False)
                 results = await _drive(self.connection, plan)
             while self._after_flush:
                 await _fetch(self.connection, *self._after_flush.pop(0))
@@ -197,7 +203,8 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        plan = append_plan(staged, self._queries, await self._partition_count_cached())
+        partitions = await self._partition_count_cached()
+        plan = append_plan(staged, self._queries, partitions, autocommit=True)
         with self._errors():
             async with self._autocommit.connect() as conn:
                 await _drive(conn, plan)

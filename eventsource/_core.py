@@ -437,8 +437,15 @@ class StagedAppends:
             "metadata": [m for s in streams for m in s.metadata],
         }
 
-    def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
-        """For exactly one staged stream: the fast statement and its parameters."""
+    def single(
+        self, partitions: int, queries: Queries, autocommit: bool
+    ) -> tuple[str, dict[str, Any]] | None:
+        """For exactly one staged stream: the fast statement and its parameters.
+
+        Inside a transaction an ``ANY`` append takes the append function instead: a writer
+        racing the fast statement makes it fail, which would abort the transaction, and an
+        ``ANY`` append must not fail on a race.
+        """
         if len(self._streams) != 1:
             return None
         (staged,) = self._streams.values()
@@ -447,6 +454,8 @@ class StagedAppends:
         kind = (
             "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
         )
+        if kind == "any" and not autocommit:
+            return None
         params = {
             "stream_id": staged.stream_id,
             "partition": partition_for(staged.partition_key, partitions),
@@ -466,6 +475,25 @@ class StagedAppends:
         params["data"] = staged.data
         params["metadata"] = staged.metadata
         return queries.append_one[kind], params
+
+    def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
+        """The error for an insert that hit a stored version of a stream (a writer got there
+        first): ``ConcurrencyError``; other unique violations are left to ``translate``."""
+        if getattr(exc.diag, "constraint_name", None) != "events_stream_version_key":
+            return exc
+        taken = _taken_version(exc.diag.message_detail or "")
+        if taken is None and len(self._streams) == 1:
+            taken = (next(iter(self._streams)), None)
+        staged = self._streams.get(taken[0]) if taken else None
+        if taken is None or staged is None:
+            return exc
+        stream_id, version = taken
+        expected = staged.expected
+        return ConcurrencyError(
+            stream_id,
+            ExpectedVersion(expected) if expected < 0 else expected,
+            version if version is not None else expected + 1,
+        )
 
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream), in staging order."""
@@ -489,20 +517,41 @@ class StagedAppends:
 Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
-def append_plan(staged: StagedAppends, queries: Queries, partitions: int) -> Plan:
+def _taken_version(detail: str) -> tuple[str, int | None] | None:
+    """(stream id, version) from the detail of a violated (stream_id, stream_version) key."""
+    prefix, suffix = "Key (stream_id, stream_version)=(", ") already exists."
+    if not (detail.startswith(prefix) and detail.endswith(suffix)):
+        return None
+    stream_id, _, version = detail[len(prefix) : -len(suffix)].rpartition(", ")
+    return (stream_id, int(version)) if version.isdigit() else None
+
+
+def append_plan(
+    staged: StagedAppends, queries: Queries, partitions: int, *, autocommit: bool
+) -> Plan:
     """The statements that write ``staged``, as a generator the sync and async stores drive.
 
-    It yields (sql, params) and is sent back the rows; one stream takes the one-statement
-    path, several streams (or a conflict or retry on the fast path) the append function.
+    It yields (sql, params) and is sent back the rows, or thrown the unique violation of a
+    statement; one stream takes the one-statement path, several streams (or a conflict or
+    retry on the fast path) the append function. ``autocommit``: each statement commits on
+    its own, so a failed fast statement can be followed by the function.
     """
-    single = staged.single(partitions, queries)
+    single = staged.single(partitions, queries, autocommit)
     if single is not None:
         sql, params = single
-        rows = yield sql, params
+        try:
+            rows = yield sql, params
+        except psycopg.errors.UniqueViolation as exc:
+            if not autocommit:
+                raise staged.conflict(exc) from exc
+            rows = []  # it wrote nothing: the function finds out what happened
         if rows:
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
-    rows = yield queries.append, staged.params(partitions)
+    try:
+        rows = yield queries.append, staged.params(partitions)
+    except psycopg.errors.UniqueViolation as exc:
+        raise staged.conflict(exc) from exc
     return staged.resolve(rows)
 
 

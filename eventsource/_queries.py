@@ -68,23 +68,26 @@ class Queries:
             " %(types)b::text[], %(schema_versions)b::integer[], %(data)b::text[],"
             " %(metadata)b::text[])"
         )
-        # One stream, one statement: claim the stream version, bump the partition head (its row
-        # lock is held to commit), insert the events. No row back means the expected version
-        # did not hold (or an idempotent retry): nothing was written, and ``append`` above
-        # then reports exactly what happened. ``append_one`` takes the events as arrays,
-        # ``append_one_event`` one event as plain values (cheaper to send than arrays).
+        # One stream, one statement: read the stream's version (from its latest event), bump
+        # the partition head (its row lock is held to commit), insert the events. No row back
+        # means the expected version did not hold (or an idempotent retry): nothing was
+        # written, and the append function then reports exactly what happened. A writer that
+        # got to the stream between the read and the head lock makes the insert fail on the
+        # unique (stream_id, stream_version) key, so nothing is written then either.
+        # ``append_one`` takes the events as arrays, ``append_one_event`` one event as plain
+        # values (cheaper to send than arrays).
+        latest = (
+            f"SELECT partition, stream_version AS version FROM {s}.events"
+            " WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1"
+        )
         claims = {
-            "new": f"INSERT INTO {s}.streams (stream_id, partition, version)"
-            " VALUES (%(stream_id)b, %(partition)b, %(n)b)"
-            " ON CONFLICT (stream_id) DO NOTHING RETURNING partition, version",
-            "at": f"UPDATE {s}.streams SET version = version + %(n)b"
-            " WHERE stream_id = %(stream_id)b AND version = %(expected)b"
-            " RETURNING partition, version",
-            "any": f"INSERT INTO {s}.streams AS t (stream_id, partition, version)"
-            " SELECT %(stream_id)b, %(partition)b, %(n)b WHERE NOT EXISTS"
-            f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)b)"
-            " ON CONFLICT (stream_id) DO UPDATE SET version = t.version + excluded.version"
-            " RETURNING partition, version",
+            "new": "SELECT %(partition)b::integer AS partition, 0::bigint AS version"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = %(stream_id)b)",
+            "at": f"SELECT l.partition, l.version FROM ({latest}) l WHERE l.version = %(expected)b",
+            "any": "SELECT coalesce(l.partition, %(partition)b::integer) AS partition,"
+            f" coalesce(l.version, 0::bigint) AS version FROM (SELECT) AS one LEFT JOIN LATERAL"
+            f" ({latest}) l ON true WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {s}.events WHERE event_id = %(first_id)b)",
         }
         insert = (
             f"INSERT INTO {s}.events (partition, position, event_id, stream_id, stream_version,"
@@ -92,13 +95,14 @@ class Queries:
         )
         many = (
             f" {insert} SELECT s.partition, h.base + u.k, u.id, %(stream_id)b,"
-            " s.version - %(n)b + u.k, u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
+            " s.version + u.k, u.t, u.v, u.d::jsonb, u.m::jsonb FROM s, h,"
             " unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],"
             " %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k)"
         )
         one = (
-            f" {insert} SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version,"
-            " %(type)b, %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb FROM s, h"
+            f" {insert} SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b,"
+            " s.version + 1, %(type)b, %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb"
+            " FROM s, h"
         )
 
         def one_stream(claim: str, events: str) -> str:
@@ -107,7 +111,7 @@ class Queries:
                 f" h AS (UPDATE {s}.partitions p SET head = p.head + %(n)b FROM s"
                 "  WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),"
                 f" e AS ({events})"
-                " SELECT s.version, s.partition, h.base + %(n)b FROM s, h"
+                " SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h"
             )
 
         self.append_one = {kind: one_stream(claim, many) for kind, claim in claims.items()}
@@ -122,7 +126,10 @@ class Queries:
             " WHERE partition = %(partition)s AND position > %(after)s"
             " ORDER BY position LIMIT %(limit)s"
         )
-        self.stream_version = f"SELECT version FROM {s}.streams WHERE stream_id = %(stream_id)s"
+        self.stream_version = (
+            f"SELECT stream_version FROM {s}.events WHERE stream_id = %(stream_id)s"
+            " ORDER BY stream_version DESC LIMIT 1"
+        )
         self.heads = f"SELECT partition, head FROM {s}.partitions ORDER BY partition"
         self.load_snapshot = (
             f"SELECT version, shape, state::text FROM {s}.snapshots"

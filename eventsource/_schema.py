@@ -45,18 +45,6 @@ partitions = Table(
     Column("head", BigInteger, nullable=False, server_default=text("0")),
 )
 
-streams = Table(
-    "streams",
-    metadata,
-    Column("stream_id", Text, primary_key=True),
-    Column("partition", Integer, nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint(
-        f"length(stream_id) BETWEEN 1 AND {MAX_STREAM_ID_LENGTH}", name="streams_stream_id_length"
-    ),
-)
-
 events = Table(
     "events",
     metadata,
@@ -73,6 +61,9 @@ events = Table(
     PrimaryKeyConstraint("partition", "position", name="events_pkey"),
     UniqueConstraint("event_id", name="events_event_id_key"),
     UniqueConstraint("stream_id", "stream_version", name="events_stream_version_key"),
+    CheckConstraint(
+        f"length(stream_id) BETWEEN 1 AND {MAX_STREAM_ID_LENGTH}", name="events_stream_id_length"
+    ),
 )
 
 snapshots = Table(

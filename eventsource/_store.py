@@ -69,9 +69,14 @@ def _driver(connection: Connection) -> psycopg.Connection[Any]:
 def _drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
     """Run an append plan on ``conn``: execute what it yields, send back the rows."""
     try:
-        sql, params = next(plan)
+        step = next(plan)
         while True:
-            sql, params = plan.send(_fetch(conn, sql, params))
+            try:
+                rows = _fetch(conn, *step)
+            except psycopg.errors.UniqueViolation as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(rows)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -123,7 +128,9 @@ class Transaction:
         with self.store._errors():
             if self._staged:
                 self._written.extend(self._staged.pending())
-                plan = append_plan(self._staged, self.store._queries, self.store.partitions)
+                plan = append_plan(
+                    self._staged, self.store._queries, self.store.partitions, autocommit=False
+                )
                 results = _drive(_driver(self.connection), plan)
             while self._after_flush:
                 _fetch(_driver(self.connection), *self._after_flush.pop(0))
@@ -146,9 +153,12 @@ class Transaction:
         if not self._staged:
             return
         self._written.extend(self._staged.pending())
-        plan = append_plan(self._staged, self.store._queries, self.store.partitions)
+        alone = not self._after_flush  # the appends are the transaction's only statement
+        plan = append_plan(
+            self._staged, self.store._queries, self.store.partitions, autocommit=alone
+        )
         with self.store._raw() as raw:
-            if not self._after_flush:
+            if alone:
                 _drive(raw, plan)
                 return
             with raw.transaction():
@@ -258,7 +268,7 @@ class EventStore(StoreBase[Engine]):
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        plan = append_plan(staged, self._queries, self.partitions)
+        plan = append_plan(staged, self._queries, self.partitions, autocommit=True)
         with self._raw() as conn:
             _drive(conn, plan)
         result = pending.result

@@ -62,7 +62,7 @@ async def test_conflict_writes_nothing(async_store: AsyncEventStore) -> None:
         await async_store.append("fresh", [Opened(owner="a")], 5)
     assert (info.value.expected, info.value.actual) == (5, 0)
     assert await async_store.heads() == heads
-    assert await count_rows(async_store, "streams") == 1
+    assert await count_rows(async_store, "events") == 1
     assert await async_store.stream_version("s") == 1
 
 

@@ -62,7 +62,6 @@ def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
     assert tables == {
         "meta",
         "partitions",
-        "streams",
         "events",
         "snapshots",
         "projection_checkpoints",
@@ -77,7 +76,7 @@ def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
 def test_schema_comparison_detects_drift(store: EventStore) -> None:
     """The comparison is not vacuous: a changed column shows up as a difference."""
     sql(store, "ALTER TABLE {s}.snapshots DROP COLUMN taken_at")
-    sql(store, "ALTER TABLE {s}.streams ADD COLUMN extra int")
+    sql(store, "ALTER TABLE {s}.partitions ADD COLUMN extra int")
     kinds = sorted(diff[0] for diff in schema_diff(store))
     assert kinds == ["add_column", "remove_column"]
 
@@ -101,7 +100,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0003"
+    assert status.revision == status.head == head_revision() == "0004"
     assert status.partitions == 4
     assert status.up_to_date
 

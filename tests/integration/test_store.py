@@ -129,7 +129,7 @@ def test_new_stream_with_exact_version_conflicts(store: EventStore, expected: in
     )
     assert log_state(store) == before
     assert store.stream_version("fresh") == 0
-    assert sql(store, "SELECT count(*) FROM {s}.streams WHERE stream_id = 'fresh'") == [(0,)]
+    assert sql(store, "SELECT count(*) FROM {s}.events WHERE stream_id = 'fresh'") == [(0,)]
 
 
 @pytest.mark.parametrize("bad", [-1, -3, True, "1", 1.5, None])

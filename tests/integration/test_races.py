@@ -1,0 +1,152 @@
+"""Appends racing another writer of the same stream, forced deterministically.
+
+A transaction writes (flushes) an append and stays open; another writer appends to the same
+stream meanwhile and has to wait for it. Whatever path the second append takes (the
+one-statement path in autocommit, or the append function), the outcome must be what the
+expected version says, with no hole in any partition and every stream in one partition.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from eventsource import ANY, NO_STREAM, ConcurrencyError, EventStore, partition_for
+from tests.domain import Deposited, Opened
+
+from ._support import assert_dense
+
+
+def keys_in_two_partitions(partitions: int = 4) -> tuple[str, str]:
+    """Two partition keys that map to different partitions."""
+    first = "key-0"
+    other = next(
+        f"key-{i}"
+        for i in range(1, 1000)
+        if partition_for(f"key-{i}", partitions) != partition_for(first, partitions)
+    )
+    return first, other
+
+
+class Racer:
+    """``call`` run in a thread, started inside the first writer's transaction."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(call,))
+        self.thread.start()
+        time.sleep(0.3)
+        assert self.thread.is_alive(), f"the second writer did not wait: {self.outcome}"
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.outcome["result"] = call()
+        except Exception as exc:  # the test inspects it
+            self.outcome["error"] = exc
+
+    def finish(self) -> dict[str, Any]:
+        """The outcome, once the first writer has committed."""
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        return self.outcome
+
+
+def test_any_append_follows_a_creator_in_another_partition(store: EventStore) -> None:
+    """An ANY append racing the creation of its stream under another partition key lands in
+    the creator's partition, at version 2."""
+    first, other = keys_in_two_partitions()
+    with store.transaction() as tx:
+        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
+        tx.flush()
+        racer = Racer(lambda: store.append("x", [Deposited(amount=1)], ANY, partition_key=other))
+    outcome = racer.finish()
+    result = outcome["result"]
+    assert (result.stream_version, result.partition) == (2, partition_for(first, 4))
+    assert [r.stream_version for r in store.read_stream("x")] == [1, 2]
+    assert assert_dense(store) == 2
+
+
+def test_creating_a_stream_that_another_writer_is_creating_conflicts(store: EventStore) -> None:
+    """NO_STREAM racing another creator (even under another partition key) conflicts at 1."""
+    first, other = keys_in_two_partitions()
+    with store.transaction() as tx:
+        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
+        tx.flush()
+        racer = Racer(
+            lambda: store.append("x", [Opened(owner="b")], NO_STREAM, partition_key=other)
+        )
+    outcome = racer.finish()
+    error = outcome["error"]
+    assert isinstance(error, ConcurrencyError)
+    assert (error.stream_id, error.expected, error.actual) == ("x", NO_STREAM, 1)
+    assert assert_dense(store) == 1
+
+
+@pytest.mark.parametrize("use_connection", [False, True])
+def test_stale_exact_append_in_a_transaction_conflicts(
+    store: EventStore, use_connection: bool
+) -> None:
+    """In a transaction (with or without statements of its own), an append expecting a version
+    that another writer is moving past conflicts once that writer commits, writing nothing."""
+    store.append("x", [Opened(owner="a")], NO_STREAM)
+
+    def stale() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            return store.append("x", [Deposited(amount=2)], 1, tx=tx2)
+
+    with store.transaction() as tx:
+        store.append("x", [Deposited(amount=1)], 1, tx=tx)
+        tx.flush()
+        racer = Racer(stale)
+    outcome = racer.finish()
+    error = outcome["error"]
+    assert isinstance(error, ConcurrencyError)
+    assert (error.stream_id, error.expected, error.actual) == ("x", 1, 2)
+    assert [getattr(r.event, "amount", None) for r in store.read_stream("x")] == [None, 1]
+    assert assert_dense(store) == 2
+
+
+@pytest.mark.parametrize("use_connection", [False, True])
+def test_any_append_in_a_transaction_waits_and_appends(
+    store: EventStore, use_connection: bool
+) -> None:
+    """An ANY append in a transaction racing another writer never conflicts: it goes after."""
+    store.append("x", [Opened(owner="a")], NO_STREAM)
+
+    def any_append() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            return store.append("x", [Deposited(amount=2)], ANY, tx=tx2)
+
+    with store.transaction() as tx:
+        store.append("x", [Deposited(amount=1)], 1, tx=tx)
+        tx.flush()
+        racer = Racer(any_append)
+    outcome = racer.finish()
+    assert "error" not in outcome, outcome
+    assert outcome["result"].stream_version == 3
+    assert [r.stream_version for r in store.read_stream("x")] == [1, 2, 3]
+    assert assert_dense(store) == 3
+
+
+def test_exact_append_after_the_other_writer_commits_is_fine(store: EventStore) -> None:
+    """Waiting is not conflicting: an append expecting the version the other writer reaches
+    goes through once it commits."""
+    store.append("x", [Opened(owner="a")], NO_STREAM)
+    with store.transaction() as tx:
+        store.append("x", [Deposited(amount=1)], 1, tx=tx)
+        store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx)
+        tx.flush()
+        racer = Racer(lambda: store.append("y", [Deposited(amount=5)], 1))
+    outcome = racer.finish()
+    assert "error" not in outcome, outcome
+    assert outcome["result"].stream_version == 2
+    assert assert_dense(store) == 4
