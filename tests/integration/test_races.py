@@ -8,6 +8,7 @@ expected version says, with no hole in any partition and every stream in one par
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from eventsource import ANY, NO_STREAM, ConcurrencyError, EventStore, partition_for
+from eventsource import (
+    ANY,
+    NO_STREAM,
+    AsyncEventStore,
+    ConcurrencyError,
+    EventStore,
+    partition_for,
+)
 from tests.domain import Deposited, Opened
 
 from ._support import assert_dense
@@ -150,3 +158,21 @@ def test_exact_append_after_the_other_writer_commits_is_fine(store: EventStore) 
     assert "error" not in outcome, outcome
     assert outcome["result"].stream_version == 2
     assert assert_dense(store) == 4
+
+
+async def test_async_any_append_follows_a_creator_in_another_partition(
+    store: EventStore, async_store: AsyncEventStore
+) -> None:
+    """The async store takes the same way out of the race as the sync one."""
+    first, other = keys_in_two_partitions()
+    with store.transaction() as tx:
+        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
+        tx.flush()
+        task = asyncio.create_task(
+            async_store.append("x", [Deposited(amount=1)], ANY, partition_key=other)
+        )
+        await asyncio.sleep(0.3)
+        assert not task.done()
+    result = await asyncio.wait_for(task, timeout=10)
+    assert (result.stream_version, result.partition) == (2, partition_for(first, 4))
+    assert assert_dense(store) == 2
