@@ -123,7 +123,7 @@ def batch(bench: Bench, n: int) -> Run:
     unit="events",
     description=(
         "read every event of an N-event log (>= 100,000) partition by partition"
-        f" (pages of {PAGE_SIZE}) and decode each to its model"
+        f" (iter_partition, pages of {PAGE_SIZE}) and decode each to its model"
     ),
 )
 def replay(bench: Bench, n: int) -> Run:
@@ -140,15 +140,9 @@ def replay(bench: Bench, n: int) -> Run:
     count = 0
     with bench.timed() as timer:
         for partition in range(store.partitions):
-            after = 0
-            while True:
-                page = store.read_partition(partition, after=after, limit=PAGE_SIZE)
-                for record in page:
-                    _ = record.event
-                count += len(page)
-                if len(page) < PAGE_SIZE:
-                    break
-                after = page[-1].position
+            for record in store.iter_partition(partition, batch=PAGE_SIZE):
+                _ = record.event
+                count += 1
     if count != seeded:
         raise RuntimeError(f"replay read {count} events of the {seeded} written")
     return Run(timer.seconds, count, {"partitions": store.partitions, "page": PAGE_SIZE})

@@ -11,6 +11,8 @@ The async twin is ``AsyncEventStore``; both delegate everything but I/O to ``_co
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -170,6 +172,59 @@ class Transaction:
     def _rolled_back(self) -> None:
         for pending in self._written + self._staged.pending():
             pending._rolled_back = True
+
+
+class _PageReader:
+    """Reads the pages of a partition one ahead of the caller, on a thread of its own.
+
+    The thread waits for the server with the GIL released, so the next page is on its way
+    while the caller decodes and handles the current one.
+    """
+
+    def __init__(self, store: EventStore, partition: int, after: int, batch: int) -> None:
+        self._store = store
+        self._params = {"partition": partition, "after": after, "limit": batch}
+        self._pages: queue.Queue[list[tuple[Any, ...]] | BaseException] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"eventsource-pages-{partition}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        params = self._params
+        try:
+            with self._store._raw() as conn:
+                while not self._stop.is_set():
+                    rows = _fetch(conn, self._store._queries.read_partition, params)
+                    if not self._put(rows) or len(rows) < params["limit"]:
+                        return
+                    params["after"] = rows[-1][4]  # the position column
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(exc)
+
+    def _put(self, item: list[tuple[Any, ...]] | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._pages.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def next_rows(self) -> list[tuple[Any, ...]]:
+        """The next page's rows (fewer than a batch at the end); the reader's error, raised."""
+        item = self._pages.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading ahead (the caller stopped early, or reached the end)."""
+        self._stop.set()
+        with suppress(queue.Empty):
+            self._pages.get_nowait()
+        self._thread.join()
 
 
 def _pool_size(engine: Engine) -> int:
@@ -340,16 +395,27 @@ class EventStore(StoreBase[Engine]):
     def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
     ) -> Iterator[RecordedEvent]:
-        """Every event of a partition after ``after``, in position order, to the current head."""
+        """Every event of a partition after ``after``, in position order, to the current head.
+
+        Pages of ``batch`` events; from the second page on, the next page is read on a
+        background thread while the caller works through the current one.
+        """
         check_partition(partition, self.partitions)
         check_range(after, batch)
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        while page := self.read_partition(partition, after, batch, decode=decode):
-            yield from page
-            if len(page) < batch:
-                return
-            after = page[-1].position
+        page = self.read_partition(partition, after, batch, decode=decode)
+        yield from page
+        if len(page) < batch:
+            return
+        reader = _PageReader(self, partition, page[-1].position, batch)
+        try:
+            while rows := reader.next_rows():
+                yield from records(rows, decode=decode)
+                if len(rows) < batch:
+                    return
+        finally:
+            reader.close()
 
     def load_snapshot(self, stream_id: str, aggregate_type: str) -> tuple[int, str, str] | None:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
