@@ -479,7 +479,7 @@ class StagedAppends:
     def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
         """The error for an insert that hit a stored version of a stream (a writer got there
         first): ``ConcurrencyError``; other unique violations are left to ``translate``."""
-        if getattr(exc.diag, "constraint_name", None) != "events_stream_version_key":
+        if getattr(exc.diag, "constraint_name", None) != _VERSION_KEY:
             return exc
         taken = _taken_version(exc.diag.message_detail or "")
         if taken is None and len(self._streams) == 1:
@@ -517,6 +517,9 @@ class StagedAppends:
 Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
+_VERSION_KEY = "events_stream_version_key"
+
+
 def _taken_version(detail: str) -> tuple[str, int | None] | None:
     """(stream id, version) from the detail of a violated (stream_id, stream_version) key."""
     prefix, suffix = "Key (stream_id, stream_version)=(", ") already exists."
@@ -548,10 +551,18 @@ def append_plan(
         if rows:
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
+    params = staged.params(partitions)
     try:
-        rows = yield queries.append, staged.params(partitions)
+        rows = yield queries.append, params
     except psycopg.errors.UniqueViolation as exc:
-        raise staged.conflict(exc) from exc
+        # A writer creating one of these streams under another partition key got there
+        # first. Alone, nothing was written: once more, the function sees that stream.
+        if not autocommit or getattr(exc.diag, "constraint_name", None) != _VERSION_KEY:
+            raise staged.conflict(exc) from exc
+        try:
+            rows = yield queries.append, params
+        except psycopg.errors.UniqueViolation as again:
+            raise staged.conflict(again) from again
     return staged.resolve(rows)
 
 

@@ -176,3 +176,38 @@ async def test_async_any_append_follows_a_creator_in_another_partition(
     result = await asyncio.wait_for(task, timeout=10)
     assert (result.stream_version, result.partition) == (2, partition_for(first, 4))
     assert assert_dense(store) == 2
+
+
+@pytest.mark.parametrize("use_connection", [False, True])
+def test_several_streams_racing_a_creator_in_another_partition(
+    store: EventStore, use_connection: bool
+) -> None:
+    """A transaction appending with ANY to two streams, one of which another writer is creating
+    under another partition key: with nothing but appends it goes after that writer; with
+    statements of its own it gets a ConcurrencyError and writes nothing."""
+    first, other = keys_in_two_partitions()
+
+    def both() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            x = store.append("x", [Deposited(amount=1)], ANY, partition_key=other, tx=tx2)
+            y = store.append("y", [Opened(owner="y")], ANY, partition_key=other, tx=tx2)
+        return x, y
+
+    with store.transaction() as tx:
+        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
+        tx.flush()
+        racer = Racer(both)
+    outcome = racer.finish()
+    if use_connection:
+        error = outcome["error"]
+        assert isinstance(error, ConcurrencyError)
+        assert (error.stream_id, error.expected) == ("x", ANY)
+        assert store.stream_version("y") == 0
+        assert assert_dense(store) == 1
+    else:
+        x, y = outcome["result"]
+        assert (x.stream_version, x.partition) == (2, partition_for(first, 4))
+        assert (y.stream_version, y.partition) == (1, partition_for(other, 4))
+        assert assert_dense(store) == 3
