@@ -12,6 +12,7 @@ stores offer the same methods with the same parameters.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -268,29 +269,45 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """Up to ``limit`` events of a partition with position > ``after``, in position order."""
         check_partition(partition, await self._partition_count_cached())
         check_range(after, limit)
+        return records(await self._partition_rows(partition, after, limit), decode=decode)
+
+    async def _partition_rows(self, partition: int, after: int, limit: int) -> list[Any]:
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(
+                return await _fetch(
                     conn,
                     self._queries.read_partition,
                     {"partition": partition, "after": after, "limit": limit},
                 )
-        return records(rows, decode=decode)
 
     async def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
     ) -> AsyncIterator[RecordedEvent]:
-        """Every event of a partition after ``after``, in position order, to the current head."""
+        """Every event of a partition after ``after``, in position order, to the current head.
+
+        Pages of ``batch`` events; the next page's query is sent before the current page is
+        decoded and handed out, so the server works on it meanwhile.
+        """
         check_partition(partition, await self._partition_count_cached())
         check_range(after, batch)
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        while page := await self.read_partition(partition, after, batch, decode=decode):
-            for record in page:
-                yield record
-            if len(page) < batch:
+        rows = await self._partition_rows(partition, after, batch)
+        while True:
+            ahead = None
+            if len(rows) == batch:
+                ahead = asyncio.ensure_future(self._partition_rows(partition, rows[-1][4], batch))
+                await asyncio.sleep(0)  # let it send its query
+            try:
+                for record in records(rows, decode=decode):
+                    yield record
+            except BaseException:  # the caller stopped early (or failed): drop the next page
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            if ahead is None:
                 return
-            after = page[-1].position
+            rows = await ahead
 
     async def load_snapshot(
         self, stream_id: str, aggregate_type: str

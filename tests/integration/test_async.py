@@ -89,6 +89,27 @@ async def test_read_partition_pages(async_store: AsyncEventStore) -> None:
         await async_store.read_partition(4)
 
 
+async def test_iter_partition_reads_ahead_and_stops_cleanly(async_store: AsyncEventStore) -> None:
+    """Leaving iter_partition early drops the page read ahead and returns its connection;
+    events appended while iterating are read up to the head."""
+    result = await async_store.append("s", [Deposited(amount=i) for i in range(12)], NO_STREAM)
+    seen = []
+    async for record in async_store.iter_partition(result.partition, batch=3):
+        seen.append(record.position)
+        if record.position == 4:
+            break
+    assert seen == [1, 2, 3, 4]
+    await asyncio.sleep(0.1)
+    assert async_store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    seen = []
+    async for record in async_store.iter_partition(result.partition, batch=3):
+        seen.append(record.position)
+        if record.position == 5:
+            await async_store.append("s", [Deposited(amount=99)], 12)
+    assert seen == list(range(1, 14))
+
+
 async def test_transaction_commits_together(async_store: AsyncEventStore) -> None:
     """Appends in an async transaction are written at commit; PendingAppends filled then."""
     async with async_store.transaction() as tx:
