@@ -437,15 +437,8 @@ class StagedAppends:
             "metadata": [m for s in streams for m in s.metadata],
         }
 
-    def single(
-        self, partitions: int, queries: Queries, autocommit: bool
-    ) -> tuple[str, dict[str, Any]] | None:
-        """For exactly one staged stream: the fast statement and its parameters.
-
-        Inside a transaction an ``ANY`` append takes the append function instead: a writer
-        racing the fast statement makes it fail, which would abort the transaction, and an
-        ``ANY`` append must not fail on a race.
-        """
+    def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
+        """For exactly one staged stream: the fast statement and its parameters."""
         if len(self._streams) != 1:
             return None
         (staged,) = self._streams.values()
@@ -454,8 +447,6 @@ class StagedAppends:
         kind = (
             "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
         )
-        if kind == "any" and not autocommit:
-            return None
         params = {
             "stream_id": staged.stream_id,
             "partition": partition_for(staged.partition_key, partitions),
@@ -477,8 +468,15 @@ class StagedAppends:
         return queries.append_one[kind], params
 
     def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
-        """The error for an insert that hit a stored version of a stream (a writer got there
-        first): ``ConcurrencyError``; other unique violations are left to ``translate``."""
+        """The error for an insert that hit a stored version of a stream: ``ConcurrencyError``
+        (other unique violations are left to ``translate``).
+
+        The append function reads versions under the heads' locks, so this happens only when
+        it could not see the other writer: one creating the stream at the same moment under
+        another partition key, or a transaction whose snapshot is older than the stored
+        version (REPEATABLE READ). ``actual`` is then the version that clashed: the stream is
+        at least there.
+        """
         if getattr(exc.diag, "constraint_name", None) != _VERSION_KEY:
             return exc
         taken = _taken_version(exc.diag.message_detail or "")
@@ -492,7 +490,7 @@ class StagedAppends:
         return ConcurrencyError(
             stream_id,
             ExpectedVersion(expected) if expected < 0 else expected,
-            version if version is not None else expected + 1,
+            version if version is not None else max(expected, 0) + 1,
         )
 
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
@@ -535,34 +533,37 @@ def append_plan(
     """The statements that write ``staged``, as a generator the sync and async stores drive.
 
     It yields (sql, params) and is sent back the rows, or thrown the unique violation of a
-    statement; one stream takes the one-statement path, several streams (or a conflict or
-    retry on the fast path) the append function. ``autocommit``: each statement commits on
-    its own, so a failed fast statement can be followed by the function.
+    statement. ``autocommit``: each statement commits on its own. Then one stream takes the
+    one-statement path, and when that writes nothing (a conflict, a retry, or a racing writer
+    that made its insert fail) the append function finds out what happened. In a transaction,
+    and for several streams, the append function does it all: it waits for racing writers on
+    the partition heads, then reads the versions.
     """
-    single = staged.single(partitions, queries, autocommit)
+    single = staged.single(partitions, queries) if autocommit else None
     if single is not None:
         sql, params = single
         try:
             rows = yield sql, params
-        except psycopg.errors.UniqueViolation as exc:
-            if not autocommit:
-                raise staged.conflict(exc) from exc
-            rows = []  # it wrote nothing: the function finds out what happened
+        except psycopg.errors.UniqueViolation:
+            rows = []  # it wrote nothing
         if rows:
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
     params = staged.params(partitions)
-    try:
-        rows = yield queries.append, params
-    except psycopg.errors.UniqueViolation as exc:
-        # A writer creating one of these streams under another partition key got there
-        # first. Alone, nothing was written: once more, the function sees that stream.
-        if not autocommit or getattr(exc.diag, "constraint_name", None) != _VERSION_KEY:
-            raise staged.conflict(exc) from exc
+    for attempt in (1, 2):
         try:
             rows = yield queries.append, params
-        except psycopg.errors.UniqueViolation as again:
-            raise staged.conflict(again) from again
+            break
+        except psycopg.errors.UniqueViolation as exc:
+            # A writer creating one of these streams under another partition key got there
+            # first. Alone, nothing was written: once more, the function sees that stream.
+            version_clash = getattr(exc.diag, "constraint_name", None) == _VERSION_KEY
+            if autocommit and version_clash and attempt == 1:
+                continue
+            error = staged.conflict(exc)
+            if error is exc:
+                raise
+            raise error from exc
     return staged.resolve(rows)
 
 
@@ -632,6 +633,11 @@ def translate(  # noqa: PLR0911 - one return per kind of driver error
         return SchemaNotReady(schema, str(orig).splitlines()[0])
     if isinstance(orig, psycopg.errors.CheckViolation):
         return ValueError(f"rejected by the database: {str(orig).splitlines()[0]}")
+    if isinstance(orig, psycopg.errors.SerializationFailure):
+        return EventSourceError(
+            "the transaction could not be serialized with a concurrent one and was rolled back;"
+            " retry it"
+        )
     if isinstance(orig, psycopg.errors.DeadlockDetected):
         return EventSourceError(
             "the transaction deadlocked with another one and was rolled back; retry it"

@@ -40,7 +40,7 @@ from ._core import (
     conninfo,
     records,
 )
-from ._errors import SchemaNotReady
+from ._errors import EventSourceError, SchemaNotReady
 from ._events import Event
 from ._migrate import SchemaStatus, schema_status, upgrade_schema
 from ._rawpool import RawPool
@@ -100,10 +100,18 @@ class Transaction:
         self._on_commit: list[OnCommit] = []
         self._written: list[PendingAppend] = []
         self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
+        self._ended = False
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise EventSourceError(
+                "this transaction has ended: use it inside its `with store.transaction()` block"
+            )
 
     @property
     def connection(self) -> Connection:
         """The SQLAlchemy ``Connection`` of this transaction (begun on first use)."""
+        self._check_open()
         if self._connection is None:
             with self.store._errors():
                 connection = self.store._engine.connect()
@@ -126,6 +134,7 @@ class Transaction:
         appends staged after a flush are written by a second flush, whose locks may come out
         of ascending order (PostgreSQL then detects any deadlock and one side must retry).
         """
+        self._check_open()
         results: list[AppendResult] = []
         with self.store._errors():
             if self._staged:
@@ -224,7 +233,7 @@ class _PageReader:
         self._stop.set()
         with suppress(queue.Empty):
             self._pages.get_nowait()
-        self._thread.join()
+        self._thread.join(timeout=10)
 
 
 def _pool_size(engine: Engine) -> int:
@@ -320,6 +329,7 @@ class EventStore(StoreBase[Engine]):
         returned ``PendingAppend`` has its fields from then on.
         """
         if tx is not None:
+            tx._check_open()
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
@@ -346,6 +356,7 @@ class EventStore(StoreBase[Engine]):
                         tx._connection.rollback()
                 raise
         finally:
+            tx._ended = True
             if tx._connection is not None:
                 tx._connection.close()
         self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})

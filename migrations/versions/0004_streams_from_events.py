@@ -55,6 +55,23 @@ DECLARE
     v_last integer;
     v_dups integer[] := '{{}}';
 BEGIN
+    IF coalesce(cardinality(p_stream_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_partitions) IS DISTINCT FROM cardinality(p_stream_ids)
+       OR cardinality(p_expected) IS DISTINCT FROM cardinality(p_stream_ids)
+       OR cardinality(p_counts) IS DISTINCT FROM cardinality(p_stream_ids)
+       OR array_position(p_stream_ids, NULL) IS NOT NULL
+       OR array_position(p_partitions, NULL) IS NOT NULL
+       OR array_position(p_expected, NULL) IS NOT NULL
+       OR (SELECT count(*) FILTER (WHERE c IS NULL OR c < 1) FROM unnest(p_counts) AS c) > 0
+       OR (SELECT sum(c) FROM unnest(p_counts) AS c)
+          IS DISTINCT FROM coalesce(cardinality(p_event_ids), 0)
+    THEN
+        RAISE EXCEPTION 'append_events: the argument arrays do not line up'
+              USING ERRCODE = '22023';
+    END IF;
+
     -- Lock the heads of the streams' partitions in ascending order (appenders never deadlock
     -- on them). A stored stream's partition never changes, so it may be read before locking.
     SELECT array_agg(coalesce(
@@ -89,7 +106,7 @@ BEGIN
                        FROM {s}.events e WHERE e.stream_id = u.sid
                       ORDER BY e.stream_version DESC LIMIT 1) l ON true
           ) x;
-        EXIT WHEN v_part <@ v_locked;
+        EXIT WHEN coalesce(v_part <@ v_locked, true);
         -- A stream was created meanwhile in another partition (another partition key): lock
         -- that head too, and look again.
         PERFORM 1 FROM {s}.partitions p

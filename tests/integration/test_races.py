@@ -211,3 +211,64 @@ def test_several_streams_racing_a_creator_in_another_partition(
         assert (x.stream_version, x.partition) == (2, partition_for(first, 4))
         assert (y.stream_version, y.partition) == (1, partition_for(other, 4))
         assert assert_dense(store) == 3
+
+
+@pytest.mark.parametrize("use_connection", [False, True])
+def test_a_conflict_lost_to_a_racing_writer_reports_the_real_version(
+    store: EventStore, use_connection: bool
+) -> None:
+    """The racing writer appended three events: the conflict says 4, not the first clash."""
+    store.append("x", [Opened(owner="a")], NO_STREAM)
+
+    def stale() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            return store.append("x", [Deposited(amount=9)], 1, tx=tx2)
+
+    def creator() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            return store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx2)
+
+    with store.transaction() as tx:
+        store.append("x", [Deposited(amount=i) for i in range(1, 4)], 1, tx=tx)
+        store.append("y", [Opened(owner="a"), Deposited(amount=1)], NO_STREAM, tx=tx)
+        tx.flush()
+        racers = [Racer(stale), Racer(creator)]
+    errors = [racer.finish()["error"] for racer in racers]
+    assert all(isinstance(e, ConcurrencyError) for e in errors), errors
+    assert [(e.stream_id, e.expected, e.actual) for e in errors] == [
+        ("x", 1, 4),
+        ("y", NO_STREAM, 2),
+    ]
+    assert assert_dense(store) == 6
+
+
+@pytest.mark.parametrize("use_connection", [False, True])
+def test_a_retry_racing_its_original_is_a_duplicate(
+    store: EventStore, use_connection: bool
+) -> None:
+    """The same append (same event ids) sent again while the first is still committing is an
+    idempotent retry: it returns the stored result and writes nothing."""
+    store.append("x", [Opened(owner="a")], NO_STREAM)
+    event = Deposited(amount=1)
+
+    def retry() -> Any:
+        with store.transaction() as tx2:
+            if use_connection:
+                tx2.execute(text("SELECT 1"))
+            pending = store.append("x", [event], 1, tx=tx2)
+        return pending.result
+
+    with store.transaction() as tx:
+        original = store.append("x", [event], 1, tx=tx)
+        tx.flush()
+        racer = Racer(retry)
+    outcome = racer.finish()
+    assert "error" not in outcome, outcome
+    result = outcome["result"]
+    assert result.duplicate
+    assert (result.stream_version, result.position) == (2, original.position)
+    assert assert_dense(store) == 2

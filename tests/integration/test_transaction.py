@@ -338,3 +338,50 @@ def test_an_appends_only_transaction_with_a_snapshot_is_all_or_nothing(store: Ev
     assert sql(store, "SELECT stream_id, version FROM {s}.snapshots") == [("c-1", 1)]
     assert store.stream_version("taken") == 2
     assert repo.load("c-1").owner == "ann"
+
+
+def test_a_transaction_cannot_be_used_after_its_block(store: EventStore) -> None:
+    """After the block (in an on_commit callback, say) a transaction refuses statements and
+    appends instead of starting a new transaction that nobody commits."""
+    pool = store.engine.pool
+    with store.transaction() as tx:
+        store.append("s", [Opened(owner="a")], NO_STREAM, tx=tx)
+    for use in (
+        lambda: tx.execute(text("SELECT 1")),
+        lambda: tx.connection,
+        tx.flush,
+        lambda: store.append("s", [Deposited(amount=1)], 1, tx=tx),
+    ):
+        with pytest.raises(EventSourceError, match="transaction has ended"):
+            use()
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert store.stream_version("s") == 1
+
+
+def test_the_append_function_refuses_arrays_that_do_not_line_up(store: EventStore) -> None:
+    """Called directly with empty arrays it writes nothing; with arrays that do not line up
+    (or a NULL) it fails at once instead of waiting on locks."""
+    call = (
+        "SELECT count(*) FROM {s}.append_events(CAST(:ids AS text[]), CAST(:parts AS int[]),"
+        " CAST(:expected AS bigint[]), CAST(:counts AS int[]),"
+        " ARRAY[gen_random_uuid()], ARRAY['t'], ARRAY[1], ARRAY['{{}}'], ARRAY['{{}}'])"
+    )
+    empty = (
+        "SELECT count(*) FROM {s}.append_events('{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}',"
+        " '{{}}', '{{}}', '{{}}')"
+    )
+    assert sql(store, empty) == [(0,)]
+    for ids, parts, expected, counts in (
+        (["a"], [], [-2], [1]),
+        (["a"], [None], [-2], [1]),
+        (["a"], [0], [-2], [2]),
+        (["a", "b"], [0, 1], [-2, -2], [1, 0]),
+        ([None], [0], [-2], [1]),
+    ):
+        with pytest.raises(sa_exc.DataError, match="do not line up"):
+            sql(
+                store,
+                call,
+                {"ids": ids, "parts": parts, "expected": expected, "counts": counts},
+            )
+    assert log_state(store).events == 0

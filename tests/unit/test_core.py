@@ -7,7 +7,9 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from eventsource import (
     ANY,
@@ -29,6 +31,7 @@ from eventsource._core import (
     check_partition,
     check_partitions,
     check_stream_id,
+    translate,
 )
 from tests.domain import Deposited, Opened
 
@@ -332,3 +335,16 @@ def test_error_docstring_is_the_default_message() -> None:
     error = SchemaNotReady("es")
     assert error.schema == "es"
     assert "eventsource db upgrade" in str(error)
+
+
+def test_driver_errors_of_concurrent_transactions_say_to_retry() -> None:
+    """A serialization failure or a deadlock is a retryable error, not an unreachable server."""
+    url = make_url("postgresql+psycopg://app:secret@db.example:5432/shop")
+    for orig in (
+        psycopg.errors.SerializationFailure("could not serialize access"),
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+    ):
+        error = translate(orig, url, "es")
+        assert type(error) is EventSourceError
+        assert "retry it" in str(error)
+        assert "secret" not in str(error)
