@@ -23,6 +23,8 @@ from eventsource import (
     AsyncEventStore,
     ConcurrencyError,
     EventStore,
+    PendingAppend,
+    Transaction,
     partition_for,
 )
 from tests.domain import Deposited, Opened
@@ -64,6 +66,22 @@ class Racer:
         return self.outcome
 
 
+def in_transaction(
+    store: EventStore, use_connection: bool, appends: Callable[[Transaction], Any]
+) -> Callable[[], Any]:
+    """A second writer: ``appends(tx)`` in a transaction of its own, which first runs a
+    statement of its own when ``use_connection`` (so it is not an appends-only one)."""
+
+    def run() -> Any:
+        with store.transaction() as tx:
+            if use_connection:
+                tx.execute(text("SELECT 1"))
+            result = appends(tx)
+        return result.result if isinstance(result, PendingAppend) else result
+
+    return run
+
+
 def test_any_append_follows_a_creator_in_another_partition(store: EventStore) -> None:
     """An ANY append racing the creation of its stream under another partition key lands in
     the creator's partition, at version 2."""
@@ -103,11 +121,9 @@ def test_stale_exact_append_in_a_transaction_conflicts(
     that another writer is moving past conflicts once that writer commits, writing nothing."""
     store.append("x", [Opened(owner="a")], NO_STREAM)
 
-    def stale() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            return store.append("x", [Deposited(amount=2)], 1, tx=tx2)
+    stale = in_transaction(
+        store, use_connection, lambda tx2: store.append("x", [Deposited(amount=2)], 1, tx=tx2)
+    )
 
     with store.transaction() as tx:
         store.append("x", [Deposited(amount=1)], 1, tx=tx)
@@ -128,11 +144,9 @@ def test_any_append_in_a_transaction_waits_and_appends(
     """An ANY append in a transaction racing another writer never conflicts: it goes after."""
     store.append("x", [Opened(owner="a")], NO_STREAM)
 
-    def any_append() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            return store.append("x", [Deposited(amount=2)], ANY, tx=tx2)
+    any_append = in_transaction(
+        store, use_connection, lambda tx2: store.append("x", [Deposited(amount=2)], ANY, tx=tx2)
+    )
 
     with store.transaction() as tx:
         store.append("x", [Deposited(amount=1)], 1, tx=tx)
@@ -187,13 +201,14 @@ def test_several_streams_racing_a_creator_in_another_partition(
     statements of its own it gets a ConcurrencyError and writes nothing."""
     first, other = keys_in_two_partitions()
 
-    def both() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            x = store.append("x", [Deposited(amount=1)], ANY, partition_key=other, tx=tx2)
-            y = store.append("y", [Opened(owner="y")], ANY, partition_key=other, tx=tx2)
-        return x, y
+    both = in_transaction(
+        store,
+        use_connection,
+        lambda tx2: (
+            store.append("x", [Deposited(amount=1)], ANY, partition_key=other, tx=tx2),
+            store.append("y", [Opened(owner="y")], ANY, partition_key=other, tx=tx2),
+        ),
+    )
 
     with store.transaction() as tx:
         store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
@@ -220,17 +235,13 @@ def test_a_conflict_lost_to_a_racing_writer_reports_the_real_version(
     """The racing writer appended three events: the conflict says 4, not the first clash."""
     store.append("x", [Opened(owner="a")], NO_STREAM)
 
-    def stale() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            return store.append("x", [Deposited(amount=9)], 1, tx=tx2)
+    stale = in_transaction(
+        store, use_connection, lambda tx2: store.append("x", [Deposited(amount=9)], 1, tx=tx2)
+    )
 
-    def creator() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            return store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx2)
+    creator = in_transaction(
+        store, use_connection, lambda tx2: store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx2)
+    )
 
     with store.transaction() as tx:
         store.append("x", [Deposited(amount=i) for i in range(1, 4)], 1, tx=tx)
@@ -255,12 +266,7 @@ def test_a_retry_racing_its_original_is_a_duplicate(
     store.append("x", [Opened(owner="a")], NO_STREAM)
     event = Deposited(amount=1)
 
-    def retry() -> Any:
-        with store.transaction() as tx2:
-            if use_connection:
-                tx2.execute(text("SELECT 1"))
-            pending = store.append("x", [event], 1, tx=tx2)
-        return pending.result
+    retry = in_transaction(store, use_connection, lambda tx2: store.append("x", [event], 1, tx=tx2))
 
     with store.transaction() as tx:
         original = store.append("x", [event], 1, tx=tx)
