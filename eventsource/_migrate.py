@@ -49,8 +49,14 @@ def _lock_key(schema: str) -> int:
     return zlib.crc32(f"eventsource.migrate:{schema}".encode()) - 2**31
 
 
-def upgrade_schema(connection: Connection, schema: str, queries: Queries, partitions: int) -> int:
-    """Migrate ``schema`` to the head revision; return its partition count.
+def upgrade_schema(
+    connection: Connection,
+    schema: str,
+    queries: Queries,
+    partitions: int,
+    revision: str = "head",
+) -> int:
+    """Migrate ``schema`` to ``revision`` (the head); return its partition count.
 
     Runs in one transaction under an advisory lock, so concurrent callers wait for each other
     and the later ones find nothing left to do. ``partitions`` is used only on first creation.
@@ -59,7 +65,7 @@ def upgrade_schema(connection: Connection, schema: str, queries: Queries, partit
     connection.execute(queries.create_schema)
     cfg = _config()
     cfg.attributes.update(connection=connection, schema=schema, version_table=VERSION_TABLE)
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)
     connection.execute(queries.init_partition_count, {"n": str(partitions)})
     stored = int(connection.exec_driver_sql(queries.partition_count).scalar_one())
     connection.execute(queries.init_partitions, {"n": stored})

@@ -10,13 +10,20 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from eventsource import DatabaseUnavailable, EventStore, SchemaNotReady
-from eventsource._migrate import head_revision
+from eventsource import (
+    NO_STREAM,
+    ConcurrencyError,
+    DatabaseUnavailable,
+    EventStore,
+    SchemaNotReady,
+    partition_for,
+)
+from eventsource._migrate import head_revision, upgrade_schema
 from eventsource._queries import quote_schema
 from eventsource._schema import VERSION_TABLE, metadata_for
-from tests.domain import Opened
+from tests.domain import Deposited, Opened
 
-from ._support import sql
+from ._support import assert_dense, sql
 
 
 @pytest.fixture
@@ -249,3 +256,43 @@ def test_store_arguments_are_checked(database_url: str) -> None:
         EventStore.from_url(database_url, schema='x"; DROP SCHEMA public; --')
     with pytest.raises(ValueError, match="needs PostgreSQL"):
         EventStore.from_url("mysql://u@h/db")
+
+
+def test_upgrade_from_0003_keeps_every_stream_where_it_was(bare_store: EventStore) -> None:
+    """Streams written before 0004 (with their stream rows) keep their versions and partitions:
+    appends continue them, conflicts see them, and positions stay dense."""
+    store = bare_store
+    with store.engine.connect() as conn:
+        upgrade_schema(conn, store.schema, store._queries, 4, revision="0003")
+    a_partition = partition_for("a", 4)
+    b_partition = (partition_for("b", 4) + 1) % 4  # as if written under another partition key
+    sql(
+        store,
+        "SELECT * FROM {s}.append_events(ARRAY['a', 'b'], CAST(:parts AS int[]),"
+        " ARRAY[-1, -1]::bigint[], ARRAY[2, 1], ARRAY[gen_random_uuid(), gen_random_uuid(),"
+        " gen_random_uuid()], ARRAY['test.Opened', 'test.Deposited', 'test.Opened'],"
+        ' ARRAY[1, 1, 1], ARRAY[\'{{"owner": "ann"}}\', \'{{"amount": 5}}\','
+        " '{{\"owner\": \"bob\"}}'], ARRAY['{{}}', '{{}}', '{{}}'])",
+        {"parts": [a_partition, b_partition]},
+    )
+    assert sql(store, "SELECT stream_id, version FROM {s}.streams ORDER BY 1") == [
+        ("a", 2),
+        ("b", 1),
+    ]
+
+    store.upgrade()
+    assert store.status().revision == head_revision()
+    assert store.stream_version("a") == 2
+    result = store.append("a", [Deposited(amount=1)], 2)
+    assert (result.stream_version, result.partition) == (3, a_partition)
+    result = store.append("b", [Deposited(amount=2)])  # its own key would say another partition
+    assert (result.stream_version, result.partition) == (2, b_partition)
+    with pytest.raises(ConcurrencyError) as info:
+        store.append("b", [Opened(owner="x")], NO_STREAM)
+    assert (info.value.expected, info.value.actual) == (NO_STREAM, 2)
+    assert [type(r.event).__name__ for r in store.read_stream("a")] == [
+        "Opened",
+        "Deposited",
+        "Deposited",
+    ]
+    assert assert_dense(store) == 5
