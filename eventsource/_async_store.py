@@ -89,10 +89,19 @@ class AsyncTransaction:
         self._on_commit: list[OnCommit] = []
         self._written: list[PendingAppend] = []
         self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
+        self._ended = False
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise EventSourceError(
+                "this transaction has ended: use it inside its"
+                " `async with store.transaction()` block"
+            )
 
     @property
     def connection(self) -> AsyncConnection:
         """The SQLAlchemy ``AsyncConnection`` of this transaction."""
+        self._check_open()
         return self._connection
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
@@ -101,6 +110,7 @@ class AsyncTransaction:
 
     async def flush(self) -> list[AppendResult]:
         """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
+        self._check_open()
         results: list[AppendResult] = []
         with self.store._errors():
             if self._staged:
@@ -114,6 +124,7 @@ class AsyncTransaction:
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
+        self._check_open()
         self._on_commit.append(callback)
 
     def _rolled_back(self) -> None:
@@ -201,6 +212,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     ) -> AppendResult | PendingAppend:
         """Append events to a stream atomically; ``ConcurrencyError`` if it moved on."""
         if tx is not None:
+            tx._check_open()
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
@@ -233,6 +245,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
                     await conn.rollback()
                 raise
         finally:
+            tx._ended = True
             await conn.close()
         self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})
         for callback in tx._on_commit:
@@ -295,15 +308,19 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         rows = await self._partition_rows(partition, after, batch)
         while True:
             ahead = None
-            if len(rows) == batch:
-                ahead = asyncio.ensure_future(self._partition_rows(partition, rows[-1][4], batch))
-                await asyncio.sleep(0)  # let it send its query
             try:
+                if len(rows) == batch:
+                    ahead = asyncio.ensure_future(
+                        self._partition_rows(partition, rows[-1][4], batch)
+                    )
+                    await asyncio.sleep(0)  # let it send its query
                 for record in records(rows, decode=decode):
                     yield record
             except BaseException:  # the caller stopped early (or failed): drop the next page
                 if ahead is not None:
                     ahead.cancel()
+                    with suppress(BaseException):
+                        await ahead
                 raise
             if ahead is None:
                 return

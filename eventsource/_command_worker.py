@@ -381,6 +381,7 @@ class CommandWorker:
                     bound,
                     lambda: stack.enter_context(self.store.transaction()),
                 )
+                stack.callback(ctx._end)  # runs last: no transaction opens after the attempt
                 with correlation(
                     command.correlation_id or f"command:{command.id}", f"command:{command.id}"
                 ):

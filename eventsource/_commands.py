@@ -35,7 +35,7 @@ from ._async_store import AsyncEventStore, AsyncTransaction
 from ._async_store import _fetch as _afetch
 from ._context import current_correlation
 from ._core import _json_text
-from ._errors import CommandNotFound, UnknownCommandType
+from ._errors import CommandNotFound, EventSourceError, UnknownCommandType
 from ._store import EventStore, Transaction, _driver, _fetch
 
 if TYPE_CHECKING:
@@ -207,13 +207,22 @@ class CommandContext:
         self.log = log
         self._open_tx = open_tx
         self._tx: Transaction | None = None
+        self._ended = False
 
     @property
     def tx(self) -> Transaction:
         """The attempt's transaction (opened on first use), committed with the ack."""
+        if self._ended:
+            raise EventSourceError(
+                f"the attempt of command {self.command_id} has ended: ctx.tx is usable only"
+                " while its handler runs"
+            )
         if self._tx is None:
             self._tx = self._open_tx()
         return self._tx
+
+    def _end(self) -> None:
+        self._ended = True
 
     @property
     def last_attempt(self) -> bool:

@@ -149,6 +149,7 @@ class Transaction:
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
+        self._check_open()
         self._on_commit.append(callback)
 
     def _commit(self) -> None:

@@ -110,6 +110,22 @@ async def test_iter_partition_reads_ahead_and_stops_cleanly(async_store: AsyncEv
     assert seen == list(range(1, 14))
 
 
+async def test_a_transaction_cannot_be_used_after_its_block(
+    async_store: AsyncEventStore,
+) -> None:
+    """After the block an async transaction refuses appends and statements instead of staging
+    what nothing will write."""
+    async with async_store.transaction() as tx:
+        await async_store.append("s", [Opened(owner="a")], NO_STREAM, tx=tx)
+    with pytest.raises(EventSourceError, match="transaction has ended"):
+        await async_store.append("s", [Deposited(amount=1)], 1, tx=tx)
+    with pytest.raises(EventSourceError, match="transaction has ended"):
+        await tx.flush()
+    with pytest.raises(EventSourceError, match="transaction has ended"):
+        _ = tx.connection
+    assert await async_store.stream_version("s") == 1
+
+
 async def test_transaction_commits_together(async_store: AsyncEventStore) -> None:
     """Appends in an async transaction are written at commit; PendingAppends filled then."""
     async with async_store.transaction() as tx:

@@ -30,6 +30,7 @@ from eventsource import (
     CommandQueue,
     CommandWorker,
     Enqueued,
+    EventSourceError,
     EventStore,
     UnknownCommandType,
     correlation,
@@ -788,6 +789,26 @@ def test_a_failing_handler_rolls_back_its_ctx_tx_writes(
     assert marks(store) == ["attempt-2"]
     assert store.read_stream("fail-1") == []
     assert len(store.read_stream("fail-2")) == 1
+    assert count(store) == 0
+
+
+def test_ctx_tx_is_refused_once_the_attempt_has_ended(
+    store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """Work a handler leaves behind cannot open a transaction after its attempt: nothing
+    would commit it."""
+    kept: list[CommandContext] = []
+
+    def keep(cmd: Job, ctx: CommandContext) -> None:
+        kept.append(ctx)
+
+    probe = probes(keep)
+    CommandQueue(store).enqueue(probe.job())
+    drain(store)
+    (ctx,) = kept
+    with pytest.raises(EventSourceError, match="has ended"):
+        _ = ctx.tx
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert count(store) == 0
 
 

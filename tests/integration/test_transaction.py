@@ -351,6 +351,7 @@ def test_a_transaction_cannot_be_used_after_its_block(store: EventStore) -> None
         lambda: tx.connection,
         tx.flush,
         lambda: store.append("s", [Deposited(amount=1)], 1, tx=tx),
+        lambda: tx.on_commit(lambda: None),
     ):
         with pytest.raises(EventSourceError, match="transaction has ended"):
             use()
