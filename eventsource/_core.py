@@ -599,6 +599,10 @@ def translate_errors(url: URL, schema: str) -> Iterator[None]:
         raise translate(exc, url, schema) from exc
 
 
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def translate(  # noqa: PLR0911 - one return per kind of driver error
     orig: BaseException | None, url: URL, schema: str, *, invalidated: bool = False
 ) -> Exception:
@@ -633,6 +637,10 @@ def translate(  # noqa: PLR0911 - one return per kind of driver error
         return SchemaNotReady(schema, str(orig).splitlines()[0])
     if isinstance(orig, psycopg.errors.CheckViolation):
         return ValueError(f"rejected by the database: {str(orig).splitlines()[0]}")
+    if isinstance(orig, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return EventSourceError(
+            f"the statement was cancelled (a statement or lock timeout?): {_first_line(orig)}"
+        )
     if isinstance(orig, psycopg.errors.SerializationFailure):
         return EventSourceError(
             "the transaction could not be serialized with a concurrent one and was rolled back;"

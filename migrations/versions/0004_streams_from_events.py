@@ -64,6 +64,7 @@ BEGIN
        OR array_position(p_stream_ids, NULL) IS NOT NULL
        OR array_position(p_partitions, NULL) IS NOT NULL
        OR array_position(p_expected, NULL) IS NOT NULL
+       OR (SELECT min(x) FROM unnest(p_expected) AS x) < -2
        OR (SELECT count(*) FILTER (WHERE c IS NULL OR c < 1) FROM unnest(p_counts) AS c) > 0
        OR (SELECT sum(c) FROM unnest(p_counts) AS c)
           IS DISTINCT FROM coalesce(cardinality(p_event_ids), 0)
@@ -81,6 +82,10 @@ BEGIN
       FROM unnest(p_stream_ids, p_partitions) AS u(sid, part);
     PERFORM 1 FROM {s}.partitions p WHERE p.partition = ANY (v_locked)
       ORDER BY p.partition FOR UPDATE;
+    GET DIAGNOSTICS v_found = ROW_COUNT;
+    IF v_found <> (SELECT count(DISTINCT x) FROM unnest(v_locked) AS x) THEN
+        RAISE EXCEPTION 'append_events: a partition does not exist' USING ERRCODE = '22023';
+    END IF;
 
     LOOP
         -- Every append to a stream holds its partition's head: under these locks, versions

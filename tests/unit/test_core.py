@@ -348,3 +348,11 @@ def test_driver_errors_of_concurrent_transactions_say_to_retry() -> None:
         assert type(error) is EventSourceError
         assert "retry it" in str(error)
         assert "secret" not in str(error)
+    for orig in (
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+        psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+    ):
+        error = translate(orig, url, "es")
+        assert type(error) is EventSourceError
+        assert str(error).startswith("the statement was cancelled")
+        assert "timeout" in str(error)
