@@ -74,12 +74,14 @@ BEGIN
     END IF;
 
     -- Lock the heads of the streams' partitions in ascending order (appenders never deadlock
-    -- on them). A stored stream's partition never changes, so it may be read before locking.
-    SELECT array_agg(coalesce(
+    -- on them). A stored stream's partition never changes, so it may be read before locking;
+    -- a stream expected not to exist is looked for under the heads' locks only (if it does
+    -- exist, the append conflicts whatever partition is locked).
+    SELECT array_agg(CASE WHEN u.expected IN (-1, 0) THEN u.part ELSE coalesce(
                (SELECT e.partition FROM {s}.events e
-                 WHERE e.stream_id = u.sid AND e.stream_version = 1), u.part))
+                 WHERE e.stream_id = u.sid AND e.stream_version = 1), u.part) END)
       INTO v_locked
-      FROM unnest(p_stream_ids, p_partitions) AS u(sid, part);
+      FROM unnest(p_stream_ids, p_partitions, p_expected) AS u(sid, part, expected);
     PERFORM 1 FROM {s}.partitions p WHERE p.partition = ANY (v_locked)
       ORDER BY p.partition FOR UPDATE;
     GET DIAGNOSTICS v_found = ROW_COUNT;
@@ -111,9 +113,12 @@ BEGIN
                        FROM {s}.events e WHERE e.stream_id = u.sid
                       ORDER BY e.stream_version DESC LIMIT 1) l ON true
           ) x;
-        EXIT WHEN coalesce(v_part <@ v_locked, true);
+        -- Streams that take the append must have their partition locked.
+        EXIT WHEN coalesce((SELECT array_agg(t.part) FROM unnest(v_ok, v_part) AS t(ok, part)
+                             WHERE t.ok) <@ v_locked, true);
         -- A stream was created meanwhile in another partition (another partition key): lock
         -- that head too, and look again.
+        v_part := ARRAY(SELECT t.part FROM unnest(v_ok, v_part) AS t(ok, part) WHERE t.ok);
         PERFORM 1 FROM {s}.partitions p
           WHERE p.partition = ANY (v_part) AND NOT p.partition = ANY (v_locked)
           ORDER BY p.partition FOR UPDATE;
