@@ -381,7 +381,7 @@ def test_the_append_function_refuses_arrays_that_do_not_line_up(store: EventStor
         (["a", "b"], [0, 1], [-2, -2], [1, 0]),
         ([None], [0], [-2], [1]),
     ):
-        with pytest.raises(sa_exc.DataError, match="do not line up|does not exist"):
+        with pytest.raises(sa_exc.DataError, match=r"do not line up|does not exist"):
             sql(
                 store,
                 call,
