@@ -63,7 +63,7 @@ def test_appends_across_streams_and_partitions_commit_together(store: EventStore
 
 
 def test_exception_in_block_rolls_everything_back(store: EventStore) -> None:
-    """An exception inside the block writes no events, no stream rows and moves no head."""
+    """An exception inside the block writes no events and moves no head."""
     store.append("existing", [Opened(owner="x")], NO_STREAM)
     before = log_state(store)
     streams = streams_in_distinct_partitions(4)
