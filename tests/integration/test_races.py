@@ -66,6 +66,19 @@ class Racer:
         return self.outcome
 
 
+def race(
+    store: EventStore, first: Callable[[Transaction], Any], *seconds: Callable[[], Any]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """``first(tx)`` written (flushed) in a transaction kept open while each of ``seconds``
+    runs in a thread and has to wait for it; after the commit, what ``first`` returned and the
+    outcome of each second writer."""
+    with store.transaction() as tx:
+        written = first(tx)
+        tx.flush()
+        racers = [Racer(second) for second in seconds]
+    return written, [racer.finish() for racer in racers]
+
+
 def in_transaction(
     store: EventStore, use_connection: bool, appends: Callable[[Transaction], Any]
 ) -> Callable[[], Any]:
@@ -86,11 +99,11 @@ def test_any_append_follows_a_creator_in_another_partition(store: EventStore) ->
     """An ANY append racing the creation of its stream under another partition key lands in
     the creator's partition, at version 2."""
     first, other = keys_in_two_partitions()
-    with store.transaction() as tx:
-        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
-        tx.flush()
-        racer = Racer(lambda: store.append("x", [Deposited(amount=1)], ANY, partition_key=other))
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store,
+        lambda tx: store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx),
+        lambda: store.append("x", [Deposited(amount=1)], ANY, partition_key=other),
+    )
     result = outcome["result"]
     assert (result.stream_version, result.partition) == (2, partition_for(first, 4))
     assert [r.stream_version for r in store.read_stream("x")] == [1, 2]
@@ -100,13 +113,11 @@ def test_any_append_follows_a_creator_in_another_partition(store: EventStore) ->
 def test_creating_a_stream_that_another_writer_is_creating_conflicts(store: EventStore) -> None:
     """NO_STREAM racing another creator (even under another partition key) conflicts at 1."""
     first, other = keys_in_two_partitions()
-    with store.transaction() as tx:
-        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
-        tx.flush()
-        racer = Racer(
-            lambda: store.append("x", [Opened(owner="b")], NO_STREAM, partition_key=other)
-        )
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store,
+        lambda tx: store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx),
+        lambda: store.append("x", [Opened(owner="b")], NO_STREAM, partition_key=other),
+    )
     error = outcome["error"]
     assert isinstance(error, ConcurrencyError)
     assert (error.stream_id, error.expected, error.actual) == ("x", NO_STREAM, 1)
@@ -125,11 +136,9 @@ def test_stale_exact_append_in_a_transaction_conflicts(
         store, use_connection, lambda tx2: store.append("x", [Deposited(amount=2)], 1, tx=tx2)
     )
 
-    with store.transaction() as tx:
-        store.append("x", [Deposited(amount=1)], 1, tx=tx)
-        tx.flush()
-        racer = Racer(stale)
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store, lambda tx: store.append("x", [Deposited(amount=1)], 1, tx=tx), stale
+    )
     error = outcome["error"]
     assert isinstance(error, ConcurrencyError)
     assert (error.stream_id, error.expected, error.actual) == ("x", 1, 2)
@@ -148,11 +157,9 @@ def test_any_append_in_a_transaction_waits_and_appends(
         store, use_connection, lambda tx2: store.append("x", [Deposited(amount=2)], ANY, tx=tx2)
     )
 
-    with store.transaction() as tx:
-        store.append("x", [Deposited(amount=1)], 1, tx=tx)
-        tx.flush()
-        racer = Racer(any_append)
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store, lambda tx: store.append("x", [Deposited(amount=1)], 1, tx=tx), any_append
+    )
     assert "error" not in outcome, outcome
     assert outcome["result"].stream_version == 3
     assert [r.stream_version for r in store.read_stream("x")] == [1, 2, 3]
@@ -163,12 +170,14 @@ def test_exact_append_after_the_other_writer_commits_is_fine(store: EventStore) 
     """Waiting is not conflicting: an append expecting the version the other writer reaches
     goes through once it commits."""
     store.append("x", [Opened(owner="a")], NO_STREAM)
-    with store.transaction() as tx:
-        store.append("x", [Deposited(amount=1)], 1, tx=tx)
-        store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx)
-        tx.flush()
-        racer = Racer(lambda: store.append("y", [Deposited(amount=5)], 1))
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store,
+        lambda tx: (
+            store.append("x", [Deposited(amount=1)], 1, tx=tx),
+            store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx),
+        ),
+        lambda: store.append("y", [Deposited(amount=5)], 1),
+    )
     assert "error" not in outcome, outcome
     assert outcome["result"].stream_version == 2
     assert assert_dense(store) == 4
@@ -210,11 +219,11 @@ def test_several_streams_racing_a_creator_in_another_partition(
         ),
     )
 
-    with store.transaction() as tx:
-        store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx)
-        tx.flush()
-        racer = Racer(both)
-    outcome = racer.finish()
+    _, (outcome,) = race(
+        store,
+        lambda tx: store.append("x", [Opened(owner="a")], NO_STREAM, partition_key=first, tx=tx),
+        both,
+    )
     if use_connection:
         error = outcome["error"]
         assert isinstance(error, ConcurrencyError)
@@ -243,12 +252,16 @@ def test_a_conflict_lost_to_a_racing_writer_reports_the_real_version(
         store, use_connection, lambda tx2: store.append("y", [Opened(owner="b")], NO_STREAM, tx=tx2)
     )
 
-    with store.transaction() as tx:
-        store.append("x", [Deposited(amount=i) for i in range(1, 4)], 1, tx=tx)
-        store.append("y", [Opened(owner="a"), Deposited(amount=1)], NO_STREAM, tx=tx)
-        tx.flush()
-        racers = [Racer(stale), Racer(creator)]
-    errors = [racer.finish()["error"] for racer in racers]
+    _, outcomes = race(
+        store,
+        lambda tx: (
+            store.append("x", [Deposited(amount=i) for i in range(1, 4)], 1, tx=tx),
+            store.append("y", [Opened(owner="a"), Deposited(amount=1)], NO_STREAM, tx=tx),
+        ),
+        stale,
+        creator,
+    )
+    errors = [outcome["error"] for outcome in outcomes]
     assert all(isinstance(e, ConcurrencyError) for e in errors), errors
     assert [(e.stream_id, e.expected, e.actual) for e in errors] == [
         ("x", 1, 4),
@@ -268,11 +281,7 @@ def test_a_retry_racing_its_original_is_a_duplicate(
 
     retry = in_transaction(store, use_connection, lambda tx2: store.append("x", [event], 1, tx=tx2))
 
-    with store.transaction() as tx:
-        original = store.append("x", [event], 1, tx=tx)
-        tx.flush()
-        racer = Racer(retry)
-    outcome = racer.finish()
+    original, (outcome,) = race(store, lambda tx: store.append("x", [event], 1, tx=tx), retry)
     assert "error" not in outcome, outcome
     result = outcome["result"]
     assert result.duplicate
