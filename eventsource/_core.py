@@ -477,7 +477,7 @@ class StagedAppends:
         version (REPEATABLE READ). ``actual`` is then the version that clashed: the stream is
         at least there.
         """
-        if getattr(exc.diag, "constraint_name", None) != _VERSION_KEY:
+        if not _version_clash(exc):
             return exc
         taken = _taken_version(exc.diag.message_detail or "")
         if taken is None and len(self._streams) == 1:
@@ -515,7 +515,9 @@ class StagedAppends:
 Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
-_VERSION_KEY = "events_stream_version_key"
+def _version_clash(exc: psycopg.errors.UniqueViolation) -> bool:
+    """Whether the insert hit a version of a stream that is already stored."""
+    return getattr(exc.diag, "constraint_name", None) == "events_stream_version_key"
 
 
 def _taken_version(detail: str) -> tuple[str, int | None] | None:
@@ -557,8 +559,7 @@ def append_plan(
         except psycopg.errors.UniqueViolation as exc:
             # A writer creating one of these streams under another partition key got there
             # first. Alone, nothing was written: once more, the function sees that stream.
-            version_clash = getattr(exc.diag, "constraint_name", None) == _VERSION_KEY
-            if autocommit and version_clash and attempt == 1:
+            if autocommit and _version_clash(exc) and attempt == 1:
                 continue
             error = staged.conflict(exc)
             if error is exc:
@@ -634,9 +635,9 @@ def translate(  # noqa: PLR0911 - one return per kind of driver error
         | psycopg.errors.UndefinedFunction
         | psycopg.errors.InvalidSchemaName,
     ):
-        return SchemaNotReady(schema, str(orig).splitlines()[0])
+        return SchemaNotReady(schema, _first_line(orig))
     if isinstance(orig, psycopg.errors.CheckViolation):
-        return ValueError(f"rejected by the database: {str(orig).splitlines()[0]}")
+        return ValueError(f"rejected by the database: {_first_line(orig)}")
     if isinstance(orig, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return EventSourceError(
             f"the statement was cancelled (a statement or lock timeout?): {_first_line(orig)}"

@@ -135,16 +135,20 @@ class Transaction:
         of ascending order (PostgreSQL then detects any deadlock and one side must retry).
         """
         self._check_open()
-        results: list[AppendResult] = []
         with self.store._errors():
-            if self._staged:
-                self._written.extend(self._staged.pending())
-                plan = append_plan(
-                    self._staged, self.store._queries, self.store.partitions, autocommit=False
-                )
-                results = _drive(_driver(self.connection), plan)
-            while self._after_flush:
-                _fetch(_driver(self.connection), *self._after_flush.pop(0))
+            return self._write(_driver(self.connection), autocommit=False)
+
+    def _write(self, conn: psycopg.Connection[Any], *, autocommit: bool) -> list[AppendResult]:
+        """Write the staged appends, then the statements that follow them, on ``conn``."""
+        results: list[AppendResult] = []
+        if self._staged:
+            self._written.extend(self._staged.pending())
+            plan = append_plan(
+                self._staged, self.store._queries, self.store.partitions, autocommit=autocommit
+            )
+            results = _drive(conn, plan)
+        while self._after_flush:
+            _fetch(conn, *self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
@@ -164,20 +168,12 @@ class Transaction:
         # trips for BEGIN and COMMIT when the appends are the only statement.
         if not self._staged:
             return
-        self._written.extend(self._staged.pending())
-        alone = not self._after_flush  # the appends are the transaction's only statement
-        plan = append_plan(
-            self._staged, self.store._queries, self.store.partitions, autocommit=alone
-        )
         with self.store._raw() as raw:
-            if alone:
-                _drive(raw, plan)
+            if not self._after_flush:
+                self._write(raw, autocommit=True)
                 return
             with raw.transaction():
-                _drive(raw, plan)
-                for sql, params in self._after_flush:
-                    _fetch(raw, sql, params)
-            self._after_flush.clear()
+                self._write(raw, autocommit=False)
 
     def _rolled_back(self) -> None:
         for pending in self._written + self._staged.pending():
