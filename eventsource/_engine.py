@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, Pool, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._config import Settings
+from ._core import KEEPALIVES
 from ._embedded import embedded_url
+from ._rawpool import stale
 
 __all__ = ["async_engine", "resolve_url", "sync_engine"]
 
@@ -43,7 +45,7 @@ def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
 PREPARE_THRESHOLD = 2
 
 
-def _engine_options(pool_size: int, prepared: bool = True) -> dict[str, Any]:
+def _engine_options(url: URL, pool_size: int, prepared: bool = True) -> dict[str, Any]:
     return {
         "pool_size": pool_size,
         "max_overflow": pool_size,
@@ -51,13 +53,35 @@ def _engine_options(pool_size: int, prepared: bool = True) -> dict[str, Any]:
         "pool_recycle": 3600,
         # Hot statements are prepared server-side after a few executions (not behind a
         # PgBouncer older than 1.21 in transaction mode: ``prepared=False``).
-        "connect_args": {"prepare_threshold": PREPARE_THRESHOLD if prepared else None},
+        "connect_args": {
+            "prepare_threshold": PREPARE_THRESHOLD if prepared else None,
+            **{key: value for key, value in KEEPALIVES.items() if key not in url.query},
+        },
     }
 
 
+def _check_on_checkout(pool: Pool) -> None:
+    """Replace a pooled connection that the server closed while it sat idle.
+
+    The check is one ``poll`` of the socket, no round trip (see ``_rawpool.stale``); SQLAlchemy
+    replaces a connection whose checkout raises ``DisconnectionError``.
+    """
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        if driver.closed or stale(driver.fileno()):
+            raise sa_exc.DisconnectionError("the idle connection was closed by the server")
+
+    event.listen(pool, "checkout", checkout)
+
+
 def sync_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> Engine:
-    return create_engine(url, **_engine_options(pool_size, prepared))
+    engine = create_engine(url, **_engine_options(url, pool_size, prepared))
+    _check_on_checkout(engine.pool)
+    return engine
 
 
 def async_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> AsyncEngine:
-    return create_async_engine(url, **_engine_options(pool_size, prepared))
+    engine = create_async_engine(url, **_engine_options(url, pool_size, prepared))
+    _check_on_checkout(engine.sync_engine.pool)
+    return engine

@@ -2,65 +2,83 @@
 
 Appends, enqueues, reads and checkpoint moves are one statement each: they need a bare psycopg
 connection in autocommit mode, not SQLAlchemy's connection (whose checkout, reset-on-return and
-autocommit switching cost a few tens of microseconds, a tenth of a one-row commit here). This
-pool keeps up to ``size`` idle connections, last in first out; a connection that broke, or that
-is left inside a transaction, is closed instead of being kept.
+autocommit switching cost a few tens of microseconds, a tenth of a one-row commit here). They
+come from a ``psycopg_pool.ConnectionPool``; a connection is checked each time it is taken
+from the pool (see ``stale``), so one that the server closed while it sat idle (a restart,
+``pg_terminate_backend``, an idle timeout) is replaced instead of failing the caller.
 """
 
 from __future__ import annotations
 
-import threading
+import select
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-__all__ = ["RawPool"]
+__all__ = ["RawPool", "stale"]
 
-IDLE = TransactionStatus.IDLE
+# Seconds a caller waits for a connection when every one is busy or the server is down.
+WAIT = 5.0
+
+
+def stale(fileno: int) -> bool:
+    """Whether an idle connection's socket has something to read: it should have nothing.
+
+    An idle connection (no LISTEN) receives data only when the server is done with it: the
+    error message of a terminated backend or a shutdown, then the end of the stream. One
+    ``poll`` with no timeout (about a microsecond) tells, without a round trip.
+    """
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _check(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or stale(conn.fileno()):
+        conn.close()  # so that the pool discards it instead of taking it back
+        raise psycopg.OperationalError("the idle connection was closed by the server")
 
 
 class RawPool:
-    """Up to ``size`` idle autocommit connections to ``conninfo``."""
+    """Up to twice ``size`` autocommit connections to ``conninfo``, opened on demand."""
 
     def __init__(self, conninfo: str, size: int, prepare_threshold: int | None) -> None:
-        self._conninfo = conninfo
-        self._size = size
-        self._prepare_threshold = prepare_threshold
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=0,
+            max_size=max(1, 2 * size),  # as many as the engine: pool_size + max_overflow
+            kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
+            check=_check,
+            timeout=WAIT,
+            open=True,
+            name="eventsource-raw",
+        )
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for the block (a new one when none is idle); errors pass through."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = psycopg.connect(
-                self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold
-            )
+        """A connection for the block; errors pass through.
+
+        ``PoolTimeout`` (an ``OperationalError``) when none could be had within ``WAIT``
+        seconds: the server cannot be reached, or every connection stayed busy.
+        """
+        try:
+            conn = self._pool.getconn()
+        except PoolTimeout as exc:
+            # The pool keeps its connection errors to itself: one attempt here tells why.
+            with psycopg.connect(self._pool.conninfo, connect_timeout=2):
+                pass
+            raise PoolTimeout(
+                f"no free connection within {WAIT:g} s: all {self._pool.max_size}"
+                " connections of the pool are in use"
+            ) from exc
         try:
             yield conn
         finally:
-            self._put(conn)
-
-    def _put(self, conn: psycopg.Connection[Any]) -> None:
-        if not conn.closed and conn.info.transaction_status == IDLE:
-            with self._lock:
-                if not self._closed and len(self._idle) < self._size:
-                    self._idle.append(conn)
-                    return
-        with suppress(psycopg.Error):
-            conn.close()
+            self._pool.putconn(conn)
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when they come back."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with suppress(psycopg.Error):
-                conn.close()
+        self._pool.close(timeout=1.0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import psycopg
 import pytest
 from sqlalchemy import text
 
-from eventsource import DatabaseUnavailable, EventStore
+from eventsource import EventStore
+from eventsource._core import conninfo
 from tests.domain import Opened
 
 
@@ -24,17 +28,58 @@ def test_connections_are_reused(store: EventStore) -> None:
     assert len(pids) == 1
 
 
-def test_a_killed_connection_fails_once_and_is_replaced(store: EventStore) -> None:
-    """A pooled connection whose server process died gives one clear error, then a new one."""
+def _terminate(store: EventStore, pid: int) -> None:
+    """Terminate a backend and wait until it is gone (its goodbye is then on the socket)."""
+    with psycopg.connect(conninfo(store.url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(200):
+            row = admin.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (pid,)
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"backend {pid} did not exit")
+
+
+def test_a_killed_idle_connection_is_replaced_without_an_error(store: EventStore) -> None:
+    """A pooled connection whose server process died is replaced when it is next taken."""
     store.append("s-1", [Opened(owner="a")])
     (pid,) = backend_pids(store)
-    with store.engine.connect() as admin:
-        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    with pytest.raises(DatabaseUnavailable):
-        store.read_stream("s-1")
+    _terminate(store, pid)
     assert [r.stream_id for r in store.read_stream("s-1")] == ["s-1"]
     (new_pid,) = backend_pids(store)
     assert new_pid != pid
+
+
+def test_a_killed_idle_engine_connection_is_replaced(store: EventStore) -> None:
+    """The transaction engine's pooled connections are checked on checkout too."""
+    with store.engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    _terminate(store, int(pid))  # type: ignore[arg-type]
+    with store.transaction() as tx:
+        store.append("s-2", [Opened(owner="a")], tx=tx)
+        new_pid = tx.execute(text("SELECT pg_backend_pid()")).scalar()
+    assert new_pid != pid
+    assert [r.stream_id for r in store.read_stream("s-2")] == ["s-2"]
+
+
+def test_url_parameters_reach_the_server(database_url: str, schema: str) -> None:
+    """options= and application_name= in the URL arrive as written (spaces kept)."""
+    url = database_url + ("&" if "?" in database_url else "?")
+    url += "options=-c%20lock_timeout%3D2345&application_name=my%20app"
+    other = EventStore.from_url(url, schema=schema, partitions=2)
+    try:
+        other.upgrade()
+        other.append("u-1", [Opened(owner="a")])
+        assert other.read_stream("u-1")[0].stream_id == "u-1"
+        with other._raw() as conn:
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("2345ms",)
+            assert conn.execute("SHOW application_name").fetchone() == ("my app",)
+        with other.engine.connect() as conn:
+            assert conn.execute(text("SHOW application_name")).scalar() == "my app"
+    finally:
+        other.close()
 
 
 def test_a_failed_statement_leaves_the_connection_usable(store: EventStore) -> None:
