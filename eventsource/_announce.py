@@ -19,7 +19,9 @@ from collections.abc import Iterable
 
 import psycopg
 
+from ._core import is_outage
 from ._logging import get_logger
+from ._rawpool import stale
 
 __all__ = ["Announcer"]
 
@@ -97,17 +99,49 @@ class Announcer:
     def _send(
         self, conn: psycopg.Connection[tuple[object, ...]] | None, channel: str, items: set[str]
     ) -> psycopg.Connection[tuple[object, ...]] | None:
-        payload = ",".join(sorted(items, key=lambda item: (len(item), item)))
-        try:
-            if conn is None or conn.closed:
-                conn = psycopg.connect(self._conninfo, autocommit=True)
-                conn.execute("SET synchronous_commit TO off")
-            conn.execute(self._statement, {"channel": channel, "payload": payload})
-        except psycopg.Error as exc:
-            # Announcements are a latency optimisation: readers poll as well.
-            log.warning("announcement failed", channel=channel, error=str(exc))
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-            return None
+        for payload in payloads(items):
+            conn = self._notify(conn, channel, payload)
         return conn
+
+    def _notify(
+        self, conn: psycopg.Connection[tuple[object, ...]] | None, channel: str, payload: str
+    ) -> psycopg.Connection[tuple[object, ...]] | None:
+        """Send one notification; a connection that broke is replaced and the send retried."""
+        for attempt in (1, 2):
+            try:
+                if conn is not None and (conn.closed or stale(conn.fileno())):
+                    conn.close()
+                    conn = None
+                if conn is None:
+                    conn = psycopg.connect(self._conninfo, autocommit=True)
+                    conn.execute("SET synchronous_commit TO off")
+                conn.execute(self._statement, {"channel": channel, "payload": payload})
+                return conn
+            except psycopg.Error as exc:
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                    conn = None
+                if attempt == 2 or not is_outage(exc):
+                    # Announcements are a latency optimisation: readers poll as well.
+                    log.warning("announcement failed", channel=channel, error=str(exc))
+        return None
+
+
+# PostgreSQL refuses a notification payload of 8,000 bytes or more.
+MAX_PAYLOAD = 7999
+
+
+def payloads(items: Iterable[str], limit: int = MAX_PAYLOAD) -> list[str]:
+    """Comma-separated payloads of the items, each under PostgreSQL's size limit."""
+    out: list[str] = []
+    current = ""
+    for item in sorted(items, key=lambda item: (len(item), item)):
+        candidate = f"{current},{item}" if current else item
+        if current and len(candidate.encode("utf-8")) > limit:
+            out.append(current)
+            candidate = item
+        current = candidate
+    if current:
+        out.append(current)
+    return out

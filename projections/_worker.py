@@ -15,36 +15,30 @@ backoff, then recorded with its error for `eventsource projections retry|skip`.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import exc as sa_exc
 
-from eventsource import DatabaseUnavailable, EventStore, RecordedEvent
-from eventsource._core import conninfo, paused_gc, records
+from eventsource import EventStore, RecordedEvent
+from eventsource._checks import check_name, check_seconds
+from eventsource._core import paused_gc, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
+from eventsource._runtime import Backoff, Listener, default_worker_id, is_outage
 from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_unique, close_thread_loop
 from ._queries import ProjectionQueries
 from ._reactor import Reactor
 
-__all__ = ["ProjectionWorker", "run"]
+__all__ = ["ProjectionWorker", "default_worker_id", "run"]
 
 log = get_logger("projections.worker")
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -94,10 +88,16 @@ class ProjectionWorker:
         check_unique(projections)
         if not projections:
             raise ValueError("a worker needs at least one projection")
+        lease_ttl = check_seconds(lease_ttl, "lease_ttl", low=0.5, high=3600)
+        heartbeat_interval = check_seconds(heartbeat_interval, "heartbeat_interval", low=0.01)
+        poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
         if lease_ttl <= heartbeat_interval:
-            raise ValueError("lease_ttl must be longer than heartbeat_interval")
+            raise ValueError(
+                f"lease_ttl ({lease_ttl:g} s) must be longer than heartbeat_interval"
+                f" ({heartbeat_interval:g} s)"
+            )
         self.store = store
-        self.worker_id = worker_id or default_worker_id()
+        self.worker_id = check_name(worker_id, "worker_id") if worker_id else default_worker_id()
         self.lease_ttl = lease_ttl
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
@@ -105,6 +105,10 @@ class ProjectionWorker:
         self.retry_delays = tuple(retry_delays)
         self.exclusive = exclusive  # replay: every partition, and keep the projection paused
         self.queries = ProjectionQueries(store._queries, quote_schema(store.schema))
+        # Statement and idle-in-transaction timeouts of a batch: a frozen or partitioned
+        # worker's session is ended by the server within one TTL, so its checkpoint row
+        # (locked by the batch) is free for the worker that takes the lease over.
+        self._timeout_ms = str(max(1000, int(lease_ttl * 1000)))
         self._groups = [_Group(p) for p in projections]
         for projection in projections:
             if isinstance(projection, Reactor):
@@ -123,27 +127,45 @@ class ProjectionWorker:
         return self._stop.is_set()
 
     def run(self, *, stop_when_caught_up: bool = False) -> None:
-        """Process events until ``stop()`` (or until every held partition is at its head)."""
+        """Process events until ``stop()`` (or until every held partition is at its head).
+
+        The database must be reachable at start (``DatabaseUnavailable`` otherwise); later
+        outages are waited out: the worker backs off, reconnects, listens again and catches
+        up. Any other error stops the worker and is raised here.
+        """
         self.setup()
-        listener = self._listen()
+        listener = Listener(self.store.url, [self.store._queries.listen], self._log)
+        listener.open()
+        backoff = Backoff()
         self._log.info("worker started", projections=[g.name for g in self._groups])
         try:
             next_beat = 0.0
             while not self._stop.is_set():
-                if time.monotonic() >= next_beat:
-                    self.heartbeat()
-                    next_beat = time.monotonic() + self.heartbeat_interval
-                heads = self.store.heads()
-                if stop_when_caught_up and self.caught_up(heads):
-                    break
-                worked = self.work(heads)
+                try:
+                    if time.monotonic() >= next_beat:
+                        self.heartbeat()
+                        next_beat = time.monotonic() + self.heartbeat_interval
+                    heads = self.store.heads()
+                    if stop_when_caught_up and self.caught_up(heads):
+                        break
+                    worked = self.work(heads)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    delay = backoff.next()
+                    if backoff.failures == 1:
+                        self._log.warning("database unavailable; waiting", error=_line(exc))
+                    self._stop.wait(delay)
+                    next_beat = 0.0  # renew the leases first thing once it is back
+                    continue
+                if backoff.reset():
+                    self._log.info("database available again")
                 if not worked and not self._stop.is_set():
-                    self._wait(listener, self._idle_timeout(next_beat))
+                    listener.wait(self._idle_timeout(next_beat), self._stop)
         finally:
             self.shutdown()
             close_thread_loop()
-            if listener is not None:
-                listener.close()
+            listener.close()
             self._log.info("worker stopped")
 
     def setup(self) -> None:
@@ -171,8 +193,11 @@ class ProjectionWorker:
                 for group in self._groups:
                     self._release(conn, group, list(group.leases))
                     _fetch(conn, self.queries.leave, self._key(group))
-        except DatabaseUnavailable as exc:
-            self._log.warning("could not release leases", error=str(exc))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # They expire by themselves within one lease TTL.
+            self._log.warning("could not release leases", error=_line(exc))
 
     # -- membership and leases -----------------------------------------------------------
 
@@ -303,7 +328,13 @@ class ProjectionWorker:
             # Not translated: a handler's own SQL errors are its own (and may be poison).
             with self.store.engine.connect() as conn, conn.begin():
                 raw = _driver(conn)
-                locked = _fetch(raw, self.queries.lock_checkpoint, key)
+                try:
+                    locked = _fetch(
+                        raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms}
+                    )
+                except psycopg.errors.LockNotAvailable:
+                    locked = []  # another session holds the checkpoint: not ours
+
                 if not locked:
                     raise _LeaseLost
                 position = locked[0][0]
@@ -339,12 +370,9 @@ class ProjectionWorker:
             )
             group.leases.pop(partition, None)
             return 0
-        except (DatabaseUnavailable, sa_exc.OperationalError, psycopg.OperationalError) as exc:
-            # The database, not the handler: back off without blaming the events.
-            self._log.warning("database unavailable", projection=group.name, error=str(exc))
-            group.retry_at[partition] = time.monotonic() + self.retry_delays[-1]
-            return 0
         except Exception as exc:  # a handler may raise anything: it may be a poison event
+            if is_outage(exc):
+                raise  # the database, not the handler: the run loop waits it out
             self._failed(group, partition, lease, batch, exc)
             return 0
         lease.position = last.position
@@ -425,31 +453,11 @@ class ProjectionWorker:
                     wake = min(wake, when)
         return max(0.0, wake - now)
 
-    def _listen(self) -> psycopg.Connection[Any] | None:
-        try:
-            conn = psycopg.connect(conninfo(self.store.url), autocommit=True)
-            conn.execute(self.store._queries.listen)
-        except psycopg.Error as exc:
-            self._log.warning("LISTEN unavailable; polling only", error=str(exc))
-            return None
-        return conn
 
-    def _wait(self, listener: psycopg.Connection[Any] | None, timeout: float) -> None:
-        """Sleep until an append is announced, the timeout passes, or ``stop()``."""
-        if listener is None:
-            self._stop.wait(timeout)
-            return
-        deadline = time.monotonic() + timeout
-        while not self._stop.is_set():
-            left = min(deadline - time.monotonic(), 0.25)  # stay responsive to stop()
-            if left <= 0:
-                return
-            try:
-                for _ in listener.notifies(timeout=left, stop_after=1):
-                    return
-            except psycopg.OperationalError:
-                self._stop.wait(min(timeout, 1.0))
-                return
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run(
