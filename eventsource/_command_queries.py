@@ -6,7 +6,7 @@ Statements run on the psycopg connection itself with psycopg placeholders (``%(n
 
 from __future__ import annotations
 
-from ._queries import _PREPARER
+from ._queries import _PREPARER, channel_name
 
 __all__ = ["CommandQueries", "command_channel"]
 
@@ -31,11 +31,16 @@ _LIST_COLUMNS = (
 
 def command_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which enqueues to ``schema`` announce their queues."""
-    return f"eventsource.{schema}.commands"
+    return channel_name(schema, ".commands")
 
 
 class CommandQueries:
-    """The command queue's statements for one schema (already quoted)."""
+    """The command queue's statements for one schema (already quoted).
+
+    Times that must hold however long a transaction has been open (leases, a delay given
+    to an enqueue in a transaction) are taken from ``clock_timestamp()``, the database's
+    clock at that moment, not from ``now()``, the start of the transaction.
+    """
 
     def __init__(self, quoted: str, schema: str) -> None:
         s = quoted
@@ -44,7 +49,8 @@ class CommandQueries:
         self.notify = "SELECT pg_notify(%(channel)s, %(payload)s)"
         values = (
             "%(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,"
-            " coalesce(%(run_at)s::timestamptz, now())"
+            " coalesce(%(run_at)s::timestamptz,"
+            "  CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END)"
             " + make_interval(secs => coalesce(%(delay)s::float8, 0)),"
             " %(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s"
         )
@@ -73,7 +79,8 @@ class CommandQueries:
             "  WHERE k IS NOT NULL ORDER BY k) AS keys) AS locked),"
             f" ins AS ({insert}"
             " SELECT u.q, u.t, u.p::jsonb, u.pr, u.ma,"
-            " coalesce(u.ra, now()) + make_interval(secs => coalesce(u.d, 0)),"
+            " coalesce(u.ra, CASE WHEN u.d IS NULL THEN now() ELSE clock_timestamp() END)"
+            " + make_interval(secs => coalesce(u.d, 0)),"
             " u.dk, u.ok, u.ci, u.ca"
             " FROM lock, unnest(%(queue)b::text[], %(command_type)b::text[],"
             " %(payload)b::text[], %(priority)b::integer[], %(max_attempts)b::integer[],"
@@ -83,70 +90,158 @@ class CommandQueries:
             f" ORDER BY u.n {_DEDUPE_CONFLICT} RETURNING id)"
             " SELECT id FROM ins ORDER BY id"
         )
-        # Claim: ready commands of these queues and types, best priority first, then oldest;
-        # a keyed command only when no earlier live command of its key exists and none of its
-        # key is running (so one key runs one at a time, in enqueue order).
+        # Claim: ready commands of these queues and types, best priority first, then oldest.
+        # A keyed command only when no earlier live command of its key exists and its key is
+        # free: the claim inserts the key into ``command_keys``, whose primary key makes two
+        # claims of one key exclusive whatever their snapshots saw (one waits for the other,
+        # then finds the key taken and leaves the command alone). Only the first command of
+        # the batch (``k`` = 1, run first) has its attempt counted here; the others' are
+        # counted as they start (``mark_started``), so that commands that never start (the
+        # worker died first) are not charged an attempt.
         self.claim = (
-            f"WITH ready AS (SELECT c.id FROM {s}.commands c"
+            f"WITH ready AS (SELECT c.id, c.ordering_key, c.priority, c.run_at"
+            f" FROM {s}.commands c"
             " WHERE c.status = 'pending' AND c.queue = ANY(%(queues)b::text[])"
             " AND c.run_at <= now() AND c.command_type = ANY(%(types)b::text[])"
-            " AND (c.ordering_key IS NULL OR NOT EXISTS ("
+            " AND (c.ordering_key IS NULL OR (NOT EXISTS ("
             f"  SELECT 1 FROM {s}.commands p WHERE p.ordering_key = c.ordering_key"
-            "  AND p.status <> 'dead' AND p.id <> c.id"
-            "  AND (p.id < c.id OR p.status = 'running')))"
-            " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %(limit)b FOR UPDATE SKIP LOCKED)"
-            f" UPDATE {s}.commands t SET status = 'running', attempts = t.attempts + 1,"
+            "  AND p.status <> 'dead' AND p.id < c.id)"
+            f" AND NOT EXISTS (SELECT 1 FROM {s}.command_keys k"
+            "  WHERE k.ordering_key = c.ordering_key)))"
+            " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %(limit)b FOR UPDATE SKIP LOCKED),"
+            f" keyed AS (INSERT INTO {s}.command_keys AS k (ordering_key, command_id, worker,"
+            " lease_until)"
+            " SELECT DISTINCT ON (r.ordering_key) r.ordering_key, r.id, %(worker)b,"
+            " clock_timestamp() + make_interval(secs => %(lease)b::float8)"
+            " FROM ready r WHERE r.ordering_key IS NOT NULL ORDER BY r.ordering_key, r.id"
+            " ON CONFLICT (ordering_key) DO NOTHING RETURNING k.command_id),"
+            " ranked AS (SELECT r.id,"
+            " row_number() OVER (ORDER BY r.priority DESC, r.run_at, r.id) AS k FROM ready r"
+            " WHERE r.ordering_key IS NULL OR r.id IN (SELECT command_id FROM keyed))"
+            f" UPDATE {s}.commands t SET status = 'running',"
+            " attempts = t.attempts + (ranked.k = 1)::integer,"
             " lease_token = gen_random_uuid(),"
-            " lease_until = now() + make_interval(secs => %(lease)b::float8),"
-            " worker = %(worker)b, started_at = now(), updated_at = now()"
-            " FROM ready WHERE t.id = ready.id"
-            " RETURNING t.id, t.queue, t.command_type, t.payload::text, t.attempts,"
-            " t.max_attempts, t.lease_token, t.correlation_id, t.causation_id, t.enqueued_at"
+            " lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8),"
+            " worker = %(worker)b, started_at = clock_timestamp(), updated_at = clock_timestamp()"
+            " FROM ranked WHERE t.id = ranked.id"
+            " RETURNING t.id, t.queue, t.command_type, t.payload::text,"
+            " t.attempts + (ranked.k > 1)::integer, t.max_attempts, t.lease_token,"
+            " t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key, ranked.k"
+        )
+        # The start of a handler claimed behind the first of its batch: its attempt counts
+        # from now on. Sent through libpq without waiting for the reply (its own $n
+        # placeholders: id, lease token, attempt), so a handler starts without a round trip.
+        self.mark_started = (
+            f"UPDATE {s}.commands SET attempts = $3::integer"
+            " WHERE id = $1::bigint AND lease_token = $2::uuid AND status = 'running'"
         )
         fenced = (
             " FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS u(id, token)"
             " WHERE c.id = u.id AND c.lease_token = u.token AND c.status = 'running'"
         )
+        # The keys of the commands a statement ended (acked, failed, released): free again.
+        free_keys = (
+            f", freed AS (DELETE FROM {s}.command_keys k USING done"
+            " WHERE k.ordering_key = done.ordering_key AND k.command_id = done.id)"
+        )
         # Ack, heartbeat and release count only for the lease token of the current attempt:
         # a worker whose lease ran out (and was reclaimed) cannot touch the command again.
-        self.ack = f"DELETE FROM {s}.commands c USING" + fenced[5:] + " RETURNING c.id"
+        self.ack = (
+            f"WITH done AS (DELETE FROM {s}.commands c USING"
+            + fenced[5:]
+            + " RETURNING c.id, c.ordering_key)"
+            + free_keys
+            + " SELECT id FROM done"
+        )
+        # The ack of a handler's ``ctx.tx``, just before its commit: the transaction then
+        # holds the command's row, so it may not sit idle longer than a lease (a frozen
+        # worker's session is ended by the server, and the command is reclaimed).
         self.ack_one = (
-            f"DELETE FROM {s}.commands WHERE id = %(id)s AND lease_token = %(token)s"
-            " AND status = 'running' RETURNING id"
+            "WITH cfg AS (SELECT set_config('idle_in_transaction_session_timeout',"
+            " %(idle_ms)s, true)),"
+            f" done AS (DELETE FROM {s}.commands WHERE id = %(id)s AND lease_token = %(token)s"
+            " AND status = 'running' AND EXISTS (SELECT 1 FROM cfg)"
+            " RETURNING id, ordering_key)" + free_keys + " SELECT id FROM done"
         )
+        # The heartbeat: extend the leases of the commands held (and count the attempts of
+        # those that started since: ``attempts``, the worker's count). Rows locked by a
+        # handler's ``ctx.tx`` between its ack and its commit are skipped, not waited for:
+        # they are done in a moment, and the other leases must not wait behind them.
         self.extend = (
-            f"UPDATE {s}.commands c SET lease_until = now() + make_interval(secs =>"
-            " %(lease)b::float8)" + fenced + " RETURNING c.id"
+            f"WITH held AS (SELECT c.id FROM {s}.commands c"
+            " JOIN unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS u(id, token)"
+            " ON c.id = u.id AND c.lease_token = u.token AND c.status = 'running'"
+            " FOR UPDATE OF c SKIP LOCKED)"
+            f" UPDATE {s}.commands c SET"
+            " lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8),"
+            " attempts = greatest(c.attempts, u.attempt)"
+            " FROM unnest(%(ids)b::bigint[], %(attempts)b::integer[]) AS u(id, attempt)"
+            " WHERE c.id = u.id AND c.id IN (SELECT id FROM held) RETURNING c.id"
         )
+        # The keys this worker holds, extended with its heartbeat (a handler past its
+        # timeout keeps its key until its thread returns, though its command is no longer
+        # running); skipped while a ``ctx.tx`` that acks the key's command holds the row.
+        self.extend_keys = (
+            f"UPDATE {s}.command_keys k"
+            " SET lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8)"
+            f" WHERE (k.ordering_key, k.command_id) IN (SELECT x.ordering_key, x.command_id"
+            f"  FROM {s}.command_keys x"
+            "  JOIN unnest(%(keys)b::text[], %(ids)b::bigint[]) AS u(key, id)"
+            "  ON x.ordering_key = u.key AND x.command_id = u.id FOR UPDATE OF x SKIP LOCKED)"
+            " RETURNING k.ordering_key"
+        )
+        # A key given up by its command: after a timed-out handler's thread returned.
+        self.release_key = (
+            f"DELETE FROM {s}.command_keys WHERE ordering_key = %(key)s"
+            " AND command_id = %(id)s"
+        )
+        # Hand back commands whose handlers never started: no attempt spent (``attempts``,
+        # the worker's count before this claim).
         self.release = (
-            f"UPDATE {s}.commands c SET status = 'pending', attempts = c.attempts - 1,"
-            " lease_token = NULL, lease_until = NULL, worker = NULL, updated_at = now()"
-            + fenced
-            + " RETURNING c.id"
-        )
-        # A failed attempt: retry after ``delay`` seconds, or dead once attempts are used up.
-        self.fail = (
-            f"UPDATE {s}.commands SET"
-            " status = CASE WHEN attempts >= max_attempts THEN 'dead'"
-            " ELSE 'pending' END,"
-            " run_at = now() + make_interval(secs => %(delay)s::float8),"
+            f"WITH done AS (UPDATE {s}.commands c SET status = 'pending',"
+            " attempts = least(c.attempts, a.attempt),"
             " lease_token = NULL, lease_until = NULL, worker = NULL,"
-            " last_error = %(error)s, error_traceback = %(traceback)s, updated_at = now()"
+            " updated_at = clock_timestamp()"
+            " FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[], %(attempts)b::integer[])"
+            " AS a(id, token, attempt)"
+            " WHERE c.id = a.id AND c.lease_token = a.token AND c.status = 'running'"
+            " RETURNING c.id, c.ordering_key)" + free_keys + " SELECT id FROM done"
+        )
+        # A failed attempt (number ``attempt``): retry after ``delay`` seconds, or dead once
+        # attempts are used up. Its key is freed unless its handler still runs (``keep_key``:
+        # it ran past its timeout).
+        self.fail = (
+            f"WITH done AS (UPDATE {s}.commands SET"
+            " status = CASE WHEN %(attempt)s >= max_attempts THEN 'dead' ELSE 'pending' END,"
+            " attempts = %(attempt)s,"
+            " run_at = clock_timestamp() + make_interval(secs => %(delay)s::float8),"
+            " lease_token = NULL, lease_until = NULL, worker = NULL,"
+            " last_error = %(error)s, error_traceback = %(traceback)s,"
+            " updated_at = clock_timestamp()"
             " WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running'"
-            " RETURNING status, attempts"
+            " RETURNING id, ordering_key, status, attempts),"
+            f" freed AS (DELETE FROM {s}.command_keys k USING done"
+            " WHERE NOT %(keep_key)s AND k.ordering_key = done.ordering_key"
+            " AND k.command_id = done.id)"
+            " SELECT status, attempts FROM done"
         )
         # Expired leases (a worker died or stalled): back to pending, or dead when that was
-        # the last attempt. Any live worker runs this with its heartbeat.
+        # the last attempt; keys whose lease ran out are freed. Any live worker runs this
+        # with its heartbeat.
         self.reap = (
-            f"UPDATE {s}.commands t SET"
+            f"WITH keys AS (DELETE FROM {s}.command_keys k WHERE k.ordering_key IN ("
+            f" SELECT ordering_key FROM {s}.command_keys WHERE lease_until < clock_timestamp()"
+            " FOR UPDATE SKIP LOCKED)),"
+            f" reaped AS (UPDATE {s}.commands t SET"
             " status = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'pending' END,"
             " last_error = 'the lease of worker ' || coalesce(t.worker, '?') || ' expired"
             " (the worker died, stalled or lost the database) during attempt ' || t.attempts,"
-            " lease_token = NULL, lease_until = NULL, worker = NULL, run_at = now(),"
-            " updated_at = now()"
-            f" FROM (SELECT id FROM {s}.commands WHERE status = 'running' AND lease_until < now()"
-            " FOR UPDATE SKIP LOCKED) AS x WHERE t.id = x.id"
-            " RETURNING t.id, t.status, t.command_type"
+            " lease_token = NULL, lease_until = NULL, worker = NULL, run_at = clock_timestamp(),"
+            " updated_at = clock_timestamp()"
+            f" FROM (SELECT id FROM {s}.commands WHERE status = 'running'"
+            " AND lease_until < clock_timestamp() FOR UPDATE SKIP LOCKED) AS x WHERE t.id = x.id"
+            " RETURNING t.id, t.status, t.command_type)"
+            " SELECT id, status, command_type FROM reaped"
         )
         # Pending commands of this worker's queues that no handler here can run: shown with
         # ``commands list`` (once per command, not rewritten on every beat).

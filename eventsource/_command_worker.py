@@ -15,34 +15,36 @@ match no row and are dropped, and a handler's ``ctx.tx`` rolls back with them.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
+import select
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.pq import ConnStatus, ExecStatus
 
+from ._checks import check_name, check_seconds
 from ._command_queries import CommandQueries
 from ._commands import CommandContext, HandlerSpec, registered_handlers
 from ._context import correlation
-from ._core import conninfo
-from ._errors import DatabaseUnavailable, EventSourceError
+from ._errors import EventSourceError
 from ._logging import get_logger
 from ._loop import close_thread_loop, run_on_thread_loop
+from ._runtime import Backoff, Listener, Supervisor, connect, default_worker_id, is_outage
 from ._store import EventStore, _driver, _fetch
 
 __all__ = ["CommandWorker", "LeaseLost"]
 
 log = get_logger("eventsource.worker")
 
+_MARK = b"eventsource_mark_started"  # the prepared statement of ``_mark_started``
 ERROR_LIMIT = 4000  # characters of error text kept per command
 TRACEBACK_LIMIT = 20000
 
@@ -57,15 +59,18 @@ class _Claimed:
     queue: str
     command_type: str
     payload: str
-    attempt: int
+    attempt: int  # this attempt's number (counted in the table once it starts)
     max_attempts: int
     token: uuid.UUID
     correlation_id: str | None
     causation_id: str | None
     enqueued_at: datetime
+    ordering_key: str | None
+    rank: int  # order in its claim; the first (1) has its attempt counted by the claim
     timeout: float | None = None  # seconds this attempt may run
     deadline: float | None = None  # monotonic time after which the attempt has timed out
-    done: bool = False
+    started: bool = False  # its handler has started
+    timed_out: bool = False  # failed by the heartbeat while its handler still runs
 
 
 @dataclass
@@ -87,10 +92,6 @@ def timed_out(timeout: float) -> str:
 def storable(text: str) -> str:
     """Error text PostgreSQL accepts: NUL and lone surrogates escaped, never refused."""
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -127,28 +128,34 @@ class CommandWorker:
     ) -> None:
         if isinstance(queues, str) or not queues:
             raise ValueError(f"queues must be a non-empty list of queue names, got {queues!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if not 1 <= concurrency <= 256:
             raise ValueError(f"concurrency must be from 1 to 256, got {concurrency}")
-        if lease < 0.5:
-            raise ValueError(f"lease must be at least 0.5 seconds, got {lease}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
         self.store = store
-        self.queues = list(dict.fromkeys(queues))
+        self.queues = [check_name(q, "queue") for q in dict.fromkeys(queues)]
         self.concurrency = concurrency
-        self.worker_id = worker_id or default_worker_id()
+        self.worker_id = check_name(worker_id, "worker_id") if worker_id else default_worker_id()
         self.handlers = registered_handlers() if handlers is None else dict(handlers)
         if not self.handlers:
             raise ValueError(
                 "no command handlers are registered: import the module that defines them"
                 " (functions decorated with @handler)"
             )
-        self.lease = float(lease)
-        self.batch_size = max(1, batch_size)
-        self.poll_interval = poll_interval
+        self.lease = check_seconds(lease, "lease", low=0.5, high=86400)
+        self.batch_size = max(1, min(batch_size, 10_000))
+        self.poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
         self.listen = listen
-        self.grace = grace
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.default_timeout = default_timeout
+        self.grace = check_seconds(grace, "grace")
+        self.backoff_base = check_seconds(backoff_base, "backoff_base")
+        self.backoff_max = check_seconds(backoff_max, "backoff_max", high=365 * 86400)
+        self.default_timeout = (
+            None
+            if default_timeout is None
+            else check_seconds(default_timeout, "default_timeout", low=0.001)
+        )
         self._sql: CommandQueries = store._command_queries
         self._types = sorted(self.handlers)
         self._stop = threading.Event()
@@ -156,7 +163,10 @@ class CommandWorker:
         self._generation = 0
         self._slots = [_Slot(i) for i in range(concurrency)]
         self._held_lock = threading.Lock()
+        # Keys held for handlers that ran past their timeout, until their thread returns.
+        self._zombie_keys: dict[int, str] = {}
         self._log = log.bind(worker=self.worker_id)
+        self._supervisor = Supervisor(self._log, self.stop)
         self.processed = 0  # attempts finished (acked, retried or dead) by this worker
         self._processed_lock = threading.Lock()
 
@@ -175,7 +185,8 @@ class CommandWorker:
         """Work until ``stop()`` (or, with ``stop_when_idle``, until no command is left).
 
         An unreachable database or a schema without the command queue raises at once
-        (``DatabaseUnavailable``, ``SchemaNotReady``); later outages are waited out.
+        (``DatabaseUnavailable``, ``SchemaNotReady``); later outages are waited out. A thread
+        of the worker that dies stops it: ``WorkerCrashed`` is raised once it has stopped.
         """
         with self.store._raw() as conn:
             _fetch(conn, self._sql.remaining, {"queues": self.queues, "types": self._types})
@@ -186,17 +197,17 @@ class CommandWorker:
             handlers=len(self.handlers),
             listen=self.listen,
         )
+        supervisor = self._supervisor
         threads = [
-            threading.Thread(target=self._slot_loop, args=(slot,), name=f"command-slot-{i}")
+            supervisor.spawn(self._slot_loop, f"command-slot-{i}", slot)
             for i, slot in enumerate(self._slots)
         ]
-        beat = threading.Thread(target=self._heartbeat_loop, name="command-heartbeat", daemon=True)
-        for thread in threads:
-            thread.daemon = True
-            thread.start()
-        beat.start()
+        beat = supervisor.spawn(self._heartbeat_loop, "command-heartbeat")
         try:
             self._watch(stop_when_idle)
+        except BaseException as exc:
+            supervisor.crashed("main", exc)
+            raise
         finally:
             self._stop.set()
             self._notify_slots()
@@ -206,10 +217,13 @@ class CommandWorker:
             self._abandon([t for t in threads if t.is_alive()])
             beat.join(timeout=5)
             self._log.info("worker stopped", processed=self.processed)
+        supervisor.check()
 
     def _watch(self, stop_when_idle: bool) -> None:
         """The main thread: wake idle slots on NOTIFY; with ``stop_when_idle``, watch the queue."""
-        listener = self._listen() if self.listen else None
+        listener = Listener(self.store.url, [self._sql.listen], self._log) if self.listen else None
+        if listener is not None:
+            listener.open()
         try:
             while not self._stop.is_set():
                 if stop_when_idle and self._idle():
@@ -218,31 +232,15 @@ class CommandWorker:
                     self._stop.wait(0.1 if stop_when_idle else self.poll_interval)
                     self._notify_slots()
                     continue
-                try:
-                    woke = False
-                    for _ in listener.notifies(timeout=0.25, stop_after=1):
-                        woke = True
-                    if woke:
-                        self._wake_one()
-                except psycopg.OperationalError:
-                    self._log.warning("LISTEN connection lost; reconnecting")
-                    listener.close()
-                    self._stop.wait(1.0)
-                    listener = self._listen()
-                    if listener is None:
-                        self._stop.wait(self.poll_interval)
+                timeout = 0.1 if stop_when_idle else self.poll_interval
+                if listener.wait(timeout, self._stop):
+                    # A notification, or LISTEN came back (catch up on the gap): claim.
+                    self._wake_one()
+                elif not listener.listening:
+                    self._notify_slots()  # deaf: poll
         finally:
             if listener is not None:
                 listener.close()
-
-    def _listen(self) -> psycopg.Connection[Any] | None:
-        try:
-            conn = psycopg.connect(conninfo(self.store.url), autocommit=True)
-            conn.execute(self._sql.listen)
-        except psycopg.Error as exc:
-            self._log.warning("LISTEN unavailable; polling only", error=str(exc))
-            return None
-        return conn
 
     def _notify_slots(self) -> None:
         with self._wake:
@@ -264,33 +262,46 @@ class CommandWorker:
     # -- slots ---------------------------------------------------------------------------
 
     def _slot_loop(self, slot: _Slot) -> None:
+        """Claim and run commands until stopped; outages are waited out, anything else kills."""
         conn: psycopg.Connection[Any] | None = None
+        backoff = Backoff()
         try:
             while not self._stop.is_set():
                 with self._wake:
                     generation = self._generation
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(
-                            conninfo(self.store.url),
-                            autocommit=True,
-                            prepare_threshold=self.store._prepare_threshold,
+                        conn = connect(
+                            self.store.url, prepare_threshold=self.store._prepare_threshold
                         )
                     claimed = self._claim(conn, slot)
                     if claimed:
                         self._work(conn, slot, claimed)
+                    if backoff.reset():
+                        self._log.info("database available again", slot=slot.index)
+                    if claimed:
                         continue
                 except psycopg.Error as exc:
-                    # The connection broke, or a statement failed: give up what this slot
-                    # holds (its leases run out and the commands are reclaimed), start afresh.
-                    self._log.warning("slot failed", slot=slot.index, error=str(exc))
+                    # The connection broke (an outage), or the server refused a statement of
+                    # the queue's own: give up what this slot holds (the commands that never
+                    # started are not charged an attempt; their leases run out and they are
+                    # reclaimed), and start afresh on a new connection after a pause.
+                    if backoff.failures == 0:
+                        level = self._log.warning if is_outage(exc) else self._log.error
+                        level(
+                            "slot lost its connection; retrying",
+                            slot=slot.index,
+                            error=_line(exc),
+                            outage=is_outage(exc),
+                        )
                     with self._held_lock:
                         slot.held.clear()
                     slot.busy = False
                     if conn is not None:
-                        conn.close()
+                        with suppress(psycopg.Error):
+                            conn.close()
                     conn = None
-                    self._stop.wait(1.0)
+                    self._stop.wait(backoff.next())
                     continue
                 with self._wake:
                     if self._generation == generation and not self._stop.is_set():
@@ -298,7 +309,8 @@ class CommandWorker:
         finally:
             close_thread_loop()
             if conn is not None:
-                conn.close()
+                with suppress(psycopg.Error):
+                    conn.close()
 
     def _claim(self, conn: psycopg.Connection[Any], slot: _Slot) -> list[_Claimed]:
         # Claim about 0.1 s of work: many commands when handlers are quick, one when slow
@@ -318,7 +330,7 @@ class CommandWorker:
                 "worker": self.worker_id,
             },
         )
-        claimed = [_Claimed(*row) for row in rows]
+        claimed = sorted((_Claimed(*row) for row in rows), key=lambda c: c.rank)
         with self._held_lock:
             for command in claimed:
                 slot.held[command.id] = command
@@ -338,8 +350,10 @@ class CommandWorker:
                     break
                 started = time.monotonic()
                 slot.running = command.id
+                marked = command.rank > 1 and self._mark_started(conn, command)
+                command.started = True
                 try:
-                    if self._run_one(conn, slot, command):
+                    if self._run_one(conn, slot, command, marked):
                         acks.append(command)
                 finally:
                     slot.running = None
@@ -347,7 +361,9 @@ class CommandWorker:
                 took = now - started
                 avg = slot.avg_seconds
                 slot.avg_seconds = took if avg is None else (avg + took) / 2
-                if acks and now - flushed > 0.05:  # ack finished work at least every 50 ms
+                # Ack finished work at least every 50 ms, and at once when a command of an
+                # ordering key is done: the key's next command waits for that ack.
+                if acks and (now - flushed > 0.05 or acks[-1].ordering_key is not None):
                     self._ack(conn, slot, acks)
                     acks, flushed = [], now
         finally:
@@ -355,7 +371,44 @@ class CommandWorker:
                 self._ack(conn, slot, acks)
             slot.busy = False
 
-    def _run_one(self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed) -> bool:
+    def _mark_started(self, conn: psycopg.Connection[Any], command: _Claimed) -> bool:
+        """Count the attempt of ``command`` as its handler starts, without waiting for the
+        server: the statement goes out now and its reply is read after the handler
+        (``_settle``). A claim counts only the first command of its batch itself."""
+        pgconn = conn.pgconn
+        params = [
+            str(command.id).encode(),
+            str(command.token).encode(),
+            str(command.attempt).encode(),
+        ]
+        if self.store._prepare_threshold is None:  # no named statements (PgBouncer)
+            pgconn.send_query_params(self._sql.mark_started.encode(), params)
+        else:
+            if not getattr(conn, "_eventsource_mark", False):
+                result = pgconn.prepare(_MARK, self._sql.mark_started.encode())
+                if result.status != ExecStatus.COMMAND_OK:
+                    raise psycopg.OperationalError(result.get_error_message())
+                conn._eventsource_mark = True  # type: ignore[attr-defined]
+            pgconn.send_query_prepared(_MARK, params)
+        while pgconn.flush() != 0:  # a long buffer: send the rest (rare)
+            select.select([], [pgconn.socket], [], 1.0)
+        return True
+
+    def _settle(self, conn: psycopg.Connection[Any]) -> None:
+        """Read the reply of ``_mark_started`` before the connection's next statement."""
+        pgconn = conn.pgconn
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK):
+                error = result.get_error_message()
+        if error is not None:
+            raise psycopg.OperationalError(f"counting an attempt failed: {error}")
+        if pgconn.status != ConnStatus.OK:
+            raise psycopg.OperationalError("the connection was lost while a handler ran")
+
+    def _run_one(
+        self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed, marked: bool
+    ) -> bool:
         """Run one attempt; True when it succeeded without a transaction (ack it in a batch)."""
         spec = self.handlers[command.command_type]
         timeout = spec.timeout if spec.timeout is not None else self.default_timeout
@@ -389,13 +442,18 @@ class CommandWorker:
                     result = spec.fn(cmd, ctx)
                     if spec.is_async:
                         run_on_thread_loop(asyncio.wait_for(result, timeout))
+                if command.timed_out:
+                    raise LeaseLost(
+                        f"command {command.id} attempt {command.attempt} ran past its timeout"
+                        f" of {command.timeout:g} s and was failed; its result was dropped"
+                    )
                 if ctx._tx is not None:
                     # The ack joins the handler's transaction: its writes commit only while
                     # this attempt still holds the lease.
                     acked = _fetch(
                         _driver(ctx._tx.connection),
                         self._sql.ack_one,
-                        {"id": command.id, "token": command.token},
+                        {"id": command.id, "token": command.token, "idle_ms": self._idle_ms},
                     )
                     if not acked:
                         raise LeaseLost(
@@ -403,18 +461,48 @@ class CommandWorker:
                             " before the handler finished; its writes were rolled back"
                         )
         except LeaseLost as exc:
+            if marked:
+                self._settle(conn)
             bound.warning("lease lost; result dropped", error=str(exc))
             self._forget(slot, command)
+            self._free_zombie_key(conn, command)
             return False
         except Exception as exc:
+            if marked:
+                self._settle(conn)
+            if command.timed_out:
+                bound.warning(
+                    "handler returned after its timeout; result dropped",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                self._forget(slot, command)
+                self._free_zombie_key(conn, command)
+                return False
             self._failed(conn, slot, command, exc, bound)
             return False
+        if marked:
+            self._settle(conn)
         if ctx._tx is not None:
             self._forget(slot, command)
             self._count(1)
+            self._key_done(command)
             bound.debug("command done")
             return False
         return True
+
+    def _free_zombie_key(self, conn: psycopg.Connection[Any], command: _Claimed) -> None:
+        """A handler that ran past its timeout has returned: its key is free again."""
+        with self._held_lock:
+            key = self._zombie_keys.pop(command.id, None)
+        if key is not None:
+            _fetch(conn, self._sql.release_key, {"key": key, "id": command.id})
+            self._key_done(command)
+
+    def _key_done(self, command: _Claimed) -> None:
+        """The key of ``command`` is free: its next command may run now, here or elsewhere."""
+        if command.ordering_key is not None:
+            self._wake_one()
+            self.store._announcer.announce([command.queue], channel=self._sql.channel)
 
     def _failed(
         self,
@@ -431,6 +519,7 @@ class CommandWorker:
         trace = "".join(traceback.format_exception(exc))
         self._record_failure(conn, command, error, trace, bound)
         self._forget(slot, command)
+        self._key_done(command)
 
     def _record_failure(
         self,
@@ -439,6 +528,8 @@ class CommandWorker:
         error: str,
         trace: str | None,
         bound: Any,
+        *,
+        keep_key: bool = False,
     ) -> None:
         delay = backoff(command.attempt, self.backoff_base, self.backoff_max)
         rows = _fetch(
@@ -447,9 +538,11 @@ class CommandWorker:
             {
                 "id": command.id,
                 "token": command.token,
+                "attempt": command.attempt,
                 "delay": delay,
                 "error": storable(error[:ERROR_LIMIT]),
                 "traceback": storable(trace[-TRACEBACK_LIMIT:]) if trace else None,
+                "keep_key": keep_key,
             },
         )
         self._count(1)
@@ -481,16 +574,16 @@ class CommandWorker:
                     )
         self._forget(slot, *acks)
         self._count(len(rows))
+        for command in acks:
+            if command.ordering_key is not None:
+                self._key_done(command)
+                break
 
     def _release(
         self, conn: psycopg.Connection[Any], slot: _Slot, commands: list[_Claimed]
     ) -> None:
         """Hand back claimed commands whose handlers have not started (no attempt spent)."""
-        _fetch(
-            conn,
-            self._sql.release,
-            {"ids": [c.id for c in commands], "tokens": [c.token for c in commands]},
-        )
+        _fetch(conn, self._sql.release, _unstarted(commands))
         self._forget(slot, *commands)
 
     def _forget(self, slot: _Slot, *commands: _Claimed) -> None:
@@ -510,25 +603,31 @@ class CommandWorker:
         conn: psycopg.Connection[Any] | None = None
         interval = max(0.1, self.lease / 4)
         beats = 0
+        backoff = Backoff()
         while True:
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(conninfo(self.store.url), autocommit=True)
+                    conn = connect(self.store.url)
                 self._beat(conn, check_unhandled=beats % 20 == 0)
+                backoff.reset()
             except psycopg.Error as exc:
-                self._log.warning("heartbeat failed", error=str(exc))
+                if backoff.failures == 0:
+                    self._log.warning("heartbeat failed", error=_line(exc), outage=is_outage(exc))
+                backoff.next()
                 if conn is not None:
-                    conn.close()
+                    with suppress(psycopg.Error):
+                        conn.close()
                 conn = None
             beats += 1
             if not self._stop.is_set():
-                self._stop.wait(interval)
-            elif any(slot.held for slot in self._slots):
+                self._stop.wait(interval if backoff.failures == 0 else min(interval, 1.0))
+            elif any(slot.held for slot in self._slots) or self._zombie_keys:
                 time.sleep(interval)  # shutting down: keep the running handlers' leases
             else:
                 break
         if conn is not None:
-            conn.close()
+            with suppress(psycopg.Error):
+                conn.close()
 
     def _beat(self, conn: psycopg.Connection[Any], *, check_unhandled: bool) -> None:
         now = time.monotonic()
@@ -538,32 +637,44 @@ class CommandWorker:
         live = [c for c in held if c.deadline is None or now <= c.deadline]
         for command in overdue:
             # A sync handler cannot be interrupted: fail the attempt here (a new token), so
-            # whatever it does when it returns is dropped by the fence.
+            # whatever it does when it returns is dropped by the fence. Its ordering key stays
+            # taken until its thread returns, so that nothing of its key runs beside it.
+            command.timed_out = True
+            with self._held_lock:
+                if command.ordering_key is not None:
+                    self._zombie_keys[command.id] = command.ordering_key
+                for slot in self._slots:
+                    slot.held.pop(command.id, None)
             self._record_failure(
                 conn,
                 command,
                 timed_out(command.timeout or 0),
                 None,
                 self._log.bind(command_id=command.id, attempt=command.attempt),
+                keep_key=command.ordering_key is not None,
             )
-            with self._held_lock:
-                for slot in self._slots:
-                    slot.held.pop(command.id, None)
         if live:
-            rows = _fetch(
-                conn,
-                self._sql.extend,
-                {
-                    "ids": [c.id for c in live],
-                    "tokens": [c.token for c in live],
-                    "lease": self.lease,
-                },
-            )
+            params = _held_params(live)
+            rows = _fetch(conn, self._sql.extend, {**params, "lease": self.lease})
             if len(rows) < len(live):
                 kept = {int(row[0]) for row in rows}
                 lost = [c.id for c in live if c.id not in kept]
-                # Acked in the meantime, or reclaimed after the lease ran out.
+                # Acked in the meantime, being acked right now, or reclaimed after the lease
+                # ran out.
                 self._log.debug("leases not extended", commands=lost)
+        with self._held_lock:
+            keys = [(c.ordering_key, c.id) for c in live if c.ordering_key is not None]
+            keys += [(key, command_id) for command_id, key in self._zombie_keys.items()]
+        if keys:
+            _fetch(
+                conn,
+                self._sql.extend_keys,
+                {
+                    "keys": [k for k, _ in keys],
+                    "ids": [i for _, i in keys],
+                    "lease": self.lease,
+                },
+            )
         reclaimed = _fetch(conn, self._sql.reap)
         for command_id, status, command_type in reclaimed:
             self._log.warning(
@@ -601,9 +712,10 @@ class CommandWorker:
             ]
             for slot in self._slots:
                 slot.held.clear()
+            self._zombie_keys.clear()  # the process ends: those keys' leases run out
         self._log.warning("grace period over; abandoning running handlers", slots=stuck)
         try:
-            with psycopg.connect(conninfo(self.store.url), autocommit=True) as conn:
+            with connect(self.store.url) as conn:
                 for command in running:
                     self._record_failure(
                         conn,
@@ -612,23 +724,51 @@ class CommandWorker:
                         f" (grace period {self.grace:g} s)",
                         None,
                         self._log.bind(command_id=command.id),
+                        # Its thread may still run: its key is freed when its lease runs out.
+                        keep_key=True,
                     )
                 if waiting:
-                    _fetch(
-                        conn,
-                        self._sql.release,
-                        {"ids": [c.id for c in waiting], "tokens": [c.token for c in waiting]},
-                    )
+                    _fetch(conn, self._sql.release, _unstarted(waiting))
         except psycopg.Error as exc:
-            self._log.warning("could not record abandoned attempts", error=str(exc))
+            self._log.warning("could not record abandoned attempts", error=_line(exc))
 
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         try:
             with self.store._raw() as conn:
                 return _fetch(conn, sql, params)
-        except DatabaseUnavailable as exc:
-            self._log.warning("database unavailable", error=str(exc))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._log.warning("database unavailable", error=_line(exc))
             return [(1,)]
+
+    @property
+    def _idle_ms(self) -> str:
+        """A ``ctx.tx`` may sit idle after its ack this long (ms): about one lease."""
+        return str(max(1000, int(self.lease * 1000)))
+
+
+def _held_params(commands: Sequence[_Claimed]) -> dict[str, Any]:
+    """Ids, tokens and attempts counted so far (those started count theirs) of held commands."""
+    return {
+        "ids": [c.id for c in commands],
+        "tokens": [c.token for c in commands],
+        "attempts": [c.attempt if c.started else c.attempt - 1 for c in commands],
+    }
+
+
+def _unstarted(commands: Sequence[_Claimed]) -> dict[str, list[Any]]:
+    """Parameters of ``release``: commands whose handlers never started keep their count."""
+    return {
+        "ids": [c.id for c in commands],
+        "tokens": [c.token for c in commands],
+        "attempts": [c.attempt - 1 for c in commands],
+    }
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_worker(

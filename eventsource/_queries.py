@@ -6,6 +6,7 @@ statement; every value travels as a bound parameter, never as SQL text.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from sqlalchemy import text
@@ -33,9 +34,26 @@ def quote_schema(schema: str) -> str:
     return _PREPARER.quote_schema(schema)
 
 
+# PostgreSQL truncates identifiers, channel names included, to 63 bytes; pg_notify refuses
+# longer ones outright.
+MAX_IDENTIFIER = 63
+
+
+def channel_name(schema: str, suffix: str = "") -> str:
+    """``eventsource.<schema><suffix>``, or with a digest of the schema name if that is too long.
+
+    Listeners and notifiers both call this, so they always agree on the name.
+    """
+    name = f"eventsource.{schema}{suffix}"
+    if len(name.encode("utf-8")) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:20]
+    return f"eventsource.{digest}{suffix}"
+
+
 def notify_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which appends to ``schema`` announce their partitions."""
-    return f"eventsource.{schema}"
+    return channel_name(schema)
 
 
 class Queries:

@@ -10,6 +10,7 @@ from the pool (see ``stale``), so one that the server closed while it sat idle (
 
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +21,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 __all__ = ["RawPool", "stale"]
 
-# Seconds a caller waits for a connection when every one is busy or the server is down.
+# Seconds a caller waits for a connection before checking that the server can be reached,
+# and then for a connection when every one is busy.
+QUICK = 0.25
 WAIT = 5.0
+
+# The pool logs each failed connection attempt as a warning; callers get the error itself.
+_pool_log = logging.getLogger("psycopg.pool")
+if _pool_log.level == logging.NOTSET:
+    _pool_log.setLevel(logging.ERROR)
 
 
 def stale(fileno: int) -> bool:
@@ -46,6 +54,7 @@ class RawPool:
     """Up to twice ``size`` autocommit connections to ``conninfo``, opened on demand."""
 
     def __init__(self, conninfo: str, size: int, prepare_threshold: int | None) -> None:
+        self._conninfo = conninfo
         self._pool = ConnectionPool(
             conninfo,
             min_size=0,
@@ -65,15 +74,20 @@ class RawPool:
         seconds: the server cannot be reached, or every connection stayed busy.
         """
         try:
-            conn = self._pool.getconn()
-        except PoolTimeout as exc:
-            # The pool keeps its connection errors to itself: one attempt here tells why.
-            with psycopg.connect(self._pool.conninfo, connect_timeout=2):
+            # Usually an idle connection, or a new one within a moment.
+            conn = self._pool.getconn(timeout=QUICK)
+        except PoolTimeout:
+            # The pool keeps its connection errors to itself: when the server is down, one
+            # attempt here says why at once, instead of a timeout later.
+            with psycopg.connect(self._conninfo, connect_timeout=5):
                 pass
-            raise PoolTimeout(
-                f"no free connection within {WAIT:g} s: all {self._pool.max_size}"
-                " connections of the pool are in use"
-            ) from exc
+            try:
+                conn = self._pool.getconn(timeout=WAIT)
+            except PoolTimeout as exc:
+                raise PoolTimeout(
+                    f"no free connection within {WAIT:g} s: all {self._pool.max_size}"
+                    " connections of the pool are in use"
+                ) from exc
         try:
             yield conn
         finally:

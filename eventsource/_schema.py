@@ -187,3 +187,13 @@ commands = Table(
     ),
     Index("commands_leases", "lease_until", postgresql_where=text("status = 'running'")),
 )
+
+command_keys = Table(
+    "command_keys",
+    metadata,
+    Column("ordering_key", Text, nullable=False),
+    Column("command_id", BigInteger, nullable=False),
+    Column("worker", Text, nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("ordering_key", name="command_keys_pkey"),
+)

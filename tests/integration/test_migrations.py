@@ -76,6 +76,7 @@ def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
         "projection_state",
         "projection_skips",
         "commands",
+        "command_keys",
         VERSION_TABLE,
     }
 
@@ -107,7 +108,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0004"
+    assert status.revision == status.head == head_revision() == "0005"
     assert status.partitions == 4
     assert status.up_to_date
 
