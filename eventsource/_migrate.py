@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from ._queries import Queries
+from ._queries import Queries, quote_schema
 from ._schema import VERSION_TABLE
 
 __all__ = ["SchemaStatus", "schema_status", "upgrade_schema"]
@@ -70,7 +70,32 @@ def upgrade_schema(
     stored = int(connection.exec_driver_sql(queries.partition_count).scalar_one())
     connection.execute(queries.init_partitions, {"n": stored})
     connection.commit()
+    validate_constraints(connection, schema, queries)
     return stored
+
+
+# Constraints that migrations add NOT VALID (so as not to scan a big table under an
+# exclusive lock): validated afterwards, each in a transaction of its own.
+DEFERRED_CONSTRAINTS = (("events", "events_stream_id_length"),)
+
+
+def validate_constraints(connection: Connection, schema: str, queries: Queries) -> None:
+    """Validate the constraints added NOT VALID, if not done yet.
+
+    ``VALIDATE CONSTRAINT`` takes a SHARE UPDATE EXCLUSIVE lock: appends and reads go on
+    while it scans. Under the migrations' advisory lock, so that concurrent upgrades take
+    turns; a no-op once validated.
+    """
+    for table, constraint in DEFERRED_CONSTRAINTS:
+        connection.execute(queries.migrate_lock, {"key": _lock_key(schema)})
+        pending = connection.execute(
+            queries.constraint_not_valid, {"schema": schema, "name": constraint}
+        ).scalar()
+        if pending:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {quote_schema(schema)}.{table} VALIDATE CONSTRAINT {constraint}"
+            )
+        connection.commit()
 
 
 def schema_status(connection: Connection, schema: str, queries: Queries) -> SchemaStatus:

@@ -72,6 +72,11 @@ class Queries:
             " ON CONFLICT (key) DO NOTHING"
         )
         self.partition_count = f"SELECT value FROM {s}.meta WHERE key = 'partitions'"
+        self.constraint_not_valid = text(
+            "SELECT NOT c.convalidated FROM pg_constraint c"
+            " JOIN pg_namespace n ON n.oid = c.connamespace"
+            " WHERE n.nspname = :schema AND c.conname = :name"
+        )
         self.init_partitions = text(
             f"INSERT INTO {s}.partitions (partition) SELECT generate_series(0, :n - 1)"
             " ON CONFLICT (partition) DO NOTHING"

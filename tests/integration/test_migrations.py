@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from eventsource import (
     DatabaseUnavailable,
     EventStore,
     SchemaNotReady,
+    _migrate,
     partition_for,
 )
 from eventsource._migrate import head_revision, upgrade_schema
@@ -297,3 +299,28 @@ def test_upgrade_from_0003_keeps_every_stream_where_it_was(bare_store: EventStor
         "Deposited",
     ]
     assert assert_dense(store) == 5
+
+
+def test_the_stream_id_check_is_added_without_a_scan_and_validated_after(
+    bare_store: EventStore,
+) -> None:
+    """0004 adds its CHECK NOT VALID (no scan under its exclusive lock); the upgrade then
+    validates it in a transaction of its own, with appends and reads going on."""
+    store = bare_store
+    with store.engine.connect() as conn:
+        upgrade_schema(conn, store.schema, store._queries, 4, revision="0003")
+    with store.engine.connect() as conn:
+        # Up to 0004 alone, without the step that follows the migrations.
+        cfg = _migrate._config()
+        cfg.attributes.update(
+            connection=conn, schema=store.schema, version_table=_migrate.VERSION_TABLE
+        )
+        command.upgrade(cfg, "0004")
+        conn.commit()
+    validated = (
+        "SELECT c.convalidated FROM pg_constraint c JOIN pg_namespace n"
+        " ON n.oid = c.connamespace WHERE n.nspname = :s AND c.conname = 'events_stream_id_length'"
+    )
+    assert sql(store, validated, {"s": store.schema}) == [(False,)]
+    store.upgrade()
+    assert sql(store, validated, {"s": store.schema}) == [(True,)]
