@@ -699,29 +699,31 @@ class CommandWorker:
         elsewhere, and the late finishers' acks are fenced off) and hand back the commands
         claimed behind them, whose handlers never started."""
         stuck = [t.name for t in threads]
-        if not stuck:
+        crashed = self._supervisor.failure
+        if not stuck and not (crashed and any(slot.held for slot in self._slots)):
             return
         with self._held_lock:
-            running = [
-                slot.held[slot.running]
-                for slot in self._slots
-                if slot.running is not None and slot.running in slot.held
-            ]
-            waiting = [
-                c for slot in self._slots for c in slot.held.values() if c.id != slot.running
-            ]
+            held = [c for slot in self._slots for c in slot.held.values()]
+            running = [c for c in held if c.started]  # started, not finished: still held
+            waiting = [c for c in held if not c.started]
             for slot in self._slots:
                 slot.held.clear()
             self._zombie_keys.clear()  # the process ends: those keys' leases run out
-        self._log.warning("grace period over; abandoning running handlers", slots=stuck)
+        if stuck:
+            self._log.warning("grace period over; abandoning running handlers", slots=stuck)
+        reason = (
+            f"WorkerCrashed: {type(crashed).__name__}: {crashed}"
+            if crashed is not None
+            else f"WorkerShutdown: the worker stopped before the handler finished"
+            f" (grace period {self.grace:g} s)"
+        )
         try:
             with connect(self.store.url) as conn:
                 for command in running:
                     self._record_failure(
                         conn,
                         command,
-                        "WorkerShutdown: the worker stopped before the handler finished"
-                        f" (grace period {self.grace:g} s)",
+                        reason,
                         None,
                         self._log.bind(command_id=command.id),
                         # Its thread may still run: its key is freed when its lease runs out.
