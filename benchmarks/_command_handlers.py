@@ -4,8 +4,11 @@
 
 ``BenchNoop`` does nothing (``drain``). ``BenchProbe`` records, first thing, the worker's wall
 clock when its handler started: one line ``i handler_time`` per command, appended to the file
-named by ``BENCH_COMMAND_PROBES`` (``queue_latency``). A file keeps the probe off the database
-path that is being measured (no extra statement, no transaction that would change the ack).
+named by ``BENCH_COMMAND_PROBES`` (``queue_latency``). ``BenchLink`` does nothing but record
+the wall clock when its handler started (its first act) and when it returns (its last act): one
+line ``i start end`` per command in the file named by ``BENCH_COMMAND_LINKS``
+(``ordering_latency``). A file keeps the probe off the database path that is being
+measured (no extra statement, no transaction that would change the ack).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import IO
 
 from eventsource import Command, CommandContext, handler
 
-__all__ = ["QUEUE", "BenchNoop", "BenchProbe", "noop", "probe"]
+__all__ = ["QUEUE", "BenchLink", "BenchNoop", "BenchProbe", "link", "noop", "probe"]
 
 QUEUE = "bench"
-PROBES_ENV = "BENCH_COMMAND_PROBES"
+PROBES_ENV = "BENCH_COMMAND_PROBES"  # BenchProbe: handler start times
+LINKS_ENV = "BENCH_COMMAND_LINKS"  # BenchLink: handler start and return times
 
 
 class BenchNoop(Command, name="bench.Noop", queue=QUEUE):
@@ -39,27 +43,46 @@ class BenchProbe(Command, name="bench.Probe", queue=QUEUE):
     i: int
 
 
+class BenchLink(Command, name="bench.Link", queue=QUEUE):
+    """A command whose handler records when it started and when it returned; in between it
+    sleeps ``sleep_ms`` (0: does nothing)."""
+
+    account_id: str
+    amount: int
+    i: int
+    sleep_ms: float = 0.0
+
+
 @handler(BenchNoop)
 def noop(cmd: BenchNoop, ctx: CommandContext) -> None:
     return None
 
 
 _lock = threading.Lock()
-_probes: IO[str] | None = None
+_files: dict[str, IO[str]] = {}  # env var -> its file: one per worker process, opened on first use
 
 
-def _probe_file() -> IO[str]:
-    global _probes  # noqa: PLW0603 - one file per worker process, opened on first use
-    if _probes is None:
-        path = os.environ.get(PROBES_ENV)
-        if not path:
-            raise RuntimeError(f"{PROBES_ENV} is not set: BenchProbe has nowhere to write")
-        _probes = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-    return _probes
+def _record(env: str, what: str, line: str) -> None:
+    """Append ``line`` to the file named by the environment variable ``env``."""
+    with _lock:
+        file = _files.get(env)
+        if file is None:
+            path = os.environ.get(env)
+            if not path:
+                raise RuntimeError(f"{env} is not set: {what} has nowhere to write")
+            file = _files[env] = open(path, "a", buffering=1)  # noqa: SIM115 - process-long
+        file.write(line)
 
 
 @handler(BenchProbe)
 def probe(cmd: BenchProbe, ctx: CommandContext) -> None:
     started = time.time()  # first thing: the handler has the command in hand
-    with _lock:
-        _probe_file().write(f"{cmd.i} {started!r}\n")
+    _record(PROBES_ENV, "BenchProbe", f"{cmd.i} {started!r}\n")
+
+
+@handler(BenchLink)
+def link(cmd: BenchLink, ctx: CommandContext) -> None:
+    started = time.time()  # first act: the handler has the command in hand
+    if cmd.sleep_ms:
+        time.sleep(cmd.sleep_ms / 1000)
+    _record(LINKS_ENV, "BenchLink", f"{cmd.i} {started!r} {time.time()!r}\n")  # last act

@@ -1,6 +1,7 @@
-"""The command-queue workloads of BENCHMARKS.md: enqueue, drain, queue_latency.
+"""The command-queue workloads of BENCHMARKS.md: enqueue, drain, queue_latency, ordering_latency.
 
-``drain`` and ``queue_latency`` run the worker as its own process, as in production::
+``drain``, ``queue_latency`` and ``ordering_latency`` run the worker as its own process, as in
+production::
 
     python -m eventsource worker run benchmarks._command_handlers --queue bench \\
         --concurrency C --schema bench_<hex>
@@ -20,16 +21,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from sqlalchemy import text
 
 from eventsource import CommandQueue, EventStore
 from eventsource._queries import quote_schema
 
 from . import _projections  # noqa: F401 - registered first: the order of BENCHMARKS.md
-from ._command_handlers import PROBES_ENV, QUEUE, BenchNoop, BenchProbe
+from ._command_handlers import LINKS_ENV, PROBES_ENV, QUEUE, BenchLink, BenchNoop, BenchProbe
 from ._harness import Bench, Run, fresh_store
 from ._processes import log_tail, start_cli, stop
 from ._projections import _ms, _p99
@@ -43,6 +46,13 @@ DRAIN_DEFAULT = 4  # the headline figure: `eventsource worker run`'s default con
 DRAIN_POLL = 0.005  # seconds between two counts of the commands table while draining
 LATENCY_PAUSE = 0.010  # seconds between two measured enqueues: the worker is idle for each
 LATENCY_CONCURRENCY = 4  # `eventsource worker run`'s default
+ORDERING_KEYS = 4  # ordering keys enqueued together (one transaction): a wave
+ORDERING_CHAIN = 2  # commands per key: one gap per key
+ORDERING_SLEEP_MS = 5.0  # each handler's sleep in the waves (the solo phase's handlers: none)
+ORDERING_PAUSE = 0.010  # seconds of idle worker after a wave is done, before the next
+ORDERING_POLL = 0.001  # seconds between two reads of the links file while a wave runs
+ORDERING_TIMEOUT = 30.0  # seconds for one wave to run and be acknowledged
+CLOCK_SLACK = 0.001  # seconds the database's clock may stray outside the bracket of ours
 WARMUP_COMMANDS = 20  # handled by a new worker before measuring (imports, prepared statements)
 READY_TIMEOUT = 60.0  # seconds for a worker process to connect, listen and handle the warm-up
 STOP_TIMEOUT = 15.0  # seconds for the worker to exit after SIGTERM
@@ -54,6 +64,12 @@ def _noop(run_id: str, i: int) -> BenchNoop:
 
 def _probe(run_id: str, i: int) -> BenchProbe:
     return BenchProbe(account_id=f"bench-{run_id}-{i:08d}", amount=100 + i % 900, i=i)
+
+
+def _link(run_id: str, i: int, sleep_ms: float = 0.0) -> BenchLink:
+    return BenchLink(
+        account_id=f"bench-{run_id}-{i:08d}", amount=100 + i % 900, i=i, sleep_ms=sleep_ms
+    )
 
 
 # -- the worker process ----------------------------------------------------------------------
@@ -339,3 +355,306 @@ def queue_latency(bench: Bench, n: int) -> Run:
             "pause_ms": round(LATENCY_PAUSE * 1000, 1),
         },
     )
+
+
+# -- ordering_latency ------------------------------------------------------------------------
+
+ACKS_TABLE = "bench_acks"
+
+
+def _quantile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values`` (inclusive method, as ``_p99``)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _check_clock(store: EventStore) -> float:
+    """The database's ``clock_timestamp()`` minus ours (seconds); an error unless they agree.
+
+    ``ordering_latency`` compares the server's clock (the ack) with the worker's
+    ``time.time()`` (the handler's start): valid only when both read the same wall clock, i.e.
+    the server runs on this machine. The server's reading must fall inside our bracket of the
+    round trip (give or take ``CLOCK_SLACK``).
+    """
+    best: tuple[float, float, float] | None = None
+    for _ in range(5):  # the tightest bracket of a few round trips
+        before = time.time()
+        (server,) = _rows(store, "SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+        after = time.time()
+        if best is None or after - before < best[1] - best[0]:
+            best = (before, after, float(server))
+    assert best is not None
+    before, after, server = best
+    if not before - CLOCK_SLACK <= server <= after + CLOCK_SLACK:
+        raise RuntimeError(
+            "ordering_latency needs the database server on this machine (one wall clock):"
+            f" its clock_timestamp() is {(server - (before + after) / 2) * 1000:+.3f} ms off"
+            f" ours, outside a round trip of {(after - before) * 1000:.3f} ms"
+        )
+    return server - (before + after) / 2
+
+
+def _stamp_acks(store: EventStore) -> None:
+    """Record when each command's row is deleted from the commands table (its ack).
+
+    An ``AFTER DELETE`` row trigger inserts ``(id, clock_timestamp())`` into the unlogged table
+    ``bench_acks`` of the run's schema. After-row triggers fire at the end of the deleting
+    statement, so the stamp is the ack statement's end, just before its commit.
+    """
+    schema = quote_schema(store.schema)
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE UNLOGGED TABLE {schema}.{ACKS_TABLE}"
+                " (id bigint PRIMARY KEY, acked_at timestamptz NOT NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE FUNCTION {schema}.bench_stamp_ack() RETURNS trigger LANGUAGE plpgsql"
+                f" AS $$ BEGIN INSERT INTO {schema}.{ACKS_TABLE} VALUES (OLD.id,"
+                " clock_timestamp()) ON CONFLICT (id) DO NOTHING; RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TRIGGER bench_stamp_ack AFTER DELETE ON {_table(store)}"
+                f" FOR EACH ROW EXECUTE FUNCTION {schema}.bench_stamp_ack()"
+            )
+        )
+
+
+def _acks(store: EventStore, ids: list[int]) -> dict[int, float]:
+    """Command id -> its ack stamp (epoch seconds), for those of ``ids`` that were acked."""
+    rows = _rows(
+        store,
+        f"SELECT id, extract(epoch FROM acked_at)::float8"
+        f" FROM {quote_schema(store.schema)}.{ACKS_TABLE} WHERE id = ANY(%(ids)s)",
+        {"ids": ids},
+    )
+    return {int(row[0]): float(row[1]) for row in rows}
+
+
+class _Links:
+    """The ``i start end`` lines the worker's ``BenchLink`` handlers append, read as they come."""
+
+    def __init__(self, path: Path) -> None:
+        path.touch()
+        self._file = open(path, encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._rest = ""
+        self.seen: dict[int, tuple[float, float]] = {}  # i -> (handler start, handler end)
+
+    def read(self) -> int:
+        """Take in what was written since; the number of commands seen so far."""
+        data = self._rest + self._file.read()
+        *lines, self._rest = data.split("\n")  # a line still being written stays in _rest
+        for line in lines:
+            i, start, end = line.split()
+            self.seen.setdefault(int(i), (float(start), float(end)))
+        return len(self.seen)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _run_wave(
+    store: EventStore, worker: Worker, links: _Links, *, chains: list[tuple[str, list[BenchLink]]]
+) -> list[list[int]]:
+    """Enqueue one wave of chains (one transaction: ``enqueue_many`` per key) and wait until
+    every command of it ran and was acknowledged; the ids of each chain, in order.
+
+    While the wave runs, the wait reads only the links file (no database traffic); once every
+    handler has run it polls the commands table until it is empty.
+    """
+    queue = CommandQueue(store)
+    with store.transaction() as tx:
+        ids = [queue.enqueue_many(chain, ordering_key=key, tx=tx) for key, chain in chains]
+    expected = len(links.seen) + sum(len(chain) for _, chain in chains)
+    deadline = time.monotonic() + ORDERING_TIMEOUT
+    while links.read() < expected:
+        if time.monotonic() > deadline:
+            worker.check()
+            raise RuntimeError(
+                f"ordering_latency: {expected - len(links.seen)} commands of a wave not run"
+                f" within {ORDERING_TIMEOUT}s:\n{log_tail(worker.log)}"
+            )
+        time.sleep(ORDERING_POLL)
+    _wait_empty(store, worker, deadline, what="ordering_latency")
+    return ids
+
+
+Chains = list[tuple[str, list[BenchLink]]]  # (ordering key, its commands in order)
+
+
+def _waves(run_id: str, keys: range, per_wave: int, sleep_ms: float) -> list[Chains]:
+    """``keys`` in waves of ``per_wave``; key ``k``'s commands are ``BenchLink``s numbered
+    ``k * ORDERING_CHAIN + j``."""
+    waves: list[Chains] = []
+    for first in range(keys.start, keys.stop, per_wave):
+        waves.append(
+            [
+                (
+                    f"bench-{run_id}-key-{k:08d}",
+                    [
+                        _link(run_id, k * ORDERING_CHAIN + j, sleep_ms)
+                        for j in range(ORDERING_CHAIN)
+                    ],
+                )
+                for k in range(first, min(keys.stop, first + per_wave))
+            ]
+        )
+    return waves
+
+
+@dataclass
+class _Gaps:
+    """One phase's gaps, in seconds, sorted: B's start - A's ack, B's start - A's end, and
+    A's ack - A's end, for each pair (A, B) of successive commands of one key."""
+
+    acked: list[float]
+    ended: list[float]
+    ack_delay: list[float]
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        out = {
+            "p50_ms": _ms(statistics.median(self.acked)),
+            "p90_ms": _ms(_quantile(self.acked, 90)),
+            "p99_ms": _ms(_quantile(self.acked, 99)),
+            "max_ms": _ms(self.acked[-1]),
+            "mean_ms": _ms(statistics.fmean(self.acked)),
+            "min_ms": _ms(self.acked[0]),
+            "end_p50_ms": _ms(statistics.median(self.ended)),
+            "end_p90_ms": _ms(_quantile(self.ended, 90)),
+            "end_p99_ms": _ms(_quantile(self.ended, 99)),
+            "ack_p50_ms": _ms(statistics.median(self.ack_delay)),
+            "ack_p99_ms": _ms(_quantile(self.ack_delay, 99)),
+        }
+        return {f"{prefix}{name}": value for name, value in out.items()}
+
+
+def _gaps(
+    chains: Chains,
+    ids: list[list[int]],
+    links: dict[int, tuple[float, float]],
+    acks: dict[int, float],
+) -> _Gaps:
+    """The gaps of one phase; an error if a command was not seen to run or be acked, or if a
+    command started before its predecessor returned (the ordering key did not hold)."""
+    gaps = _Gaps([], [], [])
+    missing: list[str] = []
+    overtaken: list[str] = []
+    for (key, commands), chain_ids in zip(chains, ids, strict=True):
+        for a_cmd, b_cmd, a_id in zip(commands, commands[1:], chain_ids, strict=False):
+            a, b, ack = links.get(a_cmd.i), links.get(b_cmd.i), acks.get(a_id)
+            if a is None or b is None or ack is None:
+                missing.append(key)
+                continue
+            if b[0] < a[1]:
+                overtaken.append(key)
+            gaps.acked.append(b[0] - ack)
+            gaps.ended.append(b[0] - a[1])
+            gaps.ack_delay.append(ack - a[1])
+    if missing:
+        raise RuntimeError(
+            f"ordering_latency: {len(missing)} commands without a recorded run or ack"
+            f" (a DELETE of their row): keys {missing[:3]}"
+        )
+    if overtaken:
+        raise RuntimeError(
+            f"ordering_latency: {len(overtaken)} commands started before their predecessor"
+            f" returned (the ordering key did not hold): keys {overtaken[:3]}"
+        )
+    for values in (gaps.acked, gaps.ended, gaps.ack_delay):
+        values.sort()
+    return gaps
+
+
+@workload(
+    "ordering_latency",
+    default_n=1000,
+    unit="keys",
+    description=(
+        "ack of a command -> the handler of the next command of its ordering key started, in an"
+        f" idle worker process (concurrency {LATENCY_CONCURRENCY}); N keys of {ORDERING_CHAIN}"
+        f" commands in waves of {ORDERING_KEYS} keys (handlers sleep {ORDERING_SLEEP_MS:g} ms),"
+        " p50/p90/p99; solo_*: N keys one at a time, no-op handlers"
+    ),
+)
+def ordering_latency(bench: Bench, n: int) -> Run:
+    """The gap between successive commands of one ordering key, with an idle worker process.
+
+    One worker process (as ``queue_latency``: ``eventsource worker run``, concurrency 4, ready
+    and idle), two phases of N keys each, every key a chain of ``ORDERING_CHAIN`` (2)
+    ``BenchLink`` commands enqueued by one ``enqueue_many(chain, ordering_key=key)``, so that
+    the second is pending, behind the first, before the first is claimed:
+
+    - **waves** (the headline figures): ``ORDERING_KEYS`` (4) keys per wave, enqueued in one
+      transaction; every handler sleeps ``ORDERING_SLEEP_MS`` (5 ms), as a handler doing I/O
+      would. Several keys are in flight, so this shows whether a key's next command waits
+      behind other work of the slot that ran its predecessor while other slots are idle;
+    - **solo** (``solo_*``): one key at a time, handlers that do nothing: the bare path from
+      an ack to the next claim and handler start.
+
+    After each wave (or solo key) the producer waits until every handler of it ran (it reads
+    the handlers' file, no database traffic) and the commands table is empty, then leaves the
+    worker idle for ``ORDERING_PAUSE`` (10 ms).
+
+    Timed for each pair (A, B) of successive commands of one key, all on this machine's wall
+    clock (the server's ``clock_timestamp()`` and the worker's ``time.time()``;
+    ``_check_clock`` refuses a server elsewhere):
+
+    - ``ack``: A's row deleted by the worker's ack statement, ``clock_timestamp()`` in an
+      ``AFTER DELETE`` row trigger (``_stamp_acks``): the end of that statement, before its
+      commit (the commit's WAL flush, and the trigger's one-row insert, are in the gap);
+    - ``end``: A's handler's last act, ``time.time()`` (after its sleep);
+    - ``start``: B's handler's first act, ``time.time()`` (before its sleep).
+
+    ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms``/``mean_ms``/``min_ms``: start - ack (the
+    issue's target). ``end_*``: start - end, the gap as the handlers see it (the ack's delay
+    included). ``ack_p50_ms``/``ack_p99_ms``: ack - end, how long A waited for its ack. The
+    same with ``solo_`` for the solo phase. Fails if a B started before its A returned (the
+    ordering key did not hold), if an ack was not seen (the ack is no longer a DELETE), or if
+    the worker did not run each command once. ``seconds``/``per_s`` cover both phases with
+    their waits and pauses and mean little.
+    """
+    store = bench.store
+    clock_offset = _check_clock(store)
+    _stamp_acks(store)
+    run_id = bench.run_id
+    phases = {
+        "": _waves(run_id, range(n), ORDERING_KEYS, ORDERING_SLEEP_MS),
+        "solo_": _waves(run_id, range(n, 2 * n), 1, 0.0),
+    }
+    ids: dict[str, list[list[int]]] = {name: [] for name in phases}
+    with tempfile.TemporaryDirectory(prefix="bench-ordering-") as scratch:
+        path = Path(scratch) / "links.txt"
+        with closing(_Links(path)) as links:
+            with worker_process(
+                store,
+                concurrency=LATENCY_CONCURRENCY,
+                scratch=Path(scratch),
+                env={LINKS_ENV: str(path)},
+            ) as worker:
+                with bench.timed() as timer:
+                    for name, waves in phases.items():
+                        for wave in waves:
+                            ids[name].extend(_run_wave(store, worker, links, chains=wave))
+                            time.sleep(ORDERING_PAUSE)
+                _wait_empty(store, worker, time.monotonic() + READY_TIMEOUT, what="ordering")
+            _check_processed(worker, 2 * n * ORDERING_CHAIN, "ordering_latency")
+            links.read()
+    acks = _acks(store, [i for chains in ids.values() for chain in chains for i in chain])
+    extra: dict[str, Any] = {}
+    for name, waves in phases.items():
+        chains = [chain for wave in waves for chain in wave]
+        extra.update(_gaps(chains, ids[name], links.seen, acks).figures(name))
+    extra.update(
+        {
+            "keys_per_wave": ORDERING_KEYS,
+            "chain": ORDERING_CHAIN,
+            "sleep_ms": ORDERING_SLEEP_MS,
+            "clock_offset_ms": _ms(clock_offset),
+            "concurrency": LATENCY_CONCURRENCY,
+            "pause_ms": round(ORDERING_PAUSE * 1000, 1),
+        }
+    )
+    return Run(timer.seconds, n, extra)
