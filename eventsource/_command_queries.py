@@ -96,8 +96,8 @@ class CommandQueries:
         # claims of one key exclusive whatever their snapshots saw (one waits for the other,
         # then finds the key taken and leaves the command alone). Only the first command of
         # the batch (``k`` = 1, run first) has its attempt counted here; the others' are
-        # counted as they start (``mark_started``), so that commands that never start (the
-        # worker died first) are not charged an attempt.
+        # counted by the heartbeat while they run (``extend``) or when they fail, so that
+        # commands that never start (the worker died first) are not charged an attempt.
         self.claim = (
             f"WITH ready AS (SELECT c.id, c.ordering_key, c.priority, c.run_at"
             f" FROM {s}.commands c"
@@ -127,13 +127,6 @@ class CommandQueries:
             " RETURNING t.id, t.queue, t.command_type, t.payload::text,"
             " t.attempts + (ranked.k > 1)::integer, t.max_attempts, t.lease_token,"
             " t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key, ranked.k"
-        )
-        # The start of a handler claimed behind the first of its batch: its attempt counts
-        # from now on. Sent through libpq without waiting for the reply (its own $n
-        # placeholders: id, lease token, attempt), so a handler starts without a round trip.
-        self.mark_started = (
-            f"UPDATE {s}.commands SET attempts = $3::integer"
-            " WHERE id = $1::bigint AND lease_token = $2::uuid AND status = 'running'"
         )
         fenced = (
             " FROM unnest(%(ids)b::bigint[], %(tokens)b::uuid[]) AS u(id, token)"

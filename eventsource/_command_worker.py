@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import select
 import threading
 import time
 import traceback
@@ -28,7 +27,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.pq import ConnStatus, ExecStatus
 
 from ._checks import check_name, check_seconds
 from ._command_queries import CommandQueries
@@ -44,7 +42,7 @@ __all__ = ["CommandWorker", "LeaseLost"]
 
 log = get_logger("eventsource.worker")
 
-_MARK = b"eventsource_mark_started"  # the prepared statement of ``_mark_started``
+COUNT_EVERY = 0.1  # seconds between two looks for handlers that started (their attempts)
 ERROR_LIMIT = 4000  # characters of error text kept per command
 TRACEBACK_LIMIT = 20000
 
@@ -70,6 +68,7 @@ class _Claimed:
     timeout: float | None = None  # seconds this attempt may run
     deadline: float | None = None  # monotonic time after which the attempt has timed out
     started: bool = False  # its handler has started
+    counted: bool = False  # its attempt is counted in the table
     timed_out: bool = False  # failed by the heartbeat while its handler still runs
 
 
@@ -331,6 +330,8 @@ class CommandWorker:
             },
         )
         claimed = sorted((_Claimed(*row) for row in rows), key=lambda c: c.rank)
+        if claimed:
+            claimed[0].counted = True  # by the claim
         with self._held_lock:
             for command in claimed:
                 slot.held[command.id] = command
@@ -350,10 +351,9 @@ class CommandWorker:
                     break
                 started = time.monotonic()
                 slot.running = command.id
-                marked = command.rank > 1 and self._mark_started(conn, command)
                 command.started = True
                 try:
-                    if self._run_one(conn, slot, command, marked):
+                    if self._run_one(conn, slot, command):
                         acks.append(command)
                 finally:
                     slot.running = None
@@ -371,44 +371,7 @@ class CommandWorker:
                 self._ack(conn, slot, acks)
             slot.busy = False
 
-    def _mark_started(self, conn: psycopg.Connection[Any], command: _Claimed) -> bool:
-        """Count the attempt of ``command`` as its handler starts, without waiting for the
-        server: the statement goes out now and its reply is read after the handler
-        (``_settle``). A claim counts only the first command of its batch itself."""
-        pgconn = conn.pgconn
-        params = [
-            str(command.id).encode(),
-            str(command.token).encode(),
-            str(command.attempt).encode(),
-        ]
-        if self.store._prepare_threshold is None:  # no named statements (PgBouncer)
-            pgconn.send_query_params(self._sql.mark_started.encode(), params)
-        else:
-            if not getattr(conn, "_eventsource_mark", False):
-                result = pgconn.prepare(_MARK, self._sql.mark_started.encode())
-                if result.status != ExecStatus.COMMAND_OK:
-                    raise psycopg.OperationalError(result.get_error_message())
-                conn._eventsource_mark = True  # type: ignore[attr-defined]
-            pgconn.send_query_prepared(_MARK, params)
-        while pgconn.flush() != 0:  # a long buffer: send the rest (rare)
-            select.select([], [pgconn.socket], [], 1.0)
-        return True
-
-    def _settle(self, conn: psycopg.Connection[Any]) -> None:
-        """Read the reply of ``_mark_started`` before the connection's next statement."""
-        pgconn = conn.pgconn
-        error = None
-        while (result := pgconn.get_result()) is not None:
-            if result.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK):
-                error = result.get_error_message()
-        if error is not None:
-            raise psycopg.OperationalError(f"counting an attempt failed: {error}")
-        if pgconn.status != ConnStatus.OK:
-            raise psycopg.OperationalError("the connection was lost while a handler ran")
-
-    def _run_one(
-        self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed, marked: bool
-    ) -> bool:
+    def _run_one(self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed) -> bool:
         """Run one attempt; True when it succeeded without a transaction (ack it in a batch)."""
         spec = self.handlers[command.command_type]
         timeout = spec.timeout if spec.timeout is not None else self.default_timeout
@@ -461,15 +424,11 @@ class CommandWorker:
                             " before the handler finished; its writes were rolled back"
                         )
         except LeaseLost as exc:
-            if marked:
-                self._settle(conn)
             bound.warning("lease lost; result dropped", error=str(exc))
             self._forget(slot, command)
             self._free_zombie_key(conn, command)
             return False
         except Exception as exc:
-            if marked:
-                self._settle(conn)
             if command.timed_out:
                 bound.warning(
                     "handler returned after its timeout; result dropped",
@@ -480,8 +439,6 @@ class CommandWorker:
                 return False
             self._failed(conn, slot, command, exc, bound)
             return False
-        if marked:
-            self._settle(conn)
         if ctx._tx is not None:
             self._forget(slot, command)
             self._count(1)
@@ -604,11 +561,17 @@ class CommandWorker:
         interval = max(0.1, self.lease / 4)
         beats = 0
         backoff = Backoff()
+        next_beat = 0.0
         while True:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.store.url)
-                self._beat(conn, check_unhandled=beats % 20 == 0)
+                if time.monotonic() >= next_beat or self._stop.is_set():
+                    self._beat(conn, check_unhandled=beats % 20 == 0)
+                    next_beat = time.monotonic() + interval
+                    beats += 1
+                else:
+                    self._count_started(conn)
                 backoff.reset()
             except psycopg.Error as exc:
                 if backoff.failures == 0:
@@ -618,9 +581,9 @@ class CommandWorker:
                     with suppress(psycopg.Error):
                         conn.close()
                 conn = None
-            beats += 1
             if not self._stop.is_set():
-                self._stop.wait(interval if backoff.failures == 0 else min(interval, 1.0))
+                # Between beats, count the attempts of handlers that started meanwhile.
+                self._stop.wait(COUNT_EVERY if backoff.failures == 0 else 1.0)
             elif any(slot.held for slot in self._slots) or self._zombie_keys:
                 time.sleep(interval)  # shutting down: keep the running handlers' leases
             else:
@@ -628,6 +591,28 @@ class CommandWorker:
         if conn is not None:
             with suppress(psycopg.Error):
                 conn.close()
+
+    def _count_started(self, conn: psycopg.Connection[Any]) -> None:
+        """Count the attempts of the handlers that started since the last look.
+
+        The claim counts the first command of its batch; the others are counted here (every
+        ``COUNT_EVERY`` seconds, one statement for all of them, nothing when none started),
+        so that a command that never started is never charged an attempt, at no cost per
+        command. A worker killed within that moment of a handler's start leaves its attempt
+        uncounted: the command runs again under the same attempt number (delivery is at
+        least once either way).
+        """
+        with self._held_lock:
+            fresh = [
+                c for slot in self._slots for c in slot.held.values() if c.started and not c.counted
+            ]
+        if not fresh:
+            return
+        rows = _fetch(conn, self._sql.extend, {**_held_params(fresh), "lease": self.lease})
+        counted = {int(row[0]) for row in rows}
+        for command in fresh:
+            if command.id in counted:
+                command.counted = True
 
     def _beat(self, conn: psycopg.Connection[Any], *, check_unhandled: bool) -> None:
         now = time.monotonic()
@@ -656,8 +641,11 @@ class CommandWorker:
         if live:
             params = _held_params(live)
             rows = _fetch(conn, self._sql.extend, {**params, "lease": self.lease})
+            kept = {int(row[0]) for row in rows}
+            for command in live:
+                if command.started and command.id in kept:
+                    command.counted = True
             if len(rows) < len(live):
-                kept = {int(row[0]) for row in rows}
                 lost = [c.id for c in live if c.id not in kept]
                 # Acked in the meantime, being acked right now, or reclaimed after the lease
                 # ran out.

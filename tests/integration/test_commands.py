@@ -1238,6 +1238,39 @@ def test_stop_releases_claimed_commands_that_have_not_started(
     assert all(c.attempt == 1 for c in probe.calls)
 
 
+def test_an_attempt_counts_once_its_handler_starts_not_when_claimed(
+    store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """In a claimed batch, a command's attempt is counted when its handler starts (within a
+    moment), and those still waiting behind it are not charged."""
+    started, go = threading.Event(), threading.Event()
+
+    def block_second(cmd: Job, ctx: CommandContext) -> None:
+        if cmd.n == 1:
+            started.set()
+            assert go.wait(10)
+
+    probe = probes(block_second)
+    queue = CommandQueue(store)
+    worker = make_worker(store, concurrency=1)
+    with running(worker):
+        queue.enqueue(probe.job(n=-1))  # a timed handler: the slot then claims in batches
+        wait_until(lambda: probe.ns == [-1], "the warm-up command")
+        ids = queue.enqueue_many([probe.job(n=n) for n in range(4)])
+        assert started.wait(10)
+        # n=1 runs, n=2 and n=3 wait (n=0 is done; its ack may still be on its way).
+        assert count(store, "id = ANY(:ids) AND status = 'running'", {"ids": ids[1:]}) == 3
+        wait_until(
+            lambda: count(store, "id = :id AND attempts = 1", {"id": ids[1]}) == 1,
+            "the attempt of the started command to be counted",
+        )
+        assert count(store, "id = ANY(:ids) AND attempts = 0", {"ids": ids[2:]}) == 2
+        go.set()
+    drain(store)
+    assert sorted(probe.ns) == [-1, 0, 1, 2, 3]
+    assert all(c.attempt == 1 for c in probe.calls)
+
+
 def test_a_handler_still_running_after_the_grace_period_is_failed_for_retry(
     store: EventStore, probes: Callable[..., Probe]
 ) -> None:
