@@ -36,7 +36,7 @@ from ._errors import EventSourceError
 from ._logging import get_logger
 from ._loop import close_thread_loop, run_on_thread_loop
 from ._runtime import Backoff, Listener, Supervisor, connect, default_worker_id, is_outage
-from ._store import EventStore, _driver, _fetch
+from ._store import EventStore, Transaction, _driver, _fetch
 
 __all__ = ["CommandWorker", "LeaseLost"]
 
@@ -395,7 +395,7 @@ class CommandWorker:
                     command.correlation_id,
                     self.worker_id,
                     bound,
-                    lambda: stack.enter_context(self.store.transaction()),
+                    lambda: self._handler_tx(stack),
                 )
                 stack.callback(ctx._end)  # runs last: no transaction opens after the attempt
                 with correlation(
@@ -446,6 +446,20 @@ class CommandWorker:
             bound.debug("command done")
             return False
         return True
+
+    def _handler_tx(self, stack: ExitStack) -> Transaction:
+        """A handler's ``ctx.tx``: a store transaction that may not sit idle past a lease.
+
+        A worker frozen while its handler holds locks through ``ctx.tx`` (SIGSTOP, a paused
+        VM) keeps its TCP connection alive; the server ends the session instead.
+        """
+        tx = stack.enter_context(self.store.transaction())
+        _fetch(
+            _driver(tx.connection),
+            "SELECT set_config('idle_in_transaction_session_timeout', %(ms)s, true)",
+            {"ms": self._idle_ms},
+        )
+        return tx
 
     def _free_zombie_key(self, conn: psycopg.Connection[Any], command: _Claimed) -> None:
         """A handler that ran past its timeout has returned: its key is free again."""
