@@ -21,10 +21,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 __all__ = ["RawPool", "stale"]
 
-# Seconds a caller waits for a connection before checking that the server can be reached,
-# and then for a connection when every one is busy.
+# Seconds a caller waits for a pooled connection before opening one of its own.
 QUICK = 0.25
-WAIT = 5.0
 
 # The pool logs each failed connection attempt as a warning; callers get the error itself.
 _pool_log = logging.getLogger("psycopg.pool")
@@ -55,13 +53,14 @@ class RawPool:
 
     def __init__(self, conninfo: str, size: int, prepare_threshold: int | None) -> None:
         self._conninfo = conninfo
+        self._prepare_threshold = prepare_threshold
         self._pool = ConnectionPool(
             conninfo,
             min_size=0,
             max_size=max(1, 2 * size),  # as many as the engine: pool_size + max_overflow
             kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
             check=_check,
-            timeout=WAIT,
+            timeout=QUICK,
             open=True,
             name="eventsource-raw",
         )
@@ -70,24 +69,20 @@ class RawPool:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection for the block; errors pass through.
 
-        ``PoolTimeout`` (an ``OperationalError``) when none could be had within ``WAIT``
-        seconds: the server cannot be reached, or every connection stayed busy.
+        Usually an idle pooled connection, or a new one within a moment. When the pool has
+        none to give at once (every connection busy, or its own reconnection attempts backing
+        off after an outage), the block gets a connection of its own, closed afterwards: a
+        caller never waits for the pool's schedule, and when the server is down, the
+        connection error is raised at once.
         """
         try:
-            # Usually an idle connection, or a new one within a moment.
             conn = self._pool.getconn(timeout=QUICK)
         except PoolTimeout:
-            # The pool keeps its connection errors to itself: when the server is down, one
-            # attempt here says why at once, instead of a timeout later.
-            with psycopg.connect(self._conninfo, connect_timeout=5):
-                pass
-            try:
-                conn = self._pool.getconn(timeout=WAIT)
-            except PoolTimeout as exc:
-                raise PoolTimeout(
-                    f"no free connection within {WAIT:g} s: all {self._pool.max_size}"
-                    " connections of the pool are in use"
-                ) from exc
+            with psycopg.connect(
+                self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold
+            ) as own:
+                yield own
+            return
         try:
             yield conn
         finally:

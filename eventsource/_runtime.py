@@ -56,7 +56,7 @@ def default_worker_id() -> str:
 class Backoff:
     """Delays that double from ``base`` up to ``cap``, each drawn in [0.5, 1] of its ceiling."""
 
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(self, base: float = 0.1, cap: float = 2.0) -> None:
         self.base = base
         self.cap = cap
         self.failures = 0
