@@ -28,7 +28,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from ._checks import check_int, check_name
 from ._events import Event
+from ._schema import MAX_STREAM_ID_LENGTH
 
 __all__ = ["Aggregate"]
 
@@ -52,9 +54,7 @@ class Aggregate:
     _mutable_cache: ClassVar[list[tuple[str, Any]] | None] = None
 
     def __init__(self, id: str, /) -> None:
-        if not isinstance(id, str):
-            raise TypeError(f"aggregate id must be a str, got {type(id).__name__}: {id!r}")
-        self._id = id
+        self._id = check_name(id, "aggregate id", max_length=MAX_STREAM_ID_LENGTH, blank=True)
         self._version = 0
         self._pending: list[Event] = []
         # Each instance gets its own copy of mutable defaults (a list default is not shared).
@@ -65,8 +65,10 @@ class Aggregate:
         cls, *, name: str | None = None, snapshot_version: int = 1, **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
-        cls.aggregate_type = name if name is not None else cls.__name__
-        cls.snapshot_version = snapshot_version
+        cls.aggregate_type = check_name(
+            name if name is not None else cls.__name__, "aggregate type name"
+        )
+        cls.snapshot_version = check_int(snapshot_version, "snapshot_version", low=1)
         cls._state_model = None
 
     @property

@@ -33,6 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._async_store import AsyncEventStore, AsyncTransaction
 from ._async_store import _fetch as _afetch
+from ._checks import (
+    BIGINT_MAX,
+    INT_MAX,
+    INT_MIN,
+    check_json_depth,
+    check_name,
+    check_seconds,
+    object_depth,
+    too_deep,
+)
 from ._context import current_correlation
 from ._core import _json_text
 from ._errors import CommandNotFound, EventSourceError, UnknownCommandType
@@ -57,8 +67,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_ATTEMPTS_LIMIT = 1000
-MAX_NAME_LENGTH = 200
-MAX_KEY_LENGTH = 500
+MAX_KEY_LENGTH = 500  # dedupe and ordering keys (names: MAX_NAME_LENGTH of _checks)
+MAX_HANDLER_TIMEOUT = 86400.0  # a day: an attempt that runs longer is not supervised any more
+# Delays and ages: a century is beyond any schedule and well within PostgreSQL's timestamps.
+MAX_DELAY = 100 * 365.25 * 86400
 STATUSES = ("pending", "running", "dead")
 
 _registry: dict[str, type[Command]] = {}
@@ -150,9 +162,12 @@ def handler(command: type[C], *, timeout: float | None = None) -> Callable[[F], 
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_HANDLER_TIMEOUT
     ):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise ValueError(
+            f"timeout must be a positive number of seconds, at most {MAX_HANDLER_TIMEOUT:g},"
+            f" got {timeout!r}"
+        )
 
     def register(fn: F) -> F:
         if not callable(fn):
@@ -239,29 +254,20 @@ class CommandContext:
 # -- input checks --------------------------------------------------------------------------
 
 
-def check_name(value: object, what: str) -> str:
-    """Queue and type names: non-empty text of at most 200 characters, without NUL."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
-    if not value.strip():
-        raise ValueError(f"{what} must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters: {value[:40]!r}…")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain a NUL character: {value!r}")
-    return value
+# Queue and type names are checked by ``check_name`` (eventsource._checks): non-empty UTF-8
+# text of at most 200 characters, without NUL.
 
 
 def _check_key(value: object, what: str) -> str | None:
+    """A dedupe or ordering key: ``None``, or UTF-8 text of 1 to 500 characters without NUL."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str or None, got {type(value).__name__}: {value!r}")
-    if not value or len(value) > MAX_KEY_LENGTH:
-        raise ValueError(f"{what} must be 1 to {MAX_KEY_LENGTH} characters, got {value[:40]!r}")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain a NUL character: {value!r}")
-    return value
+    return check_name(value, what, max_length=MAX_KEY_LENGTH, blank=True)
+
+
+def _check_queue(value: object) -> str | None:
+    """A queue to filter on: ``None`` (every queue) or a queue name."""
+    return None if value is None else check_name(value, "queue name")
 
 
 def check_max_attempts(value: object) -> int:
@@ -277,20 +283,23 @@ def check_max_attempts(value: object) -> int:
 
 
 def _check_priority(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+    if isinstance(value, bool) or not isinstance(value, int) or not INT_MIN <= value <= INT_MAX:
         raise ValueError(f"priority must be a 32-bit int (higher runs first), got {value!r}")
     return value
 
 
 def seconds(value: object, what: str) -> float:
-    """A non-negative duration given as seconds or a ``timedelta``."""
+    """A duration of 0 to ``MAX_DELAY`` (100 years), given as seconds or a ``timedelta``.
+
+    ``TypeError`` for another type; ``ValueError`` for a negative, non-finite or larger value.
+    """
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be seconds (a number) or a timedelta, got {value!r}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
-    return float(value)
+    return check_seconds(value, what, high=MAX_DELAY)
 
 
 def _check_run_at(run_at: object) -> datetime | None:
@@ -310,11 +319,15 @@ def _encode(command: object) -> tuple[str, str]:
     cls = type(command)
     if _registry.get(cls.command_type) is not cls:
         raise UnknownCommandType(cls.command_type or cls.__qualname__)
+    what = f"command {cls.command_type}"
     try:
         payload = command.model_dump_json()
     except PydanticSerializationError as exc:
-        raise ValueError(f"command {cls.command_type} cannot be encoded as JSON: {exc}") from None
-    return cls.command_type, _json_text(payload, f"command {cls.command_type}")
+        if "depth exceeded" in str(exc):  # pydantic's serializer stops at 255 levels
+            raise ValueError(too_deep(what, object_depth(command))) from None
+        raise ValueError(f"{what} cannot be encoded as JSON: {exc}") from None
+    # The worker decodes payloads with pydantic: refuse what it could not decode.
+    return cls.command_type, check_json_depth(_json_text(payload, what), what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,8 +436,8 @@ def _statuses(statuses: Sequence[str]) -> list[str]:
 
 
 def _limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= BIGINT_MAX:
+        raise ValueError(f"limit must be an int from 1 to {BIGINT_MAX}, got {limit!r}")
     return limit
 
 
@@ -563,7 +576,11 @@ class CommandQueue(_QueueCore):
         limit: int = 100,
     ) -> Infos:
         """Commands in these states, oldest first (pending and running by default)."""
-        params = {"statuses": _statuses(statuses), "queue": queue, "limit": _limit(limit)}
+        params = {
+            "statuses": _statuses(statuses),
+            "queue": _check_queue(queue),
+            "limit": _limit(limit),
+        }
         return [CommandInfo(*row) for row in self._run(self._sql.list, params)]
 
     def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
@@ -585,7 +602,7 @@ class CommandQueue(_QueueCore):
 
     def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
-        params = {"older_than": seconds(older_than, "older_than"), "queue": queue}
+        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
         return len(self._run(self._sql.purge, params))
 
     def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
@@ -599,8 +616,8 @@ class CommandQueue(_QueueCore):
 
 
 def _command_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"a command id is an int >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BIGINT_MAX:
+        raise ValueError(f"a command id is an int from 1 to {BIGINT_MAX}, got {value!r}")
     return value
 
 
@@ -692,7 +709,11 @@ class AsyncCommandQueue(_QueueCore):
         limit: int = 100,
     ) -> Infos:
         """Commands in these states, oldest first."""
-        params = {"statuses": _statuses(statuses), "queue": queue, "limit": _limit(limit)}
+        params = {
+            "statuses": _statuses(statuses),
+            "queue": _check_queue(queue),
+            "limit": _limit(limit),
+        }
         return [CommandInfo(*row) for row in await self._run(self._sql.list, params)]
 
     async def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
@@ -714,7 +735,7 @@ class AsyncCommandQueue(_QueueCore):
 
     async def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
-        params = {"older_than": seconds(older_than, "older_than"), "queue": queue}
+        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
         return len(await self._run(self._sql.purge, params))
 
     async def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:

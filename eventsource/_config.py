@@ -1,13 +1,21 @@
-"""Configuration from the environment (``EVENTSOURCE_*``) and command-line flags."""
+"""Configuration from the environment (``EVENTSOURCE_*``) and command-line flags.
+
+A bad setting is a ``ValueError`` naming where it came from: the environment variable
+(``EVENTSOURCE_POOL_SIZE: must be greater than or equal to 1, got '0'``), or the keyword
+argument when ``Settings`` is given one.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._checks import check_database_url
+from ._queries import quote_schema
 
 __all__ = ["Settings"]
 
@@ -40,13 +48,59 @@ class Settings(BaseSettings):
     )
     pool_size: int = Field(default=10, ge=1, le=200)
     prepared_statements: bool = True
-    command_lease: float = Field(default=10.0, ge=0.5, le=3600)
-    command_backoff_base: float = Field(default=1.0, ge=0, le=3600)
-    command_backoff_max: float = Field(default=300.0, ge=0, le=86400)
+    command_lease: float = Field(default=10.0, ge=0.5, le=3600, allow_inf_nan=False)
+    command_backoff_base: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+    command_backoff_max: float = Field(default=300.0, ge=0, le=86400, allow_inf_nan=False)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ValueError(_describe(exc, values)) from None
 
     @field_validator("database_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
-        return value or None
+        return check_database_url(value) if value else None
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema_name(cls, value: str) -> str:
+        quote_schema(value)
+        return value
+
+
+def _source(field: str, given: dict[str, Any]) -> str:
+    """Where a setting came from: its keyword argument if given one, else its variable."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    names = {field, alias} if isinstance(alias, str) else {field}
+    if names & set(given):
+        return field
+    if isinstance(alias, str):
+        return alias
+    return f"EVENTSOURCE_{field.upper()}"
+
+
+def _describe(exc: ValidationError, given: dict[str, Any]) -> str:
+    """One line for the first bad setting: ``NAME: problem, got 'value'``."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else "settings"
+    by_alias = {
+        info.validation_alias: name
+        for name, info in Settings.model_fields.items()
+        if isinstance(info.validation_alias, str)
+    }
+    field = by_alias.get(field, field)
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    message = message.replace("Input should be", "must be", 1)
+    shown = first.get("input")
+    if field == "database_url" or isinstance(shown, dict) or repr(shown) in message:
+        return f"{_source(field, given)}: {message}"  # (a URL may hold a password)
+    return f"{_source(field, given)}: {message}, got {shown!r}"

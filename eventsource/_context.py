@@ -11,7 +11,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ._checks import check_name
+
 __all__ = ["correlation", "current_correlation"]
+
+MAX_ID_LENGTH = 500
 
 _correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "eventsource_correlation_id", default=None
@@ -25,12 +29,18 @@ _causation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def correlation(
     correlation_id: str | None = None, causation_id: str | None = None
 ) -> Iterator[None]:
-    """Within this block, appended events carry these ids in their metadata (unless given)."""
+    """Within this block, appended events carry these ids in their metadata (unless given).
+
+    Ids are given as text (other values, e.g. UUIDs, are turned into text) of 1 to
+    ``MAX_ID_LENGTH`` characters: a bad id is a ``ValueError`` here, not a failed append later.
+    """
     tokens = []
     if correlation_id is not None:
-        tokens.append((_correlation_id, _correlation_id.set(str(correlation_id))))
+        value = check_name(str(correlation_id), "correlation_id", max_length=MAX_ID_LENGTH)
+        tokens.append((_correlation_id, _correlation_id.set(value)))
     if causation_id is not None:
-        tokens.append((_causation_id, _causation_id.set(str(causation_id))))
+        value = check_name(str(causation_id), "causation_id", max_length=MAX_ID_LENGTH)
+        tokens.append((_causation_id, _causation_id.set(value)))
     try:
         yield
     finally:
@@ -48,6 +58,11 @@ def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
     ``None`` when there is none at all (stored as ``{}``).
     """
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"metadata must be a mapping (a dict) or None, got {type(metadata).__name__}:"
+            f" {metadata!r}"
+        )
     correlation_id, causation_id = _correlation_id.get(), _causation_id.get()
     if not metadata and correlation_id is None and causation_id is None:
         return None

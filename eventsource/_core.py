@@ -20,10 +20,17 @@ from uuid import UUID
 
 import psycopg.conninfo
 import psycopg.errors
-from pydantic_core import PydanticSerializationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
+from ._checks import (
+    BIGINT_MAX,
+    check_int,
+    check_json_depth,
+    check_name,
+    object_depth,
+    too_deep,
+)
 from ._context import with_context
 from ._errors import (
     ConcurrencyError,
@@ -32,7 +39,7 @@ from ._errors import (
     EventSourceError,
     SchemaNotReady,
 )
-from ._events import Event, decode_event, encode_event, is_registered
+from ._events import Event, EventDecodeError, decode_event, encode_event, is_registered
 from ._queries import Queries
 from ._schema import MAX_STREAM_ID_LENGTH
 
@@ -190,11 +197,18 @@ class RecordedEvent:
 
     @property
     def event(self) -> Event:
-        """The decoded (and upcast) event; ``UnknownEventType`` if its class is not loaded."""
+        """The decoded (and upcast) event; ``UnknownEventType`` if its class is not loaded.
+
+        ``EventDecodeError`` (naming the type, stream and version) if the stored payload does
+        not fit its class, ``UpcastError`` if it cannot be upgraded to it.
+        """
         if self._event is None:
-            self._event = decode_event(
-                self.event_type, self.schema_version, self._data, self._event_id
-            )
+            try:
+                self._event = decode_event(
+                    self.event_type, self.schema_version, self._data, self._event_id
+                )
+            except EventDecodeError as exc:
+                raise exc.at(self.stream_id, self.stream_version) from exc.__cause__
         return self._event
 
     @property
@@ -241,38 +255,44 @@ def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[Reco
     with paused_gc():
         result = [RecordedEvent(*row) for row in rows]
         if decode:
-            for record in result:
-                if is_registered(record.event_type):
-                    record._event = decode_event(
-                        record.event_type, record.schema_version, record._data, record._event_id
-                    )
+            try:
+                for record in result:
+                    if is_registered(record.event_type):
+                        record._event = decode_event(
+                            record.event_type,
+                            record.schema_version,
+                            record._data,
+                            record._event_id,
+                        )
+            except EventDecodeError as exc:
+                raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
         return result
 
 
-def check_stream_id(stream_id: object) -> str:
-    """Stream ids are non-empty text of at most 500 characters, without NUL."""
-    if not isinstance(stream_id, str):
-        raise TypeError(f"stream id must be a str, got {type(stream_id).__name__}: {stream_id!r}")
-    if not stream_id:
-        raise ValueError("stream id must not be empty")
-    if len(stream_id) > MAX_STREAM_ID_LENGTH:
-        raise ValueError(
-            f"stream id is {len(stream_id)} characters long, over the limit of"
-            f" {MAX_STREAM_ID_LENGTH}: {stream_id[:40]!r}…"
-        )
-    if "\x00" in stream_id:
-        raise ValueError(f"stream id must not contain a NUL character: {stream_id!r}")
-    return stream_id
+def check_stream_id(stream_id: object, what: str = "stream id") -> str:
+    """Stream ids (and partition keys) are UTF-8 text of 1 to 500 characters, without NUL."""
+    return check_name(stream_id, what, max_length=MAX_STREAM_ID_LENGTH, blank=True)
 
 
 def check_expected(expected: int | ExpectedVersion) -> int:
+    """``expected_version``: a version from 0 to the bigint maximum, ``NO_STREAM`` or ``ANY``."""
     if isinstance(expected, ExpectedVersion):
         return expected.value
-    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+    if (
+        isinstance(expected, bool)
+        or not isinstance(expected, int)
+        or not 0 <= expected <= BIGINT_MAX
+    ):
         raise ValueError(
-            f"expected_version must be an int >= 0, NO_STREAM or ANY, got {expected!r}"
+            f"expected_version must be an int from 0 to {BIGINT_MAX}, NO_STREAM or ANY,"
+            f" got {expected!r}"
         )
     return expected
+
+
+def check_version(version: object, what: str = "after_version") -> int:
+    """A stream version to read after: an int from 0 to the bigint maximum."""
+    return check_int(version, what, low=0, high=BIGINT_MAX)
 
 
 def check_partitions(partitions: object) -> int:
@@ -301,13 +321,11 @@ def check_partition(partition: object, partitions: int) -> int:
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def check_range(after: object, limit: object) -> None:
-    """``read_partition`` paging arguments: ints >= 0."""
-    for name, value, low in (("after", after, 0), ("limit", limit, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+def check_range(after: object, limit: object, *, limit_name: str = "limit") -> None:
+    """Paging arguments (``after`` and ``limit``, or ``batch``): ints from 0 to the bigint
+    maximum, named ``after`` and ``limit_name`` in errors."""
+    check_int(after, "after", low=0, high=BIGINT_MAX)
+    check_int(limit, limit_name, low=0, high=BIGINT_MAX)
 
 
 def _json_text(value: str, what: str) -> str:
@@ -324,10 +342,34 @@ def _json_text(value: str, what: str) -> str:
 
 
 def _encode(event: Event) -> str:
+    """The stored payload of an event: JSON that jsonb accepts and reads can decode."""
+    return _json_text(encode_event(event), f"event {event.event_type}")
+
+
+def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
+    """The stored metadata of an append (the context's ids added): JSON that reads can decode.
+
+    ``TypeError`` for values JSON cannot hold; ``ValueError`` for NaN, NUL, lone surrogates
+    and metadata nested deeper than reads can decode.
+    """
+    meta = with_context(metadata)
+    if meta is None:
+        return "{}"
     try:
-        return _json_text(encode_event(event), f"event {event.event_type}")
-    except PydanticSerializationError as exc:
-        raise ValueError(f"event {event.event_type} cannot be encoded as JSON: {exc}") from None
+        text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError(too_deep("metadata", object_depth(meta))) from None
+    except TypeError as exc:
+        raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
+    except ValueError as exc:
+        if "Circular reference" in str(exc):
+            raise ValueError(too_deep("metadata", None)) from None
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    try:
+        _json_text(text, "metadata")
+    except ValueError as exc:
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    return check_json_depth(text, "metadata")
 
 
 @dataclass
@@ -374,18 +416,8 @@ class StagedAppends:
             if not isinstance(event, Event):
                 raise TypeError(f"append takes Event instances, got {type(event).__name__}")
         if partition_key is not None:
-            check_stream_id(partition_key)
-        meta = with_context(metadata)
-        try:
-            meta_text = (
-                "{}"
-                if meta is None
-                else _json_text(json.dumps(meta, ensure_ascii=False, allow_nan=False), "metadata")
-            )
-        except TypeError as exc:
-            raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+            check_stream_id(partition_key, "partition_key")
+        meta_text = encode_metadata(metadata)
         data = [_encode(event) for event in events]
         pending = PendingAppend(stream_id, len(events))
         staged = self._streams.get(stream_id)

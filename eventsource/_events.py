@@ -20,12 +20,30 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 from uuid_utils.compat import uuid7
 
+from ._checks import (
+    INT_MAX,
+    MAX_JSON_DEPTH,
+    check_int,
+    check_json_depth,
+    check_name,
+    object_depth,
+    too_deep,
+)
 from ._errors import EventSourceError, UnknownEventType
 
-__all__ = ["Event", "UpcastError", "decode_event", "event_class", "upcaster"]
+__all__ = [
+    "Event",
+    "EventDecodeError",
+    "UpcastError",
+    "decode_event",
+    "encode_event",
+    "event_class",
+    "upcaster",
+]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 E = TypeVar("E", bound="Event")
@@ -36,6 +54,43 @@ _upcasters: dict[tuple[str, int], Upcaster] = {}
 
 class UpcastError(EventSourceError):
     """A stored event cannot be upgraded to the current schema version of its class."""
+
+
+class EventDecodeError(EventSourceError):
+    """A stored event's payload does not decode into its class (it no longer fits the model).
+
+    ``event_type`` and ``schema_version`` name the stored event; ``stream_id`` and
+    ``stream_version`` say where it is, when known.
+    """
+
+    def __init__(
+        self,
+        event_type: str,
+        schema_version: int,
+        detail: str,
+        stream_id: str | None = None,
+        stream_version: int | None = None,
+    ) -> None:
+        self.event_type = event_type
+        self.schema_version = schema_version
+        self.detail = detail
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        where = ""
+        if stream_id is not None:
+            where = f" of stream {stream_id!r}"
+            if stream_version is not None:
+                where += f" at version {stream_version}"
+        super().__init__(
+            f"stored event {event_type!r} (schema version {schema_version}){where} cannot be"
+            f" decoded: {detail}"
+        )
+
+    def at(self, stream_id: str, stream_version: int) -> EventDecodeError:
+        """The same error, naming the stream and version of the stored event."""
+        return EventDecodeError(
+            self.event_type, self.schema_version, self.detail, stream_id, stream_version
+        )
 
 
 class Event(BaseModel):
@@ -67,10 +122,12 @@ class Event(BaseModel):
         if abstract:
             return
         type_name = name if name is not None else cls.__name__
-        if not isinstance(type_name, str) or not type_name.strip():
+        if not isinstance(type_name, str):
             raise ValueError(f"event type name must be a non-empty string, got {type_name!r}")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        check_name(type_name, "event type name")
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ValueError(f"event schema version must be an int >= 1, got {version!r}")
+        check_int(version, "event schema version", low=1, high=INT_MAX)
         existing = _registry.get(type_name)
         if existing is not None and not _same_definition(existing, cls):
             raise TypeError(
@@ -103,9 +160,17 @@ def is_registered(event_type: str) -> bool:
 
 def upcaster(event: type[Event] | str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
     """Register a function that turns a payload of ``from_version`` into ``from_version + 1``."""
-    type_name = event if isinstance(event, str) else event.event_type
+    if isinstance(event, str):
+        type_name = check_name(event, "event type name")
+    elif isinstance(event, type) and issubclass(event, Event) and event.event_type:
+        type_name = event.event_type
+    else:
+        raise TypeError(f"@upcaster takes a registered Event class or type name, got {event!r}")
+    check_int(from_version, "from_version", low=1, high=INT_MAX - 1)
 
     def register(fn: Upcaster) -> Upcaster:
+        if not callable(fn):
+            raise TypeError(f"@upcaster decorates a function, got {fn!r}")
         key = (type_name, from_version)
         if key in _upcasters and _upcasters[key] is not fn:
             raise TypeError(f"an upcaster for {type_name!r} v{from_version} is already registered")
@@ -116,25 +181,59 @@ def upcaster(event: type[Event] | str, *, from_version: int) -> Callable[[Upcast
 
 
 def encode_event(event: Event) -> str:
-    """The stored JSON payload of an event (its fields, without the event id)."""
-    return event.model_dump_json(exclude={"event_id"})
+    """The stored JSON payload of an event (its fields, without the event id).
+
+    ``ValueError`` naming the event type for a payload that reads could not decode (nested
+    deeper than ``MAX_JSON_DEPTH``) or that is not JSON at all.
+    """
+    try:
+        text = event.model_dump_json(exclude={"event_id"})
+    except PydanticSerializationError as exc:
+        what = f"event {event.event_type}"
+        if "depth exceeded" in str(exc):  # pydantic's serializer stops at 255 levels
+            raise ValueError(too_deep(what, object_depth(event))) from None
+        raise ValueError(f"{what} cannot be encoded as JSON: {exc}") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:  # else it cannot be too deep
+        check_json_depth(text, f"event {event.event_type}")
+    return text
 
 
 def decode_event(event_type: str, schema_version: int, data: str, event_id: str) -> Event:
-    """Decode a stored payload (jsonb text) into its model, upcasting old schema versions."""
+    """Decode a stored payload (jsonb text) into its model, upcasting old schema versions.
+
+    ``UnknownEventType`` if no class is registered under ``event_type``; ``UpcastError`` if the
+    payload cannot be upgraded; ``EventDecodeError`` if it does not fit the model.
+    """
     cls = _registry.get(event_type)
     if cls is None:
         raise UnknownEventType(event_type)
-    if schema_version == cls.schema_version:
-        # Splice the id into the JSON so pydantic validates everything in one pass (in Rust);
-        # the validator is called directly, skipping model_validate_json's Python wrapper.
-        validate = cls.__pydantic_validator__.validate_json
-        if data == "{}":
-            return validate('{"event_id":"' + event_id + '"}')  # type: ignore[no-any-return]
-        return validate('{"event_id":"' + event_id + '",' + data[1:])  # type: ignore[no-any-return]
-    return cls.model_validate(
-        {**_upcast(cls, schema_version, json.loads(data)), "event_id": event_id}
-    )
+    try:
+        if schema_version == cls.schema_version:
+            # Splice the id into the JSON so pydantic validates everything in one pass (in
+            # Rust); the validator is called directly, skipping model_validate_json's wrapper.
+            validate = cls.__pydantic_validator__.validate_json
+            if data == "{}":
+                return validate('{"event_id":"' + event_id + '"}')  # type: ignore[no-any-return]
+            return validate('{"event_id":"' + event_id + '",' + data[1:])  # type: ignore[no-any-return]
+        payload = _upcast(cls, schema_version, json.loads(data))
+        return cls.model_validate({**payload, "event_id": event_id})
+    except ValidationError as exc:
+        raise EventDecodeError(event_type, schema_version, _first_error(exc)) from exc
+    except (ValueError, RecursionError) as exc:  # json.loads: not JSON, or nested too deep
+        raise EventDecodeError(event_type, schema_version, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    """One line for a validation error: where, what, and how many more."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    line = f"{where}: {first['msg']}" if where else str(first["msg"])
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more errors)"
+    return line
 
 
 def _upcast(cls: type[Event], stored_version: int, payload: dict[str, Any]) -> dict[str, Any]:
@@ -150,5 +249,16 @@ def _upcast(cls: type[Event], stored_version: int, payload: dict[str, Any]) -> d
                 f"no upcaster for {cls.event_type!r} from version {version} to {version + 1}:"
                 f" register one with @upcaster({cls.__name__}, from_version={version})"
             )
-        payload = fn(payload)
+        try:
+            payload = fn(payload)
+        except Exception as exc:
+            raise UpcastError(
+                f"the upcaster of {cls.event_type!r} from version {version} to {version + 1}"
+                f" ({getattr(fn, '__qualname__', fn)}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(payload, dict):
+            raise UpcastError(
+                f"the upcaster of {cls.event_type!r} from version {version} to {version + 1}"
+                f" returned {type(payload).__name__}, not a dict"
+            )
     return payload

@@ -2,7 +2,8 @@
 
 Every command takes ``--database-url`` (default: ``EVENTSOURCE_DATABASE_URL``, else the
 embedded server) and ``--schema``. Exit codes: 0 success, 1 failure, 2 bad usage; errors are
-one line that says what to do.
+one line that says what to do. Bad usage (an option out of range, a bad name, a bad
+``EVENTSOURCE_*`` variable) names the option or variable at fault, and nothing is written.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ._checks import (
+    BIGINT_MAX,
+    INT_MAX,
+    check_database_url,
+    check_name,
+    check_seconds,
+)
+from ._commands import MAX_DELAY
 from ._config import Settings
 from ._core import safe_url
 from ._errors import EventSourceError
 from ._logging import configure_logging, get_logger
+from ._queries import quote_schema
 from ._store import EventStore
 
 __all__ = ["app", "main"]
@@ -47,6 +58,25 @@ console = Console()
 err_console = Console(stderr=True)
 log = get_logger("eventsource.cli")
 
+
+def _click_module(name: str) -> Any:
+    """A module of the click that typer runs on: its own copy (typer._click) in recent typer
+    releases, click itself in older ones."""
+    try:
+        return importlib.import_module(f"typer._click.{name}")
+    except ImportError:
+        return importlib.import_module(f"click.{name}")
+
+
+_click_core = _click_module("core")
+_click_exceptions = _click_module("exceptions")
+_click_globals = _click_module("globals")
+
+# Bounds of the worker options: a day at most, so that no wait overflows a thread's timer.
+MAX_SECONDS = 86400.0
+MIN_LEASE, MAX_LEASE = 0.5, 3600.0  # as EVENTSOURCE_COMMAND_LEASE
+MIN_POLL_INTERVAL = 0.01
+
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
@@ -64,9 +94,34 @@ Schema = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _one_line(message: str) -> str:
+    """A message on one line (a multi-line one is joined with "; ")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(lines) if lines else message
+
+
+def _print_error(message: str) -> None:
+    """``error: message`` on stderr, on one line (markup in the message is not interpreted)."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(_one_line(message))}", highlight=False, soft_wrap=True
+    )
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _print_error(message)
     raise typer.Exit(code)
+
+
+def _origin(name: str, option: str) -> str:
+    """How the user gave parameter ``name``: its environment variable if it came from there,
+    else ``option`` (the flag or argument as typed)."""
+    ctx = _click_globals.get_current_context(silent=True)
+    if ctx is None or ctx.get_parameter_source(name) is not _click_core.ParameterSource.ENVIRONMENT:
+        return option
+    for param in ctx.command.params:
+        if param.name == name and isinstance(param.envvar, str):
+            return param.envvar
+    return option
 
 
 @contextmanager
@@ -89,6 +144,19 @@ def _cli_errors() -> Iterator[None]:
 
 
 def _settings(database_url: str | None, schema: str, **extra: Any) -> Settings:
+    """The settings of a command: its options over the ``EVENTSOURCE_*`` environment.
+
+    A bad option is a ``ValueError`` naming it (or the variable it was read from).
+    """
+    if database_url:
+        try:
+            check_database_url(database_url)
+        except ValueError as exc:
+            raise ValueError(f"{_origin('database_url', '--database-url')}: {exc}") from None
+    try:
+        quote_schema(schema)
+    except ValueError as exc:
+        raise ValueError(f"{_origin('schema', '--schema')}: {exc}") from None
     values: dict[str, Any] = {"database_url": database_url, "db_schema": schema, **extra}
     settings = Settings(**{k: v for k, v in values.items() if v is not None})
     configure_logging(settings.log_format, settings.log_level)
@@ -170,6 +238,7 @@ def _load_projection(target: str) -> Any:
     """The Projection instance for MODULE:CLASS; ValueError naming what failed to load."""
     from projections import Projection  # noqa: PLC0415 - the store CLI does not need it
 
+    check_name(target, "MODULE:CLASS")
     module_name, sep, class_name = target.partition(":")
     if not sep or not module_name or not class_name:
         raise ValueError(f"expected MODULE:CLASS, got {target!r}")
@@ -199,6 +268,8 @@ def projections_run(
     import projections  # noqa: PLC0415
 
     with _cli_errors():
+        if worker_id is not None:
+            check_name(worker_id, "--worker-id")
         loaded = [_load_projection(t) for t in targets]
         settings = _settings(database_url, schema)
         with _open_store(settings) as store:
@@ -283,13 +354,14 @@ def projections_status(
 def _partition_command(action: str) -> Any:
     def command(
         name: Annotated[str, typer.Argument(help="The projection's name.")],
-        partition: Annotated[int, typer.Option("--partition", "-p", min=0)],
+        partition: Annotated[int, typer.Option("--partition", "-p", min=0, max=INT_MAX)],
         database_url: DatabaseUrl = None,
         schema: Schema = "eventsource",
     ) -> None:
         import projections  # noqa: PLC0415
 
         with _cli_errors():
+            check_name(name, "NAME (the projection's name)")
             settings = _settings(database_url, schema)
             with _open_store(settings) as store:
                 if action == "retry":
@@ -334,6 +406,7 @@ def _freeze_startup_objects() -> None:
 
 def _import_handlers(module_name: str) -> None:
     """Import the module that registers the handlers; ValueError naming what failed."""
+    check_name(module_name, "MODULE")
     if not module_name or module_name.startswith(".") or ":" in module_name:
         raise ValueError(f"expected a module name such as myapp.handlers, got {module_name!r}")
     sys.path.insert(0, os.getcwd())
@@ -361,19 +434,33 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
     lease: Annotated[
         float | None,
         typer.Option(
-            "--lease", min=0.5, help="Seconds a command stays leased without a heartbeat."
+            "--lease",
+            min=MIN_LEASE,
+            max=MAX_LEASE,
+            help="Seconds a command stays leased without a heartbeat.",
         ),
     ] = None,
     grace: Annotated[
         float,
-        typer.Option("--grace", min=0, help="Seconds to let running handlers finish on stop."),
+        typer.Option(
+            "--grace",
+            min=0,
+            max=MAX_SECONDS,
+            help="Seconds to let running handlers finish on stop.",
+        ),
     ] = 30.0,
     poll_only: Annotated[
         bool,
         typer.Option("--poll-only", help="No LISTEN/NOTIFY (e.g. behind PgBouncer)."),
     ] = False,
     poll_interval: Annotated[
-        float, typer.Option("--poll-interval", min=0.01, help="Seconds between polls.")
+        float,
+        typer.Option(
+            "--poll-interval",
+            min=MIN_POLL_INTERVAL,
+            max=MAX_SECONDS,
+            help="Seconds between polls.",
+        ),
     ] = 1.0,
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
@@ -382,6 +469,15 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
     from ._command_worker import CommandWorker  # noqa: PLC0415
 
     with _cli_errors():
+        # Checked here too, so that errors name the options (the worker checks its arguments).
+        for name in queue or ():
+            check_name(name, "--queue")
+        if worker_id is not None:
+            check_name(worker_id, "--worker-id")
+        if lease is not None:
+            check_seconds(lease, "--lease", low=MIN_LEASE, high=MAX_LEASE)
+        check_seconds(grace, "--grace", high=MAX_SECONDS)
+        check_seconds(poll_interval, "--poll-interval", low=MIN_POLL_INTERVAL, high=MAX_SECONDS)
         for module_name in modules:
             _import_handlers(module_name)
         settings = _settings(database_url, schema)
@@ -438,7 +534,9 @@ def _command_table(title: str, rows: Sequence[Any], *, dead: bool) -> Table:
 
 
 QueueFilter = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
-Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")]
+Limit = Annotated[
+    int, typer.Option("--limit", min=1, max=BIGINT_MAX, help="At most this many rows.")
+]
 
 
 def _listing(dead: bool, help_text: str) -> Any:
@@ -452,6 +550,8 @@ def _listing(dead: bool, help_text: str) -> Any:
         from ._commands import CommandQueue  # noqa: PLC0415
 
         with _cli_errors():
+            if queue is not None:
+                check_name(queue, "--queue")
             settings = _settings(database_url, schema)
             with _open_store(settings) as store:
                 commands = CommandQueue(store)
@@ -478,7 +578,9 @@ commands_app.command("dead")(
 
 @commands_app.command("retry")
 def commands_retry(
-    command_id: Annotated[int, typer.Argument(min=1, help="The dead command's id.")],
+    command_id: Annotated[
+        int, typer.Argument(min=1, max=BIGINT_MAX, help="The dead command's id.")
+    ],
     attempts: Annotated[
         int, typer.Option("--attempts", min=1, max=100, help="Attempts to give it.")
     ] = 1,
@@ -503,12 +605,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``30``, ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ValueError otherwise."""
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in ``30``, ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``, at most 100 years.
+
+    ``ValueError`` naming ``what`` otherwise.
+    """
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        raise ValueError(
+            f"{what}: invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
+        )
+    value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if value > MAX_DELAY:
+        raise ValueError(
+            f"{what}: {text!r} is too long: at most 100 years ({MAX_DELAY:.0f} seconds)"
+        )
+    return value
 
 
 @commands_app.command("purge")
@@ -526,7 +638,9 @@ def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
     from ._commands import CommandQueue  # noqa: PLC0415
 
     with _cli_errors():
-        age = parse_duration(older_than)
+        age = parse_duration(older_than, "--older-than")
+        if queue is not None:
+            check_name(queue, "--queue")
         if not yes:
             if not sys.stdin.isatty():
                 _fail("purge deletes dead commands for good: pass --yes to confirm", 2)
@@ -552,10 +666,42 @@ def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> No
             run_demo(store, console)
 
 
+def _usage_error(exc: Any, args: Sequence[str]) -> NoReturn:
+    """Report a usage error of click (an unknown option, a value out of range) on one line,
+    naming the environment variable when the bad value came from there."""
+    bad_parameter = isinstance(exc, _click_exceptions.BadParameter)
+    if bad_parameter and exc.param is not None and exc.param_hint is None:
+        envvar = exc.param.envvar
+        if isinstance(envvar, str) and envvar in os.environ:
+            opts = getattr(exc.param, "opts", [])
+            given = any(arg == o or arg.startswith(f"{o}=") for arg in args for o in opts)
+            if not given:
+                exc.param_hint = f"{envvar} ({' / '.join(opts)})"
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _click_exceptions.UsageError) and ctx is not None:
+        message = f"{message.rstrip('.')}; see `{ctx.command_path} --help`"
+    _print_error(message)
+    sys.exit(exc.exit_code)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `eventsource` console script."""
+    """Entry point of the `eventsource` console script.
+
+    Usage errors are one line (``error: …``, exit 2) like every other error of the CLI.
+    """
     command = typer.main.get_command(app)
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name="eventsource")
+        code = command.main(args=args, prog_name="eventsource", standalone_mode=False)
+    except _click_exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: show the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        _usage_error(exc, args)
+    except typer.Abort:  # a confirmation answered no, or end of input
+        _print_error("aborted")
+        sys.exit(1)
     except SystemExit as exc:
         sys.exit(exc.code)
+    sys.exit(code if isinstance(code, int) else 0)

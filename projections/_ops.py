@@ -19,15 +19,20 @@ from rich.progress import (
 )
 
 from eventsource import AppendResult, EventSourceError, EventStore, PendingAppend
+from eventsource._checks import check_seconds
+from eventsource._core import check_partition
 from eventsource._queries import quote_schema
 from eventsource._store import _driver, _fetch
 
-from ._projection import Projection, check_name
+from ._projection import Projection, check_projection_name
 from ._queries import ProjectionQueries
 from ._reactor import Reactor
 from ._worker import ProjectionWorker, default_worker_id
 
 __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
+
+
+MAX_WAIT = 86400.0  # seconds: the longest wait_for and replay take-over that can be asked for
 
 
 class ProjectionTimeout(EventSourceError, TimeoutError):
@@ -89,7 +94,12 @@ def wait_for(
 
     ``ProjectionTimeout`` if it has not within ``timeout`` seconds.
     """
-    name = check_name(projection if isinstance(projection, str) else projection.name)
+    name = check_projection_name(projection if isinstance(projection, str) else projection.name)
+    if not isinstance(result, AppendResult | PendingAppend):
+        raise TypeError(
+            f"wait_for takes the AppendResult or PendingAppend of an append, got {result!r}"
+        )
+    timeout = check_seconds(timeout, "timeout", high=MAX_WAIT)
     key = {"projection": name, "partition": result.partition}
     query = _queries(store).position
     deadline = time.monotonic() + timeout
@@ -123,6 +133,8 @@ def skip(store: EventStore, projection: str, partition: int) -> tuple[int, str |
 
 def _on_stopped(store: EventStore, sql: str, projection: str, partition: int) -> tuple[Any, ...]:
     """Run an operator's statement on a stopped partition, then wake its workers."""
+    projection = check_projection_name(projection)
+    partition = check_partition(partition, store.partitions)
     with store._raw() as conn:
         rows = _fetch(conn, sql, {"projection": projection, "partition": partition})
     if not rows:
@@ -149,6 +161,9 @@ def replay(
     changes nothing), runs every partition to its head with a progress bar, then hands the
     partitions back. Writers may keep appending meanwhile.
     """
+    if not isinstance(projection, Projection):
+        raise TypeError(f"replay takes a Projection instance, got {projection!r}")
+    takeover_timeout = check_seconds(takeover_timeout, "takeover_timeout", high=MAX_WAIT)
     if isinstance(projection, Reactor):
         raise ReplayError(
             f"{projection.name!r} is a reactor: replaying it would enqueue its commands again"

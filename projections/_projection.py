@@ -27,13 +27,14 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import Connection
 
 from eventsource import Event, RecordedEvent
+from eventsource._checks import MAX_NAME_LENGTH, check_int, check_name
 from eventsource._loop import close_thread_loop, run_on_thread_loop
 
-__all__ = ["Projection", "close_thread_loop", "handles"]
+__all__ = ["Projection", "check_projection_name", "close_thread_loop", "handles"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_NAME_LENGTH = 200
+MAX_BATCH_SIZE = 100_000  # events per transaction; more only makes each one slower to retry
 
 _registry: dict[str, type[Projection]] = {}
 
@@ -45,7 +46,7 @@ def handles(*event_types: type[Event] | str) -> Callable[[F], F]:
     names = []
     for event_type in event_types:
         if isinstance(event_type, str):
-            names.append(event_type)
+            names.append(check_name(event_type, "event type name"))
         elif isinstance(event_type, type) and issubclass(event_type, Event):
             names.append(event_type.event_type)
         else:
@@ -82,10 +83,14 @@ class Projection:
                     if attr not in methods:
                         methods.append(attr)
         cls._handlers = handlers
+        if "batch_size" in cls.__dict__:
+            check_int(cls.batch_size, f"{cls.__qualname__}.batch_size", low=1, high=MAX_BATCH_SIZE)
+        if "pipelined" in cls.__dict__ and not isinstance(cls.pipelined, bool):
+            raise TypeError(f"{cls.__qualname__}.pipelined must be a bool, got {cls.pipelined!r}")
         name = cls.__dict__.get("name")
         if name is None:
             return  # an intermediate base class
-        check_name(name)
+        check_projection_name(name)
         existing = _registry.get(name)
         if existing is not None and (existing.__module__, existing.__qualname__) != (
             cls.__module__,
@@ -123,12 +128,9 @@ class Projection:
                     run_on_thread_loop(result)
 
 
-def check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise TypeError(f"a projection needs a non-empty str name, got {name!r}")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"projection name is longer than {MAX_NAME_LENGTH}: {name[:40]!r}…")
-    return name
+def check_projection_name(name: object) -> str:
+    """A projection's name: UTF-8 text of 1 to 200 characters, without NUL (``check_name``)."""
+    return check_name(name, "projection name", max_length=MAX_NAME_LENGTH)
 
 
 def check_unique(projections: Sequence[Projection]) -> None:
@@ -137,7 +139,7 @@ def check_unique(projections: Sequence[Projection]) -> None:
     for projection in projections:
         if not isinstance(projection, Projection):
             raise TypeError(f"expected Projection instances, got {projection!r}")
-        name = check_name(projection.name)
+        name = check_projection_name(projection.name)
         if name in seen:
             raise ValueError(f"two projections are named {name!r}: names must be unique")
         seen[name] = projection

@@ -34,6 +34,13 @@ class Reactor(Projection):
     start_at_head: ClassVar[bool] = False
     _queue: CommandQueue | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(cls.start_at_head, bool):
+            raise TypeError(
+                f"{cls.__qualname__}.start_at_head must be a bool, got {cls.start_at_head!r}"
+            )
+
     def attach(self, store: EventStore) -> None:
         """Bind the reactor to the store whose command queue it feeds (done by the worker)."""
         self._queue = CommandQueue(store)

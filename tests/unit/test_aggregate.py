@@ -176,3 +176,34 @@ def test_snapshot_shape_changes_with_fields_and_version() -> None:
     shapes = [c._snapshot_shape() for c in (Shape1, Shape2, Shape3, Shape4)]
     assert len(set(shapes)) == 4
     assert Shape5._snapshot_shape() == Shape1._snapshot_shape()
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (5, TypeError, "aggregate id must be a str"),
+        ("", ValueError, "aggregate id must not be empty"),
+        ("a\x00", ValueError, "aggregate id must not contain a NUL"),
+        ("a\udcff", ValueError, "aggregate id is not valid UTF-8"),
+        ("a" * 501, ValueError, "aggregate id is 501 characters long"),
+    ],
+)
+def test_aggregate_ids_that_cannot_be_streams_are_rejected(
+    bad: object, error: type[Exception], match: str
+) -> None:
+    """An aggregate id that could not be stored as a stream id is refused at construction."""
+    with pytest.raises(error, match=match):
+        Counter(bad)  # type: ignore[arg-type]
+
+
+def test_aggregate_class_options_are_checked() -> None:
+    """A bad aggregate type name or snapshot_version is refused at class creation."""
+    with pytest.raises(ValueError, match="aggregate type name must not contain a NUL"):
+
+        class BadName(Aggregate, name="x\x00"):
+            pass
+
+    with pytest.raises(ValueError, match="snapshot_version must be from 1"):
+
+        class BadVersion(Aggregate, snapshot_version=0):
+            pass

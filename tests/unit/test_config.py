@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from eventsource import Settings
 from eventsource._core import describe_target, safe_url
@@ -18,6 +17,10 @@ _ENV = (
     "EVENTSOURCE_PARTITIONS",
     "EVENTSOURCE_EMBEDDED_DIR",
     "EVENTSOURCE_POOL_SIZE",
+    "EVENTSOURCE_PREPARED_STATEMENTS",
+    "EVENTSOURCE_COMMAND_LEASE",
+    "EVENTSOURCE_COMMAND_BACKOFF_BASE",
+    "EVENTSOURCE_COMMAND_BACKOFF_MAX",
     "EVENTSOURCE_LOG_FORMAT",
     "EVENTSOURCE_LOG_LEVEL",
     "DB_SCHEMA",
@@ -79,17 +82,49 @@ def test_blank_database_url_means_unset(clean_env: pytest.MonkeyPatch) -> None:
         ("EVENTSOURCE_PARTITIONS", "5000"),
         ("EVENTSOURCE_PARTITIONS", "many"),
         ("EVENTSOURCE_POOL_SIZE", "0"),
+        ("EVENTSOURCE_POOL_SIZE", "ten"),
+        ("EVENTSOURCE_PREPARED_STATEMENTS", "maybe"),
+        ("EVENTSOURCE_COMMAND_LEASE", "nan"),
+        ("EVENTSOURCE_COMMAND_LEASE", "inf"),
+        ("EVENTSOURCE_COMMAND_BACKOFF_BASE", "-1"),
+        ("EVENTSOURCE_COMMAND_BACKOFF_MAX", "1e300"),
         ("EVENTSOURCE_LOG_FORMAT", "xml"),
         ("EVENTSOURCE_LOG_LEVEL", "loud"),
+        ("EVENTSOURCE_SCHEMA", "a-b"),
+        ("EVENTSOURCE_DATABASE_URL", "postgresql://u@h:abc/db"),
     ],
 )
 def test_invalid_settings_are_rejected(
     clean_env: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    """Out-of-range or unknown values raise ValidationError naming the field."""
+    """Out-of-range or unknown values raise a one-line ValueError naming the variable."""
     clean_env.setenv(name, value)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError, match=rf"^{name}: ") as info:
         Settings()
+    assert "\n" not in str(info.value)
+    assert "For further information" not in str(info.value)
+
+
+def test_invalid_keyword_settings_name_the_argument(clean_env: pytest.MonkeyPatch) -> None:
+    """A bad keyword argument of Settings is named as such, not as an environment variable."""
+    clean_env.setenv("EVENTSOURCE_POOL_SIZE", "0")
+    assert Settings(pool_size=5).pool_size == 5  # the argument wins over the variable
+    with pytest.raises(ValueError, match=r"^pool_size: must be greater than or equal to 1"):
+        Settings(pool_size=0)
+    with pytest.raises(ValueError, match=r"^db_schema: invalid schema name"):
+        Settings(db_schema="a b")
+
+
+def test_database_url_errors_name_the_port_and_hide_the_password(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """A non-numeric port is named as the port (not an int() message); the password is hidden."""
+    clean_env.setenv("EVENTSOURCE_DATABASE_URL", "postgresql://u:s3cr3t@h:5432x/db")
+    with pytest.raises(ValueError, match="port of the database URL must be a number") as info:
+        Settings()
+    assert "'5432x'" in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+    assert "int()" not in str(info.value)
 
 
 def test_unprefixed_db_schema_variable_is_ignored(clean_env: pytest.MonkeyPatch) -> None:

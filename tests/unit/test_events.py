@@ -10,7 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from eventsource import Event, EventSourceError, UnknownEventType, UpcastError, _events, upcaster
-from eventsource._events import decode_event, encode_event, event_class, is_registered
+from eventsource._events import (
+    EventDecodeError,
+    decode_event,
+    encode_event,
+    event_class,
+    is_registered,
+)
 from tests.domain import Deposited, Opened
 
 
@@ -117,7 +123,7 @@ def test_abstract_base_is_not_registered() -> None:
 @pytest.mark.parametrize("bad", ["", "   "])
 def test_blank_type_name_is_rejected(bad: str) -> None:
     """A blank type name is a ValueError at class creation."""
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="must not be empty"):
 
         class Blank(Event, name=bad):
             value: int
@@ -221,9 +227,12 @@ def test_decode_empty_payload() -> None:
 
 
 def test_decode_validates_the_payload() -> None:
-    """A stored payload that does not fit the class raises ValidationError."""
-    with pytest.raises(ValidationError):
+    """A stored payload that does not fit the class raises EventDecodeError naming the field."""
+    with pytest.raises(EventDecodeError, match=r"'test\.Deposited'.*amount: ") as info:
         decode_event("test.Deposited", 1, '{"amount": "many"}', str(uuid.uuid4()))
+    assert isinstance(info.value, EventSourceError)
+    assert isinstance(info.value.__cause__, ValidationError)
+    assert "For further information" not in str(info.value)
 
 
 def test_unknown_event_type_names_the_type() -> None:
@@ -326,3 +335,84 @@ def test_upcast_errors_are_eventsource_errors() -> None:
     """UpcastError and UnknownEventType share the package's root exception."""
     assert issubclass(UpcastError, EventSourceError)
     assert issubclass(UnknownEventType, EventSourceError)
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [("a\x00b", "event type name must not contain a NUL"), ("x\udcff", "not valid UTF-8")],
+)
+def test_type_names_that_cannot_be_stored_are_rejected(bad: str, match: str) -> None:
+    """A type name with NUL or a lone surrogate is a ValueError at class creation."""
+    with pytest.raises(ValueError, match=match):
+
+        class Unstorable(Event, name=bad):
+            value: int
+
+    assert not is_registered(bad)
+
+
+def test_schema_version_beyond_an_integer_column_is_rejected() -> None:
+    """A schema version over PostgreSQL's integer range is refused at class creation."""
+    with pytest.raises(ValueError, match="event schema version must be from 1 to 2147483647"):
+
+        class Huge(Event, name=unique("unit.Huge"), version=2**31):
+            value: int
+
+
+@pytest.mark.parametrize(
+    ("target", "from_version", "error", "match"),
+    [
+        ("", 1, ValueError, "event type name must not be empty"),
+        ("unit.X", 0, ValueError, "from_version must be from 1"),
+        ("unit.X", True, TypeError, "from_version must be an int"),
+        (42, 1, TypeError, "registered Event class or type name"),
+    ],
+)
+def test_upcaster_arguments_are_checked(
+    target: object, from_version: object, error: type[Exception], match: str
+) -> None:
+    """@upcaster names a bad type or version when it is applied, not when a payload is read."""
+    with pytest.raises(error, match=match):
+        upcaster(target, from_version=from_version)  # type: ignore[arg-type]
+
+
+def test_a_failing_upcaster_is_an_upcast_error_naming_it() -> None:
+    """An upcaster that raises (or returns no dict) gives UpcastError naming the step."""
+    name = unique("unit.Fragile")
+
+    class Fragile(Event, name=name, version=2):
+        value: int
+
+    @upcaster(Fragile, from_version=1)
+    def _broken(data: dict) -> dict:
+        return {"value": data["missing"]}
+
+    with pytest.raises(UpcastError, match=r"from version 1 to 2 .*_broken.* KeyError") as info:
+        decode_event(name, 1, '{"old": 1}', str(uuid.uuid4()))
+    assert isinstance(info.value.__cause__, KeyError)
+
+    _events._upcasters.clear()
+
+    @upcaster(Fragile, from_version=1)
+    def _not_a_dict(data: dict) -> dict:
+        return [1]  # type: ignore[return-value]
+
+    with pytest.raises(UpcastError, match="returned list, not a dict"):
+        decode_event(name, 1, '{"old": 1}', str(uuid.uuid4()))
+
+
+def test_an_upcast_payload_that_does_not_fit_is_an_event_decode_error() -> None:
+    """A payload that upcasts but does not validate is an EventDecodeError, not pydantic's."""
+    name = unique("unit.Upcast")
+
+    class Upcast(Event, name=name, version=2):
+        value: int
+
+    upcaster(Upcast, from_version=1)(lambda data: {"value": "not a number"})
+    with pytest.raises(EventDecodeError, match=r"schema version 1\) cannot be decoded: value:"):
+        decode_event(name, 1, "{}", str(uuid.uuid4()))
+    with pytest.raises(EventDecodeError, match="JSONDecodeError"):
+        decode_event(name, 1, "{not json", str(uuid.uuid4()))

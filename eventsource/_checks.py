@@ -1,0 +1,274 @@
+"""Checks of the values users pass in: names, integers, durations and JSON documents.
+
+Every public constructor, method, CLI option and ``EVENTSOURCE_*`` setting validates its
+arguments here before any I/O, so a bad value fails with a ``TypeError`` or ``ValueError`` that
+names the argument and shows the value, and nothing is written::
+
+    worker_id = check_name(worker_id, "worker_id")
+    limit = check_int(limit, "limit", low=1)
+    poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
+
+The limits are those of what stores or reads the value: PostgreSQL's ``integer`` and ``bigint``
+ranges, text without NUL that encodes as UTF-8, and JSON no deeper than the decoder of the
+read path (pydantic's JSON parser) accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+__all__ = [
+    "BIGINT_MAX",
+    "BIGINT_MIN",
+    "INT_MAX",
+    "INT_MIN",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_LENGTH",
+    "check_database_url",
+    "check_int",
+    "check_json_depth",
+    "check_name",
+    "check_seconds",
+    "check_utf8",
+    "object_depth",
+]
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL integer
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # PostgreSQL bigint
+MAX_NAME_LENGTH = 200
+
+# pydantic's JSON parser (jiter), which decodes stored payloads on every read, refuses a
+# document nested deeper than this: a container with content at level 201 is "recursion limit
+# exceeded". PostgreSQL's jsonb accepts thousands of levels, so this is the binding limit.
+MAX_JSON_DEPTH = 200
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """``repr`` of a value, cut after ``limit`` characters (long values in messages)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
+
+
+def check_utf8(value: str, what: str) -> str:
+    """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate.
+
+    Python strings may hold lone surrogates (``"\\udcff"``, e.g. from undecodable bytes in
+    ``sys.argv``); PostgreSQL text cannot.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: it contains the lone surrogate"
+            f" {value[exc.start]!r} at index {exc.start}: {_show(value)}"
+        ) from None
+    return value
+
+
+def check_name(
+    value: object, what: str, *, max_length: int = MAX_NAME_LENGTH, blank: bool = False
+) -> str:
+    """A name or key stored as text: a ``str`` of 1 to ``max_length`` characters.
+
+    ``TypeError`` if it is not a ``str``; ``ValueError`` if it is empty (or only whitespace,
+    unless ``blank``), longer than ``max_length``, contains NUL, or is not valid UTF-8 (a lone
+    surrogate). Messages name ``what`` and show the value::
+
+        check_name("w\\x00", "worker_id")  # ValueError: worker_id must not contain a NUL ...
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
+    if not value or (not blank and not value.strip()):
+        raise ValueError(f"{what} must not be empty, got {value!r}")
+    if len(value) > max_length:
+        raise ValueError(
+            f"{what} is {len(value)} characters long, longer than {max_length}: {_show(value)}"
+        )
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain a NUL character: {_show(value)}")
+    return check_utf8(value, what)
+
+
+def check_int(value: object, what: str, *, low: int = BIGINT_MIN, high: int = BIGINT_MAX) -> int:
+    """An ``int`` (not a ``bool``) from ``low`` to ``high`` inclusive (default: a bigint).
+
+    ``TypeError`` for another type, ``ValueError`` out of range; both name ``what``::
+
+        check_int(2**63, "limit", low=1)  # ValueError: limit must be from 1 to 9223372036854775807
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be from {low} to {high}, got {value}")
+    return value
+
+
+def check_seconds(value: object, what: str, *, low: float = 0.0, high: float = 86400.0) -> float:
+    """A duration in seconds: an int or float (not a bool), finite, from ``low`` to ``high``.
+
+    The default upper bound of a day keeps every wait well within what ``threading`` and
+    PostgreSQL intervals accept. ``TypeError`` for another type, ``ValueError`` for NaN,
+    infinity or a value out of range; both name ``what``. Returns a ``float``::
+
+        check_seconds(1e10, "poll_interval", low=0.01)  # ValueError: poll_interval must be ...
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{what} must be a number of seconds, got {type(value).__name__}: {value!r}"
+        )
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or not low <= seconds <= high:
+        raise ValueError(f"{what} must be from {low:g} to {high:g} seconds, got {value!r}")
+    return seconds
+
+
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+_BAD_PORT = re.compile(r"invalid literal for int\(\) with base 10: (.*)$")
+
+
+def check_database_url(value: object, what: str = "database URL") -> str:
+    """A PostgreSQL URL (``postgresql://user:password@host:port/database``), as given.
+
+    ``TypeError`` if it is not a ``str``; ``ValueError`` naming ``what`` for a URL that does not
+    parse, another database's scheme, or a port that is not a number from 1 to 65535 (in the
+    host part or a ``port=`` parameter). Messages never show the password.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # not shown: the URL may hold a password
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {exc.start}"
+        ) from None
+    try:
+        url = make_url(value)
+    except sa_exc.ArgumentError:
+        raise ValueError(
+            f"invalid {what}: expected postgresql://user:password@host:port/database"
+        ) from None
+    except ValueError as exc:  # SQLAlchemy's int() of the port
+        match = _BAD_PORT.search(str(exc))
+        got = match.group(1) if match else "an invalid port"
+        raise ValueError(
+            f"the port of the {what} must be a number from 1 to 65535, got {got}"
+        ) from None
+    backend = url.drivername.split("+", 1)[0]
+    if backend not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            f"unsupported {what} scheme {url.drivername!r}: eventsource needs PostgreSQL"
+            " (postgresql://user:password@host:port/database)"
+        )
+    ports: list[str] = [] if url.port is None else [str(url.port)]
+    query_port = url.query.get("port")
+    for part in (query_port,) if isinstance(query_port, str) else query_port or ():
+        ports.extend(part.split(","))
+    for port in ports:
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(
+                f"the port of the {what} must be a number from 1 to 65535, got {port!r}"
+            )
+    return value
+
+
+def json_depth(text: str) -> int:
+    """The nesting depth of a JSON document (containers; the top-level object counts 1)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_json_depth(text: str, what: str) -> str:
+    """``text`` (JSON) if the read path can decode it; ``ValueError`` naming ``what`` if not.
+
+    A document is refused when it is nested deeper than ``MAX_JSON_DEPTH`` levels, the limit of
+    pydantic's JSON parser. Cheap for the common case: a document with at most that many
+    brackets in all is not parsed at all.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return text
+    try:
+        pydantic_core.from_json(text)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise ValueError(too_deep(what, json_depth(text))) from None
+        raise ValueError(f"{what} cannot be decoded as JSON: {exc}") from None
+    return text
+
+
+def too_deep(what: str, depth: int | None) -> str:
+    """The message for a document nested ``depth`` levels deep (``None``: circular)."""
+    if depth is None:
+        return f"{what} contains a circular reference and cannot be stored as JSON"
+    return (
+        f"{what} is nested {depth} levels deep, deeper than the {MAX_JSON_DEPTH} levels"
+        " that reads can decode; nothing was written"
+    )
+
+
+def _children(value: object) -> Iterable[Any] | None:
+    """The values inside a container as JSON encodes it; ``None`` for a scalar."""
+    if isinstance(value, str | bytes | bytearray):
+        return None
+    if isinstance(value, Mapping):
+        return value.values()
+    if isinstance(value, list | tuple | set | frozenset):
+        return value
+    if isinstance(value, BaseModel):
+        extra = value.__pydantic_extra__ or {}
+        return [*(getattr(value, name) for name in type(value).model_fields), *extra.values()]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [getattr(value, field.name) for field in dataclasses.fields(value)]
+    return None
+
+
+def object_depth(value: object) -> int | None:
+    """How deeply JSON containers nest in ``value`` (dicts, lists, models); ``None`` if circular.
+
+    Iterative, so a value nested thousands of levels deep is measured without a
+    ``RecursionError``.
+    """
+    deepest = 0
+    on_path: set[int] = set()
+    stack: list[tuple[object, int, bool]] = [(value, 1, False)]
+    while stack:
+        item, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            continue
+        children = _children(item)
+        if children is None:
+            continue
+        if id(item) in on_path:
+            return None
+        deepest = max(deepest, depth)
+        on_path.add(id(item))
+        stack.append((item, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
+    return deepest
