@@ -40,8 +40,9 @@ from ._errors import (
     SchemaNotReady,
     UnknownCommandType,
     UnknownEventType,
+    WorkerCrashed,
 )
-from ._events import Event, UpcastError, upcaster
+from ._events import Event, EventDecodeError, UpcastError, upcaster
 from ._repository import AsyncRepository, Repository
 from ._store import EventStore, Transaction
 
@@ -67,6 +68,7 @@ __all__ = [
     "EmbeddedUnavailable",
     "Enqueued",
     "Event",
+    "EventDecodeError",
     "EventSourceError",
     "EventStore",
     "ExpectedVersion",
@@ -80,6 +82,7 @@ __all__ = [
     "UnknownCommandType",
     "UnknownEventType",
     "UpcastError",
+    "WorkerCrashed",
     "correlation",
     "current_correlation",
     "handler",

@@ -37,6 +37,7 @@ from ._core import (
     check_partition,
     check_range,
     check_stream_id,
+    check_version,
     records,
 )
 from ._errors import EventSourceError, SchemaNotReady
@@ -256,6 +257,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
         """A stream's events in version order (after ``after_version``), decoded."""
         check_stream_id(stream_id)
+        check_version(after_version)
         with self._errors():
             async with self._autocommit.connect() as conn:
                 rows = await _fetch(
@@ -302,7 +304,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         decoded and handed out, so the server works on it meanwhile.
         """
         check_partition(partition, await self._partition_count_cached())
-        check_range(after, batch)
+        check_range(after, batch, limit_name="batch")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         rows = await self._partition_rows(partition, after, batch)

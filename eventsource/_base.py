@@ -9,6 +9,7 @@ from typing import Generic, Self, TypeVar
 from sqlalchemy.engine import URL
 
 from ._announce import Announcer
+from ._checks import check_int
 from ._command_queries import CommandQueries
 from ._config import Settings
 from ._core import check_partitions, conninfo, translate_errors
@@ -61,6 +62,7 @@ class StoreBase(Generic[EngineT]):
         """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
         from ._engine import resolve_url  # noqa: PLC0415 - may start the embedded server
 
+        pool_size = check_int(pool_size, "pool_size", low=1, high=1000)
         engine = cls._make_engine(resolve_url(url), pool_size, prepared_statements)
         return cls(
             engine, schema=schema, partitions=partitions, prepared_statements=prepared_statements

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 
 from ._checks import check_name, check_seconds
 from ._command_queries import CommandQueries
@@ -401,7 +402,7 @@ class CommandWorker:
                 with correlation(
                     command.correlation_id or f"command:{command.id}", f"command:{command.id}"
                 ):
-                    cmd = spec.command.model_validate_json(command.payload)
+                    cmd = _decode(spec, command)
                     result = spec.fn(cmd, ctx)
                     if spec.is_async:
                         run_on_thread_loop(asyncio.wait_for(result, timeout))
@@ -750,6 +751,19 @@ class CommandWorker:
     def _idle_ms(self) -> str:
         """A ``ctx.tx`` may sit idle after its ack this long (ms): about one lease."""
         return str(max(1000, int(self.lease * 1000)))
+
+
+def _decode(spec: HandlerSpec, command: _Claimed) -> Any:
+    """The command model from its stored payload; one line naming the command if it fails."""
+    try:
+        return spec.command.model_validate_json(command.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        raise EventSourceError(
+            f"command {command.id} ({command.command_type}): its stored payload does not"
+            f" decode to {spec.command.__name__}: {where}: {first.get('msg')}"
+        ) from None
 
 
 def _held_params(commands: Sequence[_Claimed]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ._checks import check_database_url
 from ._config import Settings
 from ._core import KEEPALIVES
 from ._embedded import embedded_url
@@ -27,6 +28,8 @@ def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
     if url is None:
         settings = settings or Settings()
         url = settings.database_url or embedded_url(settings.embedded_dir)
+    if isinstance(url, str):
+        check_database_url(url)
     try:
         parsed = make_url(url)
     except sa_exc.ArgumentError:

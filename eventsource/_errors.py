@@ -107,3 +107,7 @@ class CommandNotFound(EventSourceError):
     def __init__(self, command_id: int, detail: str) -> None:
         self.command_id = command_id
         super().__init__(f"command {command_id}: {detail}")
+
+
+class WorkerCrashed(EventSourceError):
+    """A thread of the worker died unexpectedly; the worker stopped."""

@@ -31,7 +31,7 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from ._core import conninfo, is_outage
-from ._errors import EventSourceError
+from ._errors import WorkerCrashed
 
 __all__ = [
     "Backoff",
@@ -42,10 +42,6 @@ __all__ = [
     "default_worker_id",
     "is_outage",
 ]
-
-
-class WorkerCrashed(EventSourceError):
-    """A thread of the worker died unexpectedly; the worker stopped."""
 
 
 def default_worker_id() -> str:

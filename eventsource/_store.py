@@ -37,6 +37,7 @@ from ._core import (
     check_partition,
     check_range,
     check_stream_id,
+    check_version,
     conninfo,
     records,
 )
@@ -365,6 +366,7 @@ class EventStore(StoreBase[Engine]):
     def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
         """A stream's events in version order (after ``after_version``), decoded."""
         check_stream_id(stream_id)
+        check_version(after_version)
         with self._raw() as conn:
             rows = _fetch(
                 conn, self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
@@ -409,7 +411,7 @@ class EventStore(StoreBase[Engine]):
         background thread while the caller works through the current one.
         """
         check_partition(partition, self.partitions)
-        check_range(after, batch)
+        check_range(after, batch, limit_name="batch")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         page = self.read_partition(partition, after, batch, decode=decode)

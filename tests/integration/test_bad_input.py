@@ -238,7 +238,7 @@ SURROGATE = "x\udcff"
         ),
         (lambda s: s.read_partition(0, after=0, limit=2**63), "limit must be from 0 to"),
         (lambda s: s.read_partition(0, after=2**63, limit=1), "after must be from 0 to"),
-        (lambda s: list(s.iter_partition(0, batch=2**63)), "limit must be from 0 to"),
+        (lambda s: list(s.iter_partition(0, batch=2**63)), "batch must be from 0 to"),
     ],
     ids=[
         "stream-surrogate",
@@ -358,3 +358,41 @@ def test_projection_operations_check_names_and_partitions(
         call(store, result)
     assert sql(store, "SELECT count(*) FROM {s}.projection_checkpoints")[0][0] == 0
     assert sql(store, "SELECT count(*) FROM {s}.projection_skips")[0][0] == 0
+
+
+def test_read_stream_checks_after_version_up_front(store: EventStore) -> None:
+    """after_version past bigint is refused by name before any query."""
+    with pytest.raises(ValueError, match="after_version"):
+        store.read_stream("s-1", after_version=2**63)
+
+
+def test_from_url_checks_the_port_and_the_pool_size(database_url: str) -> None:
+    """A non-numeric port and a pool size of 0 are refused by name, without the password."""
+    with pytest.raises(ValueError, match="port of the database URL") as info:
+        EventStore.from_url("postgresql://u:secret@localhost:abc/db")
+    assert "secret" not in str(info.value)
+    with pytest.raises(ValueError, match="pool_size"):
+        EventStore.from_url(database_url, pool_size=0)
+
+
+def test_a_stored_command_payload_that_does_not_decode_fails_in_one_line(
+    store: EventStore,
+) -> None:
+    """A payload that no longer matches its command class dead-letters the command with one
+    line naming the command, not pydantic's multi-line report."""
+    from eventsource import CommandQueue, CommandWorker  # noqa: PLC0415
+    from tests.integration.test_commands import HANDLERS, Job  # noqa: PLC0415
+
+    queue = CommandQueue(store)
+    queued = queue.enqueue(Job(probe="p", n=1), max_attempts=1)
+    sql(store, "UPDATE {s}.commands SET payload = '{{\"n\": \"x\"}}'::jsonb")
+    worker = CommandWorker(store, handlers=HANDLERS, listen=False, poll_interval=0.05)
+    worker.run(stop_when_idle=True)
+    (dead,) = queue.dead()
+    assert dead.id == queued.id
+    assert dead.last_error is not None
+    assert "\n" not in dead.last_error
+    assert dead.last_error.startswith(
+        f"EventSourceError: command {queued.id} (test.cq.Job): its stored payload does not"
+        " decode to Job"
+    )

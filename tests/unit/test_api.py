@@ -42,6 +42,7 @@ PUBLIC_API = [
     "EmbeddedUnavailable",
     "Enqueued",
     "Event",
+    "EventDecodeError",
     "EventSourceError",
     "EventStore",
     "ExpectedVersion",
@@ -55,6 +56,7 @@ PUBLIC_API = [
     "UnknownCommandType",
     "UnknownEventType",
     "UpcastError",
+    "WorkerCrashed",
     "correlation",
     "current_correlation",
     "handler",
@@ -94,7 +96,7 @@ def test_errors_share_one_root() -> None:
         if isinstance(getattr(eventsource, n), type)
         and issubclass(getattr(eventsource, n), Exception)
     ]
-    assert len(errors) == 12
+    assert len(errors) == 14
     assert all(issubclass(e, eventsource.EventSourceError) for e in errors)
 
 
