@@ -72,6 +72,9 @@ MAX_HANDLER_TIMEOUT = 86400.0  # a day: an attempt that runs longer is not super
 # Delays and ages: a century is beyond any schedule and well within PostgreSQL's timestamps.
 MAX_DELAY = 100 * 365.25 * 86400
 STATUSES = ("pending", "running", "dead")
+# Key of a SQLAlchemy ``Connection.info`` entry (a set) in which enqueues made in that
+# connection's transaction leave their queues for its owner to announce after the commit.
+ANNOUNCE_AFTER_COMMIT = "eventsource.announce_after_commit"
 
 _registry: dict[str, type[Command]] = {}
 _handlers: dict[str, HandlerSpec] = {}
@@ -562,7 +565,14 @@ class CommandQueue(_QueueCore):
             if isinstance(tx, Connection):  # e.g. a projection's batch transaction
                 conn = _driver(tx)
                 rows = _fetch(conn, sql, params)
-                _fetch(conn, self._sql.notify, self._notify_params(queues))
+                after_commit = tx.info.get(ANNOUNCE_AFTER_COMMIT)
+                if isinstance(after_commit, set):
+                    # The owner of the transaction (a projection worker running a reactor)
+                    # announces the queues once it has committed: no NOTIFY in the
+                    # transaction, whose commit would take PostgreSQL's notify lock.
+                    after_commit.update(queues)
+                else:
+                    _fetch(conn, self._sql.notify, self._notify_params(queues))
                 return rows
         raise TypeError(f"tx must be a store Transaction or a SQLAlchemy Connection, got {tx!r}")
 

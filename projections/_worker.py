@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from sqlalchemy import Connection
 
 from eventsource import EventStore, RecordedEvent
 from eventsource._checks import check_name, check_seconds
+from eventsource._commands import ANNOUNCE_AFTER_COMMIT
 from eventsource._core import paused_gc, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
@@ -318,52 +320,21 @@ class ProjectionWorker:
 
     def batch(self, group: _Group, partition: int, lease: _Lease) -> int:
         """Apply one batch of ``partition``; the number of events it covered."""
-        projection = group.projection
         narrow = group.narrow_until.get(partition)
-        size = 1 if narrow is not None and lease.position < narrow else projection.batch_size
+        size = 1 if narrow is not None and lease.position < narrow else group.projection.batch_size
         key = {**self._key(group), "partition": partition, "token": lease.token}
-        last: RecordedEvent | None = None
         batch: list[RecordedEvent] = []
         try:
             # Not translated: a handler's own SQL errors are its own (and may be poison).
-            with self.store.engine.connect() as conn, conn.begin():
-                raw = _driver(conn)
+            with self.store.engine.connect() as conn:
+                # Reactors' enqueues leave their queues here, announced after the commit.
+                queues: set[str] = set()
+                conn.info[ANNOUNCE_AFTER_COMMIT] = queues
                 try:
-                    locked = _fetch(
-                        raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms}
-                    )
-                except psycopg.errors.LockNotAvailable:
-                    locked = []  # another session holds the checkpoint: not ours
-
-                if not locked:
-                    raise _LeaseLost
-                position = locked[0][0]
-                batch = records(
-                    _fetch(
-                        raw,
-                        self.queries.store.read_partition,
-                        {"partition": partition, "after": position, "limit": size},
-                    ),
-                    decode=False,
-                )
-                if not batch:
-                    lease.position = position
-                    return 0
-                last = batch[-1]
-                with paused_gc():
-                    if projection.pipelined:
-                        # Statements go out back to back; errors surface when the pipeline syncs.
-                        with raw.pipeline():
-                            projection.handle_batch(batch, conn)
-                    else:
-                        projection.handle_batch(batch, conn)
-                with raw.cursor() as cursor:
-                    cursor.execute(
-                        self.queries.advance,
-                        {**key, "position": last.position, "ttl": self.lease_ttl},
-                    )
-                    if cursor.rowcount != 1:
-                        raise _LeaseLost
+                    with conn.begin():
+                        position = self._apply(conn, group.projection, key, size, batch)
+                finally:
+                    conn.info.pop(ANNOUNCE_AFTER_COMMIT, None)
         except _LeaseLost:
             self._log.warning(
                 "lease lost: batch rolled back", projection=group.name, partition=partition
@@ -375,12 +346,63 @@ class ProjectionWorker:
                 raise  # the database, not the handler: the run loop waits it out
             self._failed(group, partition, lease, batch, exc)
             return 0
-        lease.position = last.position
+        if queues:
+            self.store._announcer.announce(queues, channel=self.store._command_queries.channel)
+        lease.position = position
+        if not batch:
+            return 0
         group.attempts.pop(partition, None)
         group.retry_at.pop(partition, None)
         if narrow is not None and lease.position >= narrow:
             del group.narrow_until[partition]
         return len(batch)
+
+    def _apply(
+        self,
+        conn: Connection,
+        projection: Projection,
+        key: dict[str, Any],
+        size: int,
+        batch: list[RecordedEvent],
+    ) -> int:
+        """In the batch's transaction: lock the checkpoint, read, handle, advance.
+
+        Fills ``batch`` with the events read (for the caller's error handling); returns the
+        checkpoint's position afterwards.
+        """
+        raw = _driver(conn)
+        try:
+            locked = _fetch(raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms})
+        except psycopg.errors.LockNotAvailable:
+            locked = []  # another session holds the checkpoint: not ours
+        if not locked:
+            raise _LeaseLost
+        position: int = locked[0][0]
+        batch.extend(
+            records(
+                _fetch(
+                    raw,
+                    self.queries.store.read_partition,
+                    {"partition": key["partition"], "after": position, "limit": size},
+                ),
+                decode=False,
+            )
+        )
+        if not batch:
+            return position
+        with paused_gc():
+            if projection.pipelined:
+                # Statements go out back to back; errors surface when the pipeline syncs.
+                with raw.pipeline():
+                    projection.handle_batch(batch, conn)
+            else:
+                projection.handle_batch(batch, conn)
+        last = batch[-1].position
+        with raw.cursor() as cursor:
+            cursor.execute(self.queries.advance, {**key, "position": last, "ttl": self.lease_ttl})
+            if cursor.rowcount != 1:
+                raise _LeaseLost
+        return last
 
     def _failed(
         self,
@@ -452,7 +474,6 @@ class ProjectionWorker:
                 if when > now:
                     wake = min(wake, when)
         return max(0.0, wake - now)
-
 
 
 def _line(exc: BaseException) -> str:

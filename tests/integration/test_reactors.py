@@ -135,3 +135,53 @@ def test_enqueue_outside_a_worker_is_an_error(store: EventStore) -> None:
     """A reactor not attached to a store says how to run it."""
     with store.engine.begin() as tx, pytest.raises(RuntimeError, match="not attached"):
         AuditDeposits().enqueue(Audit(stream_id="s", amount=1, position=1), tx)
+
+
+def _listen(store: EventStore) -> Any:
+    import psycopg  # noqa: PLC0415
+
+    from eventsource._core import conninfo  # noqa: PLC0415
+
+    conn = psycopg.connect(conninfo(store.url), autocommit=True)
+    conn.execute(store._command_queries.listen)
+    return conn
+
+
+def test_an_enqueue_in_a_reactor_batch_sends_no_notify_in_the_transaction(
+    store: EventStore,
+) -> None:
+    """Enqueues in a transaction whose owner announces after commit (a reactor's batch) send
+    no NOTIFY themselves, so their commits never queue on PostgreSQL's notify lock; other
+    SQLAlchemy transactions still notify at commit."""
+    from eventsource._commands import ANNOUNCE_AFTER_COMMIT  # noqa: PLC0415
+
+    queue = CommandQueue(store)
+    listener = _listen(store)
+    try:
+        with store.engine.connect() as conn:
+            pending: set[str] = set()
+            conn.info[ANNOUNCE_AFTER_COMMIT] = pending
+            try:
+                with conn.begin():
+                    queue.enqueue(Audit(stream_id="s", amount=1, position=1), tx=conn)
+            finally:
+                conn.info.pop(ANNOUNCE_AFTER_COMMIT, None)
+        assert pending == {"audit"}
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        with store.engine.connect() as conn, conn.begin():
+            queue.enqueue(Audit(stream_id="s", amount=2, position=2), tx=conn)
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["audit"]
+    finally:
+        listener.close()
+
+
+def test_a_reactor_batch_wakes_the_command_workers_after_its_commit(store: EventStore) -> None:
+    """The queues a reactor's batch enqueued to are announced once the batch has committed."""
+    store.append("acc-1", [Deposited(amount=5)])
+    listener = _listen(store)
+    try:
+        projections.run(store, [AuditDeposits()], stop_when_caught_up=True, **FAST)
+        assert audits(store) == [("acc-1", 5)]
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["audit"]
+    finally:
+        listener.close()
