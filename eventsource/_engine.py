@@ -17,9 +17,6 @@ from ._rawpool import stale
 
 __all__ = ["async_engine", "resolve_url", "sync_engine"]
 
-_POSTGRES_SCHEMES = {"postgresql", "postgres"}
-
-
 def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
     """The SQLAlchemy URL for ``url``; ``None`` means the environment's URL or the embedded server.
 
@@ -28,20 +25,9 @@ def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
     if url is None:
         settings = settings or Settings()
         url = settings.database_url or embedded_url(settings.embedded_dir)
-    if isinstance(url, str):
-        check_database_url(url)
-    try:
-        parsed = make_url(url)
-    except sa_exc.ArgumentError:
-        raise ValueError(
-            "invalid database URL: expected postgresql://user:password@host:port/database"
-        ) from None
-    backend = parsed.drivername.split("+", 1)[0]
-    if backend not in _POSTGRES_SCHEMES:
-        raise ValueError(
-            f"unsupported database URL scheme {parsed.drivername!r}: eventsource needs PostgreSQL"
-            " (postgresql://user:password@host:port/database)"
-        )
+    if not isinstance(url, str):
+        url = url.render_as_string(hide_password=False)
+    parsed = make_url(check_database_url(url))
     return parsed.set(drivername="postgresql+psycopg")
 
 

@@ -25,6 +25,7 @@ from eventsource._events import EventDecodeError
 from eventsource._queries import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited
+from tests.values import dicts, lists
 
 from ._support import log_state, sql
 
@@ -69,22 +70,6 @@ FAST: dict[str, Any] = {
     "max_attempts": 2,
     "retry_delays": (0.01,),
 }
-
-
-def lists(depth: int) -> Any:
-    """``depth`` nested lists around a number."""
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def dicts(depth: int) -> Any:
-    """``depth`` nested dicts around a number."""
-    value: Any = 1
-    for _ in range(depth):
-        value = {"k": value}
-    return value
 
 
 def commands(store: EventStore) -> int:
@@ -385,7 +370,7 @@ def test_a_stored_command_payload_that_does_not_decode_fails_in_one_line(
 
     queue = CommandQueue(store)
     queued = queue.enqueue(Job(probe="p", n=1), max_attempts=1)
-    sql(store, "UPDATE {s}.commands SET payload = '{{\"n\": \"x\"}}'::jsonb")
+    sql(store, 'UPDATE {s}.commands SET payload = \'{{"n": "x"}}\'::jsonb')
     worker = CommandWorker(store, handlers=HANDLERS, listen=False, poll_interval=0.05)
     worker.run(stop_when_idle=True)
     (dead,) = queue.dead()

@@ -27,28 +27,13 @@ from eventsource._checks import (
 from eventsource._core import StagedAppends, check_expected, check_range, check_stream_id
 from eventsource._events import EventDecodeError, decode_event, encode_event
 from tests.domain import Deposited
+from tests.values import dicts, lists
 
 
 class Nested(Event, name="unit.checks.Nested"):
     """An event with a free-form field, to nest payloads as deep as a test needs."""
 
     value: Any
-
-
-def lists(depth: int) -> Any:
-    """A value of ``depth`` nested lists around a number."""
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def dicts(depth: int) -> Any:
-    """A value of ``depth`` nested dicts around a number."""
-    value: Any = 1
-    for _ in range(depth):
-        value = {"k": value}
-    return value
 
 
 # -- check_name ---------------------------------------------------------------------------
