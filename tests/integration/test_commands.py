@@ -1448,3 +1448,23 @@ async def test_async_queue_lists_dead_commands_and_retries_them(
     assert await queue.purge() == 1
     assert await queue.dead() == []
     assert await asyncio.to_thread(count, store) == 0
+
+
+def test_a_delay_given_in_a_long_transaction_counts_from_the_enqueue(
+    store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """enqueue(tx=, delay=) schedules from the moment of the enqueue, not from the start of
+    the transaction."""
+    probe = probes()
+    queue = CommandQueue(store)
+    with store.transaction() as tx:
+        tx.execute(text("SELECT 1"))  # the transaction starts here
+        time.sleep(1.0)
+        queued = queue.enqueue(probe.job(n=1), delay=2.0, tx=tx)
+    assert queued.id is not None
+    ((ahead,),) = sql(
+        store,
+        "SELECT extract(epoch FROM run_at - clock_timestamp()) FROM {s}.commands WHERE id = :id",
+        {"id": queued.id},
+    )
+    assert 1.5 < ahead <= 2.0

@@ -253,3 +253,62 @@ def _count(store: EventStore, table: str) -> int:
                 text(f"SELECT count(*) FROM {quote_schema(store.schema)}.{table}")
             ).scalar_one()
         )
+
+
+def test_a_listener_that_fails_to_listen_closes_its_connection(
+    tagged: tuple[EventStore, str],
+) -> None:
+    """A LISTEN connection whose set-up fails after connecting is closed, not leaked."""
+    from eventsource._logging import get_logger  # noqa: PLC0415
+    from eventsource._runtime import Listener  # noqa: PLC0415
+
+    store, tag = tagged
+
+    def sessions() -> int:
+        with psycopg.connect(conninfo(store.url), autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND pid <> pg_backend_pid()",
+                (tag,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = sessions()
+    listener = Listener(store.url, ["SELECT 1 / 0"], get_logger("test"))
+    for _ in range(3):
+        listener._retry_at = 0.0
+        assert not listener.open()
+    assert sessions() == before
+
+
+def test_a_batch_longer_than_the_ttl_ends_with_a_live_lease(store: EventStore) -> None:
+    """The checkpoint's lease is renewed from the database clock when the batch advances,
+    not from the start of its transaction."""
+    worker = ProjectionWorker(store, [Counter(store.schema)], lease_ttl=1.0, heartbeat_interval=0.2)
+    worker.setup()
+    worker.heartbeat()
+    group = worker._groups[0]
+    partition, lease = next(iter(group.leases.items()))
+    with store.engine.connect() as conn, conn.begin():
+        conn.execute(text("SELECT 1"))  # the transaction starts here
+        time.sleep(1.2)  # a batch longer than the TTL
+        advanced = conn.exec_driver_sql(
+            worker.queries.advance,
+            {
+                **worker._key(group),
+                "partition": partition,
+                "token": lease.token,
+                "position": 0,
+                "ttl": 1.0,
+            },
+        )
+        assert advanced.rowcount == 1
+        live = conn.execute(
+            text(
+                f"SELECT lease_until > clock_timestamp() FROM {quote_schema(store.schema)}"
+                ".projection_checkpoints WHERE projection = :p AND partition = :n"
+            ),
+            {"p": Counter.name, "n": partition},
+        ).scalar_one()
+    assert live is True
+    worker.shutdown()
