@@ -65,11 +65,12 @@ class _Claimed:
     causation_id: str | None
     enqueued_at: datetime
     ordering_key: str | None
-    rank: int  # order in its claim; the first (1) has its attempt counted by the claim
+    priority: int
+    run_at: datetime
+    counted: bool  # its attempt is counted in the table (by the claim, for the first)
     timeout: float | None = None  # seconds this attempt may run
     deadline: float | None = None  # monotonic time after which the attempt has timed out
     started: bool = False  # its handler has started
-    counted: bool = False  # its attempt is counted in the table
     timed_out: bool = False  # failed by the heartbeat while its handler still runs
 
 
@@ -319,20 +320,24 @@ class CommandWorker:
         avg = slot.avg_seconds
         limit = 1 if avg is None else max(1, min(self.batch_size, int(0.1 / max(avg, 1e-6))))
         slot.busy = True
+        one_queue = len(self.queues) == 1
         rows = _fetch(
             conn,
-            self._sql.claim,
+            self._sql.claim_one_queue if one_queue else self._sql.claim,
             {
-                "queues": self.queues,
+                "queue" if one_queue else "queues": self.queues[0] if one_queue else self.queues,
                 "types": self._types,
                 "limit": limit,
                 "lease": self.lease,
                 "worker": self.worker_id,
             },
         )
-        claimed = sorted((_Claimed(*row) for row in rows), key=lambda c: c.rank)
-        if claimed:
-            claimed[0].counted = True  # by the claim
+        # In the claim's order: the first (its attempt counted by the claim), then by
+        # priority, time and id.
+        claimed = sorted(
+            (_Claimed(*row) for row in rows),
+            key=lambda c: (not c.counted, -c.priority, c.run_at, c.id),
+        )
         with self._held_lock:
             for command in claimed:
                 slot.held[command.id] = command
