@@ -257,9 +257,13 @@ class CommandQueries:
         # heartbeat while they run (``extend``) or when they fail, so that commands that
         # never start (the worker died first) are not charged an attempt. ``k`` = 1 marks
         # the first.
+        # Committed without waiting for its WAL flush: a claim that a server crash loses
+        # leaves its commands pending, to be claimed and run again (delivery is at least once
+        # either way), and a handler starts without waiting for the disk.
         return (
-            f"WITH ready AS (SELECT c.id, c.ordering_key, c.priority, c.run_at"
-            f" FROM {s}.commands c"
+            "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),"
+            f" ready AS (SELECT c.id, c.ordering_key, c.priority, c.run_at"
+            f" FROM {s}.commands c, cfg"
             f" WHERE c.status = 'pending' AND {queues}"
             " AND c.run_at <= now() AND c.command_type = ANY(%(types)b::text[])"
             " AND (c.ordering_key IS NULL OR (NOT EXISTS ("
@@ -267,7 +271,8 @@ class CommandQueries:
             "  AND p.status <> 'dead' AND p.id < c.id)"
             f" AND NOT EXISTS (SELECT 1 FROM {s}.command_keys k"
             "  WHERE k.ordering_key = c.ordering_key)))"
-            " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %(limit)b FOR UPDATE SKIP LOCKED),"
+            " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %(limit)b"
+            " FOR UPDATE OF c SKIP LOCKED),"
             f" keyed AS (INSERT INTO {s}.command_keys AS k (ordering_key, command_id, worker,"
             " lease_until)"
             " SELECT DISTINCT ON (r.ordering_key) r.ordering_key, r.id, %(worker)b,"

@@ -253,7 +253,8 @@ def test_a_long_schema_name_works_end_to_end_with_listen(
 
     def idle_and_listening() -> bool:
         # The slot has claimed (and found nothing) and sleeps; only a NOTIFY wakes it now.
-        return sessions(store, listen) == 1 and sessions(store, "WITH ready AS") == 1
+        claim = store._command_queries.claim_one_queue
+        return sessions(store, listen) == 1 and sessions(store, claim[:60]) == 1
 
     with cq.running(worker):
         cq.wait_until(idle_and_listening, "the worker to listen and idle")
