@@ -21,7 +21,7 @@ import psycopg
 
 from ._core import is_outage
 from ._logging import get_logger
-from ._rawpool import stale
+from ._rawpool import gone
 
 __all__ = ["Announcer"]
 
@@ -109,7 +109,7 @@ class Announcer:
         """Send one notification; a connection that broke is replaced and the send retried."""
         for attempt in (1, 2):
             try:
-                if conn is not None and (conn.closed or stale(conn.fileno())):
+                if conn is not None and gone(conn):
                     conn.close()
                     conn = None
                 if conn is None:

@@ -120,15 +120,13 @@ class CommandQueries:
             + free_keys
             + " SELECT id FROM done"
         )
-        # The ack of a handler's ``ctx.tx``, just before its commit: the transaction then
-        # holds the command's row, so it may not sit idle longer than a lease (a frozen
-        # worker's session is ended by the server, and the command is reclaimed).
+        # The ack of a handler's ``ctx.tx``, just before its commit (whose transaction may
+        # not sit idle longer than a lease: see the worker's ``_handler_tx``).
         self.ack_one = (
-            "WITH cfg AS (SELECT set_config('idle_in_transaction_session_timeout',"
-            " %(idle_ms)s, true)),"
-            f" done AS (DELETE FROM {s}.commands WHERE id = %(id)s AND lease_token = %(token)s"
-            " AND status = 'running' AND EXISTS (SELECT 1 FROM cfg)"
-            " RETURNING id, ordering_key)" + free_keys + " SELECT id FROM done"
+            f"WITH done AS (DELETE FROM {s}.commands WHERE id = %(id)s AND lease_token = %(token)s"
+            " AND status = 'running' RETURNING id, ordering_key)"
+            + free_keys
+            + " SELECT id FROM done"
         )
         # The heartbeat: extend the leases of the commands held (and count the attempts of
         # those that started since: ``attempts``, the worker's count). Rows locked by a
@@ -159,8 +157,7 @@ class CommandQueries:
         )
         # A key given up by its command: after a timed-out handler's thread returned.
         self.release_key = (
-            f"DELETE FROM {s}.command_keys WHERE ordering_key = %(key)s"
-            " AND command_id = %(id)s"
+            f"DELETE FROM {s}.command_keys WHERE ordering_key = %(key)s AND command_id = %(id)s"
         )
         # Hand back commands whose handlers never started: no attempt spent (``attempts``,
         # the worker's count before this claim).

@@ -36,7 +36,15 @@ from ._context import correlation
 from ._errors import EventSourceError
 from ._logging import get_logger
 from ._loop import close_thread_loop, run_on_thread_loop
-from ._runtime import Backoff, Listener, Supervisor, connect, default_worker_id, is_outage
+from ._runtime import (
+    Backoff,
+    Listener,
+    Supervisor,
+    connect,
+    default_worker_id,
+    first_line,
+    is_outage,
+)
 from ._store import EventStore, Transaction, _driver, _fetch
 
 __all__ = ["CommandWorker", "LeaseLost"]
@@ -146,6 +154,8 @@ class CommandWorker:
                 " (functions decorated with @handler)"
             )
         self.lease = check_seconds(lease, "lease", low=0.5, high=86400)
+        # A handler's ``ctx.tx`` may sit idle this long (ms): about one lease.
+        self._idle_ms = str(max(1000, int(self.lease * 1000)))
         self.batch_size = max(1, min(batch_size, 10_000))
         self.poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
         self.listen = listen
@@ -159,6 +169,15 @@ class CommandWorker:
         )
         self._sql: CommandQueries = store._command_queries
         self._types = sorted(self.handlers)
+        # The claim: of one queue in the order of its index, or of several.
+        one_queue = len(self.queues) == 1
+        self._claim_sql = self._sql.claim_one_queue if one_queue else self._sql.claim
+        self._claim_params: dict[str, Any] = {
+            "queue" if one_queue else "queues": self.queues[0] if one_queue else self.queues,
+            "types": self._types,
+            "lease": self.lease,
+            "worker": self.worker_id,
+        }
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._generation = 0
@@ -292,7 +311,7 @@ class CommandWorker:
                         level(
                             "slot lost its connection; retrying",
                             slot=slot.index,
-                            error=_line(exc),
+                            error=first_line(exc),
                             outage=is_outage(exc),
                         )
                     with self._held_lock:
@@ -320,18 +339,7 @@ class CommandWorker:
         avg = slot.avg_seconds
         limit = 1 if avg is None else max(1, min(self.batch_size, int(0.1 / max(avg, 1e-6))))
         slot.busy = True
-        one_queue = len(self.queues) == 1
-        rows = _fetch(
-            conn,
-            self._sql.claim_one_queue if one_queue else self._sql.claim,
-            {
-                "queue" if one_queue else "queues": self.queues[0] if one_queue else self.queues,
-                "types": self._types,
-                "limit": limit,
-                "lease": self.lease,
-                "worker": self.worker_id,
-            },
-        )
+        rows = _fetch(conn, self._claim_sql, {**self._claim_params, "limit": limit})
         # In the claim's order: the first (its attempt counted by the claim), then by
         # priority, time and id.
         claimed = sorted(
@@ -422,7 +430,7 @@ class CommandWorker:
                     acked = _fetch(
                         _driver(ctx._tx.connection),
                         self._sql.ack_one,
-                        {"id": command.id, "token": command.token, "idle_ms": self._idle_ms},
+                        {"id": command.id, "token": command.token},
                     )
                     if not acked:
                         raise LeaseLost(
@@ -595,7 +603,9 @@ class CommandWorker:
                 backoff.reset()
             except psycopg.Error as exc:
                 if backoff.failures == 0:
-                    self._log.warning("heartbeat failed", error=_line(exc), outage=is_outage(exc))
+                    self._log.warning(
+                        "heartbeat failed", error=first_line(exc), outage=is_outage(exc)
+                    )
                 backoff.next()
                 if conn is not None:
                     with suppress(psycopg.Error):
@@ -740,7 +750,7 @@ class CommandWorker:
                 if waiting:
                     _fetch(conn, self._sql.release, _unstarted(waiting))
         except psycopg.Error as exc:
-            self._log.warning("could not record abandoned attempts", error=_line(exc))
+            self._log.warning("could not record abandoned attempts", error=first_line(exc))
 
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         try:
@@ -749,13 +759,8 @@ class CommandWorker:
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            self._log.warning("database unavailable", error=_line(exc))
+            self._log.warning("database unavailable", error=first_line(exc))
             return [(1,)]
-
-    @property
-    def _idle_ms(self) -> str:
-        """A ``ctx.tx`` may sit idle after its ack this long (ms): about one lease."""
-        return str(max(1000, int(self.lease * 1000)))
 
 
 def _decode(spec: HandlerSpec, command: _Claimed) -> Any:
@@ -787,11 +792,6 @@ def _unstarted(commands: Sequence[_Claimed]) -> dict[str, list[Any]]:
         "tokens": [c.token for c in commands],
         "attempts": [c.attempt - 1 for c in commands],
     }
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_worker(

@@ -694,8 +694,10 @@ def translate_errors(url: URL, schema: str) -> Iterator[None]:
         raise translate(exc, url, schema) from exc
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none), for logs."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def translate(  # noqa: PLR0911 - one return per kind of driver error
@@ -729,12 +731,12 @@ def translate(  # noqa: PLR0911 - one return per kind of driver error
         | psycopg.errors.UndefinedFunction
         | psycopg.errors.InvalidSchemaName,
     ):
-        return SchemaNotReady(schema, _first_line(orig))
+        return SchemaNotReady(schema, first_line(orig))
     if isinstance(orig, psycopg.errors.CheckViolation):
-        return ValueError(f"rejected by the database: {_first_line(orig)}")
+        return ValueError(f"rejected by the database: {first_line(orig)}")
     if isinstance(orig, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return EventSourceError(
-            f"the statement was cancelled (a statement or lock timeout?): {_first_line(orig)}"
+            f"the statement was cancelled (a statement or lock timeout?): {first_line(orig)}"
         )
     if isinstance(orig, psycopg.errors.SerializationFailure):
         return EventSourceError(

@@ -13,7 +13,7 @@ from ._checks import check_database_url
 from ._config import Settings
 from ._core import KEEPALIVES
 from ._embedded import embedded_url
-from ._rawpool import stale
+from ._rawpool import gone
 
 __all__ = ["async_engine", "resolve_url", "sync_engine"]
 
@@ -52,13 +52,13 @@ def _engine_options(url: URL, pool_size: int, prepared: bool = True) -> dict[str
 def _check_on_checkout(pool: Pool) -> None:
     """Replace a pooled connection that the server closed while it sat idle.
 
-    The check is one ``poll`` of the socket, no round trip (see ``_rawpool.stale``); SQLAlchemy
+    The check is one ``poll`` of the socket, no round trip (see ``_rawpool.gone``); SQLAlchemy
     replaces a connection whose checkout raises ``DisconnectionError``.
     """
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-        if driver.closed or stale(driver.fileno()):
+        if gone(driver):
             raise sa_exc.DisconnectionError("the idle connection was closed by the server")
 
     event.listen(pool, "checkout", checkout)

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-__all__ = ["RawPool", "stale"]
+__all__ = ["RawPool", "gone"]
 
 # Seconds a caller waits for a pooled connection before opening one of its own.
 QUICK = 0.25
@@ -30,20 +30,22 @@ if _pool_log.level == logging.NOTSET:
     _pool_log.setLevel(logging.ERROR)
 
 
-def stale(fileno: int) -> bool:
-    """Whether an idle connection's socket has something to read: it should have nothing.
+def gone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection is closed, or its socket has something to read.
 
     An idle connection (no LISTEN) receives data only when the server is done with it: the
     error message of a terminated backend or a shutdown, then the end of the stream. One
     ``poll`` with no timeout (about a microsecond) tells, without a round trip.
     """
+    if conn.closed:
+        return True
     poller = select.poll()
-    poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
     return bool(poller.poll(0))
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:
-    if conn.closed or stale(conn.fileno()):
+    if gone(conn):
         conn.close()  # so that the pool discards it instead of taking it back
         raise psycopg.OperationalError("the idle connection was closed by the server")
 

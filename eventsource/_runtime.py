@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from ._core import conninfo, is_outage
+from ._core import conninfo, first_line, is_outage
 from ._errors import WorkerCrashed
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "WorkerCrashed",
     "connect",
     "default_worker_id",
+    "first_line",
     "is_outage",
 ]
 
@@ -114,7 +115,7 @@ class Listener:
             delay = self._backoff.next()
             self._retry_at = now + delay
             if self._backoff.failures == 1:
-                self._log.warning("LISTEN unavailable; retrying", error=_first_line(exc))
+                self._log.warning("LISTEN unavailable; retrying", error=first_line(exc))
             return False
         self._conn = conn
         self._backoff.reset()
@@ -147,7 +148,7 @@ class Listener:
         return False
 
     def _drop(self, exc: BaseException) -> None:
-        self._log.warning("LISTEN connection lost; reconnecting", error=_first_line(exc))
+        self._log.warning("LISTEN connection lost; reconnecting", error=first_line(exc))
         self._lost = True
         self.close()
         self._retry_at = time.monotonic() + self._backoff.next()
@@ -157,11 +158,6 @@ class Listener:
             with suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Supervisor:
@@ -177,7 +173,6 @@ class Supervisor:
         self._lock = threading.Lock()
         self.failure: BaseException | None = None
         self.failed_thread: str | None = None
-        self.threads: list[threading.Thread] = []
 
     def spawn(self, target: Callable[..., None], name: str, *args: Any) -> threading.Thread:
         """Start ``target(*args)`` on a daemon thread that is watched."""
@@ -189,7 +184,6 @@ class Supervisor:
                 self.crashed(name, exc)
 
         thread = threading.Thread(target=watched, name=name, daemon=True)
-        self.threads.append(thread)
         thread.start()
         return thread
 

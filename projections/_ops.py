@@ -22,12 +22,13 @@ from eventsource import AppendResult, EventSourceError, EventStore, PendingAppen
 from eventsource._checks import check_seconds
 from eventsource._core import check_partition
 from eventsource._queries import quote_schema
+from eventsource._runtime import default_worker_id
 from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_projection_name
 from ._queries import ProjectionQueries
 from ._reactor import Reactor
-from ._worker import ProjectionWorker, default_worker_id
+from ._worker import ProjectionWorker
 
 __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
 

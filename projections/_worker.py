@@ -31,14 +31,14 @@ from eventsource._commands import ANNOUNCE_AFTER_COMMIT
 from eventsource._core import paused_gc, records
 from eventsource._logging import get_logger
 from eventsource._queries import quote_schema
-from eventsource._runtime import Backoff, Listener, default_worker_id, is_outage
+from eventsource._runtime import Backoff, Listener, default_worker_id, first_line, is_outage
 from eventsource._store import _driver, _fetch
 
 from ._projection import Projection, check_unique, close_thread_loop
 from ._queries import ProjectionQueries
 from ._reactor import Reactor
 
-__all__ = ["ProjectionWorker", "default_worker_id", "run"]
+__all__ = ["ProjectionWorker", "run"]
 
 log = get_logger("projections.worker")
 
@@ -156,7 +156,7 @@ class ProjectionWorker:
                         raise
                     delay = backoff.next()
                     if backoff.failures == 1:
-                        self._log.warning("database unavailable; waiting", error=_line(exc))
+                        self._log.warning("database unavailable; waiting", error=first_line(exc))
                     self._stop.wait(delay)
                     next_beat = 0.0  # renew the leases first thing once it is back
                     continue
@@ -199,7 +199,7 @@ class ProjectionWorker:
             if not is_outage(exc):
                 raise
             # They expire by themselves within one lease TTL.
-            self._log.warning("could not release leases", error=_line(exc))
+            self._log.warning("could not release leases", error=first_line(exc))
 
     # -- membership and leases -----------------------------------------------------------
 
@@ -474,11 +474,6 @@ class ProjectionWorker:
                 if when > now:
                     wake = min(wake, when)
         return max(0.0, wake - now)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run(
