@@ -30,6 +30,9 @@ if _pool_log.level == logging.NOTSET:
     _pool_log.setLevel(logging.ERROR)
 
 
+_SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes descriptors below it
+
+
 def gone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle connection is closed, or its socket has something to read.
 
@@ -39,8 +42,12 @@ def gone(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """
     if conn.closed:
         return True
+    fileno = conn.fileno()
+    if fileno < _SELECT_LIMIT:  # select() builds no object: the cheapest look
+        readable, _, broken = select.select((fileno,), (), (fileno,), 0)
+        return bool(readable or broken)
     poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
     return bool(poller.poll(0))
 
 
