@@ -26,7 +26,6 @@ import json
 import random
 import signal
 import sys
-import threading
 import time
 from typing import IO, Any
 
@@ -50,14 +49,27 @@ EVENTS_PAUSE = 0.005  # seconds between two operations of an event writer
 COMMANDS_PAUSE = 0.05  # ... of the command enqueuer
 STREAMS = 20
 
-_stop = threading.Event()
-_paused = threading.Event()
+# Set only by signal handlers. Plain flags, not threading.Event: an Event set from a
+# handler that interrupts this thread inside that Event's own wait deadlocks on its lock.
+_flags = {"stop": False, "paused": False}
+
+
+def _stopping() -> bool:
+    return _flags["stop"]
+
+
+def _sleep(seconds: float) -> bool:
+    """Sleep up to ``seconds`` (less once stopping); whether the load is stopping."""
+    deadline = time.monotonic() + seconds
+    while not _flags["stop"] and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.01))
+    return _flags["stop"]
 
 
 def _pause_point() -> None:
     """Wait here while paused (between two operations)."""
-    while _paused.is_set() and not _stop.is_set():
-        _stop.wait(0.01)
+    while _flags["paused"] and not _flags["stop"]:
+        time.sleep(0.01)
 
 
 def _say(message: str) -> None:
@@ -112,7 +124,7 @@ def _ids(plan: Plan) -> list[str]:
 def run_events(store: EventStore, index: int, out: IO[str]) -> None:
     rng = random.Random(index)
     op = 0
-    while not _stop.is_set():
+    while not _stopping():
         op += 1
         plan = _plan(rng, index, op)
         slow = rng.random() < 0.1
@@ -131,7 +143,7 @@ def run_events(store: EventStore, index: int, out: IO[str]) -> None:
                 break
             except Exception as exc:  # the outage: try again with the same events
                 _say(f"op {op} try {tries}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-                if _stop.wait(delay):
+                if _sleep(delay):
                     break
                 delay = min(delay * 2, 0.5)
                 continue
@@ -148,7 +160,7 @@ def run_events(store: EventStore, index: int, out: IO[str]) -> None:
             break
         out.write(json.dumps(record) + "\n")
         out.flush()
-        _stop.wait(EVENTS_PAUSE)
+        _sleep(EVENTS_PAUSE)
         _pause_point()
 
 
@@ -156,7 +168,7 @@ def run_commands(store: EventStore, index: int, out: IO[str]) -> None:
     rng = random.Random(index)
     queue = CommandQueue(store)
     n = index * 10**7
-    while not _stop.is_set():
+    while not _stopping():
         count = 5 if rng.random() < 0.2 else 1
         ns = list(range(n + 1, n + 1 + count))
         n += count
@@ -169,15 +181,15 @@ def run_commands(store: EventStore, index: int, out: IO[str]) -> None:
         else:
             out.write(json.dumps({"ns": ns, "acked": True, "ids": ids, "t": time.time()}) + "\n")
         out.flush()
-        _stop.wait(COMMANDS_PAUSE)
+        _sleep(COMMANDS_PAUSE)
         _pause_point()
 
 
 def main(argv: list[str]) -> None:
     kind, url, schema, index, out_path = argv
-    signal.signal(signal.SIGTERM, lambda *_: _stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: _paused.set())
-    signal.signal(signal.SIGUSR2, lambda *_: _paused.clear())
+    signal.signal(signal.SIGTERM, lambda *_: _flags.update(stop=True))
+    signal.signal(signal.SIGUSR1, lambda *_: _flags.update(paused=True))
+    signal.signal(signal.SIGUSR2, lambda *_: _flags.update(paused=False))
     with (
         EventStore.from_url(url, schema=schema, pool_size=2) as store,
         open(out_path, "a", encoding="utf-8") as out,
