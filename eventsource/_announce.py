@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import psycopg
 
-from ._core import is_outage
+from ._core import first_line, is_outage
 from ._logging import get_logger
 from ._rawpool import gone
 
@@ -124,7 +124,7 @@ class Announcer:
                     conn = None
                 if attempt == 2 or not is_outage(exc):
                     # Announcements are a latency optimisation: readers poll as well.
-                    log.warning("announcement failed", channel=channel, error=str(exc))
+                    log.warning("announcement failed", channel=channel, error=first_line(exc))
         return None
 
 

@@ -17,6 +17,7 @@ from ._rawpool import gone
 
 __all__ = ["async_engine", "resolve_url", "sync_engine"]
 
+
 def resolve_url(url: str | URL | None, settings: Settings | None = None) -> URL:
     """The SQLAlchemy URL for ``url``; ``None`` means the environment's URL or the embedded server.
 

@@ -70,6 +70,11 @@ class RawPool:
             kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
             check=_check,
             timeout=QUICK,
+            # A failed connection attempt is given up at once (the pool would otherwise retry
+            # it with backoff, up to minutes apart, and grow no further meanwhile: every
+            # caller would wait QUICK and connect on its own until the next retry); the next
+            # caller that finds no idle connection starts a new attempt.
+            reconnect_timeout=0.0,
             open=True,
             name="eventsource-raw",
         )

@@ -188,9 +188,11 @@ class Probe:
     worker: str  # who served it (or, if nobody did, the worker it was meant for)
     latency: float | None  # seconds; None: not served within the window
     where: str  # partition or queue
+    send: float | None = None  # seconds the append or enqueue itself took
 
     def __str__(self) -> str:
-        return "-" if self.latency is None else f"{self.latency * 1000:.0f}"
+        shown = "-" if self.latency is None else f"{self.latency * 1000:.0f}"
+        return shown if self.send is None else f"{shown}({self.send * 1000:.0f})"
 
 
 @dataclass
@@ -495,6 +497,7 @@ class Scenario:
                         self.probe_uncertain.add(str(event.event_id))
                         raise
                     assert isinstance(result, AppendResult)
+                    took = time.monotonic() - sent
                     self.probe_appends.append(
                         {
                             "stream_id": result.stream_id,
@@ -505,6 +508,7 @@ class Scenario:
                         }
                     )
                     probe = self._await_applied(conn, result, sent, deadline, pids, owner=owner)
+                    probe.send = took
                     report.add(probe, sent)
                     time.sleep(PROBE_GAP)
                 except Exception as exc:  # the server is away: count it, start afresh

@@ -8,9 +8,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from eventsource import EventStore
+from eventsource import DatabaseUnavailable, EventStore
 from eventsource._core import conninfo
 from tests.domain import Opened
+from tests.proxy import Proxy
 
 
 def backend_pids(store: EventStore) -> set[int]:
@@ -115,3 +116,36 @@ def test_a_store_over_an_engine_without_a_sized_pool(database_url: str, store: E
         assert store.read_stream("np-1")[0].position == result.position
     finally:
         other.close()
+
+
+def test_the_pool_serves_again_at_once_after_an_outage(
+    database_url: str, store: EventStore
+) -> None:
+    """After the server was away for a while, statements run on pooled connections again at
+    once: the pool does not keep backing off its reconnection attempts (each statement would
+    then wait for it, and run on a connection of its own)."""
+    with Proxy(database_url) as proxy:
+        other = EventStore.from_url(proxy.url, schema=store.schema)
+        try:
+            other.append("o-1", [Opened(owner="a")])
+            proxy.down()
+            failures = 0
+            for _ in range(6):  # the pool's connection attempts fail again and again
+                with pytest.raises(DatabaseUnavailable):
+                    other.heads()
+                failures += 1
+                time.sleep(0.5)
+            proxy.up()
+            with other._raw() as conn:
+                pid = conn.info.backend_pid
+            opened = proxy.accepted
+            pids = set()
+            for _ in range(5):
+                with other._raw() as conn:
+                    pids.add(conn.info.backend_pid)
+            assert pids == {pid}, "statements after the outage ran on new connections each"
+            assert proxy.accepted == opened
+            assert failures == 6
+            assert other.read_stream("o-1")[0].stream_id == "o-1"
+        finally:
+            other.close()
