@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventsource import EventSourceError, EventStore
-from eventsource._logging import configure_logging
+from eventsource._internal import configure_logging
 
 from . import _commands, _projections, _workloads  # noqa: F401 - register the workloads
 from ._harness import Result, run_workload

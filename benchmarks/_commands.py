@@ -29,7 +29,7 @@ from typing import IO, Any
 from sqlalchemy import text
 
 from eventsource import CommandQueue, EventStore
-from eventsource._queries import quote_schema
+from eventsource._internal import command_queries, quote_schema
 
 from . import _projections  # noqa: F401 - registered first: the order of BENCHMARKS.md
 from ._command_handlers import LINKS_ENV, PROBES_ENV, QUEUE, BenchLink, BenchNoop, BenchProbe
@@ -140,7 +140,7 @@ def _check_processed(worker: Worker, n: int, what: str) -> None:
 
 def _wait_ready(store: EventStore, worker: Worker) -> None:
     """Until the worker has its slots' connections and its LISTEN, and has run a warm-up."""
-    listen = store._command_queries.listen
+    listen = command_queries(store.schema).listen
     deadline = time.monotonic() + READY_TIMEOUT
     # The slots' connections, the heartbeat's and the listener (which ends on its LISTEN).
     while True:

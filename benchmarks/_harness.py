@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventsource import NO_STREAM, Event, EventStore
-from eventsource._queries import quote_schema
+from eventsource._internal import quote_schema
 
 from ._registry import Workload
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from eventsource._queries import quote_schema
+from eventsource._internal import quote_schema
 
 from ._harness import Result, Run, summarize
 

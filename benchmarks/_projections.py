@@ -23,7 +23,7 @@ from sqlalchemy import event as sa_event
 
 import projections
 from eventsource import NO_STREAM, AppendResult, EventStore, RecordedEvent
-from eventsource._queries import quote_schema
+from eventsource._internal import quote_schema
 from projections import Projection, handles
 
 from . import _workloads  # noqa: F401 - registered first: the order of BENCHMARKS.md

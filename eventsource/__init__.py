@@ -6,30 +6,10 @@ stored offsets into read models; a command queue delivers tasks to handlers at l
 
 from __future__ import annotations
 
-from ._aggregate import Aggregate
-from ._async_store import AsyncEventStore, AsyncTransaction
-from ._command_worker import CommandWorker, LeaseLost
-from ._commands import (
-    AsyncCommandQueue,
-    Command,
-    CommandContext,
-    CommandInfo,
-    CommandQueue,
-    Enqueued,
-    handler,
-)
-from ._config import Settings
-from ._context import correlation, current_correlation
-from ._core import (
-    ANY,
-    NO_STREAM,
-    AppendResult,
-    ExpectedVersion,
-    PendingAppend,
-    RecordedEvent,
-    partition_for,
-)
-from ._errors import (
+from eventsource._aggregate import Aggregate
+from eventsource._config import Settings
+from eventsource._context import correlation, current_correlation
+from eventsource._errors import (
     AggregateNotFound,
     CommandNotFound,
     ConcurrencyError,
@@ -42,9 +22,33 @@ from ._errors import (
     UnknownEventType,
     WorkerCrashed,
 )
-from ._events import Event, EventDecodeError, UpcastError, upcaster
-from ._repository import AsyncRepository, Repository
-from ._store import EventStore, Transaction
+from eventsource._events import Event, EventDecodeError, UpcastError, upcaster
+from eventsource.commands import (
+    AsyncCommandQueue,
+    Command,
+    CommandContext,
+    CommandInfo,
+    CommandQueue,
+    CommandWorker,
+    Enqueued,
+    LeaseLost,
+    handler,
+)
+from eventsource.store import (
+    ANY,
+    NO_STREAM,
+    AppendResult,
+    AsyncEventStore,
+    AsyncRepository,
+    AsyncTransaction,
+    EventStore,
+    ExpectedVersion,
+    PendingAppend,
+    RecordedEvent,
+    Repository,
+    Transaction,
+    partition_for,
+)
 
 __all__ = [
     "ANY",

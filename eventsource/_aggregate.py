@@ -28,9 +28,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from ._checks import check_int, check_name
-from ._events import Event
-from ._schema import MAX_STREAM_ID_LENGTH
+from eventsource._checks import MAX_STREAM_ID_LENGTH, check_int, check_name
+from eventsource._events import Event
 
 __all__ = ["Aggregate"]
 

@@ -33,10 +33,13 @@ __all__ = [
     "INT_MIN",
     "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
+    "MAX_STREAM_ID_LENGTH",
     "check_database_url",
     "check_int",
     "check_json_depth",
+    "check_json_text",
     "check_name",
+    "check_schema_name",
     "check_seconds",
     "check_utf8",
     "object_depth",
@@ -272,3 +275,36 @@ def object_depth(value: object) -> int | None:
         stack.append((item, depth, True))
         stack.extend((child, depth + 1, False) for child in children)
     return deepest
+
+
+# A JSON escape of U+0000: "\u0000" not itself preceded by an escaping backslash.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_json_text(value: str, what: str) -> str:
+    """Check encoded JSON for what PostgreSQL's jsonb refuses, before anything is sent."""
+    if "\\u0000" in value and _NUL_ESCAPE.search(value):
+        raise ValueError(f"{what} contains a NUL character (U+0000), which PostgreSQL cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} contains a lone surrogate character, which is not valid UTF-8"
+        ) from None
+    return value
+
+
+# Stream ids are at most this many characters (a CHECK on the events table says the same).
+MAX_STREAM_ID_LENGTH = 500
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def check_schema_name(schema: object) -> str:
+    """``schema`` if it is a valid schema name; ``ValueError`` naming it otherwise."""
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"invalid schema name {schema!r}: use letters, digits and underscores"
+            " (at most 63, not starting with a digit)"
+        )
+    return schema

@@ -14,8 +14,7 @@ import platformdirs
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._checks import check_database_url
-from ._queries import quote_schema
+from eventsource._checks import check_database_url, check_schema_name
 
 __all__ = ["Settings"]
 
@@ -68,7 +67,7 @@ class Settings(BaseSettings):
     @field_validator("db_schema")
     @classmethod
     def _schema_name(cls, value: str) -> str:
-        quote_schema(value)
+        check_schema_name(value)
         return value
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ._checks import check_name
+from eventsource._checks import check_name
 
 __all__ = ["correlation", "current_correlation"]
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticSerializationError
 from uuid_utils.compat import uuid7
 
-from ._checks import (
+from eventsource._checks import (
     INT_MAX,
     MAX_JSON_DEPTH,
     check_int,
@@ -33,7 +33,7 @@ from ._checks import (
     object_depth,
     too_deep,
 )
-from ._errors import EventSourceError, UnknownEventType
+from eventsource._errors import EventSourceError, UnknownEventType
 
 __all__ = [
     "Event",

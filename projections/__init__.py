@@ -14,7 +14,7 @@ projections.run(store, [Balances()], stop_when_caught_up=True)   # in code
 
 from __future__ import annotations
 
-from ._ops import (
+from projections._ops import (
     PartitionStatus,
     ProjectionTimeout,
     ReplayError,
@@ -24,9 +24,9 @@ from ._ops import (
     status,
     wait_for,
 )
-from ._projection import Projection, handles
-from ._reactor import Reactor
-from ._worker import ProjectionWorker, run
+from projections._projection import Projection, handles
+from projections._reactor import Reactor
+from projections._worker import ProjectionWorker, run
 
 __all__ = [
     "PartitionStatus",

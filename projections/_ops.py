@@ -19,16 +19,18 @@ from rich.progress import (
 )
 
 from eventsource import AppendResult, EventSourceError, EventStore, PendingAppend
-from eventsource._checks import check_seconds
-from eventsource._core import check_partition
-from eventsource._queries import quote_schema
-from eventsource._runtime import default_worker_id
-from eventsource._store import _driver, _fetch
-
-from ._projection import Projection, check_projection_name
-from ._queries import ProjectionQueries
-from ._reactor import Reactor
-from ._worker import ProjectionWorker
+from eventsource._internal import (
+    check_partition,
+    check_seconds,
+    default_worker_id,
+    driver_connection,
+    fetch,
+    quote_schema,
+)
+from projections._projection import Projection, check_projection_name
+from projections._queries import ProjectionQueries
+from projections._reactor import Reactor
+from projections._worker import ProjectionWorker
 
 __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
 
@@ -81,7 +83,7 @@ class PartitionStatus:
 def status(store: EventStore) -> list[PartitionStatus]:
     """Every projection's partitions: position, head, lag, owner, last update, error."""
     with store._raw() as conn:
-        rows = _fetch(conn, _queries(store).status)
+        rows = fetch(conn, _queries(store).status)
     return [PartitionStatus(*row) for row in rows]
 
 
@@ -107,7 +109,7 @@ def wait_for(
     delay = 0.001
     while True:
         with store._raw() as conn:
-            rows = _fetch(conn, query, key)
+            rows = fetch(conn, query, key)
         if rows and rows[0][0] >= result.position:
             return
         if time.monotonic() >= deadline:
@@ -137,7 +139,7 @@ def _on_stopped(store: EventStore, sql: str, projection: str, partition: int) ->
     projection = check_projection_name(projection)
     partition = check_partition(partition, store.partitions)
     with store._raw() as conn:
-        rows = _fetch(conn, sql, {"projection": projection, "partition": partition})
+        rows = fetch(conn, sql, {"projection": projection, "partition": partition})
     if not rows:
         raise EventSourceError(
             f"projection {projection!r} partition {partition} is not stopped on an error"
@@ -180,7 +182,7 @@ def replay(
     key = {"projection": projection.name, "worker": worker.worker_id}
     worker.setup()
     with store._raw() as conn:
-        if not _fetch(conn, queries.pause, {**key, "ttl": worker.lease_ttl}):
+        if not fetch(conn, queries.pause, {**key, "ttl": worker.lease_ttl}):
             raise ReplayError(
                 f"projection {projection.name!r} is being replayed by another process"
             )
@@ -189,19 +191,19 @@ def replay(
         _take_over(worker, store.partitions, takeover_timeout)
         # Not translated: errors of the projection's own reset() are its own.
         with store.engine.begin() as tx:
-            raw = _driver(tx)
-            locked = _fetch(raw, queries.lock_all, key)
+            raw = driver_connection(tx)
+            locked = fetch(raw, queries.lock_all, key)
             if len(locked) != store.partitions:
                 raise ReplayError("lost a lease during the takeover; run the replay again")
             projection.reset(tx)
-            _fetch(raw, queries.reset_checkpoints, key)
+            fetch(raw, queries.reset_checkpoints, key)
         for lease in group.leases.values():
             lease.position, lease.failed = 0, False
         return _run_to_head(worker, console or Console(stderr=True), progress)
     finally:
         worker.shutdown()
         with store._raw() as conn:
-            _fetch(conn, queries.unpause, {**key, "replayed": True})
+            fetch(conn, queries.unpause, {**key, "replayed": True})
 
 
 def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> None:

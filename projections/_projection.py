@@ -27,8 +27,13 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import Connection
 
 from eventsource import Event, RecordedEvent
-from eventsource._checks import MAX_NAME_LENGTH, check_int, check_name
-from eventsource._loop import close_thread_loop, run_on_thread_loop
+from eventsource._internal import (
+    MAX_NAME_LENGTH,
+    check_int,
+    check_name,
+    close_thread_loop,
+    run_on_thread_loop,
+)
 
 __all__ = ["Projection", "check_projection_name", "close_thread_loop", "handles"]
 

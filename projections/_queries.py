@@ -8,7 +8,7 @@ nor from the worker's clock.
 
 from __future__ import annotations
 
-from eventsource._queries import Queries as StoreQueries
+from eventsource._internal import Queries as StoreQueries
 
 __all__ = ["ProjectionQueries"]
 

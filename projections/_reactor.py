@@ -22,8 +22,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection
 
 from eventsource import Command, CommandQueue, Enqueued, EventStore
-
-from ._projection import Projection
+from projections._projection import Projection
 
 __all__ = ["Reactor"]
 

@@ -26,17 +26,26 @@ import psycopg
 from sqlalchemy import Connection
 
 from eventsource import EventStore, RecordedEvent
-from eventsource._checks import check_name, check_seconds
-from eventsource._commands import ANNOUNCE_AFTER_COMMIT
-from eventsource._core import paused_gc, records
-from eventsource._logging import get_logger
-from eventsource._queries import quote_schema
-from eventsource._runtime import Backoff, Listener, default_worker_id, first_line, is_outage
-from eventsource._store import _driver, _fetch
-
-from ._projection import Projection, check_unique, close_thread_loop
-from ._queries import ProjectionQueries
-from ._reactor import Reactor
+from eventsource._internal import (
+    ANNOUNCE_AFTER_COMMIT,
+    Backoff,
+    Listener,
+    check_name,
+    check_seconds,
+    command_channel,
+    default_worker_id,
+    driver_connection,
+    fetch,
+    first_line,
+    get_logger,
+    is_outage,
+    paused_gc,
+    quote_schema,
+    records,
+)
+from projections._projection import Projection, check_unique, close_thread_loop
+from projections._queries import ProjectionQueries
+from projections._reactor import Reactor
 
 __all__ = ["ProjectionWorker", "run"]
 
@@ -174,11 +183,11 @@ class ProjectionWorker:
         """Register the projections, create their checkpoints and call their ``setup``."""
         with self.store._raw() as conn:
             for group in self._groups:
-                _fetch(conn, self.queries.register, {"projection": group.name})
+                fetch(conn, self.queries.register, {"projection": group.name})
                 init = self.queries.init_checkpoints
                 if isinstance(group.projection, Reactor) and group.projection.start_at_head:
                     init = self.queries.init_checkpoints_at_head
-                _fetch(conn, init, {"projection": group.name})
+                fetch(conn, init, {"projection": group.name})
         for group in self._groups:
             with self.store._errors(), self.store.engine.begin() as tx:
                 # Workers starting together must not race on CREATE ... IF NOT EXISTS.
@@ -194,7 +203,7 @@ class ProjectionWorker:
             with self.store._raw() as conn:
                 for group in self._groups:
                     self._release(conn, group, list(group.leases))
-                    _fetch(conn, self.queries.leave, self._key(group))
+                    fetch(conn, self.queries.leave, self._key(group))
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -209,13 +218,13 @@ class ProjectionWorker:
         with self.store._raw() as conn:
             for group in self._groups:
                 key = self._key(group)
-                _fetch(conn, self.queries.heartbeat, key)
-                _fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
+                fetch(conn, self.queries.heartbeat, key)
+                fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
                 if self.exclusive:
-                    _fetch(conn, self.queries.pause, {**key, "ttl": self.lease_ttl})
+                    fetch(conn, self.queries.pause, {**key, "ttl": self.lease_ttl})
                     desired = frozenset(range(partitions))
                 else:
-                    paused = _fetch(conn, self.queries.paused, key)
+                    paused = fetch(conn, self.queries.paused, key)
                     group.paused = bool(paused) and paused[0][0] != self.worker_id
                     if group.paused:
                         # A replay holds the projection: step aside until it is done.
@@ -224,7 +233,7 @@ class ProjectionWorker:
                         continue
                     live = [
                         w
-                        for (w,) in _fetch(
+                        for (w,) in fetch(
                             conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl}
                         )
                     ]
@@ -239,7 +248,7 @@ class ProjectionWorker:
                     self._release(conn, group, extra)
                 wanted = sorted(desired - group.leases.keys())
                 if wanted:
-                    rows = _fetch(
+                    rows = fetch(
                         conn,
                         self.queries.claim,
                         {**key, "ttl": self.lease_ttl, "partitions": wanted},
@@ -257,7 +266,7 @@ class ProjectionWorker:
         if not group.leases:
             return
         held = sorted(group.leases)
-        rows = _fetch(
+        rows = fetch(
             conn,
             self.queries.renew,
             {
@@ -281,7 +290,7 @@ class ProjectionWorker:
     def _release(self, conn: psycopg.Connection[Any], group: _Group, partitions: list[int]) -> None:
         if not partitions:
             return
-        _fetch(conn, self.queries.release, {**self._key(group), "partitions": partitions})
+        fetch(conn, self.queries.release, {**self._key(group), "partitions": partitions})
         for partition in partitions:
             group.leases.pop(partition, None)
         self._log.info("partitions released", projection=group.name, partitions=partitions)
@@ -347,7 +356,7 @@ class ProjectionWorker:
             self._failed(group, partition, lease, batch, exc)
             return 0
         if queues:
-            self.store._announcer.announce(queues, channel=self.store._command_queries.channel)
+            self.store._announcer.announce(queues, channel=command_channel(self.store.schema))
         lease.position = position
         if not batch:
             return 0
@@ -370,9 +379,9 @@ class ProjectionWorker:
         Fills ``batch`` with the events read (for the caller's error handling); returns the
         checkpoint's position afterwards.
         """
-        raw = _driver(conn)
+        raw = driver_connection(conn)
         try:
-            locked = _fetch(raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms})
+            locked = fetch(raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms})
         except psycopg.errors.LockNotAvailable:
             locked = []  # another session holds the checkpoint: not ours
         if not locked:
@@ -380,7 +389,7 @@ class ProjectionWorker:
         position: int = locked[0][0]
         batch.extend(
             records(
-                _fetch(
+                fetch(
                     raw,
                     self.queries.store.read_partition,
                     {"partition": key["partition"], "after": position, "limit": size},
@@ -440,7 +449,7 @@ class ProjectionWorker:
             return
         error = "".join(traceback.format_exception(exc))[-8000:]
         with self.store._raw() as conn:
-            _fetch(
+            fetch(
                 conn,
                 self.queries.record_error,
                 {

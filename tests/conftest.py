@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from eventsource import AsyncEventStore, EventStore
-from eventsource._engine import resolve_url
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema, resolve_url
 
 
 @pytest.fixture(scope="session")

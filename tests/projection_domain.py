@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from eventsource import Event, EventStore, RecordedEvent
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited, Opened
 

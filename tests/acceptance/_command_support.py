@@ -26,8 +26,7 @@ import psycopg
 from sqlalchemy import TextClause, make_url, text
 
 from eventsource import Command, CommandContext, EventStore, handler
-from eventsource._core import conninfo
-from eventsource._queries import quote_schema
+from eventsource.db import conninfo, quote_schema
 
 
 class Work(Command, name="acceptance.Work"):

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from eventsource import CommandQueue, EventStore
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from tests.acceptance._command_support import Work
 
 from ._support import cli_env, describe, run_cli, scalar

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from eventsource import CommandQueue, EventStore
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 
 from ._command_support import Garbled, Poison, Work, create_tables
 from ._projection_support import one_line_error, run_no_tty, wait_until

@@ -37,7 +37,7 @@ import psycopg
 from sqlalchemy import create_engine
 
 from eventsource import AppendResult, CommandQueue, EventStore
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from tests.acceptance._support import REPO_ROOT, cli_env, eventsource_command
 from tests.domain import Deposited
 

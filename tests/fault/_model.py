@@ -25,7 +25,7 @@ from typing import IO
 from sqlalchemy import Connection, text
 
 from eventsource import Command, CommandContext, RecordedEvent, handler
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from projections import Projection
 
 RUNS_DIR_ENV = "FAULT_RUNS_DIR"

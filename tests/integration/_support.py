@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from eventsource import EventStore, _events
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 
 
 def sql(store: EventStore, statement: str, params: dict[str, Any] | None = None) -> list[Any]:

@@ -7,8 +7,8 @@ import time
 import psycopg
 
 from eventsource import EventStore
-from eventsource._announce import MAX_PAYLOAD, Announcer, payloads
-from eventsource._core import conninfo
+from eventsource.db import conninfo
+from eventsource.store import MAX_PAYLOAD, Announcer, payloads
 
 
 def test_payloads_stay_under_the_server_limit_and_keep_every_item() -> None:

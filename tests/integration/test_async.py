@@ -24,7 +24,7 @@ from eventsource import (
     correlation,
     partition_for,
 )
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from tests.domain import Counter, Deposited, Opened
 
 

@@ -22,7 +22,7 @@ from eventsource import (
 )
 from eventsource._checks import MAX_JSON_DEPTH
 from eventsource._events import EventDecodeError
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited
 from tests.values import dicts, lists

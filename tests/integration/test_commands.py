@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-import eventsource._commands
+import eventsource.commands._queue
 from eventsource import (
     AsyncCommandQueue,
     AsyncEventStore,
@@ -36,9 +36,8 @@ from eventsource import (
     correlation,
     handler,
 )
-from eventsource._commands import HandlerSpec, registered_handlers
-from eventsource._queries import quote_schema
-from eventsource._store import _fetch
+from eventsource.commands import HandlerSpec, command_queries, registered_handlers
+from eventsource.db import fetch, quote_schema
 from tests.domain import Opened
 
 from ._support import sql
@@ -297,9 +296,9 @@ def count(store: EventStore, where: str = "TRUE", params: dict[str, Any] | None 
 def claim(store: EventStore, *, lease: float = 30.0, worker: str = "test-claimer") -> list[Any]:
     """Claim every ready test command as a worker would (same statement), without running it."""
     with store._raw() as conn:
-        return _fetch(
+        return fetch(
             conn,
-            store._command_queries.claim,
+            command_queries(store.schema).claim,
             {
                 "queues": ["default"],
                 "types": sorted(HANDLERS),
@@ -452,13 +451,13 @@ def test_enqueue_many_writes_all_in_one_statement(
     probe = probes()
     queue = CommandQueue(store)
     statements: list[str] = []
-    real_fetch = _fetch  # what _commands uses
+    real_fetch = fetch  # what _commands uses
 
     def counting_fetch(conn: Any, statement: str, params: Any = None) -> Any:
         statements.append(statement)
         return real_fetch(conn, statement, params)
 
-    monkeypatch.setattr(eventsource._commands, "_fetch", counting_fetch)
+    monkeypatch.setattr(eventsource.commands._queue, "fetch", counting_fetch)
     ids = queue.enqueue_many(
         [probe.job(n=n) for n in range(5)], queue="bulk", priority=4, max_attempts=3
     )
@@ -665,9 +664,9 @@ def test_releasing_a_command_whose_dedupe_key_was_enqueued_again(
     second = queue.enqueue(probe.job(n=2), dedupe_key="k")
     assert not second.duplicate  # the key was free: the first had started
     with store._raw() as conn:
-        released = _fetch(
+        released = fetch(
             conn,
-            store._command_queries.release,
+            command_queries(store.schema).release,
             {"ids": [first.id], "tokens": [token], "attempts": [0]},
         )
     assert released == [(first.id,)]
@@ -981,7 +980,7 @@ def test_a_late_ack_after_the_lease_was_reclaimed_deletes_nothing(
     queue = CommandQueue(store)
     queued = queue.enqueue(probe.job())
     assert queued.id is not None
-    q = store._command_queries
+    q = command_queries(store.schema)
     first = make_worker(store, concurrency=1, lease=5.0, worker_id="first")
     with running(first):
         assert started[1].wait(10)
@@ -994,12 +993,12 @@ def test_a_late_ack_after_the_lease_was_reclaimed_deletes_nothing(
                 " SET lease_until = now() - interval '1 s' WHERE id = %(id)s",
                 {"id": queued.id},
             )
-            reaped = _fetch(conn, q.reap)
+            reaped = fetch(conn, q.reap)
             assert reaped == [(queued.id, "pending", "test.cq.Job")]
             fenced = {"ids": [queued.id], "tokens": [old_token]}
-            assert _fetch(conn, q.ack, fenced) == []
-            assert _fetch(conn, q.extend, {**fenced, "lease": 60.0, "attempts": [1]}) == []
-            assert _fetch(conn, q.release, {**fenced, "attempts": [0]}) == []
+            assert fetch(conn, q.ack, fenced) == []
+            assert fetch(conn, q.extend, {**fenced, "lease": 60.0, "attempts": [1]}) == []
+            assert fetch(conn, q.release, {**fenced, "attempts": [0]}) == []
         reclaimed = queue.get(queued.id)
         assert reclaimed is not None
         assert (reclaimed.status, reclaimed.attempts) == ("pending", 1)

@@ -17,12 +17,16 @@ from eventsource import (
     DatabaseUnavailable,
     EventStore,
     SchemaNotReady,
-    _migrate,
     partition_for,
 )
-from eventsource._migrate import head_revision, upgrade_schema
-from eventsource._queries import quote_schema
-from eventsource._schema import VERSION_TABLE, metadata_for
+from eventsource.db import (
+    VERSION_TABLE,
+    _migrate,
+    head_revision,
+    metadata_for,
+    quote_schema,
+    upgrade_schema,
+)
 from tests.domain import Deposited, Opened
 
 from ._support import assert_dense, sql

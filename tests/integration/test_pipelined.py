@@ -8,7 +8,7 @@ from sqlalchemy import Connection, text
 
 import projections
 from eventsource import EventStore, RecordedEvent
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited, Opened
 

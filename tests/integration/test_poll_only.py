@@ -15,7 +15,7 @@ from eventsource import (
     EventStore,
     Settings,
 )
-from eventsource._commands import HandlerSpec
+from eventsource.commands import HandlerSpec
 
 
 class Tick(Command, name="test.poll_only.Tick"):

@@ -24,7 +24,7 @@ from eventsource import (
     partition_for,
 )
 from eventsource._events import is_registered
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from projections import Projection, ProjectionTimeout, ProjectionWorker, ReplayError, handles
 from tests.domain import Deposited, Opened
 from tests.projection_domain import (

@@ -27,9 +27,8 @@ from eventsource import (
     EventStore,
     partition_for,
 )
-from eventsource._core import conninfo
-from eventsource._queries import quote_schema
-from eventsource._store import _fetch
+from eventsource.commands import command_queries
+from eventsource.db import conninfo, fetch, quote_schema
 from tests.domain import Deposited, Opened
 
 from . import test_commands as cq
@@ -115,7 +114,7 @@ def test_a_retry_racing_a_claim_never_runs_two_commands_of_one_key(
 
     with store._raw() as t1, t1.transaction():
         # T1 claims Y (X is dead) and has not committed yet.
-        first = _fetch(t1, store._command_queries.claim, claim_params("t1"))
+        first = fetch(t1, command_queries(store.schema).claim, claim_params("t1"))
         assert [row[0] for row in first] == [y]
         queue.retry(x)  # committed: X is pending again
         # T3 claims meanwhile; it may wait for T1's uncommitted claim.
@@ -185,13 +184,13 @@ def test_the_heartbeat_extends_leases_while_a_held_row_is_locked(
         assert a_started.wait(5)
         assert b_started.wait(5)
         with store._raw() as locker, locker.transaction(), store._raw() as reaper:
-            assert _fetch(locker, lock, {"id": a}) == [(a,)]
+            assert fetch(locker, lock, {"id": a}) == [(a,)]
             locked.set()
             # Meanwhile another worker's heartbeat reclaims whatever lease runs out.
             deadline = time.monotonic() + 10
             while not any(c.command_id == b for c in probe.calls):
                 assert time.monotonic() < deadline, "the long handler did not return"
-                _fetch(reaper, store._command_queries.reap)
+                fetch(reaper, command_queries(store.schema).reap)
                 time.sleep(0.05)
         cq.wait_until(lambda: cq.count(store) == 0, "both commands done")
     assert probe.attempts(b) == [1], "the long handler's lease ran out and it ran again"
@@ -232,7 +231,7 @@ def sessions(store: EventStore, statement: str) -> int:
         {
             "statement": statement,
             "schema": store.schema,
-            "listen": store._command_queries.listen,
+            "listen": command_queries(store.schema).listen,
         },
     )
     return int(rows[0][0])
@@ -248,12 +247,12 @@ def test_a_long_schema_name_works_end_to_end_with_listen(
     store.upgrade()
     probe = probes()
     queue = CommandQueue(store)
-    listen = store._command_queries.listen
+    listen = command_queries(store.schema).listen
     worker = cq.make_worker(store, concurrency=1, listen=True, poll_interval=30.0)
 
     def idle_and_listening() -> bool:
         # The slot has claimed (and found nothing) and sleeps; only a NOTIFY wakes it now.
-        claim = store._command_queries.claim_one_queue
+        claim = command_queries(store.schema).claim_one_queue
         return sessions(store, listen) == 1 and sessions(store, claim[:60]) == 1
 
     with cq.running(worker):

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from eventsource import DatabaseUnavailable, EventStore
-from eventsource._core import conninfo
+from eventsource.db import conninfo
 from tests.domain import Opened
 from tests.proxy import Proxy
 
@@ -107,7 +107,7 @@ def test_a_store_over_an_engine_without_a_sized_pool(database_url: str, store: E
     from sqlalchemy import create_engine  # noqa: PLC0415
     from sqlalchemy.pool import NullPool  # noqa: PLC0415
 
-    from eventsource._engine import resolve_url  # noqa: PLC0415
+    from eventsource.db import resolve_url  # noqa: PLC0415
 
     engine = create_engine(resolve_url(database_url), poolclass=NullPool)
     other = EventStore(engine, schema=store.schema)

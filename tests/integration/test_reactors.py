@@ -16,7 +16,7 @@ from eventsource import (
     EventStore,
     RecordedEvent,
 )
-from eventsource._commands import HandlerSpec
+from eventsource.commands import HandlerSpec, command_queries
 from projections import Reactor, ReplayError, handles
 from tests.domain import Deposited, Opened
 
@@ -140,10 +140,10 @@ def test_enqueue_outside_a_worker_is_an_error(store: EventStore) -> None:
 def _listen(store: EventStore) -> Any:
     import psycopg  # noqa: PLC0415
 
-    from eventsource._core import conninfo  # noqa: PLC0415
+    from eventsource.db import conninfo  # noqa: PLC0415
 
     conn = psycopg.connect(conninfo(store.url), autocommit=True)
-    conn.execute(store._command_queries.listen)
+    conn.execute(command_queries(store.schema).listen)
     return conn
 
 
@@ -153,7 +153,7 @@ def test_an_enqueue_in_a_reactor_batch_sends_no_notify_in_the_transaction(
     """Enqueues in a transaction whose owner announces after commit (a reactor's batch) send
     no NOTIFY themselves, so their commits never queue on PostgreSQL's notify lock; other
     SQLAlchemy transactions still notify at commit."""
-    from eventsource._commands import ANNOUNCE_AFTER_COMMIT  # noqa: PLC0415
+    from eventsource.commands import ANNOUNCE_AFTER_COMMIT  # noqa: PLC0415
 
     queue = CommandQueue(store)
     listener = _listen(store)

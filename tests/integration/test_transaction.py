@@ -21,7 +21,7 @@ from eventsource import (
     correlation,
     partition_for,
 )
-from eventsource._queries import quote_schema
+from eventsource.db import quote_schema
 from tests.domain import Counter, Deposited, Opened
 
 from ._support import log_state, sql

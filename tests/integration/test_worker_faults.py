@@ -17,8 +17,7 @@ import pytest
 from sqlalchemy import Connection, text
 
 from eventsource import EventStore, RecordedEvent
-from eventsource._core import conninfo
-from eventsource._queries import quote_schema
+from eventsource.db import conninfo, quote_schema
 from projections import Projection, ProjectionWorker, handles
 from tests.domain import Deposited, Opened
 
@@ -260,7 +259,7 @@ def test_a_listener_that_fails_to_listen_closes_its_connection(
 ) -> None:
     """A LISTEN connection whose set-up fails after connecting is closed, not leaked."""
     from eventsource._logging import get_logger  # noqa: PLC0415
-    from eventsource._runtime import Listener  # noqa: PLC0415
+    from eventsource.runtime import Listener  # noqa: PLC0415
 
     store, tag = tagged
 

@@ -24,8 +24,8 @@ from eventsource._checks import (
     json_depth,
     object_depth,
 )
-from eventsource._core import StagedAppends, check_expected, check_range, check_stream_id
 from eventsource._events import EventDecodeError, decode_event, encode_event
+from eventsource.store import StagedAppends, check_expected, check_range, check_stream_id
 from tests.domain import Deposited
 from tests.values import dicts, lists
 
@@ -71,15 +71,16 @@ def test_check_name_names_the_field_and_shows_the_value(
 
 def test_there_is_one_check_name() -> None:
     """The command queue and the projections use the one check_name of eventsource._checks."""
-    from eventsource import _commands  # noqa: PLC0415
+    from eventsource.commands import _command, _params  # noqa: PLC0415
     from projections import _projection  # noqa: PLC0415
 
-    assert _commands.check_name is check_name
+    assert _command.check_name is check_name
+    assert _params.check_name is check_name
     assert _projection.check_name is check_name
     with pytest.raises(ValueError, match="projection name must not be empty"):
         _projection.check_projection_name("")
     with pytest.raises(ValueError, match="queue name must not be empty"):
-        _commands.check_name("", "queue name")
+        _params.check_name("", "queue name")
 
 
 # -- check_int ----------------------------------------------------------------------------

@@ -25,12 +25,10 @@ from eventsource import (
     Enqueued,
     EventStore,
     UnknownCommandType,
-    _commands,
     handler,
 )
-from eventsource._command_worker import backoff
-from eventsource._commands import HandlerSpec, command_class, registered_handlers
 from eventsource._logging import get_logger
+from eventsource.commands import HandlerSpec, _command, backoff, command_class, registered_handlers
 
 # Nothing listens on this port: any statement a call sends fails with DatabaseUnavailable, so a
 # TypeError or ValueError from a call on this store was raised before any I/O.
@@ -40,13 +38,13 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 @pytest.fixture(autouse=True)
 def isolated_registry() -> Iterator[None]:
     """Command classes and handlers defined by a test are forgotten after it."""
-    registry = dict(_commands._registry)
-    handlers = dict(_commands._handlers)
+    registry = dict(_command._registry)
+    handlers = dict(_command._handlers)
     yield
-    _commands._registry.clear()
-    _commands._registry.update(registry)
-    _commands._handlers.clear()
-    _commands._handlers.update(handlers)
+    _command._registry.clear()
+    _command._registry.update(registry)
+    _command._handlers.clear()
+    _command._handlers.update(handlers)
 
 
 @pytest.fixture
@@ -159,7 +157,7 @@ def test_abstract_class_is_not_registered_but_its_subclasses_are() -> None:
         value: int
 
     assert UnitAbstract.command_type == ""
-    assert "UnitAbstract" not in _commands._registry
+    assert "UnitAbstract" not in _command._registry
     assert command_class(name) is Concrete
     assert Concrete(tenant="t", value=1).tenant == "t"
 
@@ -183,13 +181,13 @@ def test_invalid_class_options_are_rejected_at_class_creation(
     options: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     """Bad name, queue or max_attempts class options raise when the class is created."""
-    before = dict(_commands._registry)
+    before = dict(_command._registry)
     with pytest.raises(error, match=match):
 
         class Bad(Command, **options):
             value: int
 
-    assert _commands._registry == before
+    assert _command._registry == before
 
 
 def test_commands_are_frozen_and_forbid_unknown_fields() -> None:

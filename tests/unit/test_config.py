@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from eventsource import Settings
-from eventsource._core import describe_target, safe_url
-from eventsource._engine import resolve_url
-from eventsource._queries import Queries, quote_schema
+from eventsource.db import describe_target, quote_schema, resolve_url, safe_url
+from eventsource.store import Queries
 
 _ENV = (
     "EVENTSOURCE_DATABASE_URL",

@@ -24,14 +24,14 @@ from eventsource import (
     correlation,
     partition_for,
 )
-from eventsource._core import (
+from eventsource._translate import translate
+from eventsource.store import (
     MAX_PARTITIONS,
     StagedAppends,
     check_expected,
     check_partition,
     check_partitions,
     check_stream_id,
-    translate,
 )
 from tests.domain import Deposited, Opened
 

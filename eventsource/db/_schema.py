@@ -24,9 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from eventsource._checks import MAX_STREAM_ID_LENGTH
+
 __all__ = ["MAX_STREAM_ID_LENGTH", "VERSION_TABLE", "metadata", "metadata_for"]
 
-MAX_STREAM_ID_LENGTH = 500
 VERSION_TABLE = "eventsource_version"
 
 metadata = MetaData()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -12,8 +13,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from ._queries import Queries, quote_schema
-from ._schema import VERSION_TABLE
+from eventsource.db._names import quote_schema
+from eventsource.db._schema import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from eventsource.store import Queries
 
 __all__ = ["SchemaStatus", "schema_status", "upgrade_schema"]
 

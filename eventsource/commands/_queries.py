@@ -6,9 +6,11 @@ Statements run on the psycopg connection itself with psycopg placeholders (``%(n
 
 from __future__ import annotations
 
-from ._queries import _PREPARER, channel_name
+import functools
 
-__all__ = ["CommandQueries", "command_channel"]
+from eventsource.db import channel_name, listen_statement, quote_schema
+
+__all__ = ["CommandQueries", "command_channel", "command_queries"]
 
 # An ordering key's enqueues are serialised by this advisory lock (held to commit), so that
 # the ids of one key's commands follow their commit order; see ``claim``.
@@ -45,7 +47,7 @@ class CommandQueries:
     def __init__(self, quoted: str, schema: str) -> None:
         s = quoted
         self.channel = command_channel(schema)
-        self.listen = f"LISTEN {_PREPARER.quote(self.channel)}"
+        self.listen = listen_statement(self.channel)
         self.notify = "SELECT pg_notify(%(channel)s, %(payload)s)"
         values = (
             "%(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,"
@@ -296,3 +298,9 @@ class CommandQueries:
         if params["ordering_key"] is not None:
             return self.enqueue_keyed
         return self.enqueue if params["dedupe_key"] is not None else self.enqueue_plain
+
+
+@functools.lru_cache(maxsize=256)
+def command_queries(schema: str) -> CommandQueries:
+    """The command queue's statements for ``schema``, built once per schema and process."""
+    return CommandQueries(quote_schema(schema), schema)

@@ -9,11 +9,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ._checks import check_database_url
-from ._config import Settings
-from ._core import KEEPALIVES
-from ._embedded import embedded_url
-from ._rawpool import gone
+from eventsource._checks import check_database_url
+from eventsource._config import Settings
+from eventsource.db._embedded import embedded_url
+from eventsource.db._pool import gone
+from eventsource.db._url import KEEPALIVES
 
 __all__ = ["async_engine", "resolve_url", "sync_engine"]
 
@@ -53,7 +53,7 @@ def _engine_options(url: URL, pool_size: int, prepared: bool = True) -> dict[str
 def _check_on_checkout(pool: Pool) -> None:
     """Replace a pooled connection that the server closed while it sat idle.
 
-    The check is one ``poll`` of the socket, no round trip (see ``_rawpool.gone``); SQLAlchemy
+    The check is one ``poll`` of the socket, no round trip (see ``db._pool.gone``); SQLAlchemy
     replaces a connection whose checkout raises ``DisconnectionError``.
     """
 

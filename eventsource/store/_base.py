@@ -8,13 +8,13 @@ from typing import Generic, Self, TypeVar
 
 from sqlalchemy.engine import URL
 
-from ._announce import Announcer
-from ._checks import check_int
-from ._command_queries import CommandQueries
-from ._config import Settings
-from ._core import check_partitions, conninfo, translate_errors
-from ._engine import PREPARE_THRESHOLD
-from ._queries import Queries, quote_schema
+from eventsource._checks import check_int
+from eventsource._config import Settings
+from eventsource._translate import translate_errors
+from eventsource.db import PREPARE_THRESHOLD, conninfo, quote_schema
+from eventsource.store._announce import Announcer
+from eventsource.store._queries import Queries
+from eventsource.store._types import check_partitions
 
 __all__ = ["StoreBase"]
 
@@ -35,7 +35,6 @@ class StoreBase(Generic[EngineT]):
         self._engine = engine
         self.schema = schema
         self._queries = Queries(quote_schema(schema), schema)
-        self._command_queries = CommandQueries(quote_schema(schema), schema)
         self._announcer = Announcer(
             conninfo(self.url), self._queries.channel, self._queries.announce
         )
@@ -60,7 +59,7 @@ class StoreBase(Generic[EngineT]):
         prepared_statements: bool = True,
     ) -> Self:
         """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
-        from ._engine import resolve_url  # noqa: PLC0415 - may start the embedded server
+        from eventsource.db import resolve_url  # noqa: PLC0415 - may start the embedded server
 
         pool_size = check_int(pool_size, "pool_size", low=1, high=1000)
         engine = cls._make_engine(resolve_url(url), pool_size, prepared_statements)
@@ -71,7 +70,7 @@ class StoreBase(Generic[EngineT]):
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> Self:
         """A store configured by ``EVENTSOURCE_*`` environment variables."""
-        from ._engine import resolve_url  # noqa: PLC0415
+        from eventsource.db import resolve_url  # noqa: PLC0415
 
         settings = settings or Settings()
         url = resolve_url(settings.database_url, settings)

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from ._aggregate import Aggregate
-from ._core import AppendResult, PendingAppend, RecordedEvent, check_stream_id
-from ._errors import AggregateNotFound
-from ._events import Event
-from ._logging import get_logger
+from eventsource._aggregate import Aggregate
+from eventsource._errors import AggregateNotFound
+from eventsource._events import Event
+from eventsource._logging import get_logger
+from eventsource.store._types import AppendResult, PendingAppend, RecordedEvent, check_stream_id
 
 if TYPE_CHECKING:
-    from ._async_store import AsyncEventStore, AsyncTransaction
-    from ._store import EventStore, Transaction
+    from eventsource.store._async import AsyncEventStore, AsyncTransaction
+    from eventsource.store._sync import EventStore, Transaction
 
 __all__ = ["AsyncRepository", "Repository"]
 

@@ -18,55 +18,37 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
-from psycopg.pq import ExecStatus
 from sqlalchemy import Connection, Engine, Executable, Result
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from ._base import StoreBase
-from ._core import (
+from eventsource._errors import EventSourceError, SchemaNotReady
+from eventsource._events import Event
+from eventsource.db import (
+    RawPool,
+    SchemaStatus,
+    conninfo,
+    driver_connection,
+    fetch,
+    schema_status,
+    upgrade_schema,
+)
+from eventsource.store._base import StoreBase
+from eventsource.store._staging import OnCommit, Plan, StagedAppends, append_plan
+from eventsource.store._types import (
     ANY,
     AppendResult,
     ExpectedVersion,
-    OnCommit,
     PendingAppend,
-    Plan,
     RecordedEvent,
-    StagedAppends,
-    append_plan,
     check_partition,
     check_range,
     check_stream_id,
     check_version,
-    conninfo,
     records,
 )
-from ._errors import EventSourceError, SchemaNotReady
-from ._events import Event
-from ._migrate import SchemaStatus, schema_status, upgrade_schema
-from ._rawpool import RawPool
 
 __all__ = ["EventStore", "Transaction"]
-
-TUPLES_OK = ExecStatus.TUPLES_OK
-
-
-def _fetch(
-    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any] | None = None
-) -> list[tuple[Any, ...]]:
-    """Run one statement on the driver connection; its rows (none for a command).
-
-    Rows come in PostgreSQL's binary format, cheaper to produce and to parse than text.
-    """
-    with conn.cursor(binary=True) as cursor:
-        cursor.execute(sql, params)
-        result = cursor.pgresult  # cheaper to test than ``description``, built on each access
-        return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
-
-
-def _driver(connection: Connection) -> psycopg.Connection[Any]:
-    raw: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
-    return raw
 
 
 def _drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
@@ -75,7 +57,7 @@ def _drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
         step = next(plan)
         while True:
             try:
-                rows = _fetch(conn, *step)
+                rows = fetch(conn, *step)
             except psycopg.errors.UniqueViolation as exc:
                 step = plan.throw(exc)
             else:
@@ -137,7 +119,7 @@ class Transaction:
         """
         self._check_open()
         with self.store._errors():
-            return self._write(_driver(self.connection), autocommit=False)
+            return self._write(driver_connection(self.connection), autocommit=False)
 
     def _write(self, conn: psycopg.Connection[Any], *, autocommit: bool) -> list[AppendResult]:
         """Write the staged appends, then the statements that follow them, on ``conn``."""
@@ -149,7 +131,7 @@ class Transaction:
             )
             results = _drive(conn, plan)
         while self._after_flush:
-            _fetch(conn, *self._after_flush.pop(0))
+            fetch(conn, *self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
@@ -203,7 +185,7 @@ class _PageReader:
         try:
             with self._store._raw() as conn:
                 while not self._stop.is_set():
-                    rows = _fetch(conn, self._store._queries.read_partition, params)
+                    rows = fetch(conn, self._store._queries.read_partition, params)
                     if not self._put(rows) or len(rows) < params["limit"]:
                         return
                     params["after"] = rows[-1][4]  # the position column
@@ -245,7 +227,7 @@ class EventStore(StoreBase[Engine]):
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> Engine:
-        from ._engine import sync_engine  # noqa: PLC0415
+        from eventsource.db import sync_engine  # noqa: PLC0415
 
         return sync_engine(url, pool_size, prepared)
 
@@ -301,7 +283,7 @@ class EventStore(StoreBase[Engine]):
     def partition_count(self) -> int:
         """Read the number of partitions from the database (``partitions`` caches it)."""
         with self._raw() as conn:
-            rows = _fetch(conn, self._queries.partition_count)
+            rows = fetch(conn, self._queries.partition_count)
         value = rows[0][0] if rows else None
         if value is None:
             raise SchemaNotReady(self.schema, "no partition count stored")
@@ -368,7 +350,7 @@ class EventStore(StoreBase[Engine]):
         check_stream_id(stream_id)
         check_version(after_version)
         with self._raw() as conn:
-            rows = _fetch(
+            rows = fetch(
                 conn, self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
             )
         result = records(rows, decode=True)
@@ -380,7 +362,7 @@ class EventStore(StoreBase[Engine]):
         """The stream's current version (0 if it has no events)."""
         check_stream_id(stream_id)
         with self._raw() as conn:
-            rows = _fetch(conn, self._queries.stream_version, {"stream_id": stream_id})
+            rows = fetch(conn, self._queries.stream_version, {"stream_id": stream_id})
         return int(rows[0][0]) if rows else 0
 
     def read_partition(
@@ -395,7 +377,7 @@ class EventStore(StoreBase[Engine]):
         check_partition(partition, self.partitions)
         check_range(after, limit)
         with self._raw() as conn:
-            rows = _fetch(
+            rows = fetch(
                 conn,
                 self._queries.read_partition,
                 {"partition": partition, "after": after, "limit": limit},
@@ -430,7 +412,7 @@ class EventStore(StoreBase[Engine]):
     def load_snapshot(self, stream_id: str, aggregate_type: str) -> tuple[int, str, str] | None:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
         with self._raw() as conn:
-            rows = _fetch(
+            rows = fetch(
                 conn,
                 self._queries.load_snapshot,
                 {"stream_id": stream_id, "aggregate_type": aggregate_type},
@@ -440,4 +422,4 @@ class EventStore(StoreBase[Engine]):
     def heads(self) -> dict[int, int]:
         """The head (last position) of every partition."""
         with self._raw() as conn:
-            return {int(p): int(h) for p, h in _fetch(conn, self._queries.heads)}
+            return {int(p): int(h) for p, h in fetch(conn, self._queries.heads)}

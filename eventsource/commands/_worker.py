@@ -29,23 +29,24 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from ._checks import check_name, check_seconds
-from ._command_queries import CommandQueries
-from ._commands import CommandContext, HandlerSpec, registered_handlers
-from ._context import correlation
-from ._errors import EventSourceError
-from ._logging import get_logger
-from ._loop import close_thread_loop, run_on_thread_loop
-from ._runtime import (
+from eventsource._checks import check_name, check_seconds
+from eventsource._context import correlation
+from eventsource._errors import EventSourceError
+from eventsource._logging import get_logger
+from eventsource._translate import first_line, is_outage
+from eventsource.commands._command import CommandContext, HandlerSpec, registered_handlers
+from eventsource.commands._queries import CommandQueries, command_queries
+from eventsource.db import driver_connection, fetch
+from eventsource.runtime import (
     Backoff,
     Listener,
     Supervisor,
+    close_thread_loop,
     connect,
     default_worker_id,
-    first_line,
-    is_outage,
+    run_on_thread_loop,
 )
-from ._store import EventStore, Transaction, _driver, _fetch
+from eventsource.store import EventStore, Transaction
 
 __all__ = ["CommandWorker", "LeaseLost"]
 
@@ -167,7 +168,7 @@ class CommandWorker:
             if default_timeout is None
             else check_seconds(default_timeout, "default_timeout", low=0.001)
         )
-        self._sql: CommandQueries = store._command_queries
+        self._sql: CommandQueries = command_queries(store.schema)
         self._types = sorted(self.handlers)
         # The claim: of one queue in the order of its index, or of several.
         one_queue = len(self.queues) == 1
@@ -209,7 +210,7 @@ class CommandWorker:
         of the worker that dies stops it: ``WorkerCrashed`` is raised once it has stopped.
         """
         with self.store._raw() as conn:
-            _fetch(conn, self._sql.remaining, {"queues": self.queues, "types": self._types})
+            fetch(conn, self._sql.remaining, {"queues": self.queues, "types": self._types})
         self._log.info(
             "worker started",
             queues=self.queues,
@@ -339,7 +340,7 @@ class CommandWorker:
         avg = slot.avg_seconds
         limit = 1 if avg is None else max(1, min(self.batch_size, int(0.1 / max(avg, 1e-6))))
         slot.busy = True
-        rows = _fetch(conn, self._claim_sql, {**self._claim_params, "limit": limit})
+        rows = fetch(conn, self._claim_sql, {**self._claim_params, "limit": limit})
         # In the claim's order: the first (its attempt counted by the claim), then by
         # priority, time and id.
         claimed = sorted(
@@ -427,8 +428,8 @@ class CommandWorker:
                 if ctx._tx is not None:
                     # The ack joins the handler's transaction: its writes commit only while
                     # this attempt still holds the lease.
-                    acked = _fetch(
-                        _driver(ctx._tx.connection),
+                    acked = fetch(
+                        driver_connection(ctx._tx.connection),
                         self._sql.ack_one,
                         {"id": command.id, "token": command.token},
                     )
@@ -468,8 +469,8 @@ class CommandWorker:
         VM) keeps its TCP connection alive; the server ends the session instead.
         """
         tx = stack.enter_context(self.store.transaction())
-        _fetch(
-            _driver(tx.connection),
+        fetch(
+            driver_connection(tx.connection),
             "SELECT set_config('idle_in_transaction_session_timeout', %(ms)s, true)",
             {"ms": self._idle_ms},
         )
@@ -480,7 +481,7 @@ class CommandWorker:
         with self._held_lock:
             key = self._zombie_keys.pop(command.id, None)
         if key is not None:
-            _fetch(conn, self._sql.release_key, {"key": key, "id": command.id})
+            fetch(conn, self._sql.release_key, {"key": key, "id": command.id})
             self._key_done(command)
 
     def _key_done(self, command: _Claimed) -> None:
@@ -517,7 +518,7 @@ class CommandWorker:
         keep_key: bool = False,
     ) -> None:
         delay = backoff(command.attempt, self.backoff_base, self.backoff_max)
-        rows = _fetch(
+        rows = fetch(
             conn,
             self._sql.fail,
             {
@@ -543,7 +544,7 @@ class CommandWorker:
                 timer.start()
 
     def _ack(self, conn: psycopg.Connection[Any], slot: _Slot, acks: list[_Claimed]) -> None:
-        rows = _fetch(
+        rows = fetch(
             conn,
             self._sql.ack,
             {"ids": [c.id for c in acks], "tokens": [c.token for c in acks]},
@@ -568,7 +569,7 @@ class CommandWorker:
         self, conn: psycopg.Connection[Any], slot: _Slot, commands: list[_Claimed]
     ) -> None:
         """Hand back claimed commands whose handlers have not started (no attempt spent)."""
-        _fetch(conn, self._sql.release, _unstarted(commands))
+        fetch(conn, self._sql.release, _unstarted(commands))
         self._forget(slot, *commands)
 
     def _forget(self, slot: _Slot, *commands: _Claimed) -> None:
@@ -638,7 +639,7 @@ class CommandWorker:
             ]
         if not fresh:
             return
-        rows = _fetch(conn, self._sql.extend, {**_held_params(fresh), "lease": self.lease})
+        rows = fetch(conn, self._sql.extend, {**_held_params(fresh), "lease": self.lease})
         counted = {int(row[0]) for row in rows}
         for command in fresh:
             if command.id in counted:
@@ -670,7 +671,7 @@ class CommandWorker:
             )
         if live:
             params = _held_params(live)
-            rows = _fetch(conn, self._sql.extend, {**params, "lease": self.lease})
+            rows = fetch(conn, self._sql.extend, {**params, "lease": self.lease})
             kept = {int(row[0]) for row in rows}
             for command in live:
                 if command.started and command.id in kept:
@@ -684,7 +685,7 @@ class CommandWorker:
             keys = [(c.ordering_key, c.id) for c in live if c.ordering_key is not None]
             keys += [(key, command_id) for command_id, key in self._zombie_keys.items()]
         if keys:
-            _fetch(
+            fetch(
                 conn,
                 self._sql.extend_keys,
                 {
@@ -693,7 +694,7 @@ class CommandWorker:
                     "lease": self.lease,
                 },
             )
-        reclaimed = _fetch(conn, self._sql.reap)
+        reclaimed = fetch(conn, self._sql.reap)
         for command_id, status, command_type in reclaimed:
             self._log.warning(
                 "reclaimed a command whose lease ran out",
@@ -703,7 +704,7 @@ class CommandWorker:
             )
         if check_unhandled:
             params = {"worker": self.worker_id, "queues": self.queues, "types": self._types}
-            for command_id, command_type in _fetch(conn, self._sql.unhandled, params):
+            for command_id, command_type in fetch(conn, self._sql.unhandled, params):
                 self._log.error(
                     "no handler for this command type in this worker",
                     command_id=command_id,
@@ -748,14 +749,14 @@ class CommandWorker:
                         keep_key=True,
                     )
                 if waiting:
-                    _fetch(conn, self._sql.release, _unstarted(waiting))
+                    fetch(conn, self._sql.release, _unstarted(waiting))
         except psycopg.Error as exc:
             self._log.warning("could not record abandoned attempts", error=first_line(exc))
 
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         try:
             with self.store._raw() as conn:
-                return _fetch(conn, sql, params)
+                return fetch(conn, sql, params)
         except Exception as exc:
             if not is_outage(exc):
                 raise

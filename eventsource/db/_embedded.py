@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ._errors import EmbeddedUnavailable
+from eventsource._errors import EmbeddedUnavailable
 
 __all__ = ["embedded_url"]
 

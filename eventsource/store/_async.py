@@ -23,45 +23,25 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._base import StoreBase
-from ._core import (
+from eventsource._errors import EventSourceError, SchemaNotReady
+from eventsource._events import Event
+from eventsource.db import SchemaStatus, fetch_async, schema_status, upgrade_schema
+from eventsource.store._base import StoreBase
+from eventsource.store._staging import OnCommit, Plan, StagedAppends, append_plan
+from eventsource.store._types import (
     ANY,
     AppendResult,
     ExpectedVersion,
-    OnCommit,
     PendingAppend,
-    Plan,
     RecordedEvent,
-    StagedAppends,
-    append_plan,
     check_partition,
     check_range,
     check_stream_id,
     check_version,
     records,
 )
-from ._errors import EventSourceError, SchemaNotReady
-from ._events import Event
-from ._migrate import SchemaStatus, schema_status, upgrade_schema
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
-
-
-async def _fetch(
-    conn: AsyncConnection, sql: str, params: dict[str, Any] | None = None
-) -> list[tuple[Any, ...]]:
-    """Run one statement on the driver connection; its rows (none for a command).
-
-    Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg, in
-    PostgreSQL's binary format (cheaper to produce and to parse than text).
-    """
-    raw = await conn.get_raw_connection()
-    async with raw.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-        await cursor.execute(sql, params)
-        if cursor.description is None:
-            return []
-        rows: list[tuple[Any, ...]] = await cursor.fetchall()
-        return rows
 
 
 async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
@@ -70,7 +50,7 @@ async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
         step = next(plan)
         while True:
             try:
-                rows = await _fetch(conn, *step)
+                rows = await fetch_async(conn, *step)
             except psycopg.errors.UniqueViolation as exc:
                 step = plan.throw(exc)
             else:
@@ -120,7 +100,7 @@ class AsyncTransaction:
                 plan = append_plan(self._staged, self.store._queries, partitions, autocommit=False)
                 results = await _drive(self.connection, plan)
             while self._after_flush:
-                await _fetch(self.connection, *self._after_flush.pop(0))
+                await fetch_async(self.connection, *self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
@@ -143,7 +123,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> AsyncEngine:
-        from ._engine import async_engine  # noqa: PLC0415
+        from eventsource.db import async_engine  # noqa: PLC0415
 
         return async_engine(url, pool_size, prepared)
 
@@ -187,7 +167,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """Read the number of partitions from the database (``partitions`` caches it)."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(conn, self._queries.partition_count)
+                rows = await fetch_async(conn, self._queries.partition_count)
         value = rows[0][0] if rows else None
         if value is None:
             raise SchemaNotReady(self.schema, "no partition count stored")
@@ -260,7 +240,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         check_version(after_version)
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(
+                rows = await fetch_async(
                     conn,
                     self._queries.read_stream,
                     {"stream_id": stream_id, "after": after_version},
@@ -275,7 +255,9 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         check_stream_id(stream_id)
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(conn, self._queries.stream_version, {"stream_id": stream_id})
+                rows = await fetch_async(
+                    conn, self._queries.stream_version, {"stream_id": stream_id}
+                )
         return int(rows[0][0]) if rows else 0
 
     async def read_partition(
@@ -289,7 +271,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def _partition_rows(self, partition: int, after: int, limit: int) -> list[Any]:
         with self._errors():
             async with self._autocommit.connect() as conn:
-                return await _fetch(
+                return await fetch_async(
                     conn,
                     self._queries.read_partition,
                     {"partition": partition, "after": after, "limit": limit},
@@ -334,7 +316,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(
+                rows = await fetch_async(
                     conn,
                     self._queries.load_snapshot,
                     {"stream_id": stream_id, "aggregate_type": aggregate_type},
@@ -345,5 +327,5 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """The head (last position) of every partition."""
         with self._errors():
             async with self._autocommit.connect() as conn:
-                rows = await _fetch(conn, self._queries.heads)
+                rows = await fetch_async(conn, self._queries.heads)
         return {int(p): int(h) for p, h in rows}

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 
 import psycopg
 
-from ._core import first_line, is_outage
-from ._logging import get_logger
-from ._rawpool import gone
+from eventsource._logging import get_logger
+from eventsource._translate import first_line, is_outage
+from eventsource.db import gone
 
 __all__ = ["Announcer"]
 

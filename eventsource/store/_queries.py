@@ -1,54 +1,17 @@
-"""Every SQL statement of the event store, in one place, built once per schema.
-
-The schema name is quoted by SQLAlchemy's identifier preparer before it is placed in a
-statement; every value travels as a bound parameter, never as SQL text.
-"""
+"""Every SQL statement of the event store, in one place, built once per schema."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 from sqlalchemy import text
-from sqlalchemy.dialects import postgresql
 
-__all__ = ["Queries", "quote_schema"]
+from eventsource.db import channel_name, listen_statement
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-
-_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+__all__ = ["Queries"]
 
 _RECORD_COLUMNS = (
     "event_id::text, stream_id, stream_version, partition, position, event_type,"
     " schema_version, data::text, metadata::text, recorded_at"
 )
-
-
-def quote_schema(schema: str) -> str:
-    """The quoted identifier for a schema name; ``ValueError`` for a name that is not one."""
-    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
-        raise ValueError(
-            f"invalid schema name {schema!r}: use letters, digits and underscores"
-            " (at most 63, not starting with a digit)"
-        )
-    return _PREPARER.quote_schema(schema)
-
-
-# PostgreSQL truncates identifiers, channel names included, to 63 bytes; pg_notify refuses
-# longer ones outright.
-MAX_IDENTIFIER = 63
-
-
-def channel_name(schema: str, suffix: str = "") -> str:
-    """``eventsource.<schema><suffix>``, or with a digest of the schema name if that is too long.
-
-    Listeners and notifiers both call this, so they always agree on the name.
-    """
-    name = f"eventsource.{schema}{suffix}"
-    if len(name.encode("utf-8")) <= MAX_IDENTIFIER:
-        return name
-    digest = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:20]
-    return f"eventsource.{digest}{suffix}"
 
 
 def notify_channel(schema: str) -> str:
@@ -63,7 +26,7 @@ class Queries:
         s = quoted
         # Written partitions are announced on this channel (see _announce.py).
         self.channel = notify_channel(schema)
-        self.listen = f"LISTEN {_PREPARER.quote(self.channel)}"
+        self.listen = listen_statement(self.channel)
         self.announce = "SELECT pg_notify(%(channel)s, %(payload)s)"
         self.create_schema = text(f"CREATE SCHEMA IF NOT EXISTS {s}")
         self.migrate_lock = text("SELECT pg_advisory_xact_lock(:key)")

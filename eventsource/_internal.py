@@ -1,0 +1,55 @@
+"""The framework's internals that its other top-level packages build on.
+
+``projections`` (workers, replay, reactors) and the benchmarks need more of the store than
+its public API: its statements, direct driver calls, the worker runtime, the input checks.
+They import it from here and only from here, so that what they depend on is listed in one
+place. Nothing here is public API: it may change in any release.
+"""
+
+from __future__ import annotations
+
+from eventsource._checks import (
+    MAX_NAME_LENGTH,
+    check_int,
+    check_name,
+    check_seconds,
+)
+from eventsource._logging import configure_logging, get_logger
+from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_channel, command_queries
+from eventsource.db import driver_connection, fetch, quote_schema
+from eventsource.runtime import (
+    Backoff,
+    Listener,
+    close_thread_loop,
+    default_worker_id,
+    first_line,
+    is_outage,
+    run_on_thread_loop,
+)
+from eventsource.store import Queries, check_partition, paused_gc, records
+
+__all__ = [
+    "ANNOUNCE_AFTER_COMMIT",
+    "MAX_NAME_LENGTH",
+    "Backoff",
+    "Listener",
+    "Queries",
+    "check_int",
+    "check_name",
+    "check_partition",
+    "check_seconds",
+    "close_thread_loop",
+    "command_channel",
+    "command_queries",
+    "configure_logging",
+    "default_worker_id",
+    "driver_connection",
+    "fetch",
+    "first_line",
+    "get_logger",
+    "is_outage",
+    "paused_gc",
+    "quote_schema",
+    "records",
+    "run_on_thread_loop",
+]

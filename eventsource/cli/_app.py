@@ -1,0 +1,187 @@
+"""The `eventsource` application: shared options, settings, the store, errors on one line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from eventsource._checks import check_database_url
+from eventsource._config import Settings
+from eventsource._errors import EventSourceError
+from eventsource._logging import configure_logging, get_logger
+from eventsource.db import quote_schema, safe_url
+from eventsource.store import EventStore
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="eventsource",
+    help="Event sourcing on PostgreSQL: event store, projections and command queue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+log = get_logger("eventsource.cli")
+
+
+def _click_module(name: str) -> Any:
+    """A module of the click that typer runs on: its own copy (typer._click) in recent typer
+    releases, click itself in older ones."""
+    try:
+        return importlib.import_module(f"typer._click.{name}")
+    except ImportError:
+        return importlib.import_module(f"click.{name}")
+
+
+_click_core = _click_module("core")
+_click_exceptions = _click_module("exceptions")
+_click_globals = _click_module("globals")
+
+# Bounds of the worker options: a day at most, so that no wait overflows a thread's timer.
+MAX_SECONDS = 86400.0
+MIN_LEASE, MAX_LEASE = 0.5, 3600.0  # as EVENTSOURCE_COMMAND_LEASE
+MIN_POLL_INTERVAL = 0.01
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="EVENTSOURCE_DATABASE_URL",
+        show_envvar=True,
+        help="PostgreSQL URL; unset: the embedded server.",
+        show_default=False,
+    ),
+]
+Schema = Annotated[
+    str,
+    typer.Option("--schema", envvar="EVENTSOURCE_SCHEMA", help="Schema of the framework's tables."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _one_line(message: str) -> str:
+    """A message on one line (a multi-line one is joined with "; ")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(lines) if lines else message
+
+
+def _print_error(message: str) -> None:
+    """``error: message`` on stderr, on one line (markup in the message is not interpreted)."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(_one_line(message))}", highlight=False, soft_wrap=True
+    )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+def _origin(name: str, option: str) -> str:
+    """How the user gave parameter ``name``: its environment variable if it came from there,
+    else ``option`` (the flag or argument as typed)."""
+    ctx = _click_globals.get_current_context(silent=True)
+    if ctx is None or ctx.get_parameter_source(name) is not _click_core.ParameterSource.ENVIRONMENT:
+        return option
+    for param in ctx.command.params:
+        if param.name == name and isinstance(param.envvar, str):
+            return param.envvar
+    return option
+
+
+@contextmanager
+def _cli_errors() -> Iterator[None]:
+    """One line per failure: 2 for bad input, 1 for everything that went wrong at run time."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        _fail(f"invalid setting {where}: {first.get('msg')}", 2)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc), 2)
+    except EventSourceError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _settings(database_url: str | None, schema: str, **extra: Any) -> Settings:
+    """The settings of a command: its options over the ``EVENTSOURCE_*`` environment.
+
+    A bad option is a ``ValueError`` naming it (or the variable it was read from).
+    """
+    if database_url:
+        try:
+            check_database_url(database_url)
+        except ValueError as exc:
+            raise ValueError(f"{_origin('database_url', '--database-url')}: {exc}") from None
+    try:
+        quote_schema(schema)
+    except ValueError as exc:
+        raise ValueError(f"{_origin('schema', '--schema')}: {exc}") from None
+    values: dict[str, Any] = {"database_url": database_url, "db_schema": schema, **extra}
+    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _open_store(settings: Settings) -> EventStore:
+    store = EventStore.from_env(settings)
+    log.debug("store opened", url=safe_url(store.url), schema=store.schema)
+    return store
+
+
+def _usage_error(exc: Any, args: Sequence[str]) -> NoReturn:
+    """Report a usage error of click (an unknown option, a value out of range) on one line,
+    naming the environment variable when the bad value came from there."""
+    bad_parameter = isinstance(exc, _click_exceptions.BadParameter)
+    if bad_parameter and exc.param is not None and exc.param_hint is None:
+        envvar = exc.param.envvar
+        if isinstance(envvar, str) and envvar in os.environ:
+            opts = getattr(exc.param, "opts", [])
+            given = any(arg == o or arg.startswith(f"{o}=") for arg in args for o in opts)
+            if not given:
+                exc.param_hint = f"{envvar} ({' / '.join(opts)})"
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _click_exceptions.UsageError) and ctx is not None:
+        message = f"{message.rstrip('.')}; see `{ctx.command_path} --help`"
+    _print_error(message)
+    sys.exit(exc.exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `eventsource` console script.
+
+    Usage errors are one line (``error: …``, exit 2) like every other error of the CLI.
+    """
+    command = typer.main.get_command(app)
+    args = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        code = command.main(args=args, prog_name="eventsource", standalone_mode=False)
+    except _click_exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: show the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        _usage_error(exc, args)
+    except typer.Abort:  # a confirmation answered no, or end of input
+        _print_error("aborted")
+        sys.exit(1)
+    except SystemExit as exc:
+        sys.exit(exc.code)
+    sys.exit(code if isinstance(code, int) else 0)

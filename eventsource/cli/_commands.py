@@ -1,0 +1,184 @@
+"""`eventsource commands`: list, dead letters, retry and purge."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from eventsource._checks import BIGINT_MAX, check_name
+from eventsource.cli._app import (
+    AsJson,
+    DatabaseUrl,
+    Schema,
+    _cli_errors,
+    _fail,
+    _open_store,
+    _settings,
+    console,
+)
+from eventsource.commands import MAX_DELAY
+
+commands_app = typer.Typer(
+    help="Inspect and operate the command queue: list, dead letters, retry, purge.",
+    no_args_is_help=True,
+)
+
+
+def _command_table(title: str, rows: Sequence[Any], *, dead: bool) -> Table:
+    table = Table(title=title)
+    columns = ["id", "queue", "type", "status", "attempts", "run at", "worker", "error"]
+    if dead:
+        columns = ["id", "queue", "type", "attempts", "died", "error"]
+    for column in columns:
+        table.add_column(column)
+    for c in rows:
+        error = (c.last_error or "").strip().splitlines()
+        last = error[-1] if error else ""
+        if dead:
+            table.add_row(
+                str(c.id),
+                c.queue,
+                c.command_type,
+                f"{c.attempts}/{c.max_attempts}",
+                c.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+                last,
+            )
+        else:
+            table.add_row(
+                str(c.id),
+                c.queue,
+                c.command_type,
+                c.status,
+                f"{c.attempts}/{c.max_attempts}",
+                c.run_at.strftime("%H:%M:%S"),
+                c.worker or "",
+                last,
+            )
+    return table
+
+
+QueueFilter = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
+Limit = Annotated[
+    int, typer.Option("--limit", min=1, max=BIGINT_MAX, help="At most this many rows.")
+]
+
+
+def _listing(dead: bool, help_text: str) -> Any:
+    def command(
+        queue: QueueFilter = None,
+        limit: Limit = 100,
+        database_url: DatabaseUrl = None,
+        schema: Schema = "eventsource",
+        as_json: AsJson = False,
+    ) -> None:
+        from eventsource.commands import CommandQueue  # noqa: PLC0415
+
+        with _cli_errors():
+            if queue is not None:
+                check_name(queue, "--queue")
+            settings = _settings(database_url, schema)
+            with _open_store(settings) as store:
+                commands = CommandQueue(store)
+                rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
+            if as_json:
+                console.print_json(json.dumps([r.as_json() for r in rows]))
+            else:
+                title = "dead commands" if dead else "commands"
+                console.print(_command_table(title, rows, dead=dead))
+
+    command.__doc__ = help_text
+    return command
+
+
+commands_app.command("list")(
+    _listing(False, "Pending and running commands with attempts, run-at, worker and last error.")
+)
+commands_app.command("dead")(
+    _listing(
+        True, "Dead commands (no attempts left) with their last error; --json adds tracebacks."
+    )
+)
+
+
+@commands_app.command("retry")
+def commands_retry(
+    command_id: Annotated[
+        int, typer.Argument(min=1, max=BIGINT_MAX, help="The dead command's id.")
+    ],
+    attempts: Annotated[
+        int, typer.Option("--attempts", min=1, max=100, help="Attempts to give it.")
+    ] = 1,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Run a dead command again (after fixing its handler)."""
+    from eventsource.commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            CommandQueue(store).retry(command_id, attempts=attempts)
+        if as_json:
+            console.print_json(json.dumps({"retried": command_id, "attempts": attempts}))
+        else:
+            console.print(f"command {command_id}: pending again with {attempts} more attempt(s)")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in ``30``, ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``, at most 100 years.
+
+    ``ValueError`` naming ``what`` otherwise.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(
+            f"{what}: invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
+        )
+    value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if value > MAX_DELAY:
+        raise ValueError(
+            f"{what}: {text!r} is too long: at most 100 years ({MAX_DELAY:.0f} seconds)"
+        )
+    return value
+
+
+@commands_app.command("purge")
+def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Only dead commands older than this (e.g. 7d).")
+    ] = "0s",
+    queue: QueueFilter = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Delete dead commands (done ones are deleted by their ack already)."""
+    from eventsource.commands import CommandQueue  # noqa: PLC0415
+
+    with _cli_errors():
+        age = parse_duration(older_than, "--older-than")
+        if queue is not None:
+            check_name(queue, "--queue")
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("purge deletes dead commands for good: pass --yes to confirm", 2)
+            typer.confirm(f"Delete dead commands older than {older_than}?", abort=True)
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            purged = CommandQueue(store).purge(older_than=age, queue=queue)
+        if as_json:
+            console.print_json(json.dumps({"purged": purged}))
+        else:
+            console.print(f"purged {purged} dead command(s)")

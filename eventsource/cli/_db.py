@@ -1,0 +1,83 @@
+"""`eventsource db`: create, upgrade and inspect the schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from eventsource.cli._app import (
+    AsJson,
+    DatabaseUrl,
+    Schema,
+    _cli_errors,
+    _open_store,
+    _settings,
+    console,
+    err_console,
+)
+from eventsource.db import safe_url
+
+db_app = typer.Typer(
+    help="Create, upgrade and inspect the eventsource schema.", no_args_is_help=True
+)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            envvar="EVENTSOURCE_PARTITIONS",
+            min=1,
+            max=4096,
+            help="Partition count when the schema is first created (default 16).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Create the schema or upgrade it to this version (idempotent; safe to run concurrently)."""
+    with _cli_errors():
+        settings = _settings(database_url, schema, partitions=partitions)
+        with _open_store(settings) as store:
+            store.upgrade()
+            status = store.status()
+        console.print(
+            f"schema [bold]{status.schema}[/] at revision {status.revision}"
+            f" with {status.partitions} partitions on {safe_url(store.url)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@db_app.command("status")
+def db_status(
+    database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
+) -> None:
+    """Show the schema's revision, the code's head revision and the partition count."""
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            status = store.status()
+            heads = store.heads() if status.revision is not None else {}
+        info = {
+            "database": safe_url(store.url),
+            "schema": status.schema,
+            "revision": status.revision,
+            "head": status.head,
+            "up_to_date": status.up_to_date,
+            "partitions": status.partitions,
+            "events": sum(heads.values()),
+        }
+        if as_json:
+            console.print_json(json.dumps(info))
+        else:
+            for key, value in info.items():
+                console.print(f"{key:>11}: {value}", highlight=False)
+        if not status.up_to_date:
+            err_console.print("the schema is not up to date: run `eventsource db upgrade`")
+            raise typer.Exit(1)

@@ -1,0 +1,182 @@
+"""`eventsource projections`: run workers, replay, status, retry and skip."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from eventsource._checks import INT_MAX, check_name
+from eventsource.cli._app import (
+    AsJson,
+    DatabaseUrl,
+    Schema,
+    _cli_errors,
+    _fail,
+    _open_store,
+    _settings,
+    console,
+    err_console,
+)
+from eventsource.cli._worker import _freeze_startup_objects
+
+projections_app = typer.Typer(
+    help="Run, replay and inspect projections (read models).", no_args_is_help=True
+)
+
+
+def _load_projection(target: str) -> Any:
+    """The Projection instance for MODULE:CLASS; ValueError naming what failed to load."""
+    from projections import Projection  # noqa: PLC0415 - the store CLI does not need it
+
+    check_name(target, "MODULE:CLASS")
+    module_name, sep, class_name = target.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"expected MODULE:CLASS, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Projection)):
+        raise ValueError(f"{target!r} is not a Projection subclass")
+    return cls()
+
+
+@projections_app.command("run")
+def projections_run(
+    targets: Annotated[list[str], typer.Argument(help="Projections as MODULE:CLASS.")],
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+) -> None:
+    """Run projection workers until SIGTERM/SIGINT; processes share partitions via leases."""
+    import projections  # noqa: PLC0415
+
+    with _cli_errors():
+        if worker_id is not None:
+            check_name(worker_id, "--worker-id")
+        loaded = [_load_projection(t) for t in targets]
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stop())
+            _freeze_startup_objects()
+            worker.run()
+
+
+@projections_app.command("replay")
+def projections_replay(
+    target: Annotated[str, typer.Argument(help="The projection as MODULE:CLASS.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+) -> None:
+    """Rebuild a read model from offset 0 (live workers step aside meanwhile)."""
+    import projections  # noqa: PLC0415
+
+    with _cli_errors():
+        projection = _load_projection(target)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("replay empties the read model first: pass --yes to confirm", 2)
+            typer.confirm(
+                f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
+                abort=True,
+            )
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            _freeze_startup_objects()
+            applied = projections.replay(store, projection, console=err_console)
+        console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
+
+
+@projections_app.command("status")
+def projections_status(
+    database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
+) -> None:
+    """Per projection and partition: position, head, lag, owner, last update, error."""
+    import projections  # noqa: PLC0415
+
+    with _cli_errors():
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            rows = projections.status(store)
+        if as_json:
+            console.print_json(json.dumps([r.as_json() for r in rows]))
+            return
+        table = Table(title="projections")
+        for column in (
+            "projection",
+            "partition",
+            "position",
+            "head",
+            "lag",
+            "owner",
+            "updated",
+            "error",
+        ):
+            table.add_column(column)
+        for r in rows:
+            error = ""
+            if r.error:
+                last = r.error.strip().splitlines()[-1]
+                error = f"at {r.error_position} after {r.error_attempts} attempts: {last}"
+            owner = r.owner or (f"paused by {r.paused_by}" if r.paused_by else "")
+            table.add_row(
+                r.projection,
+                str(r.partition),
+                str(r.position),
+                str(r.head),
+                str(r.lag),
+                owner,
+                r.updated_at.strftime("%H:%M:%S"),
+                error,
+            )
+        console.print(table)
+
+
+def _partition_command(action: str) -> Any:
+    def command(
+        name: Annotated[str, typer.Argument(help="The projection's name.")],
+        partition: Annotated[int, typer.Option("--partition", "-p", min=0, max=INT_MAX)],
+        database_url: DatabaseUrl = None,
+        schema: Schema = "eventsource",
+    ) -> None:
+        import projections  # noqa: PLC0415
+
+        with _cli_errors():
+            check_name(name, "NAME (the projection's name)")
+            settings = _settings(database_url, schema)
+            with _open_store(settings) as store:
+                if action == "retry":
+                    position = projections.retry(store, name, partition)
+                    console.print(f"{name} partition {partition}: retrying after {position}")
+                else:
+                    position, event_type = projections.skip(store, name, partition)
+                    console.print(
+                        f"{name} partition {partition}: skipped the {event_type} event at"
+                        f" {position} (recorded in projection_skips)"
+                    )
+
+    return command
+
+
+projections_app.command(
+    "retry", help="Retry the event a partition stopped on (after fixing the handler)."
+)(_partition_command("retry"))
+projections_app.command(
+    "skip", help="Skip the event a partition stopped on; the skip is recorded."
+)(_partition_command("skip"))

@@ -1,0 +1,133 @@
+"""`eventsource worker run`: a command worker process."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from eventsource._checks import check_name, check_seconds
+from eventsource.cli._app import (
+    MAX_LEASE,
+    MAX_SECONDS,
+    MIN_LEASE,
+    MIN_POLL_INTERVAL,
+    DatabaseUrl,
+    Schema,
+    _cli_errors,
+    _open_store,
+    _settings,
+)
+
+worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up loaded (modules, classes, settings) out of the collector's reach.
+
+    A worker allocates many short-lived objects per batch; every full collection would
+    otherwise rescan the hundred thousand long-lived objects of its imports as well.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _import_handlers(module_name: str) -> None:
+    """Import the module that registers the handlers; ValueError naming what failed."""
+    check_name(module_name, "MODULE")
+    if not module_name or module_name.startswith(".") or ":" in module_name:
+        raise ValueError(f"expected a module name such as myapp.handlers, got {module_name!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+
+
+@worker_app.command("run")
+def worker_run(  # noqa: PLR0917 - typer maps parameters to options
+    modules: Annotated[
+        list[str], typer.Argument(help="Modules whose @handler functions this worker runs.")
+    ],
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", "-q", help="A queue to work on (repeat it; default: default)."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=256, help="Handler threads.")
+    ] = 4,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
+    ] = None,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            "--lease",
+            min=MIN_LEASE,
+            max=MAX_LEASE,
+            help="Seconds a command stays leased without a heartbeat.",
+        ),
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            max=MAX_SECONDS,
+            help="Seconds to let running handlers finish on stop.",
+        ),
+    ] = 30.0,
+    poll_only: Annotated[
+        bool,
+        typer.Option("--poll-only", help="No LISTEN/NOTIFY (e.g. behind PgBouncer)."),
+    ] = False,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            "--poll-interval",
+            min=MIN_POLL_INTERVAL,
+            max=MAX_SECONDS,
+            help="Seconds between polls.",
+        ),
+    ] = 1.0,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+) -> None:
+    """Run command handlers until SIGTERM/SIGINT; workers compete for commands."""
+    from eventsource.commands import CommandWorker  # noqa: PLC0415
+
+    with _cli_errors():
+        # Checked here too, so that errors name the options (the worker checks its arguments).
+        for name in queue or ():
+            check_name(name, "--queue")
+        if worker_id is not None:
+            check_name(worker_id, "--worker-id")
+        if lease is not None:
+            check_seconds(lease, "--lease", low=MIN_LEASE, high=MAX_LEASE)
+        check_seconds(grace, "--grace", high=MAX_SECONDS)
+        check_seconds(poll_interval, "--poll-interval", low=MIN_POLL_INTERVAL, high=MAX_SECONDS)
+        for module_name in modules:
+            _import_handlers(module_name)
+        settings = _settings(database_url, schema)
+        with _open_store(settings) as store:
+            worker = CommandWorker(
+                store,
+                queue or ["default"],
+                concurrency=concurrency,
+                worker_id=worker_id,
+                lease=lease if lease is not None else settings.command_lease,
+                grace=grace,
+                listen=not poll_only,
+                poll_interval=poll_interval,
+                backoff_base=settings.command_backoff_base,
+                backoff_max=settings.command_backoff_max,
+            )
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stop())
+            _freeze_startup_objects()
+            worker.run()

@@ -1,0 +1,48 @@
+"""The command queue: commands delivered to their handlers at least once.
+
+- ``_command``: ``Command`` models, ``@handler`` and the handlers' ``CommandContext``;
+- ``_params``: enqueue arguments, checked and encoded once for both queues;
+- ``_queue``: ``CommandQueue`` and ``AsyncCommandQueue``;
+- ``_queries``: its SQL statements; ``_worker``: ``CommandWorker``, which runs the handlers.
+
+The public names are re-exported by ``eventsource``; the others here are for the framework's
+own packages.
+"""
+
+from __future__ import annotations
+
+from eventsource.commands._command import (
+    ANNOUNCE_AFTER_COMMIT,
+    MAX_DELAY,
+    Command,
+    CommandContext,
+    HandlerSpec,
+    command_class,
+    handler,
+    registered_handlers,
+)
+from eventsource.commands._params import CommandInfo, Enqueued
+from eventsource.commands._queries import CommandQueries, command_channel, command_queries
+from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
+from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
+
+__all__ = [
+    "ANNOUNCE_AFTER_COMMIT",
+    "MAX_DELAY",
+    "AsyncCommandQueue",
+    "Command",
+    "CommandContext",
+    "CommandInfo",
+    "CommandQueries",
+    "CommandQueue",
+    "CommandWorker",
+    "Enqueued",
+    "HandlerSpec",
+    "LeaseLost",
+    "backoff",
+    "command_channel",
+    "command_class",
+    "command_queries",
+    "handler",
+    "registered_handlers",
+]

@@ -1,0 +1,273 @@
+"""Enqueue arguments: checked and encoded once for both queues."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticSerializationError
+
+from eventsource._checks import (
+    BIGINT_MAX,
+    INT_MAX,
+    INT_MIN,
+    check_json_depth,
+    check_json_text,
+    check_name,
+    check_seconds,
+    object_depth,
+    too_deep,
+)
+from eventsource._context import current_correlation
+from eventsource._errors import UnknownCommandType
+from eventsource.commands._queries import command_queries
+from eventsource.store import AsyncEventStore, EventStore
+
+if TYPE_CHECKING:
+    pass
+from eventsource.commands._command import (
+    MAX_DELAY,
+    MAX_KEY_LENGTH,
+    STATUSES,
+    Command,
+    _registry,
+    check_max_attempts,
+)
+
+__all__ = ["CommandInfo", "Enqueued"]
+
+
+# -- input checks --------------------------------------------------------------------------
+
+
+# Queue and type names are checked by ``check_name`` (eventsource._checks): non-empty UTF-8
+# text of at most 200 characters, without NUL.
+
+
+def _check_key(value: object, what: str) -> str | None:
+    """A dedupe or ordering key: ``None``, or UTF-8 text of 1 to 500 characters without NUL."""
+    if value is None:
+        return None
+    return check_name(value, what, max_length=MAX_KEY_LENGTH, blank=True)
+
+
+def _check_queue(value: object) -> str | None:
+    """A queue to filter on: ``None`` (every queue) or a queue name."""
+    return None if value is None else check_name(value, "queue name")
+
+
+def _check_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"priority must be a 32-bit int (higher runs first), got {value!r}")
+    return value
+
+
+def seconds(value: object, what: str) -> float:
+    """A duration of 0 to ``MAX_DELAY`` (100 years), given as seconds or a ``timedelta``.
+
+    ``TypeError`` for another type; ``ValueError`` for a negative, non-finite or larger value.
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be seconds (a number) or a timedelta, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return check_seconds(value, what, high=MAX_DELAY)
+
+
+def _check_run_at(run_at: object) -> datetime | None:
+    if run_at is None:
+        return None
+    if not isinstance(run_at, datetime):
+        raise TypeError(f"run_at must be a datetime, got {run_at!r}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ValueError(f"run_at must be timezone-aware, got {run_at!r}")
+    return run_at
+
+
+def _encode(command: object) -> tuple[str, str]:
+    """The command's (type name, JSON payload); ``TypeError`` for what is not a command."""
+    if not isinstance(command, Command):
+        raise TypeError(f"expected a Command instance, got {type(command).__name__}: {command!r}")
+    cls = type(command)
+    if _registry.get(cls.command_type) is not cls:
+        raise UnknownCommandType(cls.command_type or cls.__qualname__)
+    what = f"command {cls.command_type}"
+    try:
+        payload = command.model_dump_json()
+    except PydanticSerializationError as exc:
+        if "depth exceeded" in str(exc):  # pydantic's serializer stops at 255 levels
+            raise ValueError(too_deep(what, object_depth(command))) from None
+        raise ValueError(f"{what} cannot be encoded as JSON: {exc}") from None
+    # The worker decodes payloads with pydantic: refuse what it could not decode.
+    return cls.command_type, check_json_depth(check_json_text(payload, what), what)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The id of an enqueued command; ``duplicate`` when its dedupe key was already pending.
+
+    For a duplicate nothing was written and ``id`` is the pending command's (or ``None`` if it
+    started in the meantime, or was enqueued by a transaction that committed while this
+    enqueue ran).
+    """
+
+    id: int | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    queue: str | None
+    delay: float | timedelta | None
+    run_at: datetime | None
+    priority: int
+    dedupe_key: str | None
+    ordering_key: str | None
+    max_attempts: int | None
+
+
+def enqueue_params(command: Command, options: _Options, default_attempts: int) -> dict[str, Any]:
+    """The checked parameters of one enqueue (everything before any I/O)."""
+    command_type, payload = _encode(command)
+    cls = type(command)
+    if options.delay is not None and options.run_at is not None:
+        raise ValueError("give delay or run_at, not both")
+    attempts = options.max_attempts
+    if attempts is None:
+        attempts = cls.default_max_attempts or default_attempts
+    correlation_id, causation_id = current_correlation()
+    return {
+        "queue": check_name(
+            cls.default_queue if options.queue is None else options.queue, "queue name"
+        ),
+        "command_type": command_type,
+        "payload": payload,
+        "priority": _check_priority(options.priority),
+        "max_attempts": check_max_attempts(attempts),
+        "run_at": _check_run_at(options.run_at),
+        "delay": None if options.delay is None else seconds(options.delay, "delay"),
+        "dedupe_key": _check_key(options.dedupe_key, "dedupe_key"),
+        "ordering_key": _check_key(options.ordering_key, "ordering_key"),
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+    }
+
+
+def enqueue_many_params(
+    commands: Sequence[Command], options: _Options, default_attempts: int
+) -> dict[str, list[Any]]:
+    """The parameters of ``enqueue_many``: one list per parameter of ``enqueue_params``."""
+    if isinstance(commands, Command | str | bytes) or not isinstance(commands, Sequence):
+        raise TypeError(f"enqueue_many takes a sequence of commands, got {commands!r}")
+    if options.dedupe_key is not None:
+        raise ValueError("enqueue_many takes no dedupe_key: one key would drop all but one")
+    columns: dict[str, list[Any]] = {}
+    for command in commands:
+        for key, value in enqueue_params(command, options, default_attempts).items():
+            columns.setdefault(key, []).append(value)
+    return columns
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    """A stored command as ``commands list`` and ``commands dead`` show it."""
+
+    id: int
+    queue: str
+    command_type: str
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    lease_until: datetime | None
+    worker: str | None
+    dedupe_key: str | None
+    ordering_key: str | None
+    correlation_id: str | None
+    last_error: str | None
+    traceback: str | None
+    enqueued_at: datetime
+    updated_at: datetime
+    payload: str
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+def _statuses(statuses: Sequence[str]) -> list[str]:
+    chosen = [statuses] if isinstance(statuses, str) else list(statuses)
+    unknown = [s for s in chosen if s not in STATUSES]
+    if unknown or not chosen:
+        raise ValueError(f"status must be among {', '.join(STATUSES)}, got {unknown or chosen}")
+    return chosen
+
+
+def _limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= BIGINT_MAX:
+        raise ValueError(f"limit must be an int from 1 to {BIGINT_MAX}, got {limit!r}")
+    return limit
+
+
+def _retry_attempts(attempts: object) -> int:
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+        raise ValueError(f"attempts must be an int from 1 to 100, got {attempts!r}")
+    return attempts
+
+
+# -- the queue (sync) ----------------------------------------------------------------------
+
+
+Rows = list[tuple[Any, ...]]
+Infos = list["CommandInfo"]
+Ids = list[int]
+
+
+class _QueueCore:
+    """What the sync and async queues share besides I/O: checks, statements, results."""
+
+    def __init__(self, store: EventStore | AsyncEventStore, max_attempts: int) -> None:
+        self.max_attempts = check_max_attempts(max_attempts)
+        self._sql = command_queries(store.schema)
+        self._announcer = store._announcer
+
+    def _one(self, command: Command, options: _Options) -> tuple[str, dict[str, Any]]:
+        params = enqueue_params(command, options, self.max_attempts)
+        return self._sql.enqueue_for(params), params
+
+    def _many(self, commands: Sequence[Command], options: _Options) -> dict[str, list[Any]]:
+        return enqueue_many_params(commands, options, self.max_attempts)
+
+    @staticmethod
+    def _enqueued(rows: Rows) -> Enqueued:
+        if not rows:
+            return Enqueued(None, duplicate=True)
+        return Enqueued(int(rows[0][0]), duplicate=bool(rows[0][1]))
+
+    def _announce(self, queues: Sequence[str]) -> None:
+        """Wake idle workers of these queues once the enqueue has committed."""
+        self._announcer.announce(queues, channel=self._sql.channel)
+
+    def _notify_params(self, queues: Sequence[str]) -> dict[str, str]:
+        """A NOTIFY inside the caller's own transaction (sent when it commits)."""
+        return {"channel": self._sql.channel, "payload": ",".join(sorted(queues))}
+
+
+def _command_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BIGINT_MAX:
+        raise ValueError(f"a command id is an int from 1 to {BIGINT_MAX}, got {value!r}")
+    return value
+
+
+def _why_not_dead(info: CommandInfo | None) -> str:
+    if info is None:
+        return "no such command (done commands are deleted)"
+    return f"it is {info.status}, not dead: only dead commands can be retried"

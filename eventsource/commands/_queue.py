@@ -1,0 +1,296 @@
+"""The queues that deliver commands at least once (sync, async)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from eventsource._errors import CommandNotFound
+from eventsource.db import driver_connection, fetch, fetch_async
+from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
+
+if TYPE_CHECKING:
+    pass
+from eventsource.commands._command import ANNOUNCE_AFTER_COMMIT, DEFAULT_MAX_ATTEMPTS, Command
+from eventsource.commands._params import (
+    CommandInfo,
+    Enqueued,
+    Ids,
+    Infos,
+    Rows,
+    _check_queue,
+    _command_id,
+    _limit,
+    _Options,
+    _QueueCore,
+    _retry_attempts,
+    _statuses,
+    _why_not_dead,
+    seconds,
+)
+
+__all__ = ["CommandQueue"]
+
+
+class CommandQueue(_QueueCore):
+    """Enqueue commands to the store's database and inspect them; workers deliver them.
+
+    ``max_attempts`` is the default for commands whose class and ``enqueue`` call set none.
+    """
+
+    def __init__(self, store: EventStore, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        super().__init__(store, max_attempts)
+        self.store = store
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        command: Command,
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+        ordering_key: str | None = None,
+        max_attempts: int | None = None,
+        tx: Transaction | Connection | None = None,
+    ) -> Enqueued:
+        """Queue ``command`` for a worker; with ``tx``, it commits (or not) with ``tx``.
+
+        ``delay`` (seconds or timedelta) or ``run_at`` schedules it; higher ``priority`` runs
+        first; a ``dedupe_key`` already held by a command not yet started makes this a no-op
+        (``Enqueued.duplicate``); commands sharing an ``ordering_key`` run one at a time in
+        enqueue order; ``max_attempts`` bounds the retries before the command is dead.
+        """
+        options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
+        sql, params = self._one(command, options)
+        return self._enqueued(self._execute(sql, params, tx, params["queue"]))
+
+    def enqueue_many(
+        self,
+        commands: Sequence[Command],
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        ordering_key: str | None = None,
+        max_attempts: int | None = None,
+        tx: Transaction | Connection | None = None,
+    ) -> Ids:
+        """Queue many commands in one statement (all checked before any is written); their ids."""
+        options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
+        params = self._many(commands, options)
+        if not params:
+            return []
+        rows = self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
+        return [int(row[0]) for row in rows]
+
+    def _execute(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        tx: Transaction | Connection | None,
+        *queues: str,
+    ) -> Rows:
+        store = self.store
+        with store._errors():
+            if tx is None:
+                with store._raw() as conn:
+                    rows = fetch(conn, sql, params)
+                self._announce(queues)
+                return rows
+            if isinstance(tx, Transaction):
+                rows = fetch(driver_connection(tx.connection), sql, params)
+                tx.on_commit(lambda: self._announce(queues))
+                return rows
+            if isinstance(tx, Connection):  # e.g. a projection's batch transaction
+                conn = driver_connection(tx)
+                rows = fetch(conn, sql, params)
+                after_commit = tx.info.get(ANNOUNCE_AFTER_COMMIT)
+                if isinstance(after_commit, set):
+                    # The owner of the transaction (a projection worker running a reactor)
+                    # announces the queues once it has committed: no NOTIFY in the
+                    # transaction, whose commit would take PostgreSQL's notify lock.
+                    after_commit.update(queues)
+                else:
+                    fetch(conn, self._sql.notify, self._notify_params(queues))
+                return rows
+        raise TypeError(f"tx must be a store Transaction or a SQLAlchemy Connection, got {tx!r}")
+
+    # -- inspection and operations -------------------------------------------------------
+
+    def list(
+        self,
+        statuses: Sequence[str] = ("pending", "running"),
+        *,
+        queue: str | None = None,
+        limit: int = 100,
+    ) -> Infos:
+        """Commands in these states, oldest first (pending and running by default)."""
+        params = {
+            "statuses": _statuses(statuses),
+            "queue": _check_queue(queue),
+            "limit": _limit(limit),
+        }
+        return [CommandInfo(*row) for row in self._run(self._sql.list, params)]
+
+    def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
+        """Dead commands with their last error and traceback, oldest first."""
+        return self.list(("dead",), queue=queue, limit=limit)
+
+    def get(self, command_id: int) -> CommandInfo | None:
+        """One command by id (``None`` once it is done: acks delete commands)."""
+        rows = self._run(self._sql.get, {"id": _command_id(command_id)})
+        return CommandInfo(*rows[0]) if rows else None
+
+    def retry(self, command_id: int, *, attempts: int = 1) -> None:
+        """Give a dead command ``attempts`` more attempts, starting now."""
+        params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
+        rows = self._run(self._sql.retry, params)
+        if not rows:
+            raise CommandNotFound(command_id, _why_not_dead(self.get(command_id)))
+        self._announce([rows[0][0]])
+
+    def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
+        """Delete dead commands last updated more than ``older_than`` ago; how many."""
+        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
+        return len(self._run(self._sql.purge, params))
+
+    def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
+        """(queue, status, count, oldest enqueue time) for every queue and state."""
+        rows = self._run(self._sql.counts, None)
+        return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+
+    def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
+        with self.store._raw() as conn:  # errors translated
+            return fetch(conn, sql, params)
+
+
+# -- the queue (async) ---------------------------------------------------------------------
+
+
+class AsyncCommandQueue(_QueueCore):
+    """The async twin of ``CommandQueue`` over an ``AsyncEventStore``."""
+
+    def __init__(self, store: AsyncEventStore, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        super().__init__(store, max_attempts)
+        self.store = store
+
+    async def enqueue(
+        self,
+        command: Command,
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+        ordering_key: str | None = None,
+        max_attempts: int | None = None,
+        tx: AsyncTransaction | AsyncConnection | None = None,
+    ) -> Enqueued:
+        """Queue ``command`` for a worker (see ``CommandQueue.enqueue``)."""
+        options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
+        sql, params = self._one(command, options)
+        return self._enqueued(await self._execute(sql, params, tx, params["queue"]))
+
+    async def enqueue_many(
+        self,
+        commands: Sequence[Command],
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        ordering_key: str | None = None,
+        max_attempts: int | None = None,
+        tx: AsyncTransaction | AsyncConnection | None = None,
+    ) -> Ids:
+        """Queue many commands in one statement; their ids."""
+        options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
+        params = self._many(commands, options)
+        if not params:
+            return []
+        rows = await self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
+        return [int(row[0]) for row in rows]
+
+    async def _execute(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        tx: AsyncTransaction | AsyncConnection | None,
+        *queues: str,
+    ) -> Rows:
+        store = self.store
+        with store._errors():
+            if tx is None:
+                async with store._autocommit.connect() as conn:
+                    rows = await fetch_async(conn, sql, params)
+                self._announce(queues)
+                return rows
+            if isinstance(tx, AsyncTransaction):
+                rows = await fetch_async(tx.connection, sql, params)
+                tx.on_commit(lambda: self._announce(queues))
+                return rows
+            if isinstance(tx, AsyncConnection):
+                rows = await fetch_async(tx, sql, params)
+                await fetch_async(tx, self._sql.notify, self._notify_params(queues))
+                return rows
+        raise TypeError(
+            f"tx must be an AsyncTransaction or a SQLAlchemy AsyncConnection, got {tx!r}"
+        )
+
+    async def list(
+        self,
+        statuses: Sequence[str] = ("pending", "running"),
+        *,
+        queue: str | None = None,
+        limit: int = 100,
+    ) -> Infos:
+        """Commands in these states, oldest first."""
+        params = {
+            "statuses": _statuses(statuses),
+            "queue": _check_queue(queue),
+            "limit": _limit(limit),
+        }
+        return [CommandInfo(*row) for row in await self._run(self._sql.list, params)]
+
+    async def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
+        """Dead commands with their last error and traceback."""
+        return await self.list(("dead",), queue=queue, limit=limit)
+
+    async def get(self, command_id: int) -> CommandInfo | None:
+        """One command by id (``None`` once it is done)."""
+        rows = await self._run(self._sql.get, {"id": _command_id(command_id)})
+        return CommandInfo(*rows[0]) if rows else None
+
+    async def retry(self, command_id: int, *, attempts: int = 1) -> None:
+        """Give a dead command ``attempts`` more attempts, starting now."""
+        params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
+        rows = await self._run(self._sql.retry, params)
+        if not rows:
+            raise CommandNotFound(command_id, _why_not_dead(await self.get(command_id)))
+        self._announce([rows[0][0]])
+
+    async def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
+        """Delete dead commands last updated more than ``older_than`` ago; how many."""
+        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
+        return len(await self._run(self._sql.purge, params))
+
+    async def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
+        """(queue, status, count, oldest enqueue time) for every queue and state."""
+        rows = await self._run(self._sql.counts, None)
+        return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+
+    async def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
+        with self.store._errors():
+            async with self.store._autocommit.connect() as conn:
+                return await fetch_async(conn, sql, params)

@@ -1,0 +1,46 @@
+"""Reaching PostgreSQL: URLs, engines, pooled and direct connections, the schema's migrations.
+
+- ``_url``: psycopg connection strings from SQLAlchemy URLs (parameters kept, keepalives);
+- ``_engine``: URL resolution (environment, embedded server) and SQLAlchemy engines;
+- ``_pool``: autocommit connections for single statements, checked on reuse;
+- ``_driver``: statements sent on psycopg connections directly (binary rows);
+- ``_names``: quoted schema names and LISTEN/NOTIFY channel names;
+- ``_embedded``: the embedded server; ``_migrate``: migrations; ``_schema``: table metadata.
+
+Internal to the framework: nothing here is public API.
+"""
+
+from __future__ import annotations
+
+from eventsource.db._driver import driver_connection, fetch, fetch_async
+from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
+from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
+from eventsource.db._names import channel_name, listen_statement, quote_schema
+from eventsource.db._pool import RawPool, gone
+from eventsource.db._schema import MAX_STREAM_ID_LENGTH, VERSION_TABLE, metadata_for
+from eventsource.db._url import conninfo, describe_target, safe_url
+
+__all__ = [
+    "MAX_STREAM_ID_LENGTH",
+    "PREPARE_THRESHOLD",
+    "VERSION_TABLE",
+    "RawPool",
+    "SchemaStatus",
+    "async_engine",
+    "channel_name",
+    "conninfo",
+    "describe_target",
+    "driver_connection",
+    "fetch",
+    "fetch_async",
+    "gone",
+    "head_revision",
+    "listen_statement",
+    "metadata_for",
+    "quote_schema",
+    "resolve_url",
+    "safe_url",
+    "schema_status",
+    "sync_engine",
+    "upgrade_schema",
+]

@@ -1,0 +1,46 @@
+"""Worker ids, reconnection backoff and worker connections."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from eventsource.db import conninfo
+
+__all__ = ["Backoff", "connect", "default_worker_id"]
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per worker, readable in ``status``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Backoff:
+    """Delays that double from ``base`` up to ``cap``, each drawn in [0.5, 1] of its ceiling."""
+
+    def __init__(self, base: float = 0.1, cap: float = 2.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (one more failure counted)."""
+        self.failures += 1
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 30))
+        return ceiling * (0.5 + random.random() / 2)
+
+    def reset(self) -> bool:
+        """Forget the failures; whether there were any (the outage just ended)."""
+        failed, self.failures = self.failures > 0, 0
+        return failed
+
+
+def connect(url: URL, *, prepare_threshold: int | None = None) -> psycopg.Connection[Any]:
+    """A new autocommit connection of the worker's own (not from a pool)."""
+    return psycopg.connect(conninfo(url), autocommit=True, prepare_threshold=prepare_threshold)

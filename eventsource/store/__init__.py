@@ -1,0 +1,67 @@
+"""The event store: a partitioned, append-only log of events in one PostgreSQL schema.
+
+- ``_types``: the values it takes and gives (``RecordedEvent``, ``AppendResult``, expected
+  versions) and the checks of its arguments;
+- ``_staging``: appends staged by a transaction and written at its commit (``append_plan``);
+- ``_queries``: its SQL statements; ``_announce``: LISTEN/NOTIFY of written partitions;
+- ``_base``: what the sync and async stores share; ``_sync`` and ``_async``: the stores;
+- ``_repository``: aggregates loaded from and saved to their streams.
+
+The public names are re-exported by ``eventsource``; the others here are for the framework's
+own packages.
+"""
+
+from __future__ import annotations
+
+from eventsource.store._announce import MAX_PAYLOAD, Announcer, payloads
+from eventsource.store._async import AsyncEventStore, AsyncTransaction
+from eventsource.store._queries import Queries
+from eventsource.store._repository import AsyncRepository, Repository
+from eventsource.store._staging import StagedAppends
+from eventsource.store._sync import EventStore, Transaction
+from eventsource.store._types import (
+    ANY,
+    MAX_PARTITIONS,
+    NO_STREAM,
+    AppendResult,
+    ExpectedVersion,
+    PendingAppend,
+    RecordedEvent,
+    check_expected,
+    check_partition,
+    check_partitions,
+    check_range,
+    check_stream_id,
+    partition_for,
+    paused_gc,
+    records,
+)
+
+__all__ = [
+    "ANY",
+    "MAX_PARTITIONS",
+    "MAX_PAYLOAD",
+    "NO_STREAM",
+    "Announcer",
+    "AppendResult",
+    "AsyncEventStore",
+    "AsyncRepository",
+    "AsyncTransaction",
+    "EventStore",
+    "ExpectedVersion",
+    "PendingAppend",
+    "Queries",
+    "RecordedEvent",
+    "Repository",
+    "StagedAppends",
+    "Transaction",
+    "check_expected",
+    "check_partition",
+    "check_partitions",
+    "check_range",
+    "check_stream_id",
+    "partition_for",
+    "paused_gc",
+    "payloads",
+    "records",
+]

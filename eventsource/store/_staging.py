@@ -1,0 +1,297 @@
+"""Staged appends: the batches a transaction writes at commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg.conninfo
+import psycopg.errors
+
+from eventsource._checks import (
+    check_json_depth,
+    check_json_text,
+    object_depth,
+    too_deep,
+)
+from eventsource._context import with_context
+from eventsource._errors import (
+    ConcurrencyError,
+)
+from eventsource._events import Event, encode_event
+from eventsource.store._queries import Queries
+from eventsource.store._types import (
+    ANY,
+    NO_STREAM,
+    AppendResult,
+    ExpectedVersion,
+    PendingAppend,
+    check_expected,
+    check_stream_id,
+    partition_for,
+)
+
+
+def _encode(event: Event) -> str:
+    """The stored payload of an event: JSON that jsonb accepts and reads can decode."""
+    return check_json_text(encode_event(event), f"event {event.event_type}")
+
+
+def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
+    """The stored metadata of an append (the context's ids added): JSON that reads can decode.
+
+    ``TypeError`` for values JSON cannot hold; ``ValueError`` for NaN, NUL, lone surrogates
+    and metadata nested deeper than reads can decode.
+    """
+    meta = with_context(metadata)
+    if meta is None:
+        return "{}"
+    try:
+        text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError(too_deep("metadata", object_depth(meta))) from None
+    except TypeError as exc:
+        raise TypeError(f"metadata must be JSON-serializable: {exc}") from None
+    except ValueError as exc:
+        if "Circular reference" in str(exc):
+            raise ValueError(too_deep("metadata", None)) from None
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    try:
+        check_json_text(text, "metadata")
+    except ValueError as exc:
+        raise ValueError(f"metadata cannot be stored as JSON: {exc}") from None
+    return check_json_depth(text, "metadata")
+
+
+@dataclass
+class _StagedStream:
+    stream_id: str
+    partition_key: str
+    expected: int
+    events: list[Event]
+    data: list[str]
+    metadata: list[str]
+    pending: list[tuple[PendingAppend, int]]  # each staged append and its event count
+
+
+class StagedAppends:
+    """Appends gathered for one flush: one row per stream, in the order first appended.
+
+    Several appends to one stream in a transaction are merged when their expected versions
+    chain (each expects where the previous one ends); otherwise the later one conflicts at once.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _StagedStream] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._streams)
+
+    def pending(self) -> list[PendingAppend]:
+        return [p for s in self._streams.values() for p, _ in s.pending]
+
+    def add(
+        self,
+        stream_id: str,
+        events: Sequence[Event],
+        expected: int | ExpectedVersion,
+        metadata: Mapping[str, Any] | None,
+        partition_key: str | None,
+    ) -> PendingAppend:
+        stream_id = check_stream_id(stream_id)
+        expected_value = check_expected(expected)
+        events = list(events)
+        if not events:
+            raise ValueError(f"append to {stream_id!r} has no events")
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append takes Event instances, got {type(event).__name__}")
+        if partition_key is not None:
+            check_stream_id(partition_key, "partition_key")
+        meta_text = encode_metadata(metadata)
+        data = [_encode(event) for event in events]
+        pending = PendingAppend(stream_id, len(events))
+        staged = self._streams.get(stream_id)
+        if staged is None:
+            self._streams[stream_id] = _StagedStream(
+                stream_id,
+                partition_key or stream_id,
+                expected_value,
+                events,
+                data,
+                [meta_text] * len(events),
+                [(pending, len(events))],
+            )
+            return pending
+        # A later append to a stream already staged in this transaction.
+        so_far = len(staged.events)
+        if expected_value != ANY.value:
+            if staged.expected == ANY.value:
+                raise ValueError(
+                    f"stream {stream_id!r} was appended to with ANY earlier in this transaction,"
+                    " so its version is not known until commit: append with ANY again, or"
+                    " flush the transaction first"
+                )
+            base = 0 if staged.expected == NO_STREAM.value else staged.expected
+            if expected_value != base + so_far:
+                raise ConcurrencyError(
+                    stream_id,
+                    expected if isinstance(expected, ExpectedVersion) else expected_value,
+                    base + so_far,
+                )
+        staged.events.extend(events)
+        staged.data.extend(data)
+        staged.metadata.extend([meta_text] * len(events))
+        staged.pending.append((pending, len(events)))
+        return pending
+
+    def params(self, partitions: int) -> dict[str, list[Any]]:
+        """The arguments of the append function for everything staged."""
+        streams = list(self._streams.values())
+        events = [e for s in streams for e in s.events]
+        return {
+            "stream_ids": [s.stream_id for s in streams],
+            "partitions": [partition_for(s.partition_key, partitions) for s in streams],
+            "expected": [s.expected for s in streams],
+            "counts": [len(s.events) for s in streams],
+            "event_ids": [e.event_id for e in events],
+            "types": [e.event_type for e in events],
+            "schema_versions": [e.schema_version for e in events],
+            "data": [d for s in streams for d in s.data],
+            "metadata": [m for s in streams for m in s.metadata],
+        }
+
+    def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
+        """For exactly one staged stream: the fast statement and its parameters."""
+        if len(self._streams) != 1:
+            return None
+        (staged,) = self._streams.values()
+        events = staged.events
+        expected = staged.expected
+        kind = (
+            "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
+        )
+        params = {
+            "stream_id": staged.stream_id,
+            "partition": partition_for(staged.partition_key, partitions),
+            "expected": expected,
+            "n": len(events),
+            "first_id": events[0].event_id,
+        }
+        if len(events) == 1:
+            params["type"] = events[0].event_type
+            params["schema_version"] = events[0].schema_version
+            params["data"] = staged.data[0]
+            params["metadata"] = staged.metadata[0]
+            return queries.append_one_event[kind], params
+        params["event_ids"] = [e.event_id for e in events]
+        params["types"] = [e.event_type for e in events]
+        params["schema_versions"] = [e.schema_version for e in events]
+        params["data"] = staged.data
+        params["metadata"] = staged.metadata
+        return queries.append_one[kind], params
+
+    def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
+        """The error for an insert that hit a stored version of a stream: ``ConcurrencyError``
+        (other unique violations are left to ``translate``).
+
+        The append function reads versions under the heads' locks, so this happens only when
+        it could not see the other writer: one creating the stream at the same moment under
+        another partition key, or a transaction whose snapshot is older than the stored
+        version (REPEATABLE READ). ``actual`` is then the version that clashed: the stream is
+        at least there.
+        """
+        if not _version_clash(exc):
+            return exc
+        taken = _taken_version(exc.diag.message_detail or "")
+        if taken is None and len(self._streams) == 1:
+            taken = (next(iter(self._streams)), None)
+        staged = self._streams.get(taken[0]) if taken else None
+        if taken is None or staged is None:
+            return exc
+        stream_id, version = taken
+        expected = staged.expected
+        return ConcurrencyError(
+            stream_id,
+            ExpectedVersion(expected) if expected < 0 else expected,
+            version if version is not None else max(expected, 0) + 1,
+        )
+
+    def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
+        """Fill every pending append from the rows written (one per stream), in staging order."""
+        by_stream = {row[0]: row for row in rows}
+        results = []
+        for stream_id, staged in self._streams.items():
+            _, status, version, partition, position = by_stream[stream_id]
+            duplicate = status == "duplicate"
+            # A stream's events are consecutive; earlier appends end before later ones.
+            remaining = len(staged.events)
+            for pending, count in staged.pending:
+                remaining -= count
+                pending._result = AppendResult(
+                    stream_id, version - remaining, partition, position - remaining, duplicate
+                )
+            results.append(AppendResult(stream_id, version, partition, position, duplicate))
+        self._streams.clear()
+        return results
+
+
+Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
+
+
+def _version_clash(exc: psycopg.errors.UniqueViolation) -> bool:
+    """Whether the insert hit a version of a stream that is already stored."""
+    return getattr(exc.diag, "constraint_name", None) == "events_stream_version_key"
+
+
+def _taken_version(detail: str) -> tuple[str, int | None] | None:
+    """(stream id, version) from the detail of a violated (stream_id, stream_version) key."""
+    prefix, suffix = "Key (stream_id, stream_version)=(", ") already exists."
+    if not (detail.startswith(prefix) and detail.endswith(suffix)):
+        return None
+    stream_id, _, version = detail[len(prefix) : -len(suffix)].rpartition(", ")
+    return (stream_id, int(version)) if version.isdigit() else None
+
+
+def append_plan(
+    staged: StagedAppends, queries: Queries, partitions: int, *, autocommit: bool
+) -> Plan:
+    """The statements that write ``staged``, as a generator the sync and async stores drive.
+
+    It yields (sql, params) and is sent back the rows, or thrown the unique violation of a
+    statement. ``autocommit``: each statement commits on its own. Then one stream takes the
+    one-statement path, and when that writes nothing (a conflict, a retry, or a racing writer
+    that made its insert fail) the append function finds out what happened. In a transaction,
+    and for several streams, the append function does it all: it waits for racing writers on
+    the partition heads, then reads the versions.
+    """
+    single = staged.single(partitions, queries) if autocommit else None
+    if single is not None:
+        sql, params = single
+        try:
+            rows = yield sql, params
+        except psycopg.errors.UniqueViolation:
+            rows = []  # it wrote nothing
+        if rows:
+            ((version, partition, position),) = rows
+            return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
+    params = staged.params(partitions)
+    for attempt in (1, 2):
+        try:
+            rows = yield queries.append, params
+            break
+        except psycopg.errors.UniqueViolation as exc:
+            # A writer creating one of these streams under another partition key got there
+            # first. Alone, nothing was written: once more, the function sees that stream.
+            if autocommit and _version_clash(exc) and attempt == 1:
+                continue
+            error = staged.conflict(exc)
+            if error is exc:
+                raise
+            raise error from exc
+    return staged.resolve(rows)
+
+
+OnCommit = Callable[[], None]

@@ -1,0 +1,291 @@
+"""The store's value types and the checks of their arguments."""
+
+from __future__ import annotations
+
+import gc
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsource._checks import (
+    BIGINT_MAX,
+    MAX_STREAM_ID_LENGTH,
+    check_int,
+    check_name,
+)
+from eventsource._errors import (
+    EventSourceError,
+)
+from eventsource._events import Event, EventDecodeError, decode_event, is_registered
+from eventsource._versions import ANY, NO_STREAM, ExpectedVersion
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendResult",
+    "ExpectedVersion",
+    "PendingAppend",
+    "RecordedEvent",
+    "partition_for",
+]
+
+MAX_PARTITIONS = 4096
+
+
+def partition_for(partition_key: str, partitions: int) -> int:
+    """The partition of a new stream: CRC-32 (IEEE, of the key's UTF-8 bytes) modulo the count.
+
+    CRC-32 is stable across processes, machines and languages (``zlib.crc32``, Java's
+    ``java.util.zip.CRC32``, Go's ``hash/crc32.ChecksumIEEE``), unlike Python's ``hash``.
+    """
+    return zlib.crc32(partition_key.encode("utf-8")) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed: the stream's new version and its last event's partition/position.
+
+    ``duplicate`` is true when every event id was already stored (an idempotent retry): the
+    stored result is returned and nothing was written.
+    """
+
+    stream_id: str
+    stream_version: int
+    partition: int
+    position: int
+    duplicate: bool = False
+
+
+class PendingAppend:
+    """An append staged in a transaction; its result fields are readable once it is written.
+
+    The staged events are written when the transaction commits (or at ``tx.flush()``).
+    """
+
+    __slots__ = ("_result", "_rolled_back", "count", "stream_id")
+
+    def __init__(self, stream_id: str, count: int) -> None:
+        self.stream_id = stream_id
+        self.count = count
+        self._result: AppendResult | None = None
+        self._rolled_back = False
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> AppendResult:
+        if self._rolled_back:
+            raise EventSourceError(
+                f"the append to {self.stream_id!r} was rolled back with its transaction:"
+                " nothing was written"
+            )
+        if self._result is None:
+            raise EventSourceError(
+                f"the append to {self.stream_id!r} is not written yet: read its result after"
+                " the transaction commits (or after tx.flush())"
+            )
+        return self._result
+
+    @property
+    def stream_version(self) -> int:
+        return self.result.stream_version
+
+    @property
+    def partition(self) -> int:
+        return self.result.partition
+
+    @property
+    def position(self) -> int:
+        return self.result.position
+
+    @property
+    def duplicate(self) -> bool:
+        return self.result.duplicate
+
+    def __repr__(self) -> str:
+        state = repr(self._result) if self._result else "not written yet"
+        return f"<PendingAppend {self.stream_id!r}: {state}>"
+
+
+class RecordedEvent:
+    """A stored event with its place in the log. The model is decoded on first access."""
+
+    __slots__ = (
+        "_data",
+        "_event",
+        "_event_id",
+        "_metadata",
+        "_metadata_text",
+        "event_type",
+        "partition",
+        "position",
+        "recorded_at",
+        "schema_version",
+        "stream_id",
+        "stream_version",
+    )
+
+    def __init__(  # noqa: PLR0917 - built positionally from result rows, on the hot path
+        self,
+        event_id: str,
+        stream_id: str,
+        stream_version: int,
+        partition: int,
+        position: int,
+        event_type: str,
+        schema_version: int,
+        data: str,
+        metadata: str,
+        recorded_at: datetime,
+    ) -> None:
+        self._event_id = event_id
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        self.partition = partition
+        self.position = position
+        self.event_type = event_type
+        self.schema_version = schema_version
+        self._data = data
+        self._metadata_text = metadata
+        self._metadata: dict[str, Any] | None = None
+        self._event: Event | None = None
+        self.recorded_at = recorded_at
+
+    @property
+    def event_id(self) -> UUID:
+        return UUID(self._event_id)
+
+    @property
+    def event(self) -> Event:
+        """The decoded (and upcast) event; ``UnknownEventType`` if its class is not loaded.
+
+        ``EventDecodeError`` (naming the type, stream and version) if the stored payload does
+        not fit its class, ``UpcastError`` if it cannot be upgraded to it.
+        """
+        if self._event is None:
+            try:
+                self._event = decode_event(
+                    self.event_type, self.schema_version, self._data, self._event_id
+                )
+            except EventDecodeError as exc:
+                raise exc.at(self.stream_id, self.stream_version) from exc.__cause__
+        return self._event
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The stored payload as a dict, without decoding it to its model."""
+        result: dict[str, Any] = json.loads(self._data)
+        return result
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = json.loads(self._metadata_text)
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return (
+            f"<RecordedEvent {self.event_type} {self.stream_id!r} v{self.stream_version}"
+            f" @{self.partition}:{self.position}>"
+        )
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused for a block (re-enabled after, if it was on).
+
+    A batch allocates several objects per event, none of them cyclic; collections triggered
+    by them would rescan every live object of the process over and over.
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[RecordedEvent]:
+    """Records from result rows; with ``decode``, events of loaded types are decoded now.
+
+    The collector is paused while the batch is built (this halves the cost of a replay).
+    """
+    with paused_gc():
+        result = [RecordedEvent(*row) for row in rows]
+        if decode:
+            try:
+                for record in result:
+                    if is_registered(record.event_type):
+                        record._event = decode_event(
+                            record.event_type,
+                            record.schema_version,
+                            record._data,
+                            record._event_id,
+                        )
+            except EventDecodeError as exc:
+                raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
+        return result
+
+
+def check_stream_id(stream_id: object, what: str = "stream id") -> str:
+    """Stream ids (and partition keys) are UTF-8 text of 1 to 500 characters, without NUL."""
+    return check_name(stream_id, what, max_length=MAX_STREAM_ID_LENGTH, blank=True)
+
+
+def check_expected(expected: int | ExpectedVersion) -> int:
+    """``expected_version``: a version from 0 to the bigint maximum, ``NO_STREAM`` or ``ANY``."""
+    if isinstance(expected, ExpectedVersion):
+        return expected.value
+    if (
+        isinstance(expected, bool)
+        or not isinstance(expected, int)
+        or not 0 <= expected <= BIGINT_MAX
+    ):
+        raise ValueError(
+            f"expected_version must be an int from 0 to {BIGINT_MAX}, NO_STREAM or ANY,"
+            f" got {expected!r}"
+        )
+    return expected
+
+
+def check_version(version: object, what: str = "after_version") -> int:
+    """A stream version to read after: an int from 0 to the bigint maximum."""
+    return check_int(version, what, low=0, high=BIGINT_MAX)
+
+
+def check_partitions(partitions: object) -> int:
+    if (
+        isinstance(partitions, bool)
+        or not isinstance(partitions, int)
+        or not 1 <= partitions <= MAX_PARTITIONS
+    ):
+        raise ValueError(
+            f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}"
+        )
+    return partitions
+
+
+def check_partition(partition: object, partitions: int) -> int:
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        raise TypeError(f"partition must be an int, got {partition!r}")
+    if not 0 <= partition < partitions:
+        raise ValueError(
+            f"partition {partition} does not exist: this log has partitions 0..{partitions - 1}"
+        )
+    return partition
+
+
+def check_range(after: object, limit: object, *, limit_name: str = "limit") -> None:
+    """Paging arguments (``after`` and ``limit``, or ``batch``): ints from 0 to the bigint
+    maximum, named ``after`` and ``limit_name`` in errors."""
+    check_int(after, "after", low=0, high=BIGINT_MAX)
+    check_int(limit, limit_name, low=0, high=BIGINT_MAX)
