@@ -84,7 +84,7 @@ def _print_error(message: str) -> None:
     )
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int) -> NoReturn:
     _print_error(message)
     raise typer.Exit(code)
 
@@ -102,7 +102,7 @@ def _origin(name: str, option: str) -> str:
 
 
 @contextmanager
-def _cli_errors() -> Iterator[None]:
+def cli_errors() -> Iterator[None]:
     """One line per failure: 2 for bad input, 1 for everything that went wrong at run time."""
     try:
         yield
@@ -111,16 +111,16 @@ def _cli_errors() -> Iterator[None]:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        _fail(f"invalid setting {where}: {first.get('msg')}", 2)
+        fail(f"invalid setting {where}: {first.get('msg')}", 2)
     except (ValueError, TypeError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except EventSourceError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        fail("interrupted", 130)
 
 
-def _settings(database_url: str | None, schema: str, **extra: Any) -> Settings:
+def settings_for(database_url: str | None, schema: str, **extra: Any) -> Settings:
     """The settings of a command: its options over the ``EVENTSOURCE_*`` environment.
 
     A bad option is a ``ValueError`` naming it (or the variable it was read from).
@@ -140,7 +140,16 @@ def _settings(database_url: str | None, schema: str, **extra: Any) -> Settings:
     return settings
 
 
-def _open_store(settings: Settings) -> EventStore:
+def open_store(
+    settings_or_url: Settings | str | None, schema: str = "eventsource", **extra: Any
+) -> EventStore:
+    """The store of a command: from its settings, or from its ``--database-url``, ``--schema``
+    and other options over the environment (see ``settings_for``). Use it as a context manager."""
+    settings = (
+        settings_or_url
+        if isinstance(settings_or_url, Settings)
+        else settings_for(settings_or_url, schema, **extra)
+    )
     store = EventStore.from_env(settings)
     log.debug("store opened", url=safe_url(store.url), schema=store.schema)
     return store

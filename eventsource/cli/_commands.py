@@ -16,11 +16,10 @@ from eventsource.cli._app import (
     AsJson,
     DatabaseUrl,
     Schema,
-    _cli_errors,
-    _fail,
-    _open_store,
-    _settings,
+    cli_errors,
     console,
+    fail,
+    open_store,
 )
 from eventsource.commands import MAX_DELAY
 
@@ -79,11 +78,10 @@ def _listing(dead: bool, help_text: str) -> Any:
     ) -> None:
         from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-        with _cli_errors():
+        with cli_errors():
             if queue is not None:
                 check_name(queue, "--queue")
-            settings = _settings(database_url, schema)
-            with _open_store(settings) as store:
+            with open_store(database_url, schema) as store:
                 commands = CommandQueue(store)
                 rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
             if as_json:
@@ -121,9 +119,8 @@ def commands_retry(
     """Run a dead command again (after fixing its handler)."""
     from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-    with _cli_errors():
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+    with cli_errors():
+        with open_store(database_url, schema) as store:
             CommandQueue(store).retry(command_id, attempts=attempts)
         if as_json:
             console.print_json(json.dumps({"retried": command_id, "attempts": attempts}))
@@ -167,16 +164,15 @@ def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
     """Delete dead commands (done ones are deleted by their ack already)."""
     from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-    with _cli_errors():
+    with cli_errors():
         age = parse_duration(older_than, "--older-than")
         if queue is not None:
             check_name(queue, "--queue")
         if not yes:
             if not sys.stdin.isatty():
-                _fail("purge deletes dead commands for good: pass --yes to confirm", 2)
+                fail("purge deletes dead commands for good: pass --yes to confirm", 2)
             typer.confirm(f"Delete dead commands older than {older_than}?", abort=True)
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+        with open_store(database_url, schema) as store:
             purged = CommandQueue(store).purge(older_than=age, queue=queue)
         if as_json:
             console.print_json(json.dumps({"purged": purged}))

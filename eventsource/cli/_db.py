@@ -11,11 +11,10 @@ from eventsource.cli._app import (
     AsJson,
     DatabaseUrl,
     Schema,
-    _cli_errors,
-    _open_store,
-    _settings,
+    cli_errors,
     console,
     err_console,
+    open_store,
 )
 from eventsource.db import safe_url
 
@@ -41,9 +40,8 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Create the schema or upgrade it to this version (idempotent; safe to run concurrently)."""
-    with _cli_errors():
-        settings = _settings(database_url, schema, partitions=partitions)
-        with _open_store(settings) as store:
+    with cli_errors():
+        with open_store(database_url, schema, partitions=partitions) as store:
             store.upgrade()
             status = store.status()
         console.print(
@@ -59,9 +57,8 @@ def db_status(
     database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
 ) -> None:
     """Show the schema's revision, the code's head revision and the partition count."""
-    with _cli_errors():
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+    with cli_errors():
+        with open_store(database_url, schema) as store:
             status = store.status()
             heads = store.heads() if status.revision is not None else {}
         info = {

@@ -5,19 +5,17 @@ from __future__ import annotations
 from eventsource.cli._app import (
     DatabaseUrl,
     Schema,
-    _cli_errors,
-    _open_store,
-    _settings,
+    cli_errors,
     console,
+    open_store,
 )
 
 
 def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> None:
     """Run the bank example end to end and print what it did."""
-    with _cli_errors():
+    with cli_errors():
         from examples.bank.demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+        with open_store(database_url, schema) as store:
             store.upgrade()
             run_demo(store, console)

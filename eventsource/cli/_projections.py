@@ -17,12 +17,11 @@ from eventsource.cli._app import (
     AsJson,
     DatabaseUrl,
     Schema,
-    _cli_errors,
-    _fail,
-    _open_store,
-    _settings,
+    cli_errors,
     console,
     err_console,
+    fail,
+    open_store,
 )
 from eventsource.cli._worker import _freeze_startup_objects
 
@@ -64,12 +63,11 @@ def projections_run(
     """Run projection workers until SIGTERM/SIGINT; processes share partitions via leases."""
     import projections  # noqa: PLC0415
 
-    with _cli_errors():
+    with cli_errors():
         if worker_id is not None:
             check_name(worker_id, "--worker-id")
         loaded = [_load_projection(t) for t in targets]
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+        with open_store(database_url, schema) as store:
             worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: worker.stop())
@@ -87,17 +85,16 @@ def projections_replay(
     """Rebuild a read model from offset 0 (live workers step aside meanwhile)."""
     import projections  # noqa: PLC0415
 
-    with _cli_errors():
+    with cli_errors():
         projection = _load_projection(target)
         if not yes:
             if not sys.stdin.isatty():
-                _fail("replay empties the read model first: pass --yes to confirm", 2)
+                fail("replay empties the read model first: pass --yes to confirm", 2)
             typer.confirm(
                 f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
                 abort=True,
             )
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+        with open_store(database_url, schema) as store:
             _freeze_startup_objects()
             applied = projections.replay(store, projection, console=err_console)
         console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
@@ -110,9 +107,8 @@ def projections_status(
     """Per projection and partition: position, head, lag, owner, last update, error."""
     import projections  # noqa: PLC0415
 
-    with _cli_errors():
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+    with cli_errors():
+        with open_store(database_url, schema) as store:
             rows = projections.status(store)
         if as_json:
             console.print_json(json.dumps([r.as_json() for r in rows]))
@@ -157,10 +153,9 @@ def _partition_command(action: str) -> Any:
     ) -> None:
         import projections  # noqa: PLC0415
 
-        with _cli_errors():
+        with cli_errors():
             check_name(name, "NAME (the projection's name)")
-            settings = _settings(database_url, schema)
-            with _open_store(settings) as store:
+            with open_store(database_url, schema) as store:
                 if action == "retry":
                     position = projections.retry(store, name, partition)
                     console.print(f"{name} partition {partition}: retrying after {position}")

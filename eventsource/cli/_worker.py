@@ -19,9 +19,9 @@ from eventsource.cli._app import (
     MIN_POLL_INTERVAL,
     DatabaseUrl,
     Schema,
-    _cli_errors,
-    _open_store,
-    _settings,
+    cli_errors,
+    open_store,
+    settings_for,
 )
 
 worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
@@ -101,7 +101,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
     """Run command handlers until SIGTERM/SIGINT; workers compete for commands."""
     from eventsource.commands import CommandWorker  # noqa: PLC0415
 
-    with _cli_errors():
+    with cli_errors():
         # Checked here too, so that errors name the options (the worker checks its arguments).
         for name in queue or ():
             check_name(name, "--queue")
@@ -113,8 +113,8 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
         check_seconds(poll_interval, "--poll-interval", low=MIN_POLL_INTERVAL, high=MAX_SECONDS)
         for module_name in modules:
             _import_handlers(module_name)
-        settings = _settings(database_url, schema)
-        with _open_store(settings) as store:
+        settings = settings_for(database_url, schema)
+        with open_store(settings) as store:
             worker = CommandWorker(
                 store,
                 queue or ["default"],
