@@ -1,12 +1,29 @@
-"""The exceptions of eventsource: one root, specific subclasses with structured fields.
+"""The exceptions of eventsource, and the one translation of driver errors into them.
 
-Driver errors (psycopg, SQLAlchemy) never reach callers as such; the storage boundary translates
-them into these with ``raise ... from exc``.
+One root (``EventSourceError``), specific subclasses with structured fields for what callers
+catch, and ``RetryableError`` for failures that may pass when the operation is tried again
+(a deadlock, a serialization failure, a lost connection). Each exception's docstring is its
+default message. Every public one is exported by ``eventsource``.
+
+Driver errors (psycopg, SQLAlchemy) never reach callers as such: ``translate_errors`` turns
+them into these at the storage boundary with ``raise ... from exc``, by SQLSTATE alone (the
+server's message text is never parsed). ``is_outage`` is the one rule for what counts as an
+outage, which workers wait out.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import psycopg
+import psycopg.errors
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+
+from eventsource._versions import ExpectedVersion
 
 
 class EventSourceError(Exception):
@@ -62,7 +79,42 @@ class DuplicateEventId(EventSourceError):
         super().__init__(f"append{where} rejected: {detail}; nothing was written")
 
 
-class DatabaseUnavailable(EventSourceError):
+class RetryableError(EventSourceError):
+    """The operation failed for a reason that may pass: try it again.
+
+    Nothing of the failed transaction was committed (a deadlock or a serialization failure
+    rolled it back), or the connection was lost (an append retried with the same event ids
+    is stored once).
+    """
+
+
+class DeadlockDetected(RetryableError):
+    """The transaction deadlocked with another one and was rolled back; retry it."""
+
+
+class SerializationFailure(RetryableError):
+    """The transaction could not be serialized with a concurrent one and was rolled back;
+    retry it."""
+
+
+class StatementCancelled(EventSourceError):
+    """The statement was cancelled by a statement timeout or a lock timeout."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"the statement was cancelled (a statement or lock timeout?): {detail}")
+
+
+class ValueRejected(EventSourceError, ValueError):
+    """The database refused a value (a check constraint or a value out of range); nothing was
+    written."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"rejected by the database: {detail}")
+
+
+class DatabaseUnavailable(RetryableError):
     """The PostgreSQL server cannot be reached."""
 
     def __init__(self, where: str, reason: str) -> None:
@@ -111,3 +163,181 @@ class CommandNotFound(EventSourceError):
 
 class WorkerCrashed(EventSourceError):
     """A thread of the worker died unexpectedly; the worker stopped."""
+
+
+class UpcastError(EventSourceError):
+    """A stored event cannot be upgraded to the current schema version of its class."""
+
+
+class EventDecodeError(EventSourceError):
+    """A stored event's payload does not decode into its class (it no longer fits the model).
+
+    ``event_type`` and ``schema_version`` name the stored event; ``stream_id`` and
+    ``stream_version`` say where it is, when known.
+    """
+
+    def __init__(
+        self,
+        event_type: str,
+        schema_version: int,
+        detail: str,
+        stream_id: str | None = None,
+        stream_version: int | None = None,
+    ) -> None:
+        self.event_type = event_type
+        self.schema_version = schema_version
+        self.detail = detail
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        where = ""
+        if stream_id is not None:
+            where = f" of stream {stream_id!r}"
+            if stream_version is not None:
+                where += f" at version {stream_version}"
+        super().__init__(
+            f"stored event {event_type!r} (schema version {schema_version}){where} cannot be"
+            f" decoded: {detail}"
+        )
+
+    def at(self, stream_id: str, stream_version: int) -> EventDecodeError:
+        """The same error, naming the stream and version of the stored event."""
+        return EventDecodeError(
+            self.event_type, self.schema_version, self.detail, stream_id, stream_version
+        )
+
+
+# -- translation of driver errors ------------------------------------------------------------
+
+# Server states that mean the connection, not the statement, failed: the server is shutting
+# down or starting up, or has no connection slot left.
+_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc`` means the database could not be reached (an outage to wait out).
+
+    Connection-class failures only: SQLSTATE class 08, 57P01-57P03 (shutdown, crash,
+    starting up), no free connection slot, a closed or broken connection, a connection
+    attempt that failed, ``DatabaseUnavailable``. Everything else (timeouts, deadlocks,
+    constraint violations, a handler's own errors) is an error of the work in hand.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DatabaseUnavailable | psycopg.InterfaceError):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            exc = exc.orig
+            continue
+        if isinstance(exc, psycopg.OperationalError):
+            state = exc.sqlstate
+            # No SQLSTATE: libpq itself failed (refused, reset, closed by the server).
+            return state is None or state.startswith("08") or state in _OUTAGE_STATES
+        if isinstance(exc, psycopg.Error):
+            return False
+        exc = exc.__cause__
+    return False
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none), for logs."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def describe_target(url: URL) -> str:
+    """``host:port/database`` of ``url``, to name the server in an error (no credentials)."""
+    host = url.host or url.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = host[0]
+    port = f":{url.port}" if url.port else ""
+    return f"{host}{port}/{url.database or ''}"
+
+
+@contextmanager
+def translate_errors(url: URL, schema: str) -> Iterator[None]:
+    """Turn driver errors raised in the block into eventsource errors (``url`` and ``schema``
+    are the store's, named by ``DatabaseUnavailable`` and ``SchemaNotReady``)."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        raise translate(exc.orig, url, schema, invalidated=exc.connection_invalidated) from exc
+    except psycopg.Error as exc:  # statements run on the driver connection directly
+        raise translate(exc, url, schema) from exc
+
+
+def _detail(orig: BaseException) -> dict[str, Any]:
+    """The JSON DETAIL that the framework's own SQL functions attach to their errors."""
+    diag = getattr(orig, "diag", None)
+    text = getattr(diag, "message_detail", None) or "{}"
+    try:
+        detail = json.loads(text)
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def _version_conflict(orig: BaseException, schema: str) -> Exception:
+    detail = _detail(orig)
+    expected = detail.get("expected")
+    if isinstance(expected, int) and expected < 0:
+        expected = ExpectedVersion(expected)
+    return ConcurrencyError(detail.get("stream_id", "?"), expected, detail.get("actual", -1))
+
+
+def _partly_stored(orig: BaseException, schema: str) -> Exception:
+    return DuplicateEventId(
+        _detail(orig).get("stream_id"),
+        "part of its event ids are already stored (in it or in another stream), part not",
+    )
+
+
+def _unique(orig: BaseException, schema: str) -> Exception:
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+    if constraint == "events_event_id_key":
+        return DuplicateEventId(
+            None, "one of its event ids is already stored (event ids are unique across the log)"
+        )
+    return EventSourceError(f"unique constraint {constraint} violated: {first_line(orig)}")
+
+
+def _not_ready(orig: BaseException, schema: str) -> Exception:
+    return SchemaNotReady(schema, first_line(orig))
+
+
+# The errors of the framework's own SQL (ES…) and the server's, by SQLSTATE. Classes of
+# states map by their first two characters (22: data exceptions).
+_BY_SQLSTATE: dict[str, Callable[[BaseException, str], Exception]] = {
+    "ES409": _version_conflict,  # append_events: the stream is not at the expected version
+    "ES422": _partly_stored,  # append_events: part of an append's event ids already stored
+    "23505": _unique,
+    "42P01": _not_ready,  # undefined table
+    "42883": _not_ready,  # undefined function
+    "3F000": _not_ready,  # invalid schema name
+    "23514": lambda orig, schema: ValueRejected(first_line(orig)),  # check violation
+    "22": lambda orig, schema: ValueRejected(first_line(orig)),  # data exception
+    "57014": lambda orig, schema: StatementCancelled(first_line(orig)),  # query cancelled
+    "55P03": lambda orig, schema: StatementCancelled(first_line(orig)),  # lock not available
+    "40P01": lambda orig, schema: DeadlockDetected(),
+    "40001": lambda orig, schema: SerializationFailure(),
+}
+
+
+def translate(
+    orig: BaseException | None,
+    url: URL,
+    schema: str,
+    *,
+    invalidated: bool = False,
+) -> Exception:
+    """The eventsource error for a driver error (``orig``), decided by its SQLSTATE."""
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    make = _BY_SQLSTATE.get(sqlstate) or _BY_SQLSTATE.get(sqlstate[:2])
+    if make is not None and orig is not None:
+        return make(orig, schema)
+    if is_outage(orig) or invalidated:
+        reason = first_line(orig) if orig is not None else "the connection was lost"
+        return DatabaseUnavailable(describe_target(url), reason)
+    return EventSourceError(f"database error: {first_line(orig) if orig else 'unknown'}")

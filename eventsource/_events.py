@@ -33,7 +33,7 @@ from eventsource._checks import (
     object_depth,
     too_deep,
 )
-from eventsource._errors import EventSourceError, UnknownEventType
+from eventsource._errors import EventDecodeError, UnknownEventType, UpcastError
 
 __all__ = [
     "Event",
@@ -50,47 +50,6 @@ E = TypeVar("E", bound="Event")
 
 _registry: dict[str, type[Event]] = {}
 _upcasters: dict[tuple[str, int], Upcaster] = {}
-
-
-class UpcastError(EventSourceError):
-    """A stored event cannot be upgraded to the current schema version of its class."""
-
-
-class EventDecodeError(EventSourceError):
-    """A stored event's payload does not decode into its class (it no longer fits the model).
-
-    ``event_type`` and ``schema_version`` name the stored event; ``stream_id`` and
-    ``stream_version`` say where it is, when known.
-    """
-
-    def __init__(
-        self,
-        event_type: str,
-        schema_version: int,
-        detail: str,
-        stream_id: str | None = None,
-        stream_version: int | None = None,
-    ) -> None:
-        self.event_type = event_type
-        self.schema_version = schema_version
-        self.detail = detail
-        self.stream_id = stream_id
-        self.stream_version = stream_version
-        where = ""
-        if stream_id is not None:
-            where = f" of stream {stream_id!r}"
-            if stream_version is not None:
-                where += f" at version {stream_version}"
-        super().__init__(
-            f"stored event {event_type!r} (schema version {schema_version}){where} cannot be"
-            f" decoded: {detail}"
-        )
-
-    def at(self, stream_id: str, stream_version: int) -> EventDecodeError:
-        """The same error, naming the stream and version of the stored event."""
-        return EventDecodeError(
-            self.event_type, self.schema_version, self.detail, stream_id, stream_version
-        )
 
 
 class Event(BaseModel):

@@ -12,13 +12,14 @@ Internal to the framework: nothing here is public API.
 
 from __future__ import annotations
 
+from eventsource._errors import describe_target
 from eventsource.db._driver import driver_connection, fetch, fetch_async
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
 from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
 from eventsource.db._names import channel_name, listen_statement, quote_schema
 from eventsource.db._pool import RawPool, gone
 from eventsource.db._schema import MAX_STREAM_ID_LENGTH, VERSION_TABLE, metadata_for
-from eventsource.db._url import conninfo, describe_target, safe_url
+from eventsource.db._url import conninfo, safe_url
 
 __all__ = [
     "MAX_STREAM_ID_LENGTH",

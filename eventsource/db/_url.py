@@ -49,11 +49,3 @@ def conninfo(url: URL) -> str:
     if url.database:
         params["dbname"] = url.database
     return psycopg.conninfo.make_conninfo("", **params)
-
-
-def describe_target(url: URL) -> str:
-    host = url.host or url.query.get("host") or "localhost"
-    if isinstance(host, tuple):
-        host = host[0]
-    port = f":{url.port}" if url.port else ""
-    return f"{host}{port}/{url.database or ''}"

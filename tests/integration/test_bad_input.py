@@ -188,7 +188,7 @@ def test_a_projection_shows_the_decode_error_not_pydantics_footer(store: EventSt
     projections.run(store, [Deposits()], stop_when_caught_up=True, **FAST)
     (stopped,) = [s for s in projections.status(store) if s.error]
     last = stopped.error.strip().splitlines()[-1] if stopped.error else ""
-    assert last.startswith("eventsource._events.EventDecodeError: stored event 'test.Deposited'")
+    assert last.startswith("eventsource._errors.EventDecodeError: stored event 'test.Deposited'")
     assert "of stream 'poison-payload' at version 1" in last
     assert "amount: Input should be a valid integer" in last
     assert "For further information" not in last

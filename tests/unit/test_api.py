@@ -21,6 +21,11 @@ from eventsource import (
 )
 
 PUBLIC_API = [
+    "ValueRejected",
+    "StatementCancelled",
+    "SerializationFailure",
+    "RetryableError",
+    "DeadlockDetected",
     "ANY",
     "NO_STREAM",
     "Aggregate",
@@ -96,8 +101,30 @@ def test_errors_share_one_root() -> None:
         if isinstance(getattr(eventsource, n), type)
         and issubclass(getattr(eventsource, n), Exception)
     ]
-    assert len(errors) == 14
+    assert len(errors) == 19
     assert all(issubclass(e, eventsource.EventSourceError) for e in errors)
+
+
+def test_retryable_errors_are_the_ones_that_may_pass() -> None:
+    """Deadlocks, serialization failures and lost connections share RetryableError; the
+    errors of the caller's input or of the data do not."""
+    retryable = {
+        n
+        for n in PUBLIC_API
+        if _is_error(n) and issubclass(getattr(eventsource, n), eventsource.RetryableError)
+    }
+    assert retryable == {
+        "DatabaseUnavailable",
+        "DeadlockDetected",
+        "RetryableError",
+        "SerializationFailure",
+    }
+    assert issubclass(eventsource.ValueRejected, ValueError)
+
+
+def _is_error(name: str) -> bool:
+    value = getattr(eventsource, name)
+    return isinstance(value, type) and issubclass(value, Exception)
 
 
 def public_names(cls: type) -> set[str]:

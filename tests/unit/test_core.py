@@ -24,7 +24,13 @@ from eventsource import (
     correlation,
     partition_for,
 )
-from eventsource._translate import translate
+from eventsource._errors import (
+    DeadlockDetected,
+    RetryableError,
+    SerializationFailure,
+    StatementCancelled,
+    translate,
+)
 from eventsource.store import (
     MAX_PARTITIONS,
     StagedAppends,
@@ -340,12 +346,13 @@ def test_error_docstring_is_the_default_message() -> None:
 def test_driver_errors_of_concurrent_transactions_say_to_retry() -> None:
     """A serialization failure or a deadlock is a retryable error, not an unreachable server."""
     url = make_url("postgresql+psycopg://app:secret@db.example:5432/shop")
-    for orig in (
-        psycopg.errors.SerializationFailure("could not serialize access"),
-        psycopg.errors.DeadlockDetected("deadlock detected"),
+    for orig, kind in (
+        (psycopg.errors.SerializationFailure("could not serialize access"), SerializationFailure),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), DeadlockDetected),
     ):
         error = translate(orig, url, "es")
-        assert type(error) is EventSourceError
+        assert type(error) is kind
+        assert isinstance(error, RetryableError)
         assert "retry it" in str(error)
         assert "secret" not in str(error)
     for orig in (
@@ -353,6 +360,7 @@ def test_driver_errors_of_concurrent_transactions_say_to_retry() -> None:
         psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
     ):
         error = translate(orig, url, "es")
-        assert type(error) is EventSourceError
+        assert type(error) is StatementCancelled
+        assert not isinstance(error, RetryableError)
         assert str(error).startswith("the statement was cancelled")
         assert "timeout" in str(error)
