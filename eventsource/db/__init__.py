@@ -5,7 +5,8 @@
 - ``_pool``: autocommit connections for single statements, checked on reuse;
 - ``_driver``: statements sent on psycopg connections directly (binary rows);
 - ``_names``: quoted schema names and LISTEN/NOTIFY channel names;
-- ``_embedded``: the embedded server; ``_migrate``: migrations; ``_schema``: table metadata.
+- ``_embedded``: the embedded server; ``_migrate``: migrations; ``_schema``: the version
+  table's name (``schema.sql`` describes the whole schema the migrations make).
 
 Internal to the framework: nothing here is public API.
 """
@@ -18,11 +19,10 @@ from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url,
 from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
 from eventsource.db._names import channel_name, listen_statement, quote_schema
 from eventsource.db._pool import RawPool, gone
-from eventsource.db._schema import MAX_STREAM_ID_LENGTH, VERSION_TABLE, metadata_for
+from eventsource.db._schema import VERSION_TABLE
 from eventsource.db._url import conninfo, safe_url
 
 __all__ = [
-    "MAX_STREAM_ID_LENGTH",
     "PREPARE_THRESHOLD",
     "VERSION_TABLE",
     "RawPool",
@@ -37,7 +37,6 @@ __all__ = [
     "gone",
     "head_revision",
     "listen_statement",
-    "metadata_for",
     "quote_schema",
     "resolve_url",
     "safe_url",

@@ -1,4 +1,7 @@
-"""Schema lifecycle: migrations, their match with the code's tables, and connection failures."""
+"""Schema lifecycle: migrations, status, partition counts and connection failures.
+
+That the migrated schema is the one eventsource/db/schema.sql describes: test_schema.py.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from eventsource import (
@@ -19,17 +20,11 @@ from eventsource import (
     SchemaNotReady,
     partition_for,
 )
-from eventsource.db import (
-    VERSION_TABLE,
-    _migrate,
-    head_revision,
-    metadata_for,
-    quote_schema,
-    upgrade_schema,
-)
+from eventsource.db import VERSION_TABLE, _migrate, head_revision, quote_schema, upgrade_schema
 from tests.domain import Deposited, Opened
 
 from ._support import assert_dense, sql
+from .test_schema import catalog_diff, read_catalog
 
 
 @pytest.fixture
@@ -40,64 +35,10 @@ def bare_store(database_url: str, schema: str) -> Iterator[EventStore]:
     store.close()
 
 
-def schema_diff(store: EventStore) -> list:
-    """Alembic's differences between the migrated schema and the code's table metadata."""
-
-    def include_name(name: str | None, type_: str, parent_names: object) -> bool:
-        if type_ == "schema":
-            return name == store.schema
-        if type_ == "table":
-            return name != VERSION_TABLE
-        return True
-
-    with store.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn,
-            opts={
-                "include_schemas": True,
-                "include_name": include_name,
-                "compare_type": True,
-                "compare_server_default": True,
-            },
-        )
-        return list(compare_metadata(context, metadata_for(store.schema)))
-
-
-def test_migrated_schema_matches_the_code_metadata(store: EventStore) -> None:
-    """All migrations applied give exactly the tables, columns and keys of _schema.metadata."""
-    assert schema_diff(store) == []
-    tables = {
-        r[0]
-        for r in sql(
-            store, "SELECT tablename FROM pg_tables WHERE schemaname = :s", {"s": store.schema}
-        )
-    }
-    assert tables == {
-        "meta",
-        "partitions",
-        "events",
-        "snapshots",
-        "projection_checkpoints",
-        "projection_workers",
-        "projection_state",
-        "projection_skips",
-        "commands",
-        "command_keys",
-        VERSION_TABLE,
-    }
-
-
-def test_schema_comparison_detects_drift(store: EventStore) -> None:
-    """The comparison is not vacuous: a changed column shows up as a difference."""
-    sql(store, "ALTER TABLE {s}.snapshots DROP COLUMN taken_at")
-    sql(store, "ALTER TABLE {s}.partitions ADD COLUMN extra int")
-    kinds = sorted(diff[0] for diff in schema_diff(store))
-    assert kinds == ["add_column", "remove_column"]
-
-
 def test_upgrade_twice_is_a_no_op(store: EventStore) -> None:
-    """A second upgrade changes nothing: same revision, partitions, heads and events."""
+    """A second upgrade changes nothing: same revision, partitions, heads, events and catalog."""
     store.append("s", [Opened(owner="a")])
+    catalog = read_catalog(store.engine.url, store.schema)
     before = (store.status(), store.heads(), store.read_stream("s"))
     store.upgrade()
     store.upgrade()
@@ -107,7 +48,8 @@ def test_upgrade_twice_is_a_no_op(store: EventStore) -> None:
     assert [r.event for r in before[2]] == [r.event for r in after[2]]
     assert sql(store, "SELECT count(*) FROM {s}.partitions") == [(4,)]
     assert sql(store, "SELECT count(*) FROM {s}." + VERSION_TABLE) == [(1,)]
-    assert schema_diff(store) == []
+    diff = catalog_diff(catalog, read_catalog(store.engine.url, store.schema), ("once", "thrice"))
+    assert not diff, diff
 
 
 def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
