@@ -184,6 +184,7 @@ class EventDecodeError(EventSourceError):
         stream_id: str | None = None,
         stream_version: int | None = None,
     ) -> None:
+        """Name the stored event, why it does not decode, and where it is when known."""
         self.event_type = event_type
         self.schema_version = schema_version
         self.detail = detail

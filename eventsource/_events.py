@@ -77,6 +77,8 @@ class Event(BaseModel):
         abstract: bool = False,
         **kwargs: Any,
     ) -> None:
+        """Register the subclass under its type name (``name``, else module.qualname) and
+        schema ``version``; another class under the same name is a TypeError."""
         super().__init_subclass__(**kwargs)
         if abstract:
             return
@@ -196,6 +198,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _upcast(cls: type[Event], stored_version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run the registered upcasters from ``stored_version`` up to the class's schema version."""
     if stored_version > cls.schema_version:
         raise UpcastError(
             f"stored {cls.event_type!r} has schema version {stored_version}, newer than this"

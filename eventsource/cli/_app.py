@@ -85,6 +85,7 @@ def _print_error(message: str) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` as the one-line error and exit with ``code``."""
     _print_error(message)
     raise typer.Exit(code)
 

@@ -30,6 +30,7 @@ commands_app = typer.Typer(
 
 
 def _command_table(title: str, rows: Sequence[Any], *, dead: bool) -> Table:
+    """The rich table of commands (or of dead letters, with when they died and their error)."""
     table = Table(title=title)
     columns = ["id", "queue", "type", "status", "attempts", "run at", "worker", "error"]
     if dead:
@@ -69,6 +70,8 @@ Limit = Annotated[
 
 
 def _listing(dead: bool, help_text: str) -> Any:
+    """The `commands list` or `commands dead` command: one body, two filters."""
+
     def command(
         queue: QueueFilter = None,
         limit: Limit = 100,

@@ -145,6 +145,8 @@ def projections_status(
 
 
 def _partition_command(action: str) -> Any:
+    """The `projections retry` or `projections skip` command for a stopped partition."""
+
     def command(
         name: Annotated[str, typer.Argument(help="The projection's name.")],
         partition: Annotated[int, typer.Option("--partition", "-p", min=0, max=INT_MAX)],

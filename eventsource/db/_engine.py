@@ -66,12 +66,14 @@ def _check_on_checkout(pool: Pool) -> None:
 
 
 def sync_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> Engine:
+    """A SQLAlchemy engine (psycopg 3) whose pooled connections are checked on checkout."""
     engine = create_engine(url, **_engine_options(url, pool_size, prepared))
     _check_on_checkout(engine.pool)
     return engine
 
 
 def async_engine(url: URL, pool_size: int = 10, prepared: bool = True) -> AsyncEngine:
+    """The asyncio twin of ``sync_engine``."""
     engine = create_async_engine(url, **_engine_options(url, pool_size, prepared))
     _check_on_checkout(engine.sync_engine.pool)
     return engine

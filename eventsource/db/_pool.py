@@ -61,6 +61,7 @@ class RawPool:
     """Up to twice ``size`` autocommit connections to ``conninfo``, opened on demand."""
 
     def __init__(self, conninfo: str, size: int, prepare_threshold: int | None) -> None:
+        """Open connections when asked (none at start); give a failed attempt up at once."""
         self._conninfo = conninfo
         self._prepare_threshold = prepare_threshold
         self._pool = ConnectionPool(

@@ -70,6 +70,7 @@ class Statements:
     filename: ClassVar[str]
 
     def __init__(self, schema: str) -> None:
+        """Render each block for ``schema``; TypeError if file and declarations disagree."""
         self.schema = schema
         blocks = load_blocks(self.package, self.filename)
         declared = {

@@ -36,6 +36,7 @@ class Listener:
 
     @property
     def listening(self) -> bool:
+        """Whether the connection is open (it may still be dead without knowing it yet)."""
         return self._conn is not None and not self._conn.closed
 
     def open(self) -> bool:
@@ -96,6 +97,7 @@ class Listener:
         self._retry_at = time.monotonic() + self._backoff.next()
 
     def close(self) -> None:
+        """Close the connection, if any; errors of a dead one are ignored."""
         if self._conn is not None:
             with suppress(psycopg.Error):
                 self._conn.close()
