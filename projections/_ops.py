@@ -25,10 +25,9 @@ from eventsource._internal import (
     default_worker_id,
     driver_connection,
     fetch,
-    quote_schema,
 )
 from projections._projection import Projection, check_projection_name
-from projections._queries import ProjectionQueries
+from projections._queries import projection_queries
 from projections._reactor import Reactor
 from projections._worker import ProjectionWorker
 
@@ -44,10 +43,6 @@ class ProjectionTimeout(EventSourceError, TimeoutError):
 
 class ReplayError(EventSourceError):
     """The replay could not take the projection over."""
-
-
-def _queries(store: EventStore) -> ProjectionQueries:
-    return ProjectionQueries(store._queries, quote_schema(store.schema))
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,7 @@ class PartitionStatus:
 def status(store: EventStore) -> list[PartitionStatus]:
     """Every projection's partitions: position, head, lag, owner, last update, error."""
     with store._raw() as conn:
-        rows = fetch(conn, _queries(store).status)
+        rows = fetch(conn, projection_queries(store).status)
     return [PartitionStatus(*row) for row in rows]
 
 
@@ -104,7 +99,7 @@ def wait_for(
         )
     timeout = check_seconds(timeout, "timeout", high=MAX_WAIT)
     key = {"projection": name, "partition": result.partition}
-    query = _queries(store).position
+    query = projection_queries(store).position
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -124,13 +119,13 @@ def wait_for(
 
 def retry(store: EventStore, projection: str, partition: int) -> int:
     """Clear a stopped partition's error so workers retry its event; returns its position."""
-    row = _on_stopped(store, _queries(store).retry, projection, partition)
+    row = _on_stopped(store, projection_queries(store).retry, projection, partition)
     return int(row[0])
 
 
 def skip(store: EventStore, projection: str, partition: int) -> tuple[int, str | None]:
     """Skip a stopped partition's poison event (logged in projection_skips); its position."""
-    row = _on_stopped(store, _queries(store).skip, projection, partition)
+    row = _on_stopped(store, projection_queries(store).skip, projection, partition)
     return int(row[0]), row[1]
 
 

@@ -40,11 +40,10 @@ from eventsource._internal import (
     get_logger,
     is_outage,
     paused_gc,
-    quote_schema,
     records,
 )
 from projections._projection import Projection, check_unique, close_thread_loop
-from projections._queries import ProjectionQueries
+from projections._queries import projection_queries
 from projections._reactor import Reactor
 
 __all__ = ["ProjectionWorker", "run"]
@@ -115,7 +114,7 @@ class ProjectionWorker:
         self.max_attempts = max_attempts
         self.retry_delays = tuple(retry_delays)
         self.exclusive = exclusive  # replay: every partition, and keep the projection paused
-        self.queries = ProjectionQueries(store._queries, quote_schema(store.schema))
+        self.queries = projection_queries(store)
         # Statement and idle-in-transaction timeouts of a batch: a frozen or partitioned
         # worker's session is ended by the server within one TTL, so its checkpoint row
         # (locked by the batch) is free for the worker that takes the lease over.
@@ -192,7 +191,7 @@ class ProjectionWorker:
             with self.store._errors(), self.store.engine.begin() as tx:
                 # Workers starting together must not race on CREATE ... IF NOT EXISTS.
                 tx.exec_driver_sql(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
+                    self.queries.setup_lock,
                     {"key": f"eventsource.projection.setup:{self.store.schema}:{group.name}"},
                 )
                 group.projection.setup(tx)
