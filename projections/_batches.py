@@ -51,6 +51,7 @@ class Batches:
         stop: threading.Event,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        """Batches of the partitions ``membership`` holds; they stop early once ``stop`` is set."""
         self.membership = membership
         self.store = membership.store
         self.queries = membership.queries

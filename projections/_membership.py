@@ -67,6 +67,7 @@ class Membership:
         exclusive: bool,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        """The membership of ``worker_id``; ``exclusive``: a replay's (every partition)."""
         self.store = store
         self.queries = queries
         self.worker_id = worker_id

@@ -64,9 +64,11 @@ class PartitionStatus:
 
     @property
     def lag(self) -> int:
+        """Events of the partition not yet applied (0 when caught up)."""
         return max(0, self.head - self.position)
 
     def as_json(self) -> dict[str, Any]:
+        """The fields and the lag as JSON values (times in ISO 8601)."""
         data = asdict(self)
         data["lag"] = self.lag
         for key in ("lease_until", "updated_at", "error_at"):
@@ -202,6 +204,7 @@ def replay(
 
 
 def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> None:
+    """Heartbeat until the replay's worker holds every partition (``ReplayError`` on timeout)."""
     deadline = time.monotonic() + timeout
     group = worker._groups[0]
     while True:
@@ -217,6 +220,12 @@ def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> Non
 
 
 def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
+    """Apply batches until every partition is at its head or stopped; the events applied.
+
+    The heads are read again whenever the held partitions have reached them (writers keep
+    appending during a replay), the leases are renewed on the worker's heartbeat interval,
+    and ``show`` draws a progress bar of the events applied on ``console``.
+    """
     group = worker._groups[0]
     store = worker.store
     applied = 0

@@ -52,6 +52,15 @@ class ProjectionWorker:
         retry_delays: Sequence[float] = (0.2, 1.0, 5.0),
         exclusive: bool = False,
     ) -> None:
+        """A worker of ``projections``' groups on ``store``.
+
+        ``worker_id`` names it among its groups' members (default host:pid); ``lease_ttl``:
+        how long its leases and membership outlive its last heartbeat, every
+        ``heartbeat_interval``; ``poll_interval``: the longest idle wait without an append's
+        announcement; a failing event is tried ``max_attempts`` times, after
+        ``retry_delays``; ``exclusive`` (replay): it takes every partition and keeps the
+        projection paused.
+        """
         check_unique(projections)
         if not projections:
             raise ValueError("a worker needs at least one projection")
