@@ -70,11 +70,8 @@ class Batches:
         for group in groups:
             if group.paused:
                 continue
-            if set(group.desired) - group.leases.keys():
+            if set(group.desired) - group.leases.keys() or group.behind(heads):
                 return False
-            for partition, lease in group.leases.items():
-                if not lease.failed and lease.position < heads.get(partition, 0):
-                    return False
         return True
 
     def work(self, groups: Sequence[Group], heads: dict[int, int]) -> bool:
@@ -82,14 +79,12 @@ class Batches:
         worked = False
         now = time.monotonic()
         for group in groups:
-            for partition, lease in list(group.leases.items()):
+            for partition in group.behind(heads):
                 if self._stop.is_set():
                     return worked
-                if lease.failed or lease.position >= heads.get(partition, 0):
-                    continue
                 if group.retry_at.get(partition, 0.0) > now:
                     continue
-                worked |= self.batch(group, partition, lease) > 0
+                worked |= self.batch(group, partition, group.leases[partition]) > 0
         return worked
 
     def batch(self, group: Group, partition: int, lease: Lease) -> int:

@@ -53,6 +53,14 @@ class Group:
         """The projection's name."""
         return self.projection.name
 
+    def behind(self, heads: dict[int, int]) -> list[int]:
+        """The held partitions short of their ``heads``, those stopped on an error excepted."""
+        return [
+            partition
+            for partition, lease in self.leases.items()
+            if not lease.failed and lease.position < heads.get(partition, 0)
+        ]
+
 
 class Membership:
     """One worker's side of its groups: heartbeats, its share, claims, renewals, releases."""

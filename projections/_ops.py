@@ -243,11 +243,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
         started = time.monotonic()
         last_beat = time.monotonic()
         while True:
-            behind = [
-                p
-                for p, lease in group.leases.items()
-                if not lease.failed and lease.position < heads.get(p, 0)
-            ]
+            behind = group.behind(heads)
             now = time.monotonic()
             pending = [p for p in behind if group.retry_at.get(p, 0.0) <= now]
             if behind and not pending:  # only partitions waiting to retry a failed event
@@ -256,10 +252,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
             if not pending:
                 heads = store.heads()  # writers may have appended meanwhile
                 bar.update(task, total=max(sum(heads.values()), applied))
-                if all(
-                    lease.failed or lease.position >= heads.get(p, 0)
-                    for p, lease in group.leases.items()
-                ):
+                if not group.behind(heads):
                     break
                 continue
             for partition in pending:
