@@ -25,10 +25,9 @@ from eventsource._internal import (
     default_worker_id,
     driver_connection,
     fetch,
-    quote_schema,
 )
 from projections._projection import Projection, check_projection_name
-from projections._queries import ProjectionQueries
+from projections._queries import projection_queries
 from projections._reactor import Reactor
 from projections._worker import ProjectionWorker
 
@@ -44,10 +43,6 @@ class ProjectionTimeout(EventSourceError, TimeoutError):
 
 class ReplayError(EventSourceError):
     """The replay could not take the projection over."""
-
-
-def _queries(store: EventStore) -> ProjectionQueries:
-    return ProjectionQueries(store._queries, quote_schema(store.schema))
 
 
 @dataclass(frozen=True)
@@ -69,9 +64,11 @@ class PartitionStatus:
 
     @property
     def lag(self) -> int:
+        """Events of the partition not yet applied (0 when caught up)."""
         return max(0, self.head - self.position)
 
     def as_json(self) -> dict[str, Any]:
+        """The fields and the lag as JSON values (times in ISO 8601)."""
         data = asdict(self)
         data["lag"] = self.lag
         for key in ("lease_until", "updated_at", "error_at"):
@@ -83,7 +80,7 @@ class PartitionStatus:
 def status(store: EventStore) -> list[PartitionStatus]:
     """Every projection's partitions: position, head, lag, owner, last update, error."""
     with store._raw() as conn:
-        rows = fetch(conn, _queries(store).status)
+        rows = fetch(conn, projection_queries(store).status)
     return [PartitionStatus(*row) for row in rows]
 
 
@@ -104,7 +101,7 @@ def wait_for(
         )
     timeout = check_seconds(timeout, "timeout", high=MAX_WAIT)
     key = {"projection": name, "partition": result.partition}
-    query = _queries(store).position
+    query = projection_queries(store).position
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -124,13 +121,13 @@ def wait_for(
 
 def retry(store: EventStore, projection: str, partition: int) -> int:
     """Clear a stopped partition's error so workers retry its event; returns its position."""
-    row = _on_stopped(store, _queries(store).retry, projection, partition)
+    row = _on_stopped(store, projection_queries(store).retry, projection, partition)
     return int(row[0])
 
 
 def skip(store: EventStore, projection: str, partition: int) -> tuple[int, str | None]:
     """Skip a stopped partition's poison event (logged in projection_skips); its position."""
-    row = _on_stopped(store, _queries(store).skip, projection, partition)
+    row = _on_stopped(store, projection_queries(store).skip, projection, partition)
     return int(row[0]), row[1]
 
 
@@ -207,6 +204,7 @@ def replay(
 
 
 def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> None:
+    """Heartbeat until the replay's worker holds every partition (``ReplayError`` on timeout)."""
     deadline = time.monotonic() + timeout
     group = worker._groups[0]
     while True:
@@ -222,6 +220,12 @@ def _take_over(worker: ProjectionWorker, partitions: int, timeout: float) -> Non
 
 
 def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
+    """Apply batches until every partition is at its head or stopped; the events applied.
+
+    The heads are read again whenever the held partitions have reached them (writers keep
+    appending during a replay), the leases are renewed on the worker's heartbeat interval,
+    and ``show`` draws a progress bar of the events applied on ``console``.
+    """
     group = worker._groups[0]
     store = worker.store
     applied = 0
@@ -239,11 +243,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
         started = time.monotonic()
         last_beat = time.monotonic()
         while True:
-            behind = [
-                p
-                for p, lease in group.leases.items()
-                if not lease.failed and lease.position < heads.get(p, 0)
-            ]
+            behind = group.behind(heads)
             now = time.monotonic()
             pending = [p for p in behind if group.retry_at.get(p, 0.0) <= now]
             if behind and not pending:  # only partitions waiting to retry a failed event
@@ -252,10 +252,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
             if not pending:
                 heads = store.heads()  # writers may have appended meanwhile
                 bar.update(task, total=max(sum(heads.values()), applied))
-                if all(
-                    lease.failed or lease.position >= heads.get(p, 0)
-                    for p, lease in group.leases.items()
-                ):
+                if not group.behind(heads):
                     break
                 continue
             for partition in pending:

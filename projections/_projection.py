@@ -58,6 +58,7 @@ def handles(*event_types: type[Event] | str) -> Callable[[F], F]:
             raise TypeError(f"@handles takes Event classes or type names, got {event_type!r}")
 
     def mark(fn: F) -> F:
+        """Add the type names to those ``fn`` already handles."""
         fn.__handles__ = (*getattr(fn, "__handles__", ()), *names)  # type: ignore[attr-defined]
         return fn
 
@@ -79,6 +80,7 @@ class Projection:
     _handlers: ClassVar[dict[str, list[str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Collect the subclass's ``@handles`` methods, check its options, register its name."""
         super().__init_subclass__(**kwargs)
         handlers: dict[str, list[str]] = {}
         for klass in reversed(cls.__mro__):

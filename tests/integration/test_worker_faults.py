@@ -294,7 +294,7 @@ def test_a_batch_longer_than_the_ttl_ends_with_a_live_lease(store: EventStore) -
         advanced = conn.exec_driver_sql(
             worker.queries.advance,
             {
-                **worker._key(group),
+                **worker._membership.key(group),
                 "partition": partition,
                 "token": lease.token,
                 "position": 0,
