@@ -16,7 +16,7 @@ from eventsource._checks import (
 )
 from eventsource._logging import configure_logging, get_logger
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_channel, command_queries
-from eventsource.db import driver_connection, fetch, quote_schema
+from eventsource.db import Statements, driver_connection, fetch, quote_schema
 from eventsource.runtime import (
     Backoff,
     Listener,
@@ -34,6 +34,7 @@ __all__ = [
     "Backoff",
     "Listener",
     "Queries",
+    "Statements",
     "check_int",
     "check_name",
     "check_partition",

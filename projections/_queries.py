@@ -12,7 +12,7 @@ import functools
 
 from eventsource import EventStore
 from eventsource._internal import Queries as StoreQueries
-from eventsource.db._sql import Statements
+from eventsource._internal import Statements
 
 __all__ = ["ProjectionQueries", "projection_queries"]
 

@@ -20,6 +20,7 @@ from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, 
 from eventsource.db._names import channel_name, listen_statement, quote_schema
 from eventsource.db._pool import RawPool, gone
 from eventsource.db._schema import VERSION_TABLE
+from eventsource.db._sql import Statements, load_blocks, render
 from eventsource.db._url import conninfo, safe_url
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "VERSION_TABLE",
     "RawPool",
     "SchemaStatus",
+    "Statements",
     "async_engine",
     "channel_name",
     "conninfo",
@@ -37,7 +39,9 @@ __all__ = [
     "gone",
     "head_revision",
     "listen_statement",
+    "load_blocks",
     "quote_schema",
+    "render",
     "resolve_url",
     "safe_url",
     "schema_status",
