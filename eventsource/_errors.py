@@ -165,6 +165,26 @@ class WorkerCrashed(EventSourceError):
     """A thread of the worker died unexpectedly; the worker stopped."""
 
 
+class ProjectionTimeout(EventSourceError, TimeoutError):
+    """A projection did not reach the awaited position in time."""
+
+
+class ReplayError(EventSourceError):
+    """The replay could not take the projection over."""
+
+
+class ReactorNotAttached(EventSourceError, RuntimeError):
+    """The reactor is not attached to a store: run it with a projection worker
+    (``projections.run`` or ``eventsource projections run``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"reactor {name!r} is not attached to a store: run it with a projection"
+            " worker (projections.run or `eventsource projections run`)"
+        )
+
+
 class UpcastError(EventSourceError):
     """A stored event cannot be upgraded to the current schema version of its class."""
 

@@ -14,10 +14,9 @@ projections.run(store, [Balances()], stop_when_caught_up=True)   # in code
 
 from __future__ import annotations
 
+from eventsource import ProjectionTimeout, ReplayError
 from projections._ops import (
     PartitionStatus,
-    ProjectionTimeout,
-    ReplayError,
     replay,
     retry,
     skip,

@@ -18,7 +18,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from eventsource import AppendResult, EventSourceError, EventStore, PendingAppend
+from eventsource import (
+    AppendResult,
+    EventSourceError,
+    EventStore,
+    PendingAppend,
+    ProjectionTimeout,
+    ReplayError,
+)
 from eventsource._internal import (
     check_partition,
     check_seconds,
@@ -35,14 +42,6 @@ __all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "s
 
 
 MAX_WAIT = 86400.0  # seconds: the longest wait_for and replay take-over that can be asked for
-
-
-class ProjectionTimeout(EventSourceError, TimeoutError):
-    """A projection did not reach the awaited position in time."""
-
-
-class ReplayError(EventSourceError):
-    """The replay could not take the projection over."""
 
 
 @dataclass(frozen=True)

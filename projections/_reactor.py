@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection
 
-from eventsource import Command, CommandQueue, Enqueued, EventStore
+from eventsource import Command, CommandQueue, Enqueued, EventStore, ReactorNotAttached
 from projections._projection import Projection
 
 __all__ = ["Reactor"]
@@ -51,10 +51,7 @@ class Reactor(Projection):
         dedupe_key, ordering_key, max_attempts.
         """
         if self._queue is None:
-            raise RuntimeError(
-                f"reactor {self.name!r} is not attached to a store: run it with a projection"
-                " worker (projections.run or `eventsource projections run`)"
-            )
+            raise ReactorNotAttached(self.name)
         if "tx" in options:
             raise TypeError("pass the batch's transaction as the second argument, not tx=")
         return self._queue.enqueue(command, tx=tx, **options)

@@ -14,6 +14,7 @@ from eventsource import (
     CommandQueue,
     CommandWorker,
     EventStore,
+    ReactorNotAttached,
     RecordedEvent,
 )
 from eventsource.commands import HandlerSpec, command_queries
@@ -133,7 +134,7 @@ def test_a_reactor_is_not_replayed(store: EventStore) -> None:
 
 def test_enqueue_outside_a_worker_is_an_error(store: EventStore) -> None:
     """A reactor not attached to a store says how to run it."""
-    with store.engine.begin() as tx, pytest.raises(RuntimeError, match="not attached"):
+    with store.engine.begin() as tx, pytest.raises(ReactorNotAttached, match="not attached"):
         AuditDeposits().enqueue(Audit(stream_id="s", amount=1, position=1), tx)
 
 

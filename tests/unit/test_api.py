@@ -21,6 +21,9 @@ from eventsource import (
 )
 
 PUBLIC_API = [
+    "ReplayError",
+    "ReactorNotAttached",
+    "ProjectionTimeout",
     "ValueRejected",
     "StatementCancelled",
     "SerializationFailure",
@@ -101,7 +104,7 @@ def test_errors_share_one_root() -> None:
         if isinstance(getattr(eventsource, n), type)
         and issubclass(getattr(eventsource, n), Exception)
     ]
-    assert len(errors) == 19
+    assert len(errors) == 22
     assert all(issubclass(e, eventsource.EventSourceError) for e in errors)
 
 
