@@ -469,11 +469,7 @@ class CommandWorker:
         VM) keeps its TCP connection alive; the server ends the session instead.
         """
         tx = stack.enter_context(self.store.transaction())
-        fetch(
-            driver_connection(tx.connection),
-            "SELECT set_config('idle_in_transaction_session_timeout', %(ms)s, true)",
-            {"ms": self._idle_ms},
-        )
+        fetch(driver_connection(tx.connection), self._sql.idle_timeout, {"ms": self._idle_ms})
         return tx
 
     def _free_zombie_key(self, conn: psycopg.Connection[Any], command: _Claimed) -> None:
