@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
@@ -22,11 +22,6 @@ from eventsource._checks import (
 )
 from eventsource._context import current_correlation
 from eventsource._errors import UnknownCommandType
-from eventsource.commands._queries import command_queries
-from eventsource.store import AsyncEventStore, EventStore
-
-if TYPE_CHECKING:
-    pass
 from eventsource.commands._command import (
     MAX_DELAY,
     MAX_KEY_LENGTH,
@@ -35,6 +30,8 @@ from eventsource.commands._command import (
     _registry,
     check_max_attempts,
 )
+from eventsource.commands._queries import command_queries
+from eventsource.store import AsyncEventStore, EventStore
 
 __all__ = ["CommandInfo", "Enqueued"]
 
@@ -196,6 +193,7 @@ class CommandInfo:
     payload: str
 
     def as_json(self) -> dict[str, Any]:
+        """Its fields as JSON values (times in ISO 8601), for ``commands list --json``."""
         out: dict[str, Any] = {}
         for name in self.__slots__:
             value = getattr(self, name)

@@ -5,17 +5,12 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventsource._errors import CommandNotFound
-from eventsource.db import driver_connection, fetch, fetch_async
-from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
-
-if TYPE_CHECKING:
-    pass
 from eventsource.commands._command import ANNOUNCE_AFTER_COMMIT, DEFAULT_MAX_ATTEMPTS, Command
 from eventsource.commands._params import (
     CommandInfo,
@@ -33,6 +28,8 @@ from eventsource.commands._params import (
     _why_not_dead,
     seconds,
 )
+from eventsource.db import driver_connection, fetch, fetch_async
+from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
 
 __all__ = ["CommandQueue"]
 
@@ -100,6 +97,7 @@ class CommandQueue(_QueueCore):
         tx: Transaction | Connection | None,
         *queues: str,
     ) -> Rows:
+        """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         store = self.store
         with store._errors():
             if tx is None:
@@ -229,6 +227,7 @@ class AsyncCommandQueue(_QueueCore):
         tx: AsyncTransaction | AsyncConnection | None,
         *queues: str,
     ) -> Rows:
+        """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         store = self.store
         with store._errors():
             if tx is None:

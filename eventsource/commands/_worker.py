@@ -67,6 +67,7 @@ class CommandWorker(_Slots, _Heartbeat):
         backoff_max: float = 300.0,
         default_timeout: float | None = None,
     ) -> None:
+        """Check the settings (``ValueError``, ``TypeError``); nothing runs before ``run()``."""
         if isinstance(queues, str) or not queues:
             raise ValueError(f"queues must be a non-empty list of queue names, got {queues!r}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
