@@ -221,14 +221,16 @@ class CommandContext:
         )
 
 
+def int_in(value: object, low: int, high: int, error: str) -> int:
+    """``value`` if it is an int (not a bool) from ``low`` to ``high``; else ``ValueError``
+    with the message ``error``, followed by the value given."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{error}, got {value!r}")
+    return value
+
+
 def check_max_attempts(value: object) -> int:
     """``max_attempts`` of a command: an int from 1 to ``MAX_ATTEMPTS_LIMIT``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not 1 <= value <= MAX_ATTEMPTS_LIMIT
-    ):
-        raise ValueError(
-            f"max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}, got {value!r}"
-        )
-    return value
+    return int_in(
+        value, 1, MAX_ATTEMPTS_LIMIT, f"max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}"
+    )
