@@ -3,7 +3,11 @@
 - ``_command``: ``Command`` models, ``@handler`` and the handlers' ``CommandContext``;
 - ``_params``: enqueue arguments, checked and encoded once for both queues;
 - ``_queue``: ``CommandQueue`` and ``AsyncCommandQueue``;
-- ``_queries``: its SQL statements; ``_worker``: ``CommandWorker``, which runs the handlers.
+- ``_queries``: its SQL statements, kept in ``queries.sql``;
+- ``_worker``: ``CommandWorker``, which runs the handlers, put together from ``_slots``
+  (claiming and running batches), ``_attempt`` (one attempt, then its ack, retry or
+  dead-letter) and ``_heartbeat`` (leases kept, expired ones reaped); ``_core`` has what
+  they share.
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.

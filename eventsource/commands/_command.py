@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from eventsource._checks import (
-    check_name,
-)
+from eventsource._checks import check_name
 from eventsource._errors import EventSourceError, UnknownCommandType
 from eventsource.store import Transaction
 
@@ -65,6 +63,11 @@ class Command(BaseModel):
         abstract: bool = False,
         **kwargs: Any,
     ) -> None:
+        """Register the subclass under its type name (``name``, else the class name).
+
+        ``queue`` and ``max_attempts`` set the defaults of its enqueues; ``abstract=True``
+        registers nothing. ``TypeError`` when another class already has the name.
+        """
         super().__init_subclass__(**kwargs)
         if queue is not None:
             cls.default_queue = check_name(queue, "queue name")
@@ -110,6 +113,7 @@ class HandlerSpec:
 
     @property
     def name(self) -> str:
+        """The handler function's qualified name (``module.function``)."""
         return f"{self.fn.__module__}.{self.fn.__qualname__}"
 
 
@@ -134,6 +138,7 @@ def handler(command: type[C], *, timeout: float | None = None) -> Callable[[F], 
         )
 
     def register(fn: F) -> F:
+        """Record ``fn`` as the command type's handler; ``fn`` is returned unchanged."""
         if not callable(fn):
             raise TypeError(f"@handler decorates a function, got {fn!r}")
         spec = HandlerSpec(command, fn, inspect.iscoroutinefunction(fn), timeout)
@@ -175,6 +180,7 @@ class CommandContext:
         log: FilteringBoundLogger,
         open_tx: Callable[[], Transaction],
     ) -> None:
+        """The context of one attempt; ``open_tx`` opens its transaction when asked for."""
         self.command_id = command_id
         self.attempt = attempt
         self.max_attempts = max_attempts
@@ -215,13 +221,16 @@ class CommandContext:
         )
 
 
-def check_max_attempts(value: object) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not 1 <= value <= MAX_ATTEMPTS_LIMIT
-    ):
-        raise ValueError(
-            f"max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}, got {value!r}"
-        )
+def int_in(value: object, low: int, high: int, error: str) -> int:
+    """``value`` if it is an int (not a bool) from ``low`` to ``high``; else ``ValueError``
+    with the message ``error``, followed by the value given."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{error}, got {value!r}")
     return value
+
+
+def check_max_attempts(value: object) -> int:
+    """``max_attempts`` of a command: an int from 1 to ``MAX_ATTEMPTS_LIMIT``."""
+    return int_in(
+        value, 1, MAX_ATTEMPTS_LIMIT, f"max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_core import PydanticSerializationError
 
@@ -22,11 +22,6 @@ from eventsource._checks import (
 )
 from eventsource._context import current_correlation
 from eventsource._errors import UnknownCommandType
-from eventsource.commands._queries import command_queries
-from eventsource.store import AsyncEventStore, EventStore
-
-if TYPE_CHECKING:
-    pass
 from eventsource.commands._command import (
     MAX_DELAY,
     MAX_KEY_LENGTH,
@@ -34,7 +29,10 @@ from eventsource.commands._command import (
     Command,
     _registry,
     check_max_attempts,
+    int_in,
 )
+from eventsource.commands._queries import command_queries
+from eventsource.store import AsyncEventStore, EventStore
 
 __all__ = ["CommandInfo", "Enqueued"]
 
@@ -59,9 +57,7 @@ def _check_queue(value: object) -> str | None:
 
 
 def _check_priority(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not INT_MIN <= value <= INT_MAX:
-        raise ValueError(f"priority must be a 32-bit int (higher runs first), got {value!r}")
-    return value
+    return int_in(value, INT_MIN, INT_MAX, "priority must be a 32-bit int (higher runs first)")
 
 
 def seconds(value: object, what: str) -> float:
@@ -196,6 +192,7 @@ class CommandInfo:
     payload: str
 
     def as_json(self) -> dict[str, Any]:
+        """Its fields as JSON values (times in ISO 8601), for ``commands list --json``."""
         out: dict[str, Any] = {}
         for name in self.__slots__:
             value = getattr(self, name)
@@ -211,19 +208,11 @@ def _statuses(statuses: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= BIGINT_MAX:
-        raise ValueError(f"limit must be an int from 1 to {BIGINT_MAX}, got {limit!r}")
-    return limit
+def _command_id(value: object) -> int:
+    return int_in(value, 1, BIGINT_MAX, f"a command id is an int from 1 to {BIGINT_MAX}")
 
 
-def _retry_attempts(attempts: object) -> int:
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
-        raise ValueError(f"attempts must be an int from 1 to 100, got {attempts!r}")
-    return attempts
-
-
-# -- the queue (sync) ----------------------------------------------------------------------
+# -- what both queues share ----------------------------------------------------------------
 
 
 Rows = list[tuple[Any, ...]]
@@ -252,6 +241,35 @@ class _QueueCore:
             return Enqueued(None, duplicate=True)
         return Enqueued(int(rows[0][0]), duplicate=bool(rows[0][1]))
 
+    @staticmethod
+    def _ids(rows: Rows) -> Ids:
+        return [int(row[0]) for row in rows]
+
+    @staticmethod
+    def _list_params(statuses: Sequence[str], queue: str | None, limit: int) -> dict[str, Any]:
+        return {
+            "statuses": _statuses(statuses),
+            "queue": _check_queue(queue),
+            "limit": int_in(limit, 1, BIGINT_MAX, f"limit must be an int from 1 to {BIGINT_MAX}"),
+        }
+
+    @staticmethod
+    def _infos(rows: Rows) -> Infos:
+        return [CommandInfo(*row) for row in rows]
+
+    @staticmethod
+    def _retry_params(command_id: int, attempts: int) -> dict[str, int]:
+        error = "attempts must be an int from 1 to 100"
+        return {"id": _command_id(command_id), "attempts": int_in(attempts, 1, 100, error)}
+
+    @staticmethod
+    def _purge_params(older_than: float | timedelta, queue: str | None) -> dict[str, Any]:
+        return {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
+
+    @staticmethod
+    def _counts(rows: Rows) -> list[tuple[str, str, int, datetime]]:
+        return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+
     def _announce(self, queues: Sequence[str]) -> None:
         """Wake idle workers of these queues once the enqueue has committed."""
         self._announcer.announce(queues, channel=self._sql.channel)
@@ -259,12 +277,6 @@ class _QueueCore:
     def _notify_params(self, queues: Sequence[str]) -> dict[str, str]:
         """A NOTIFY inside the caller's own transaction (sent when it commits)."""
         return {"channel": self._sql.channel, "payload": ",".join(sorted(queues))}
-
-
-def _command_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BIGINT_MAX:
-        raise ValueError(f"a command id is an int from 1 to {BIGINT_MAX}, got {value!r}")
-    return value
 
 
 def _why_not_dead(info: CommandInfo | None) -> str:

@@ -5,17 +5,12 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventsource._errors import CommandNotFound
-from eventsource.db import driver_connection, fetch, fetch_async
-from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
-
-if TYPE_CHECKING:
-    pass
 from eventsource.commands._command import ANNOUNCE_AFTER_COMMIT, DEFAULT_MAX_ATTEMPTS, Command
 from eventsource.commands._params import (
     CommandInfo,
@@ -23,16 +18,13 @@ from eventsource.commands._params import (
     Ids,
     Infos,
     Rows,
-    _check_queue,
     _command_id,
-    _limit,
     _Options,
     _QueueCore,
-    _retry_attempts,
-    _statuses,
     _why_not_dead,
-    seconds,
 )
+from eventsource.db import driver_connection, fetch, fetch_async
+from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
 
 __all__ = ["CommandQueue"]
 
@@ -90,8 +82,7 @@ class CommandQueue(_QueueCore):
         params = self._many(commands, options)
         if not params:
             return []
-        rows = self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
-        return [int(row[0]) for row in rows]
+        return self._ids(self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"])))
 
     def _execute(
         self,
@@ -100,6 +91,7 @@ class CommandQueue(_QueueCore):
         tx: Transaction | Connection | None,
         *queues: str,
     ) -> Rows:
+        """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         store = self.store
         with store._errors():
             if tx is None:
@@ -135,12 +127,7 @@ class CommandQueue(_QueueCore):
         limit: int = 100,
     ) -> Infos:
         """Commands in these states, oldest first (pending and running by default)."""
-        params = {
-            "statuses": _statuses(statuses),
-            "queue": _check_queue(queue),
-            "limit": _limit(limit),
-        }
-        return [CommandInfo(*row) for row in self._run(self._sql.list, params)]
+        return self._infos(self._run(self._sql.list, self._list_params(statuses, queue, limit)))
 
     def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
         """Dead commands with their last error and traceback, oldest first."""
@@ -153,21 +140,18 @@ class CommandQueue(_QueueCore):
 
     def retry(self, command_id: int, *, attempts: int = 1) -> None:
         """Give a dead command ``attempts`` more attempts, starting now."""
-        params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
-        rows = self._run(self._sql.retry, params)
+        rows = self._run(self._sql.retry, self._retry_params(command_id, attempts))
         if not rows:
             raise CommandNotFound(command_id, _why_not_dead(self.get(command_id)))
         self._announce([rows[0][0]])
 
     def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
-        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
-        return len(self._run(self._sql.purge, params))
+        return len(self._run(self._sql.purge, self._purge_params(older_than, queue)))
 
     def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
         """(queue, status, count, oldest enqueue time) for every queue and state."""
-        rows = self._run(self._sql.counts, None)
-        return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+        return self._counts(self._run(self._sql.counts, None))
 
     def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
         with self.store._raw() as conn:  # errors translated
@@ -220,7 +204,7 @@ class AsyncCommandQueue(_QueueCore):
         if not params:
             return []
         rows = await self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
-        return [int(row[0]) for row in rows]
+        return self._ids(rows)
 
     async def _execute(
         self,
@@ -229,6 +213,7 @@ class AsyncCommandQueue(_QueueCore):
         tx: AsyncTransaction | AsyncConnection | None,
         *queues: str,
     ) -> Rows:
+        """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         store = self.store
         with store._errors():
             if tx is None:
@@ -256,12 +241,8 @@ class AsyncCommandQueue(_QueueCore):
         limit: int = 100,
     ) -> Infos:
         """Commands in these states, oldest first."""
-        params = {
-            "statuses": _statuses(statuses),
-            "queue": _check_queue(queue),
-            "limit": _limit(limit),
-        }
-        return [CommandInfo(*row) for row in await self._run(self._sql.list, params)]
+        params = self._list_params(statuses, queue, limit)
+        return self._infos(await self._run(self._sql.list, params))
 
     async def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
         """Dead commands with their last error and traceback."""
@@ -274,21 +255,18 @@ class AsyncCommandQueue(_QueueCore):
 
     async def retry(self, command_id: int, *, attempts: int = 1) -> None:
         """Give a dead command ``attempts`` more attempts, starting now."""
-        params = {"id": _command_id(command_id), "attempts": _retry_attempts(attempts)}
-        rows = await self._run(self._sql.retry, params)
+        rows = await self._run(self._sql.retry, self._retry_params(command_id, attempts))
         if not rows:
             raise CommandNotFound(command_id, _why_not_dead(await self.get(command_id)))
         self._announce([rows[0][0]])
 
     async def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
         """Delete dead commands last updated more than ``older_than`` ago; how many."""
-        params = {"older_than": seconds(older_than, "older_than"), "queue": _check_queue(queue)}
-        return len(await self._run(self._sql.purge, params))
+        return len(await self._run(self._sql.purge, self._purge_params(older_than, queue)))
 
     async def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
         """(queue, status, count, oldest enqueue time) for every queue and state."""
-        rows = await self._run(self._sql.counts, None)
-        return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+        return self._counts(await self._run(self._sql.counts, None))
 
     async def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
         with self.store._errors():
