@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from eventsource.db import channel_name, listen_statement
-from eventsource.db._sql import Statements
+from eventsource.db import Statements, channel_name, listen_statement
 
 __all__ = ["CommandQueries", "command_channel", "command_queries"]
 
