@@ -10,7 +10,7 @@ Each part of the framework keeps its statements in one file beside its code (for
 A block runs up to the next name line. ``{schema}`` is replaced by the schema's name, quoted
 as an identifier by ``psycopg.sql`` (a schema name is data, never SQL text); parameters are
 psycopg's ``%(name)s``. A literal brace is written twice (``'{{}}'``). The comment lines
-directly under the name are the statement's description; they are kept in the text sent.
+directly under the name describe the statement for its readers; they are not sent.
 
 ``Statements`` subclasses declare the names they expect as ``str`` annotations; building one
 checks that the file has exactly those blocks, so that a typo fails at import of the schema,
@@ -48,6 +48,10 @@ def load_blocks(package: str, filename: str) -> dict[str, str]:
         if name in blocks:
             raise ValueError(f"{package}/{filename}: two blocks are named {name!r}")
         body = text[mark.end() : following.start() if following else len(text)].strip()
+        lines = body.splitlines()
+        while lines and lines[0].lstrip().startswith("--"):
+            lines.pop(0)
+        body = "\n".join(lines).strip()
         if not body:
             raise ValueError(f"{package}/{filename}: block {name!r} is empty")
         blocks[name] = body

@@ -26,8 +26,9 @@ def package(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         sys.modules.pop(name, None)
 
 
-def test_blocks_are_named_and_keep_their_description(package: tuple[str, Path]) -> None:
-    """Each '-- name:' line starts a block that runs to the next one."""
+def test_blocks_are_named_and_sent_without_their_description(package: tuple[str, Path]) -> None:
+    """Each '-- name:' line starts a block that runs to the next one; the comment lines
+    under the name describe it and are not part of the statement."""
     name, path = package
     (path / "q.sql").write_text(
         "-- a file comment\n"
@@ -36,7 +37,7 @@ def test_blocks_are_named_and_keep_their_description(package: tuple[str, Path]) 
     )
     blocks = load_blocks(name, "q.sql")
     assert blocks == {
-        "one": "-- The first.\nSELECT 1",
+        "one": "SELECT 1",
         "two": "SELECT * FROM {schema}.t WHERE a = %(a)s",
     }
 
@@ -47,6 +48,7 @@ def test_blocks_are_named_and_keep_their_description(package: tuple[str, Path]) 
         ("SELECT 1\n", "no '-- name:' blocks"),
         ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n", "two blocks are named 'a'"),
         ("-- name: a\n-- name: b\nSELECT 2\n", "block 'a' is empty"),
+        ("-- name: a\n-- only a comment\n-- name: b\nSELECT 2\n", "block 'a' is empty"),
         ("-- name: a-b\nSELECT 1\n", "block name 'a-b' is not an identifier"),
     ],
 )
