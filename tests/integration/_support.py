@@ -7,15 +7,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from eventsource import EventStore, _events
 from eventsource.db import quote_schema
 
+_engines: dict[str, Engine] = {}
 
-def sql(store: EventStore, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
-    """Run ``statement`` (``{s}`` is the store's quoted schema) in its own transaction."""
-    with store.engine.begin() as conn:
+
+def _sync_engine(store: Any) -> Engine:
+    """The store's own engine, or for an async store one sync engine per URL (cached)."""
+    if isinstance(store.engine, Engine):
+        return store.engine
+    key = store.url.render_as_string(hide_password=False)
+    if key not in _engines:
+        _engines[key] = create_engine(store.url, poolclass=NullPool)
+    return _engines[key]
+
+
+def sql(store: Any, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """Run ``statement`` (``{s}`` is the store's quoted schema) in its own transaction; the
+    store may be either twin."""
+    with _sync_engine(store).begin() as conn:
         result = conn.execute(text(statement.format(s=quote_schema(store.schema))), params or {})
         return list(result.all()) if result.returns_rows else []
 

@@ -12,13 +12,12 @@ from eventsource import (
     Event,
     EventStore,
     PendingAppend,
-    Repository,
     correlation,
     partition_for,
 )
+from tests.contract._twins import repository_for
 from tests.domain import Counter, Deposited, Opened
-
-from ._support import log_state, sql
+from tests.integration._support import log_state, sql
 
 
 class Order(Aggregate, name="test.Order"):
@@ -73,7 +72,7 @@ def snapshot_row(store: EventStore, stream_id: str) -> tuple | None:
 
 def test_save_and_load_round_trip(store: EventStore) -> None:
     """A saved aggregate loads back with the same version and state, nothing pending."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     counter = opened("c-1", 5, 7)
     result = repo.save(counter)
     assert isinstance(result, AppendResult)
@@ -88,7 +87,7 @@ def test_save_and_load_round_trip(store: EventStore) -> None:
 
 def test_load_then_save_continues_the_stream(store: EventStore) -> None:
     """Changes to a loaded aggregate are appended after its loaded version."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     repo.save(opened("c-1", 1))
     counter = repo.load("c-1")
     counter.add(2)
@@ -102,7 +101,7 @@ def test_load_then_save_continues_the_stream(store: EventStore) -> None:
 
 def test_save_without_changes_writes_nothing(store: EventStore) -> None:
     """Saving an aggregate with no pending events returns None and appends nothing."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     repo.save(opened("c-1"))
     before = log_state(store)
     assert repo.save(repo.load("c-1")) is None
@@ -112,7 +111,7 @@ def test_save_without_changes_writes_nothing(store: EventStore) -> None:
 
 def test_missing_aggregate(store: EventStore) -> None:
     """load raises AggregateNotFound naming type and id; get returns None."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     with pytest.raises(AggregateNotFound) as info:
         repo.load("nobody")
     assert (info.value.aggregate_type, info.value.aggregate_id) == ("test.Counter", "nobody")
@@ -122,7 +121,7 @@ def test_missing_aggregate(store: EventStore) -> None:
 
 def test_load_checks_the_id(store: EventStore) -> None:
     """Loading an invalid id is a ValueError/TypeError, not a database error."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     with pytest.raises(ValueError, match="empty"):
         repo.load("")
     with pytest.raises(TypeError):
@@ -132,10 +131,10 @@ def test_load_checks_the_id(store: EventStore) -> None:
 def test_repository_arguments_are_checked(store: EventStore) -> None:
     """A Repository needs an Aggregate subclass and a positive snapshot interval."""
     with pytest.raises(TypeError, match="Aggregate subclass"):
-        Repository(store, Opened)  # type: ignore[type-var]
+        repository_for(store, Opened)  # type: ignore[type-var]
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="snapshot_every"):
-            Repository(store, Counter, snapshot_every=bad)  # type: ignore[arg-type]
+            repository_for(store, Counter, snapshot_every=bad)  # type: ignore[arg-type]
 
 
 def test_save_rejects_another_aggregate_type(store: EventStore) -> None:
@@ -143,13 +142,13 @@ def test_save_rejects_another_aggregate_type(store: EventStore) -> None:
     order = Order("cust/o-1")
     order.record(Deposited(amount=1))
     with pytest.raises(TypeError, match="saves Counter"):
-        Repository(store, Counter).save(order)  # type: ignore[arg-type]
+        repository_for(store, Counter).save(order)  # type: ignore[arg-type]
     assert log_state(store).events == 0
 
 
 def test_stale_aggregate_conflicts_and_writes_nothing(store: EventStore) -> None:
     """Saving an aggregate loaded before another save raises ConcurrencyError, writes nothing."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     repo.save(opened("c-1", 1))
     first, second = repo.load("c-1"), repo.load("c-1")
     first.add(10)
@@ -167,7 +166,7 @@ def test_stale_aggregate_conflicts_and_writes_nothing(store: EventStore) -> None
 
 def test_new_aggregate_with_a_taken_id_conflicts(store: EventStore) -> None:
     """A new aggregate saved under an existing id conflicts instead of appending to it."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     repo.save(opened("c-1", 1))
     with pytest.raises(ConcurrencyError) as info:
         repo.save(opened("c-1", 99))
@@ -177,7 +176,7 @@ def test_new_aggregate_with_a_taken_id_conflicts(store: EventStore) -> None:
 
 def test_save_passes_metadata_and_correlation(store: EventStore) -> None:
     """save(metadata=...) and correlation() ids are stored with the aggregate's events."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     with correlation(correlation_id="req-7"):
         repo.save(opened("c-1", 1), metadata={"user": "u"})
     assert {tuple(sorted(r.metadata.items())) for r in store.read_stream("c-1")} == {
@@ -187,7 +186,7 @@ def test_save_passes_metadata_and_correlation(store: EventStore) -> None:
 
 def test_aggregate_partition_key_override(store: EventStore) -> None:
     """An aggregate's partition_key() places all of a customer's orders in one partition."""
-    repo = Repository(store, Order)
+    repo = repository_for(store, Order)
     ids = [f"customer-7/order-{i}" for i in range(6)]
     assert len({partition_for(i, 4) for i in ids}) > 1
     results = []
@@ -204,7 +203,7 @@ def test_aggregate_partition_key_override(store: EventStore) -> None:
 
 def test_pending_events_cleared_only_after_commit(store: EventStore) -> None:
     """In a transaction the pending events stay until commit, then are cleared."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     a, b = opened("a", 1), opened("b", 2)
     with store.transaction() as tx:
         pa = repo.save(a, tx=tx)
@@ -222,7 +221,7 @@ def test_pending_events_cleared_only_after_commit(store: EventStore) -> None:
 
 def test_rolled_back_save_keeps_pending_events(store: EventStore) -> None:
     """If the transaction rolls back the aggregate keeps its pending events and can be saved."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     counter = opened("c-1", 5)
     with pytest.raises(RuntimeError), store.transaction() as tx:
         repo.save(counter, tx=tx)
@@ -237,7 +236,7 @@ def test_rolled_back_save_keeps_pending_events(store: EventStore) -> None:
 
 def test_conflict_in_transaction_keeps_every_aggregate_pending(store: EventStore) -> None:
     """A conflict at commit leaves every aggregate of the transaction unsaved and pending."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     repo.save(opened("taken"))
     fresh, stale = opened("fresh", 1), opened("taken", 2)
     with pytest.raises(ConcurrencyError), store.transaction() as tx:
@@ -250,7 +249,7 @@ def test_conflict_in_transaction_keeps_every_aggregate_pending(store: EventStore
 
 def test_saving_one_aggregate_twice_in_a_transaction(store: EventStore) -> None:
     """Two saves of one aggregate in a transaction append each event once."""
-    repo = Repository(store, Counter)
+    repo = repository_for(store, Counter)
     counter = opened("c-1")
     with store.transaction() as tx:
         repo.save(counter, tx=tx)
@@ -265,7 +264,7 @@ def test_saving_one_aggregate_twice_in_a_transaction(store: EventStore) -> None:
 
 def test_snapshot_taken_when_crossing_multiples(store: EventStore) -> None:
     """With snapshot_every=3 a snapshot is stored at versions 3 and 6, not in between."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     counter = opened("c-1", 1)
     repo.save(counter)
     assert snapshot_row(store, "c-1") is None
@@ -287,14 +286,14 @@ def test_snapshot_taken_when_crossing_multiples(store: EventStore) -> None:
 
 def test_one_save_crossing_several_multiples_snapshots_its_end(store: EventStore) -> None:
     """A save that jumps from 0 to 7 events stores one snapshot at version 7."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     repo.save(opened("c-1", 1, 2, 3, 4, 5, 6))
     assert snapshot_row(store, "c-1") == (7, "test.Counter", {"owner": "ann", "total": 21})
 
 
 def test_load_from_snapshot_equals_full_replay(store: EventStore) -> None:
     """Loading from a snapshot plus later events gives the state of a full replay."""
-    snapshotting = Repository(store, Counter, snapshot_every=3)
+    snapshotting = repository_for(store, Counter, snapshot_every=3)
     counter = opened("c-1")
     for amount in range(1, 9):
         counter.add(amount)
@@ -303,7 +302,7 @@ def test_load_from_snapshot_equals_full_replay(store: EventStore) -> None:
     counter.add(100)
     snapshotting.save(counter)
     from_snapshot = snapshotting.load("c-1")
-    replayed = Repository(store, Counter).load("c-1")
+    replayed = repository_for(store, Counter).load("c-1")
     assert from_snapshot == replayed == counter
     assert from_snapshot.version == 10
     assert from_snapshot.total == 136
@@ -311,7 +310,7 @@ def test_load_from_snapshot_equals_full_replay(store: EventStore) -> None:
 
 def test_load_uses_the_snapshot(store: EventStore) -> None:
     """A repository with snapshots starts from the stored snapshot state (not from event 1)."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     counter = opened("c-1", 1, 2)
     repo.save(counter)
     counter.add(4)
@@ -323,12 +322,12 @@ def test_load_uses_the_snapshot(store: EventStore) -> None:
         " WHERE stream_id = 'c-1'",
     )
     assert repo.load("c-1").total == 1004
-    assert Repository(store, Counter).load("c-1").total == 7
+    assert repository_for(store, Counter).load("c-1").total == 7
 
 
 def test_snapshot_of_an_older_shape_is_ignored(store: EventStore) -> None:
     """A snapshot written by a class with other fields is ignored; state is rebuilt from events."""
-    old = Repository(store, Counter, snapshot_every=3)
+    old = repository_for(store, Counter, snapshot_every=3)
     counter = opened("c-1", 1, 2, 3)
     old.save(counter)
     sql(
@@ -338,7 +337,7 @@ def test_snapshot_of_an_older_shape_is_ignored(store: EventStore) -> None:
     )
     assert old.load("c-1").total == 1000  # the old shape still uses it (taken at version 4)
 
-    new = Repository(store, CounterReshaped, snapshot_every=3)
+    new = repository_for(store, CounterReshaped, snapshot_every=3)
     loaded = new.load("c-1")
     assert (loaded.owner, loaded.total, loaded.deposits, loaded.version) == ("ann", 6, 3, 4)
 
@@ -354,7 +353,7 @@ def test_snapshot_of_an_older_shape_is_ignored(store: EventStore) -> None:
 
 def test_corrupt_snapshot_state_is_ignored(store: EventStore) -> None:
     """A snapshot whose state does not validate is ignored and the stream is replayed."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     repo.save(opened("c-1", 1, 2, 3))
     for corrupt in (
         '{"owner": 5, "total": "lots"}',
@@ -374,7 +373,7 @@ def test_corrupt_snapshot_state_is_ignored(store: EventStore) -> None:
 @pytest.mark.parametrize("partial", ["{}", '{"owner": "ann"}'])
 def test_incomplete_snapshot_state_is_ignored(store: EventStore, partial: str) -> None:
     """A snapshot state missing fields is corrupt: ignored, and the stream is replayed."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     repo.save(opened("c-1", 1, 2, 3))
     sql(
         store,
@@ -387,7 +386,7 @@ def test_incomplete_snapshot_state_is_ignored(store: EventStore, partial: str) -
 
 def test_snapshot_of_another_aggregate_type_is_ignored(store: EventStore) -> None:
     """A snapshot stored under another aggregate type name is not used."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     repo.save(opened("c-1", 1, 2))
     sql(
         store,
@@ -399,7 +398,7 @@ def test_snapshot_of_another_aggregate_type_is_ignored(store: EventStore) -> Non
 
 def test_snapshot_is_not_stored_when_the_transaction_rolls_back(store: EventStore) -> None:
     """A snapshot written with a save shares its transaction and is rolled back with it."""
-    repo = Repository(store, Counter, snapshot_every=2)
+    repo = repository_for(store, Counter, snapshot_every=2)
     with pytest.raises(RuntimeError), store.transaction() as tx:
         repo.save(opened("c-1", 1, 2), tx=tx)
         tx.flush()
@@ -414,7 +413,7 @@ def test_snapshot_is_not_stored_when_the_transaction_rolls_back(store: EventStor
 
 def test_stale_snapshotting_save_writes_no_snapshot(store: EventStore) -> None:
     """A conflicting save that would cross a multiple writes neither events nor a snapshot."""
-    repo = Repository(store, Counter, snapshot_every=3)
+    repo = repository_for(store, Counter, snapshot_every=3)
     repo.save(opened("c-1", 1))
     first, second = repo.load("c-1"), repo.load("c-1")
     first.add(1)

@@ -1,0 +1,93 @@
+"""Fixtures of the contract suite: every test runs against the sync and the async twin."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from eventsource import (
+    AsyncCommandQueue,
+    AsyncEventStore,
+    AsyncRepository,
+    CommandQueue,
+    EventStore,
+    Repository,
+)
+
+from ._twins import Synced
+
+
+@pytest.fixture(params=["sync", "async"])
+def twin(request: pytest.FixtureRequest) -> str:
+    """Which twin the test runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    """The event loop on which the async twin's coroutines run, one per test."""
+    with asyncio.Runner() as loop:
+        yield loop
+
+
+@pytest.fixture
+def store(twin: str, database_url: str, schema: str, runner: asyncio.Runner) -> Iterator[Any]:
+    """An upgraded store of the twin under test, in a fresh schema with 4 partitions."""
+    if twin == "sync":
+        sync_store = EventStore.from_url(database_url, schema=schema, partitions=4)
+        sync_store.upgrade()
+        yield sync_store
+        sync_store.close()
+        return
+    async_store = AsyncEventStore.from_url(database_url, schema=schema, partitions=4)
+    runner.run(async_store.upgrade())
+    yield Synced(async_store, runner)
+    runner.run(async_store.close())
+
+
+@pytest.fixture
+def fresh_store(
+    twin: str, database_url: str, schema: str, runner: asyncio.Runner
+) -> Iterator[Callable[..., Any]]:
+    """A factory of stores of the twin under test on the test's schema (not upgraded)."""
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("schema", schema)
+        if twin == "sync":
+            made: Any = EventStore.from_url(database_url, **options)
+            opened.append(made)
+            return made
+        async_made = AsyncEventStore.from_url(database_url, **options)
+        opened.append(async_made)
+        return Synced(async_made, runner)
+
+    yield make
+    for made in opened:
+        if isinstance(made, AsyncEventStore):
+            runner.run(made.close())
+        else:
+            made.close()
+
+
+@pytest.fixture
+def repository(twin: str, store: Any, runner: asyncio.Runner) -> Callable[..., Any]:
+    """``repository(AggregateClass, **options)`` of the twin under test."""
+
+    def make(aggregate: type[Any], **options: Any) -> Any:
+        if twin == "sync":
+            return Repository(store, aggregate, **options)
+        return Synced(AsyncRepository(store._target, aggregate, **options), runner)
+
+    return make
+
+
+@pytest.fixture
+def queue(twin: str, store: Any, runner: asyncio.Runner) -> Any:
+    """The command queue of the twin under test."""
+    if twin == "sync":
+        return CommandQueue(store)
+    return Synced(AsyncCommandQueue(store._target), runner)
