@@ -145,14 +145,14 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         with self._errors():
             async with self._engine.connect() as conn:
                 self._partitions = await conn.run_sync(
-                    upgrade_schema, self.schema, self._queries, self._initial_partitions
+                    upgrade_schema, self.schema, self._initial_partitions
                 )
 
     async def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
         with self._errors():
             async with self._engine.connect() as conn:
-                return await conn.run_sync(schema_status, self.schema, self._queries)
+                return await conn.run_sync(schema_status, self.schema)
 
     @property
     def partitions(self) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
-
 from eventsource.db import channel_name, listen_statement
 
 __all__ = ["Queries"]
@@ -28,22 +26,7 @@ class Queries:
         self.channel = notify_channel(schema)
         self.listen = listen_statement(self.channel)
         self.announce = "SELECT pg_notify(%(channel)s, %(payload)s)"
-        self.create_schema = text(f"CREATE SCHEMA IF NOT EXISTS {s}")
-        self.migrate_lock = text("SELECT pg_advisory_xact_lock(:key)")
-        self.init_partition_count = text(
-            f"INSERT INTO {s}.meta (key, value) VALUES ('partitions', :n)"
-            " ON CONFLICT (key) DO NOTHING"
-        )
         self.partition_count = f"SELECT value FROM {s}.meta WHERE key = 'partitions'"
-        self.constraint_not_valid = text(
-            "SELECT NOT c.convalidated FROM pg_constraint c"
-            " JOIN pg_namespace n ON n.oid = c.connamespace"
-            " WHERE n.nspname = :schema AND c.conname = :name"
-        )
-        self.init_partitions = text(
-            f"INSERT INTO {s}.partitions (partition) SELECT generate_series(0, :n - 1)"
-            " ON CONFLICT (partition) DO NOTHING"
-        )
         # The hot statements run on the psycopg connection itself (no SQLAlchemy layer), with
         # psycopg's placeholders: %(name)s, or %(name)b for arrays sent in binary (cheaper to
         # build than quoted text); psycopg prepares them after a few executions.

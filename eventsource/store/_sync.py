@@ -264,14 +264,12 @@ class EventStore(StoreBase[Engine]):
     def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent, safe to run from several processes)."""
         with self._errors(), self._engine.connect() as conn:
-            self._partitions = upgrade_schema(
-                conn, self.schema, self._queries, self._initial_partitions
-            )
+            self._partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
 
     def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
         with self._errors(), self._engine.connect() as conn:
-            return schema_status(conn, self.schema, self._queries)
+            return schema_status(conn, self.schema)
 
     @property
     def partitions(self) -> int:
