@@ -6,8 +6,8 @@
     async with store.transaction() as tx:
         await store.append("acc-2", [...], NO_STREAM, tx=tx)
 
-Everything but I/O lives in ``_core`` (shared with the sync store), and a test pins that both
-stores offer the same methods with the same parameters.
+Everything but I/O lives in ``StoreBase`` (``_base``, shared with the sync store), and a test
+pins that both stores offer the same methods with the same parameters.
 """
 
 from __future__ import annotations
