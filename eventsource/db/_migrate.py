@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -13,11 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from eventsource.db._names import quote_schema
 from eventsource.db._schema import VERSION_TABLE
-
-if TYPE_CHECKING:
-    from eventsource.store import Queries
+from eventsource.db._sql import Statements
 
 __all__ = ["SchemaStatus", "schema_status", "upgrade_schema"]
 
@@ -33,6 +30,7 @@ class SchemaStatus:
 
     @property
     def up_to_date(self) -> bool:
+        """Whether the schema is at the head revision."""
         return self.revision == self.head
 
 
@@ -43,9 +41,41 @@ def _config() -> Config:
 
 
 def head_revision() -> str:
+    """The newest revision of the framework's migrations."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
+
+
+class MigrateStatements(Statements):
+    """The statements of ``migrate.sql`` for one schema.
+
+    ``deferred_constraints`` maps each constraint that migrations add NOT VALID (so as not to
+    scan a big table under an exclusive lock) to the statement that validates it afterwards.
+    """
+
+    package = "eventsource.db"
+    filename = "migrate.sql"
+
+    migrate_lock: str
+    create_schema: str
+    init_partition_count: str
+    partition_count: str
+    init_partitions: str
+    constraint_not_valid: str
+    validate_events_stream_id_length: str
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.deferred_constraints = {
+            "events_stream_id_length": self.validate_events_stream_id_length,
+        }
+
+
+@functools.lru_cache(maxsize=256)
+def migrate_statements(schema: str) -> MigrateStatements:
+    """The migration statements for ``schema``, built once per schema and process."""
+    return MigrateStatements(schema)
 
 
 def _lock_key(schema: str) -> int:
@@ -56,7 +86,6 @@ def _lock_key(schema: str) -> int:
 def upgrade_schema(
     connection: Connection,
     schema: str,
-    queries: Queries,
     partitions: int,
     revision: str = "head",
 ) -> int:
@@ -65,44 +94,39 @@ def upgrade_schema(
     Runs in one transaction under an advisory lock, so concurrent callers wait for each other
     and the later ones find nothing left to do. ``partitions`` is used only on first creation.
     """
-    connection.execute(queries.migrate_lock, {"key": _lock_key(schema)})
-    connection.execute(queries.create_schema)
+    statements = migrate_statements(schema)
+    connection.exec_driver_sql(statements.migrate_lock, {"key": _lock_key(schema)})
+    connection.exec_driver_sql(statements.create_schema)
     cfg = _config()
     cfg.attributes.update(connection=connection, schema=schema, version_table=VERSION_TABLE)
     command.upgrade(cfg, revision)
-    connection.execute(queries.init_partition_count, {"n": str(partitions)})
-    stored = int(connection.exec_driver_sql(queries.partition_count).scalar_one())
-    connection.execute(queries.init_partitions, {"n": stored})
+    connection.exec_driver_sql(statements.init_partition_count, {"n": str(partitions)})
+    stored = int(connection.exec_driver_sql(statements.partition_count).scalar_one())
+    connection.exec_driver_sql(statements.init_partitions, {"n": stored})
     connection.commit()
-    validate_constraints(connection, schema, queries)
+    validate_constraints(connection, schema)
     return stored
 
 
-# Constraints that migrations add NOT VALID (so as not to scan a big table under an
-# exclusive lock): validated afterwards, each in a transaction of its own.
-DEFERRED_CONSTRAINTS = (("events", "events_stream_id_length"),)
-
-
-def validate_constraints(connection: Connection, schema: str, queries: Queries) -> None:
-    """Validate the constraints added NOT VALID, if not done yet.
+def validate_constraints(connection: Connection, schema: str) -> None:
+    """Validate the constraints added NOT VALID, if not done yet, each in its own transaction.
 
     ``VALIDATE CONSTRAINT`` takes a SHARE UPDATE EXCLUSIVE lock: appends and reads go on
     while it scans. Under the migrations' advisory lock, so that concurrent upgrades take
     turns; a no-op once validated.
     """
-    for table, constraint in DEFERRED_CONSTRAINTS:
-        connection.execute(queries.migrate_lock, {"key": _lock_key(schema)})
-        pending = connection.execute(
-            queries.constraint_not_valid, {"schema": schema, "name": constraint}
+    statements = migrate_statements(schema)
+    for constraint, validate in statements.deferred_constraints.items():
+        connection.exec_driver_sql(statements.migrate_lock, {"key": _lock_key(schema)})
+        pending = connection.exec_driver_sql(
+            statements.constraint_not_valid, {"schema": schema, "name": constraint}
         ).scalar()
         if pending:
-            connection.exec_driver_sql(
-                f"ALTER TABLE {quote_schema(schema)}.{table} VALIDATE CONSTRAINT {constraint}"
-            )
+            connection.exec_driver_sql(validate)
         connection.commit()
 
 
-def schema_status(connection: Connection, schema: str, queries: Queries) -> SchemaStatus:
+def schema_status(connection: Connection, schema: str) -> SchemaStatus:
     """The schema's current revision and partition count (None where not created yet)."""
     context = MigrationContext.configure(
         connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
@@ -110,7 +134,9 @@ def schema_status(connection: Connection, schema: str, queries: Queries) -> Sche
     revision = context.get_current_revision()
     partitions = None
     if revision is not None:
-        value = connection.exec_driver_sql(queries.partition_count).scalar_one_or_none()
+        value = connection.exec_driver_sql(
+            migrate_statements(schema).partition_count
+        ).scalar_one_or_none()
         partitions = int(value) if value is not None else None
     connection.rollback()
     return SchemaStatus(

@@ -3,8 +3,10 @@
 - ``_types``: the values it takes and gives (``RecordedEvent``, ``AppendResult``, expected
   versions) and the checks of its arguments;
 - ``_staging``: appends staged by a transaction and written at its commit (``append_plan``);
-- ``_queries``: its SQL statements; ``_announce``: LISTEN/NOTIFY of written partitions;
+- ``_queries``: its SQL statements (kept in ``queries.sql``); ``_announce``: LISTEN/NOTIFY
+  of written partitions;
 - ``_base``: what the sync and async stores share; ``_sync`` and ``_async``: the stores;
+  ``_transaction``: the sync store's transactions;
 - ``_repository``: aggregates loaded from and saved to their streams.
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
@@ -18,7 +20,8 @@ from eventsource.store._async import AsyncEventStore, AsyncTransaction
 from eventsource.store._queries import Queries
 from eventsource.store._repository import AsyncRepository, Repository
 from eventsource.store._staging import StagedAppends
-from eventsource.store._sync import EventStore, Transaction
+from eventsource.store._sync import EventStore
+from eventsource.store._transaction import Transaction
 from eventsource.store._types import (
     ANY,
     MAX_PARTITIONS,

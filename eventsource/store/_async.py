@@ -6,8 +6,8 @@
     async with store.transaction() as tx:
         await store.append("acc-2", [...], NO_STREAM, tx=tx)
 
-Everything but I/O lives in ``_core`` (shared with the sync store), and a test pins that both
-stores offer the same methods with the same parameters.
+Everything but I/O lives in ``StoreBase`` (``_base``, shared with the sync store), and a test
+pins that both stores offer the same methods with the same parameters.
 """
 
 from __future__ import annotations
@@ -145,14 +145,14 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         with self._errors():
             async with self._engine.connect() as conn:
                 self._partitions = await conn.run_sync(
-                    upgrade_schema, self.schema, self._queries, self._initial_partitions
+                    upgrade_schema, self.schema, self._initial_partitions
                 )
 
     async def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
         with self._errors():
             async with self._engine.connect() as conn:
-                return await conn.run_sync(schema_status, self.schema, self._queries)
+                return await conn.run_sync(schema_status, self.schema)
 
     @property
     def partitions(self) -> int:

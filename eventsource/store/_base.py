@@ -8,12 +8,12 @@ from typing import Generic, Self, TypeVar
 
 from sqlalchemy.engine import URL
 
-from eventsource._checks import check_int
+from eventsource._checks import check_int, check_schema_name
 from eventsource._config import Settings
 from eventsource._translate import translate_errors
-from eventsource.db import PREPARE_THRESHOLD, conninfo, quote_schema
+from eventsource.db import PREPARE_THRESHOLD, conninfo
 from eventsource.store._announce import Announcer
-from eventsource.store._queries import Queries
+from eventsource.store._queries import store_queries
 from eventsource.store._types import check_partitions
 
 __all__ = ["StoreBase"]
@@ -34,7 +34,8 @@ class StoreBase(Generic[EngineT]):
     ) -> None:
         self._engine = engine
         self.schema = schema
-        self._queries = Queries(quote_schema(schema), schema)
+        # A hostile or malformed name is a ValueError here, before any SQL is built or sent.
+        self._queries = store_queries(check_schema_name(schema))
         self._announcer = Announcer(
             conninfo(self.url), self._queries.channel, self._queries.announce
         )
@@ -84,10 +85,12 @@ class StoreBase(Generic[EngineT]):
 
     @property
     def engine(self) -> EngineT:
+        """The SQLAlchemy engine of this store."""
         return self._engine
 
     @property
     def url(self) -> URL:
+        """The database URL of this store's engine."""
         url: URL = self._engine.url  # type: ignore[attr-defined]
         return url
 

@@ -23,7 +23,8 @@ from eventsource.store._types import AppendResult, PendingAppend, RecordedEvent,
 
 if TYPE_CHECKING:
     from eventsource.store._async import AsyncEventStore, AsyncTransaction
-    from eventsource.store._sync import EventStore, Transaction
+    from eventsource.store._sync import EventStore
+    from eventsource.store._transaction import Transaction
 
 __all__ = ["AsyncRepository", "Repository"]
 

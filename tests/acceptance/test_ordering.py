@@ -221,7 +221,7 @@ def _lock_waiters(database_url: str, schema: str) -> object:
     return scalar(
         database_url,
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        f" AND query LIKE '%{schema}.%'",
+        f" AND query LIKE '%{schema}%'",
     )
 
 

@@ -212,7 +212,7 @@ def test_upgrade_from_0003_keeps_every_stream_where_it_was(bare_store: EventStor
     appends continue them, conflicts see them, and positions stay dense."""
     store = bare_store
     with store.engine.connect() as conn:
-        upgrade_schema(conn, store.schema, store._queries, 4, revision="0003")
+        upgrade_schema(conn, store.schema, 4, revision="0003")
     a_partition = partition_for("a", 4)
     b_partition = (partition_for("b", 4) + 1) % 4  # as if written under another partition key
     sql(
@@ -254,7 +254,7 @@ def test_the_stream_id_check_is_added_without_a_scan_and_validated_after(
     validates it in a transaction of its own, with appends and reads going on."""
     store = bare_store
     with store.engine.connect() as conn:
-        upgrade_schema(conn, store.schema, store._queries, 4, revision="0003")
+        upgrade_schema(conn, store.schema, 4, revision="0003")
     with store.engine.connect() as conn:
         # Up to 0004 alone, without the step that follows the migrations.
         cfg = _migrate._config()

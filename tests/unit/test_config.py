@@ -244,7 +244,7 @@ def test_quote_schema_rejects_hostile_names(bad: object) -> None:
 
 def test_queries_use_the_quoted_schema() -> None:
     """Every statement built for a schema names it exactly as quoted."""
-    queries = Queries(quote_schema("Mixed"), "Mixed")
+    queries = Queries("Mixed")
     assert '"Mixed".events' in str(queries.read_stream)
     assert '"Mixed".append_events' in str(queries.append)
     assert "Mixed.events" not in str(queries.read_stream).replace('"Mixed"', "")

@@ -1,0 +1,181 @@
+-- The event store's statements, loaded by eventsource/store/_queries.py (see eventsource/db/_sql.py
+-- for the format). They run on psycopg connections directly: parameters are psycopg's named
+-- placeholders, "s" for values sent as text and "b" for values sent in binary (arrays are cheaper
+-- to build that way than as quoted text); psycopg prepares them after a few executions.
+--
+-- The append_one_* statements write one stream in one statement: read the stream's version (from
+-- its latest event), bump the partition head (its row lock is held to commit), insert the events.
+-- No row back means the expected version did not hold (or an idempotent retry): nothing was
+-- written, and the append function then reports exactly what happened. A writer that got to the
+-- stream between the read and the head lock makes the insert fail on the unique
+-- (stream_id, stream_version) key, so nothing is written then either. The suffix is the claim on
+-- the stream: "new" (it must not exist), "at" (it must be at the expected version), "any" (no
+-- expectation, but not a retry of a stored append). append_one_* take the events as arrays,
+-- append_one_event_* one event as plain values (cheaper to send than arrays).
+
+-- name: announce
+-- Announce a payload (written partitions) on a LISTEN/NOTIFY channel.
+SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: partition_count
+-- The number of partitions, fixed when the schema was created.
+SELECT value FROM {schema}.meta WHERE key = 'partitions'
+
+-- name: append
+-- Append to several streams at once through the append function: one row per stream, its outcome.
+SELECT stream_id, status, stream_version, partition, position
+FROM {schema}.append_events(
+    %(stream_ids)b::text[], %(partitions)b::integer[], %(expected)b::bigint[],
+    %(counts)b::integer[], %(event_ids)b::uuid[], %(types)b::text[],
+    %(schema_versions)b::integer[], %(data)b::text[], %(metadata)b::text[])
+
+-- name: append_one_new
+-- Append events to one stream that must not exist yet; no row if it does.
+WITH s AS (
+    SELECT %(partition)b::integer AS partition, 0::bigint AS version
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE stream_id = %(stream_id)b)),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
+        u.d::jsonb, u.m::jsonb
+    FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
+        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: append_one_at
+-- Append events to one stream at the expected version; no row if it is elsewhere.
+WITH s AS (
+    SELECT l.partition, l.version
+    FROM (SELECT partition, stream_version AS version FROM {schema}.events
+        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l
+    WHERE l.version = %(expected)b),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
+        u.d::jsonb, u.m::jsonb
+    FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
+        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: append_one_any
+-- Append events to one stream at any version; no row if its first event is already stored.
+WITH s AS (
+    SELECT coalesce(l.partition, %(partition)b::integer) AS partition,
+        coalesce(l.version, 0::bigint) AS version
+    FROM (SELECT) AS one LEFT JOIN LATERAL (
+        SELECT partition, stream_version AS version FROM {schema}.events
+        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l ON true
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = %(first_id)b)),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
+        u.d::jsonb, u.m::jsonb
+    FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
+        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: append_one_event_new
+-- Append one event to one stream that must not exist yet; no row if it does.
+WITH s AS (
+    SELECT %(partition)b::integer AS partition, 0::bigint AS version
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE stream_id = %(stream_id)b)),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
+        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
+    FROM s, h)
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: append_one_event_at
+-- Append one event to one stream at the expected version; no row if it is elsewhere.
+WITH s AS (
+    SELECT l.partition, l.version
+    FROM (SELECT partition, stream_version AS version FROM {schema}.events
+        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l
+    WHERE l.version = %(expected)b),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
+        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
+    FROM s, h)
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: append_one_event_any
+-- Append one event to one stream at any version; no row if the event is already stored.
+WITH s AS (
+    SELECT coalesce(l.partition, %(partition)b::integer) AS partition,
+        coalesce(l.version, 0::bigint) AS version
+    FROM (SELECT) AS one LEFT JOIN LATERAL (
+        SELECT partition, stream_version AS version FROM {schema}.events
+        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l ON true
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = %(first_id)b)),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
+        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
+    FROM s, h)
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- name: read_stream
+-- The events of one stream after a version, in version order.
+SELECT event_id::text, stream_id, stream_version, partition, position, event_type,
+    schema_version, data::text, metadata::text, recorded_at
+FROM {schema}.events
+WHERE stream_id = %(stream_id)s AND stream_version > %(after)s
+ORDER BY stream_version
+
+-- name: read_partition
+-- Up to a limit of the events of one partition after a position, in position order.
+SELECT event_id::text, stream_id, stream_version, partition, position, event_type,
+    schema_version, data::text, metadata::text, recorded_at
+FROM {schema}.events
+WHERE partition = %(partition)s AND position > %(after)s
+ORDER BY position LIMIT %(limit)s
+
+-- name: stream_version
+-- The version of one stream (its latest event's); no row for a stream without events.
+SELECT stream_version FROM {schema}.events WHERE stream_id = %(stream_id)s
+ORDER BY stream_version DESC LIMIT 1
+
+-- name: heads
+-- The head (last position) of every partition.
+SELECT partition, head FROM {schema}.partitions ORDER BY partition
+
+-- name: load_snapshot
+-- The snapshot of one stream as (version, shape, state), if one is stored for its aggregate type.
+SELECT version, shape, state::text FROM {schema}.snapshots
+WHERE stream_id = %(stream_id)s AND aggregate_type = %(aggregate_type)s
+
+-- name: save_snapshot
+-- Store a stream's snapshot, replacing an older one or one of another shape or aggregate type.
+INSERT INTO {schema}.snapshots AS t (stream_id, aggregate_type, shape, version, state)
+VALUES (%(stream_id)s, %(aggregate_type)s, %(shape)s, %(version)s, %(state)s::jsonb)
+ON CONFLICT (stream_id) DO UPDATE SET aggregate_type = excluded.aggregate_type,
+    shape = excluded.shape, version = excluded.version, state = excluded.state,
+    taken_at = now()
+WHERE t.version < excluded.version OR t.shape <> excluded.shape
+    OR t.aggregate_type <> excluded.aggregate_type
