@@ -76,6 +76,7 @@ class Announcer:
             thread.join(timeout=5)
 
     def _run(self) -> None:
+        """The announcer thread: send what was queued, coalesced, until closed."""
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         while True:
             with self._cond:

@@ -32,6 +32,7 @@ class StoreBase(Generic[EngineT]):
         partitions: int = 16,
         prepared_statements: bool = True,
     ) -> None:
+        """Bind the store to ``engine`` and ``schema``; nothing is sent to the server yet."""
         self._engine = engine
         self.schema = schema
         # A hostile or malformed name is a ValueError here, before any SQL is built or sent.

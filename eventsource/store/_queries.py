@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from eventsource.db import channel_name, listen_statement
-from eventsource.db._sql import Statements
+from eventsource.db import Statements, channel_name, listen_statement
 
 __all__ = ["Queries", "store_queries"]
 

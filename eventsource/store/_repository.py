@@ -33,6 +33,8 @@ log = get_logger("eventsource.repository")
 
 
 class _RepositoryCore(Generic[A]):
+    """What the sync and async repositories share: checks, snapshots and staging, no I/O."""
+
     def __init__(self, aggregate_type: type[A], snapshot_every: int | None) -> None:
         if not (isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate)):
             raise TypeError(f"Repository needs an Aggregate subclass, got {aggregate_type!r}")
@@ -60,6 +62,7 @@ class _RepositoryCore(Generic[A]):
         return self.aggregate_type(aggregate_id)
 
     def finish_load(self, aggregate: A, records: Sequence[RecordedEvent]) -> A:
+        """Apply the stream's events after the snapshot; AggregateNotFound if there are none."""
         if aggregate.version == 0 and not records:
             raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate.id)
         aggregate._replay(record.event for record in records)
@@ -111,6 +114,7 @@ class _RepositoryCore(Generic[A]):
         return pending
 
     def check(self, aggregate: A) -> None:
+        """TypeError unless ``aggregate`` is of this repository's type."""
         if not isinstance(aggregate, self.aggregate_type):
             raise TypeError(
                 f"this repository saves {self.aggregate_type.__name__}, got"
@@ -186,6 +190,7 @@ class Repository(Generic[A]):
         metadata: Mapping[str, Any] | None,
         snapshot: dict[str, Any] | None,
     ) -> PendingAppend | None:
+        """Stage the aggregate's new events (and a snapshot when due) in ``tx``."""
         staging = self._core.to_stage(aggregate, tx)
         if staging is None:
             return None
@@ -269,6 +274,7 @@ class AsyncRepository(Generic[A]):
         metadata: Mapping[str, Any] | None,
         snapshot: dict[str, Any] | None,
     ) -> PendingAppend | None:
+        """Stage the aggregate's new events (and a snapshot when due) in ``tx``."""
         staging = self._core.to_stage(aggregate, tx)
         if staging is None:
             return None

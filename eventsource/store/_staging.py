@@ -90,6 +90,7 @@ class StagedAppends:
         return bool(self._streams)
 
     def pending(self) -> list[PendingAppend]:
+        """The pending results of every staged append, in staging order."""
         return [p for s in self._streams.values() for p, _ in s.pending]
 
     def add(
@@ -100,6 +101,8 @@ class StagedAppends:
         metadata: Mapping[str, Any] | None,
         partition_key: str | None,
     ) -> PendingAppend:
+        """Stage ``events`` for ``stream_id``, checking the expected version against what is
+        staged already."""
         stream_id = check_stream_id(stream_id)
         expected_value = check_expected(expected)
         events = list(events)

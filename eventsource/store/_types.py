@@ -77,10 +77,12 @@ class PendingAppend:
 
     @property
     def done(self) -> bool:
+        """Whether the append was written (its transaction committed or flushed)."""
         return self._result is not None
 
     @property
     def result(self) -> AppendResult:
+        """The written append's result; an error while it is not written or was rolled back."""
         if self._rolled_back:
             raise EventSourceError(
                 f"the append to {self.stream_id!r} was rolled back with its transaction:"
@@ -95,18 +97,22 @@ class PendingAppend:
 
     @property
     def stream_version(self) -> int:
+        """The stream's version after the append."""
         return self.result.stream_version
 
     @property
     def partition(self) -> int:
+        """The partition of the stream."""
         return self.result.partition
 
     @property
     def position(self) -> int:
+        """The position of the append's last event in its partition."""
         return self.result.position
 
     @property
     def duplicate(self) -> bool:
+        """Whether the events were stored already (the append changed nothing)."""
         return self.result.duplicate
 
     def __repr__(self) -> str:
@@ -145,6 +151,7 @@ class RecordedEvent:
         metadata: str,
         recorded_at: datetime,
     ) -> None:
+        """A stored event from its row; the payload is decoded on first access."""
         self._event_id = event_id
         self.stream_id = stream_id
         self.stream_version = stream_version
@@ -160,6 +167,7 @@ class RecordedEvent:
 
     @property
     def event_id(self) -> UUID:
+        """The event's id."""
         return UUID(self._event_id)
 
     @property
@@ -186,6 +194,7 @@ class RecordedEvent:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """The event's metadata (decoded on first access)."""
         if self._metadata is None:
             self._metadata = json.loads(self._metadata_text)
         return self._metadata
@@ -263,6 +272,7 @@ def check_version(version: object, what: str = "after_version") -> int:
 
 
 def check_partitions(partitions: object) -> int:
+    """``partitions`` if it is a valid partition count (1 to MAX_PARTITIONS)."""
     if (
         isinstance(partitions, bool)
         or not isinstance(partitions, int)
@@ -275,6 +285,7 @@ def check_partitions(partitions: object) -> int:
 
 
 def check_partition(partition: object, partitions: int) -> int:
+    """``partition`` if it exists in a log of ``partitions`` partitions."""
     if isinstance(partition, bool) or not isinstance(partition, int):
         raise TypeError(f"partition must be an int, got {partition!r}")
     if not 0 <= partition < partitions:
