@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from eventsource._translate import first_line, is_outage
+from eventsource._errors import first_line, is_outage
 from eventsource.commands._attempt import _Attempts
 from eventsource.commands._core import _Claimed, _close, _Slot
 from eventsource.db import fetch

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 
 from eventsource._checks import check_name, check_seconds
+from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
-from eventsource._translate import first_line, is_outage
 from eventsource.commands._attempt import LeaseLost, backoff
 from eventsource.commands._command import HandlerSpec, registered_handlers
 from eventsource.commands._core import _Slot

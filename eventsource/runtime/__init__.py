@@ -18,8 +18,7 @@ everything else is the error of the work in hand.
 
 from __future__ import annotations
 
-from eventsource._errors import WorkerCrashed
-from eventsource._translate import first_line, is_outage
+from eventsource._errors import WorkerCrashed, first_line, is_outage
 from eventsource.runtime._backoff import Backoff, connect, default_worker_id
 from eventsource.runtime._listener import Listener
 from eventsource.runtime._loop import close_thread_loop, run_on_thread_loop

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from eventsource._translate import first_line
+from eventsource._errors import first_line
 from eventsource.runtime._backoff import Backoff, connect
 
 __all__ = ["Listener"]

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 import psycopg
 
+from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
-from eventsource._translate import first_line, is_outage
 from eventsource.db import gone
 
 __all__ = ["Announcer"]

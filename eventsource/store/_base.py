@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL
 
 from eventsource._checks import check_int, check_schema_name
 from eventsource._config import Settings
-from eventsource._translate import translate_errors
+from eventsource._errors import translate_errors
 from eventsource.db import PREPARE_THRESHOLD, conninfo
 from eventsource.store._announce import Announcer
 from eventsource.store._queries import store_queries
