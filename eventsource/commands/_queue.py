@@ -222,7 +222,7 @@ class AsyncCommandQueue(_QueueCore):
                 self._announce(queues)
                 return rows
             if isinstance(tx, AsyncTransaction):
-                rows = await fetch_async(tx.connection, sql, params)
+                rows = await fetch_async(await tx.begin(), sql, params)
                 tx.on_commit(lambda: self._announce(queues))
                 return rows
             if isinstance(tx, AsyncConnection):

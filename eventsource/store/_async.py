@@ -60,11 +60,17 @@ async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
 
 
 class AsyncTransaction:
-    """One transaction shared by several appends, enqueues and statements (async)."""
+    """One database transaction shared by several appends, enqueues and statements (async).
 
-    def __init__(self, store: AsyncEventStore, connection: AsyncConnection) -> None:
+    As with the sync ``Transaction``, appends are staged and written together at commit (or
+    at ``flush()``), and the database transaction begins only when a statement of its own
+    runs: ``await tx.begin()`` (which returns its ``AsyncConnection``), ``tx.execute`` or
+    ``tx.flush``. One that only staged appends is written at commit as a single statement.
+    """
+
+    def __init__(self, store: AsyncEventStore) -> None:
         self.store = store
-        self._connection = connection
+        self._connection: AsyncConnection | None = None
         self._staged = StagedAppends()
         self._after_flush: list[tuple[str, dict[str, Any]]] = []
         self._on_commit: list[OnCommit] = []
@@ -81,32 +87,81 @@ class AsyncTransaction:
 
     @property
     def connection(self) -> AsyncConnection:
-        """The SQLAlchemy ``AsyncConnection`` of this transaction."""
+        """The SQLAlchemy ``AsyncConnection`` of this transaction, once it has begun.
+
+        A property cannot wait for a connection: ``await tx.begin()`` begins the transaction
+        and returns it (``tx.execute`` and ``tx.flush`` begin it as well).
+        """
         self._check_open()
+        if self._connection is None:
+            raise EventSourceError(
+                "this transaction has not begun yet: `await tx.begin()` begins it and returns"
+                " its connection (tx.execute and tx.flush begin it too)"
+            )
+        return self._connection
+
+    async def begin(self) -> AsyncConnection:
+        """Begin the database transaction, if not yet, and return its ``AsyncConnection``."""
+        self._check_open()
+        if self._connection is None:
+            with self.store._errors():
+                connection = await self.store._engine.connect()
+                try:
+                    await connection.begin()
+                except BaseException:
+                    await connection.close()
+                    raise
+            self._connection = connection
         return self._connection
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``AsyncConnection.execute``)."""
-        return await self.connection.execute(statement, parameters)
+        connection = await self.begin()
+        return await connection.execute(statement, parameters)
 
     async def flush(self) -> list[AppendResult]:
         """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
         self._check_open()
-        results: list[AppendResult] = []
+        connection = await self.begin()
         with self.store._errors():
-            if self._staged:
-                self._written.extend(self._staged.pending())
-                partitions = await self.store._partition_count_cached()
-                plan = append_plan(self._staged, self.store._queries, partitions, autocommit=False)
-                results = await _drive(self.connection, plan)
-            while self._after_flush:
-                await fetch_async(self.connection, *self._after_flush.pop(0))
+            return await self._write(connection, autocommit=False)
+
+    async def _write(self, conn: AsyncConnection, *, autocommit: bool) -> list[AppendResult]:
+        """Write the staged appends, then the statements that follow them, on ``conn``."""
+        results: list[AppendResult] = []
+        if self._staged:
+            self._written.extend(self._staged.pending())
+            partitions = await self.store._partition_count_cached()
+            plan = append_plan(self._staged, self.store._queries, partitions, autocommit=autocommit)
+            results = await _drive(conn, plan)
+        while self._after_flush:
+            await fetch_async(conn, *self._after_flush.pop(0))
         return results
 
     def on_commit(self, callback: OnCommit) -> None:
         """Call ``callback`` after the transaction has committed."""
         self._check_open()
         self._on_commit.append(callback)
+
+    async def _commit(self) -> None:
+        """Write what is staged and commit."""
+        connection = self._connection
+        if connection is not None:
+            await self.flush()
+            with self.store._errors():
+                await connection.commit()
+            return
+        # Nothing ran on a connection yet: write in autocommit, with no round trips for BEGIN
+        # and COMMIT when the appends are the only statement.
+        if not self._staged:
+            return
+        with self.store._errors():
+            if not self._after_flush:
+                async with self.store._autocommit.connect() as conn:
+                    await self._write(conn, autocommit=True)
+                return
+            async with self.store._engine.begin() as conn:
+                await self._write(conn, autocommit=False)
 
     def _rolled_back(self) -> None:
         for pending in self._written + self._staged.pending():
@@ -210,24 +265,21 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncTransaction]:
         """One transaction for several appends, enqueues and statements; commits on exit."""
-        with self._errors():
-            conn = await self._engine.connect()
-        tx = AsyncTransaction(self, conn)
+        tx = AsyncTransaction(self)
         try:
-            await conn.begin()
             try:
                 yield tx  # the caller's own statements raise their own errors, untranslated
-                await tx.flush()
-                with self._errors():
-                    await conn.commit()
+                await tx._commit()
             except BaseException:
                 tx._rolled_back()
-                with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
-                    await conn.rollback()
+                if tx._connection is not None:
+                    with suppress(sa_exc.DBAPIError):  # a broken connection: the original error
+                        await tx._connection.rollback()
                 raise
         finally:
             tx._ended = True
-            await conn.close()
+            if tx._connection is not None:
+                await tx._connection.close()
         self._announcer.announce({p.partition for p in tx._written if p.done and not p.duplicate})
         for callback in tx._on_commit:
             callback()

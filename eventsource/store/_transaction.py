@@ -73,6 +73,11 @@ class Transaction:
             self._connection = connection
         return self._connection
 
+    def begin(self) -> Connection:
+        """Begin the database transaction, if not yet, and return its ``Connection`` (the
+        same as ``connection``; the async twin needs it, since a property cannot wait)."""
+        return self.connection
+
     def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         """Run a statement in this transaction (a SQLAlchemy ``Connection.execute``)."""
         return self.connection.execute(statement, parameters)

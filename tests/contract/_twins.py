@@ -39,7 +39,9 @@ class Synced:
 
     def _wrap(self, value: Any) -> Any:
         runner: asyncio.Runner = self._runner
-        if inspect.isawaitable(value):
+        if type(value).__module__.startswith("sqlalchemy"):
+            return value  # the driver layer's own objects (a connection, a result) as they are
+        if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):
             return self._wrap(_run(runner, _awaited(value)))
         if hasattr(value, "__aenter__") and hasattr(value, "__aexit__"):
             return _SyncedContext(value, runner)

@@ -302,11 +302,9 @@ def test_user_sql_error_is_not_reported_as_schema_not_ready(store: EventStore) -
 
 
 def test_a_transaction_takes_a_connection_only_when_it_runs_a_statement(
-    store: EventStore, twin: str
+    store: EventStore,
 ) -> None:
     """Staging appends holds no pooled connection; the first statement of its own begins one."""
-    if twin == "async":
-        pytest.xfail("the async twin still begins its transaction on entry (made lazy next)")
     pool = store.engine.pool
     with store.transaction() as tx:
         store.append("s-1", [Opened(owner="a")], NO_STREAM, tx=tx)
@@ -391,3 +389,19 @@ def test_the_append_function_refuses_arrays_that_do_not_line_up(store: EventStor
                 {"ids": ids, "parts": parts, "expected": expected, "counts": counts},
             )
     assert log_state(store).events == 0
+
+
+def test_begin_starts_the_transaction_and_returns_its_connection(store: EventStore) -> None:
+    """``tx.begin()`` begins at once and gives the connection that ``tx.connection`` then is;
+    statements on it commit with the appends."""
+    sql(store, "CREATE TABLE {s}.notes (id int PRIMARY KEY)")
+    pool = store.engine.pool
+    with store.transaction() as tx:
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        connection = tx.begin()
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+        assert tx.begin() is connection
+        store.append("s-1", [Opened(owner="a")], NO_STREAM, tx=tx)
+        tx.execute(text(f"INSERT INTO {quote_schema(store.schema)}.notes VALUES (1)"))
+    assert sql(store, "SELECT id FROM {s}.notes") == [(1,)]
+    assert store.stream_version("s-1") == 1
