@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 
-from eventsource.db import Statements, channel_name, listen_statement
+from eventsource.db import Statements, channel_name
 
 __all__ = ["CommandQueries", "command_channel", "command_queries"]
 
 
+COMMANDS_CHANNEL = ".commands"  # the suffix of the command queue's channel name
+
+
 def command_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel on which enqueues to ``schema`` announce their queues."""
-    return channel_name(schema, ".commands")
+    return channel_name(schema, COMMANDS_CHANNEL)
 
 
 class CommandQueries(Statements):
@@ -29,6 +32,7 @@ class CommandQueries(Statements):
 
     package = "eventsource.commands"
     filename = "queries.sql"
+    channel_suffix = COMMANDS_CHANNEL
 
     notify: str
     enqueue_plain: str
@@ -53,11 +57,6 @@ class CommandQueries(Statements):
     purge: str
     counts: str
     idle_timeout: str
-
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        self.channel = command_channel(schema)
-        self.listen = listen_statement(self.channel)
 
     def enqueue_for(self, params: dict[str, object]) -> str:
         """The enqueue statement for one command's parameters."""

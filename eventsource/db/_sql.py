@@ -14,7 +14,8 @@ directly under the name describe the statement for its readers; they are not sen
 
 ``Statements`` subclasses declare the names they expect as ``str`` annotations; building one
 checks that the file has exactly those blocks, so that a typo fails at import of the schema,
-not at the first call.
+not at the first call. A subclass whose part announces work with LISTEN/NOTIFY sets
+``channel_suffix``; its instances then have the schema's ``channel`` and ``listen`` too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from eventsource._checks import check_schema_name
+from eventsource.db._names import channel_name, listen_statement
 
 __all__ = ["Statements", "load_blocks", "render"]
 
@@ -72,6 +74,7 @@ class Statements:
 
     package: ClassVar[str]
     filename: ClassVar[str]
+    channel_suffix: ClassVar[str | None] = None  # set: the part has a LISTEN/NOTIFY channel
 
     def __init__(self, schema: str) -> None:
         """Render each block for ``schema``; TypeError if file and declarations disagree."""
@@ -92,3 +95,6 @@ class Statements:
             )
         for name, template in blocks.items():
             setattr(self, name, render(template, schema))
+        if self.channel_suffix is not None:
+            self.channel = channel_name(schema, self.channel_suffix)
+            self.listen = listen_statement(self.channel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from eventsource.db import Statements, channel_name, listen_statement
+from eventsource.db import Statements
 
 __all__ = ["Queries", "store_queries"]
 
@@ -18,6 +18,7 @@ class Queries(Statements):
 
     package = "eventsource.store"
     filename = "queries.sql"
+    channel_suffix = ""  # written partitions are announced on the schema's channel
 
     announce: str
     partition_count: str
@@ -37,9 +38,6 @@ class Queries(Statements):
 
     def __init__(self, schema: str) -> None:
         super().__init__(schema)
-        # Written partitions are announced on this channel (see _announce.py).
-        self.channel = channel_name(schema)
-        self.listen = listen_statement(self.channel)
         self.append_one = {
             "new": self.append_one_new,
             "at": self.append_one_at,

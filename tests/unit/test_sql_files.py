@@ -94,3 +94,25 @@ def test_statements_must_match_the_file(package: tuple[str, Path]) -> None:
 
     with pytest.raises(TypeError, match=r"declared but not in the file \['two'\]"):
         Bad("s1")
+
+
+def test_a_part_with_a_channel_gets_its_channel_and_listen(package: tuple[str, Path]) -> None:
+    """``channel_suffix`` gives the instances the schema's channel and its LISTEN statement."""
+    name, path = package
+    (path / "c.sql").write_text("-- name: one\nSELECT 1\n")
+
+    class Announcing(Statements):
+        package = name
+        filename = "c.sql"
+        channel_suffix = ".jobs"
+        one: str
+
+    class Quiet(Statements):
+        package = name
+        filename = "c.sql"
+        one: str
+
+    loud = Announcing("shop")
+    assert loud.channel == "eventsource.shop.jobs"
+    assert loud.listen == 'LISTEN "eventsource.shop.jobs"'
+    assert not hasattr(Quiet("shop"), "channel")
