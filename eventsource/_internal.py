@@ -15,7 +15,7 @@ from eventsource._checks import (
     check_seconds,
 )
 from eventsource._logging import configure_logging, get_logger
-from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_channel, command_queries
+from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries
 from eventsource.db import Statements, driver_connection, fetch, quote_schema
 from eventsource.runtime import (
     Backoff,
@@ -40,7 +40,6 @@ __all__ = [
     "check_partition",
     "check_seconds",
     "close_thread_loop",
-    "command_channel",
     "command_queries",
     "configure_logging",
     "default_worker_id",

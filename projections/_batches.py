@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from eventsource import RecordedEvent
 from eventsource._internal import (
     ANNOUNCE_AFTER_COMMIT,
-    command_channel,
+    command_queries,
     driver_connection,
     fetch,
     is_outage,
@@ -62,6 +62,8 @@ class Batches:
         # worker's session is ended by the server within one TTL, so its checkpoint row
         # (locked by the batch) is free for the worker that takes the lease over.
         self._timeout_ms = str(max(1000, int(self.lease_ttl * 1000)))
+        # Reactors' enqueues are announced on the command queue's channel after the commit.
+        self._command_channel = command_queries(self.store.schema).channel
         self._stop = stop
         self._log = log
 
@@ -116,7 +118,7 @@ class Batches:
             self._failed(group, partition, lease, batch, exc)
             return 0
         if queues:
-            self.store._announcer.announce(queues, channel=command_channel(self.store.schema))
+            self.store._announcer.announce(queues, channel=self._command_channel)
         lease.position = position
         if not batch:
             return 0

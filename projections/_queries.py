@@ -8,8 +8,6 @@ nor from the worker's clock.
 
 from __future__ import annotations
 
-import functools
-
 from eventsource import EventStore
 from eventsource._internal import Queries as StoreQueries
 from eventsource._internal import Statements
@@ -52,16 +50,11 @@ class ProjectionQueries(Statements):
     position: str
     status: str
 
-    def __init__(self, store_queries: StoreQueries, schema: str) -> None:
+    def __init__(self, schema: str) -> None:
         super().__init__(schema)
-        self.store = store_queries
+        self.store = StoreQueries.for_schema(schema)
 
 
 def projection_queries(store: EventStore) -> ProjectionQueries:
-    """The projection statements for ``store``'s schema, rendered once per store."""
-    return _rendered(store._queries, store.schema)
-
-
-@functools.lru_cache(maxsize=256)
-def _rendered(store_queries: StoreQueries, schema: str) -> ProjectionQueries:
-    return ProjectionQueries(store_queries, schema)
+    """The projection statements for ``store``'s schema, rendered once per schema."""
+    return ProjectionQueries.for_schema(store.schema)

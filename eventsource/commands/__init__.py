@@ -26,7 +26,7 @@ from eventsource.commands._command import (
     registered_handlers,
 )
 from eventsource.commands._params import CommandInfo, Enqueued
-from eventsource.commands._queries import CommandQueries, command_channel, command_queries
+from eventsource.commands._queries import CommandQueries, command_queries
 from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
@@ -44,7 +44,6 @@ __all__ = [
     "HandlerSpec",
     "LeaseLost",
     "backoff",
-    "command_channel",
     "command_class",
     "command_queries",
     "handler",

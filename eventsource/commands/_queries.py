@@ -8,19 +8,9 @@ the top of ``queries.sql``.
 
 from __future__ import annotations
 
-import functools
+from eventsource.db import Statements
 
-from eventsource.db import Statements, channel_name
-
-__all__ = ["CommandQueries", "command_channel", "command_queries"]
-
-
-COMMANDS_CHANNEL = ".commands"  # the suffix of the command queue's channel name
-
-
-def command_channel(schema: str) -> str:
-    """The LISTEN/NOTIFY channel on which enqueues to ``schema`` announce their queues."""
-    return channel_name(schema, COMMANDS_CHANNEL)
+__all__ = ["CommandQueries", "command_queries"]
 
 
 class CommandQueries(Statements):
@@ -32,7 +22,7 @@ class CommandQueries(Statements):
 
     package = "eventsource.commands"
     filename = "queries.sql"
-    channel_suffix = COMMANDS_CHANNEL
+    channel_suffix = ".commands"  # the schema's command channel: eventsource.<schema>.commands
 
     notify: str
     enqueue_plain: str
@@ -65,7 +55,4 @@ class CommandQueries(Statements):
         return self.enqueue if params["dedupe_key"] is not None else self.enqueue_plain
 
 
-@functools.lru_cache(maxsize=256)
-def command_queries(schema: str) -> CommandQueries:
-    """The command queue's statements for ``schema``, built once per schema and process."""
-    return CommandQueries(schema)
+command_queries = CommandQueries.for_schema  # the command queue's statements for a schema

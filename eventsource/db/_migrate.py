@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import zlib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -72,10 +71,7 @@ class MigrateStatements(Statements):
         }
 
 
-@functools.lru_cache(maxsize=256)
-def migrate_statements(schema: str) -> MigrateStatements:
-    """The migration statements for ``schema``, built once per schema and process."""
-    return MigrateStatements(schema)
+migrate_statements = MigrateStatements.for_schema  # the migration statements for a schema
 
 
 def _lock_key(schema: str) -> int:

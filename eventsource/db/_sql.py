@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from importlib.resources import files
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from psycopg import sql
 
@@ -76,6 +76,11 @@ class Statements:
     filename: ClassVar[str]
     channel_suffix: ClassVar[str | None] = None  # set: the part has a LISTEN/NOTIFY channel
 
+    @classmethod
+    def for_schema(cls, schema: str) -> Self:
+        """The statements for ``schema``, rendered once per class, schema and process."""
+        return _rendered(cls, schema)  # type: ignore[arg-type, return-value]
+
     def __init__(self, schema: str) -> None:
         """Render each block for ``schema``; TypeError if file and declarations disagree."""
         self.schema = schema
@@ -98,3 +103,8 @@ class Statements:
         if self.channel_suffix is not None:
             self.channel = channel_name(schema, self.channel_suffix)
             self.listen = listen_statement(self.channel)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rendered(cls: type[Statements], schema: str) -> Statements:
+    return cls(schema)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from eventsource.db import Statements
 
 __all__ = ["Queries", "store_queries"]
@@ -50,7 +48,4 @@ class Queries(Statements):
         }
 
 
-@functools.lru_cache(maxsize=256)
-def store_queries(schema: str) -> Queries:
-    """The event store's statements for ``schema``, built once per schema and process."""
-    return Queries(schema)
+store_queries = Queries.for_schema  # the event store's statements for a schema
