@@ -27,7 +27,7 @@ from eventsource._errors import EventSourceError, SchemaNotReady
 from eventsource._events import Event
 from eventsource.db import SchemaStatus, fetch_async, schema_status, upgrade_schema
 from eventsource.store._base import StoreBase
-from eventsource.store._staging import OnCommit, Plan, StagedAppends, append_plan
+from eventsource.store._staging import Plan, StagedAppends, TransactionCore, append_plan
 from eventsource.store._types import (
     ANY,
     AppendResult,
@@ -59,7 +59,7 @@ async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
         return done.value  # type: ignore[no-any-return]
 
 
-class AsyncTransaction:
+class AsyncTransaction(TransactionCore):
     """One database transaction shared by several appends, enqueues and statements (async).
 
     As with the sync ``Transaction``, appends are staged and written together at commit (or
@@ -68,22 +68,12 @@ class AsyncTransaction:
     ``tx.flush``. One that only staged appends is written at commit as a single statement.
     """
 
-    def __init__(self, store: AsyncEventStore) -> None:
-        self.store = store
-        self._connection: AsyncConnection | None = None
-        self._staged = StagedAppends()
-        self._after_flush: list[tuple[str, dict[str, Any]]] = []
-        self._on_commit: list[OnCommit] = []
-        self._written: list[PendingAppend] = []
-        self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
-        self._ended = False
+    block = "async with store.transaction()"
+    store: AsyncEventStore
 
-    def _check_open(self) -> None:
-        if self._ended:
-            raise EventSourceError(
-                "this transaction has ended: use it inside its"
-                " `async with store.transaction()` block"
-            )
+    def __init__(self, store: AsyncEventStore) -> None:
+        super().__init__(store)
+        self._connection: AsyncConnection | None = None
 
     @property
     def connection(self) -> AsyncConnection:
@@ -138,11 +128,6 @@ class AsyncTransaction:
             await fetch_async(conn, *self._after_flush.pop(0))
         return results
 
-    def on_commit(self, callback: OnCommit) -> None:
-        """Call ``callback`` after the transaction has committed."""
-        self._check_open()
-        self._on_commit.append(callback)
-
     async def _commit(self) -> None:
         """Write what is staged and commit."""
         connection = self._connection
@@ -162,10 +147,6 @@ class AsyncTransaction:
                 return
             async with self.store._engine.begin() as conn:
                 await self._write(conn, autocommit=False)
-
-    def _rolled_back(self) -> None:
-        for pending in self._written + self._staged.pending():
-            pending._rolled_back = True
 
 
 class AsyncEventStore(StoreBase[AsyncEngine]):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import psycopg.conninfo
 import psycopg.errors
 
 from eventsource._checks import (
@@ -19,6 +18,7 @@ from eventsource._checks import (
 from eventsource._context import with_context
 from eventsource._errors import (
     ConcurrencyError,
+    EventSourceError,
 )
 from eventsource._events import Event, encode_event
 from eventsource.store._queries import Queries
@@ -298,3 +298,34 @@ def append_plan(
 
 
 OnCommit = Callable[[], None]
+
+
+class TransactionCore:
+    """What the sync and async transactions share, with no I/O: the appends staged, the
+    statements to run after them, the commit callbacks, and whether the block has ended."""
+
+    block: ClassVar[str] = "with store.transaction()"  # named when it is used after its end
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._staged = StagedAppends()
+        self._after_flush: list[tuple[str, dict[str, Any]]] = []
+        self._on_commit: list[OnCommit] = []
+        self._written: list[PendingAppend] = []
+        self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
+        self._ended = False
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise EventSourceError(
+                f"this transaction has ended: use it inside its `{self.block}` block"
+            )
+
+    def on_commit(self, callback: OnCommit) -> None:
+        """Call ``callback`` after the transaction has committed."""
+        self._check_open()
+        self._on_commit.append(callback)
+
+    def _rolled_back(self) -> None:
+        for pending in self._written + self._staged.pending():
+            pending._rolled_back = True

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from sqlalchemy import Connection, Executable, Result
 
-from eventsource._errors import EventSourceError
 from eventsource.db import driver_connection, fetch
-from eventsource.store._staging import OnCommit, Plan, StagedAppends, append_plan
-from eventsource.store._types import AppendResult, PendingAppend
+from eventsource.store._staging import Plan, TransactionCore, append_plan
+from eventsource.store._types import AppendResult
 
 if TYPE_CHECKING:
     from eventsource.store._sync import EventStore
@@ -33,7 +32,7 @@ def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
         return done.value  # type: ignore[no-any-return]
 
 
-class Transaction:
+class Transaction(TransactionCore):
     """One database transaction shared by several appends, enqueues and statements.
 
     Appends are staged and written together when the transaction commits (or at ``flush()``),
@@ -42,21 +41,11 @@ class Transaction:
     appends is written at commit as a single statement.
     """
 
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-        self._connection: Connection | None = None
-        self._staged = StagedAppends()
-        self._after_flush: list[tuple[str, dict[str, Any]]] = []
-        self._on_commit: list[OnCommit] = []
-        self._written: list[PendingAppend] = []
-        self._saved: dict[int, tuple[object, int]] = {}  # aggregates staged by repositories
-        self._ended = False
+    store: EventStore
 
-    def _check_open(self) -> None:
-        if self._ended:
-            raise EventSourceError(
-                "this transaction has ended: use it inside its `with store.transaction()` block"
-            )
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store)
+        self._connection: Connection | None = None
 
     @property
     def connection(self) -> Connection:
@@ -106,11 +95,6 @@ class Transaction:
             fetch(conn, *self._after_flush.pop(0))
         return results
 
-    def on_commit(self, callback: OnCommit) -> None:
-        """Call ``callback`` after the transaction has committed."""
-        self._check_open()
-        self._on_commit.append(callback)
-
     def _commit(self) -> None:
         """Write what is staged and commit."""
         connection = self._connection
@@ -129,7 +113,3 @@ class Transaction:
                 return
             with raw.transaction():
                 self._write(raw, autocommit=False)
-
-    def _rolled_back(self) -> None:
-        for pending in self._written + self._staged.pending():
-            pending._rolled_back = True
