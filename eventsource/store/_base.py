@@ -43,8 +43,12 @@ class StoreBase(Generic[EngineT]):
         self._initial_partitions = check_partitions(partitions)
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
         self.prepared_statements = prepared_statements
-        self._prepare_threshold = PREPARE_THRESHOLD if prepared_statements else None
         self._partitions: int | None = None
+
+    @property
+    def _prepare_threshold(self) -> int | None:
+        """psycopg's prepare threshold: none behind a PgBouncer in transaction mode (< 1.21)."""
+        return PREPARE_THRESHOLD if self.prepared_statements else None
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> EngineT:
