@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 
@@ -95,11 +95,6 @@ def _is_async_object(value: Any) -> bool:
 
 def _unwrap(value: Any) -> Any:
     return value._target if isinstance(value, Synced) else value
-
-
-def sync_iter(value: Iterator[Any]) -> list[Any]:
-    """The items of an iterator (either twin's ``iter_partition``)."""
-    return list(value)
 
 
 def repository_for(store: Any, aggregate: type[Any], **options: Any) -> Any:
