@@ -68,7 +68,7 @@ class AsyncTransaction(TransactionCore):
     ``tx.flush``. One that only staged appends is written at commit as a single statement.
     """
 
-    block = "async with store.transaction()"
+    _block = "async with store.transaction()"
     store: AsyncEventStore
 
     def __init__(self, store: AsyncEventStore) -> None:

@@ -304,7 +304,7 @@ class TransactionCore:
     """What the sync and async transactions share, with no I/O: the appends staged, the
     statements to run after them, the commit callbacks, and whether the block has ended."""
 
-    block: ClassVar[str] = "with store.transaction()"  # named when it is used after its end
+    _block: ClassVar[str] = "with store.transaction()"  # named when it is used after its end
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -318,7 +318,7 @@ class TransactionCore:
     def _check_open(self) -> None:
         if self._ended:
             raise EventSourceError(
-                f"this transaction has ended: use it inside its `{self.block}` block"
+                f"this transaction has ended: use it inside its `{self._block}` block"
             )
 
     def on_commit(self, callback: OnCommit) -> None:
