@@ -1,4 +1,17 @@
-"""The queues that deliver commands at least once (sync, async)."""
+"""The command queue: enqueue commands to the store's database and inspect them.
+
+    queue = CommandQueue(store)
+    queue.enqueue(SendReceipt(order_id="o-1"), queue="mail")
+    with store.transaction() as tx:          # enqueued if and only if tx commits
+        queue.enqueue(ShipOrder(order_id="o-1"), tx=tx)
+
+Workers deliver the commands at least once (``_worker``). What does no I/O (argument checks,
+statement parameters, result shapes) is in ``_params``.
+"""
+
+# Generated from eventsource/commands/_async_queue.py
+# by tools/async_to_sync.py: edit that file, then run `python tools/async_to_sync.py`
+# (tests/unit/test_generated.py checks that this file is current).
 
 from __future__ import annotations
 
@@ -8,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventsource._errors import CommandNotFound
 from eventsource.commands._command import ANNOUNCE_AFTER_COMMIT, DEFAULT_MAX_ATTEMPTS, Command
@@ -23,8 +35,8 @@ from eventsource.commands._params import (
     _QueueCore,
     _why_not_dead,
 )
-from eventsource.db import driver_connection, fetch, fetch_async
-from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
+from eventsource.db import driver_connection, fetch
+from eventsource.store import EventStore, Transaction
 
 __all__ = ["CommandQueue"]
 
@@ -65,6 +77,8 @@ class CommandQueue(_QueueCore):
         sql, params = self._one(command, options)
         return self._enqueued(self._execute(sql, params, tx, params["queue"]))
 
+    # enqueue_many's options are enqueue's but dedupe_key, spelled out on purpose: each is
+    # part of the public signature (help(), IDEs, the API test), not hidden in **options.
     def enqueue_many(
         self,
         commands: Sequence[Command],
@@ -82,7 +96,8 @@ class CommandQueue(_QueueCore):
         params = self._many(commands, options)
         if not params:
             return []
-        return self._ids(self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"])))
+        queues = set(params["queue"])
+        return self._ids(self._execute(self._sql.enqueue_many, params, tx, *queues))
 
     def _execute(
         self,
@@ -92,15 +107,15 @@ class CommandQueue(_QueueCore):
         *queues: str,
     ) -> Rows:
         """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
-        store = self.store
-        with store._errors():
-            if tx is None:
-                with store._raw() as conn:
-                    rows = fetch(conn, sql, params)
-                self._announce(queues)
-                return rows
+        if tx is None:
+            with self.store._raw() as conn:
+                rows = fetch(conn, sql, params)
+            self._announce(queues)
+            return rows
+        with self.store._errors():
             if isinstance(tx, Transaction):
-                rows = fetch(driver_connection(tx.connection), sql, params)
+                conn = driver_connection(tx.begin())
+                rows = fetch(conn, sql, params)
                 tx.on_commit(lambda: self._announce(queues))
                 return rows
             if isinstance(tx, Connection):  # e.g. a projection's batch transaction
@@ -115,7 +130,10 @@ class CommandQueue(_QueueCore):
                 else:
                     fetch(conn, self._sql.notify, self._notify_params(queues))
                 return rows
-        raise TypeError(f"tx must be a store Transaction or a SQLAlchemy Connection, got {tx!r}")
+        raise TypeError(
+            f"tx must be a store {Transaction.__name__} or a SQLAlchemy"
+            f" {Connection.__name__}, got {tx!r}"
+        )
 
     # -- inspection and operations -------------------------------------------------------
 
@@ -127,7 +145,8 @@ class CommandQueue(_QueueCore):
         limit: int = 100,
     ) -> Infos:
         """Commands in these states, oldest first (pending and running by default)."""
-        return self._infos(self._run(self._sql.list, self._list_params(statuses, queue, limit)))
+        params = self._list_params(statuses, queue, limit)
+        return self._infos(self._run(self._sql.list, params))
 
     def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
         """Dead commands with their last error and traceback, oldest first."""
@@ -156,119 +175,3 @@ class CommandQueue(_QueueCore):
     def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
         with self.store._raw() as conn:  # errors translated
             return fetch(conn, sql, params)
-
-
-# -- the queue (async) ---------------------------------------------------------------------
-
-
-class AsyncCommandQueue(_QueueCore):
-    """The async twin of ``CommandQueue`` over an ``AsyncEventStore``."""
-
-    def __init__(self, store: AsyncEventStore, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
-        super().__init__(store, max_attempts)
-        self.store = store
-
-    async def enqueue(
-        self,
-        command: Command,
-        *,
-        queue: str | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-        ordering_key: str | None = None,
-        max_attempts: int | None = None,
-        tx: AsyncTransaction | AsyncConnection | None = None,
-    ) -> Enqueued:
-        """Queue ``command`` for a worker (see ``CommandQueue.enqueue``)."""
-        options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
-        sql, params = self._one(command, options)
-        return self._enqueued(await self._execute(sql, params, tx, params["queue"]))
-
-    async def enqueue_many(
-        self,
-        commands: Sequence[Command],
-        *,
-        queue: str | None = None,
-        delay: float | timedelta | None = None,
-        run_at: datetime | None = None,
-        priority: int = 0,
-        ordering_key: str | None = None,
-        max_attempts: int | None = None,
-        tx: AsyncTransaction | AsyncConnection | None = None,
-    ) -> Ids:
-        """Queue many commands in one statement; their ids."""
-        options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
-        params = self._many(commands, options)
-        if not params:
-            return []
-        rows = await self._execute(self._sql.enqueue_many, params, tx, *set(params["queue"]))
-        return self._ids(rows)
-
-    async def _execute(
-        self,
-        sql: str,
-        params: dict[str, Any],
-        tx: AsyncTransaction | AsyncConnection | None,
-        *queues: str,
-    ) -> Rows:
-        """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
-        store = self.store
-        with store._errors():
-            if tx is None:
-                async with store._autocommit.connect() as conn:
-                    rows = await fetch_async(conn, sql, params)
-                self._announce(queues)
-                return rows
-            if isinstance(tx, AsyncTransaction):
-                rows = await fetch_async(await tx.begin(), sql, params)
-                tx.on_commit(lambda: self._announce(queues))
-                return rows
-            if isinstance(tx, AsyncConnection):
-                rows = await fetch_async(tx, sql, params)
-                await fetch_async(tx, self._sql.notify, self._notify_params(queues))
-                return rows
-        raise TypeError(
-            f"tx must be an AsyncTransaction or a SQLAlchemy AsyncConnection, got {tx!r}"
-        )
-
-    async def list(
-        self,
-        statuses: Sequence[str] = ("pending", "running"),
-        *,
-        queue: str | None = None,
-        limit: int = 100,
-    ) -> Infos:
-        """Commands in these states, oldest first."""
-        params = self._list_params(statuses, queue, limit)
-        return self._infos(await self._run(self._sql.list, params))
-
-    async def dead(self, *, queue: str | None = None, limit: int = 100) -> Infos:
-        """Dead commands with their last error and traceback."""
-        return await self.list(("dead",), queue=queue, limit=limit)
-
-    async def get(self, command_id: int) -> CommandInfo | None:
-        """One command by id (``None`` once it is done)."""
-        rows = await self._run(self._sql.get, {"id": _command_id(command_id)})
-        return CommandInfo(*rows[0]) if rows else None
-
-    async def retry(self, command_id: int, *, attempts: int = 1) -> None:
-        """Give a dead command ``attempts`` more attempts, starting now."""
-        rows = await self._run(self._sql.retry, self._retry_params(command_id, attempts))
-        if not rows:
-            raise CommandNotFound(command_id, _why_not_dead(await self.get(command_id)))
-        self._announce([rows[0][0]])
-
-    async def purge(self, *, older_than: float | timedelta = 0, queue: str | None = None) -> int:
-        """Delete dead commands last updated more than ``older_than`` ago; how many."""
-        return len(await self._run(self._sql.purge, self._purge_params(older_than, queue)))
-
-    async def counts(self) -> builtins.list[tuple[str, str, int, datetime]]:
-        """(queue, status, count, oldest enqueue time) for every queue and state."""
-        return self._counts(await self._run(self._sql.counts, None))
-
-    async def _run(self, sql: str, params: dict[str, Any] | None) -> Rows:
-        with self.store._errors():
-            async with self.store._autocommit.connect() as conn:
-                return await fetch_async(conn, sql, params)

@@ -9,7 +9,7 @@ from psycopg.pq import ExecStatus
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["driver_connection", "fetch", "fetch_async"]
+__all__ = ["driver_connection", "driver_connection_async", "fetch", "fetch_async"]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 
@@ -33,18 +33,21 @@ def driver_connection(connection: Connection) -> psycopg.Connection[Any]:
     return raw
 
 
-async def fetch_async(
-    conn: AsyncConnection, sql: str, params: dict[str, Any] | None = None
-) -> list[tuple[Any, ...]]:
-    """``fetch`` for a SQLAlchemy async connection: one statement, its rows.
+async def driver_connection_async(connection: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under a SQLAlchemy ``AsyncConnection``."""
+    raw = await connection.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    return driver
 
-    Hot statements skip SQLAlchemy's result layer: rows come straight from psycopg, in
-    PostgreSQL's binary format (cheaper to produce and to parse than text).
-    """
-    raw = await conn.get_raw_connection()
-    async with raw.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+
+async def fetch_async(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """``fetch`` for an asyncio driver connection: one statement, its rows."""
+    async with conn.cursor(binary=True) as cursor:
         await cursor.execute(sql, params)
-        if cursor.description is None:
+        result = cursor.pgresult
+        if result is None or result.status != TUPLES_OK:
             return []
         rows: list[tuple[Any, ...]] = await cursor.fetchall()
         return rows

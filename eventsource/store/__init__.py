@@ -5,9 +5,11 @@
 - ``_staging``: appends staged by a transaction and written at its commit (``append_plan``);
 - ``_queries``: its SQL statements (kept in ``queries.sql``); ``_announce``: LISTEN/NOTIFY
   of written partitions;
-- ``_base``: what the sync and async stores share; ``_sync`` and ``_async``: the stores;
-  ``_transaction``: the sync store's transactions;
-- ``_repository``: aggregates loaded from and saved to their streams.
+- ``_base``: what the sync and async stores share; ``_async``: the async store and its
+  transactions, ``_sync`` their sync twins, generated from it (``tools/async_to_sync.py``);
+  ``_ahead``: partitions read a page ahead;
+- ``_async_repository`` and its generated twin ``_repository``: aggregates loaded from and
+  saved to their streams.
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 from eventsource.store._announce import MAX_PAYLOAD, Announcer, payloads
 from eventsource.store._async import AsyncEventStore, AsyncTransaction
+from eventsource.store._async_repository import AsyncRepository
 from eventsource.store._queries import Queries
-from eventsource.store._repository import AsyncRepository, Repository
+from eventsource.store._repository import Repository
 from eventsource.store._staging import StagedAppends
-from eventsource.store._sync import EventStore
-from eventsource.store._transaction import Transaction
+from eventsource.store._sync import EventStore, Transaction
 from eventsource.store._types import (
     ANY,
     MAX_PARTITIONS,

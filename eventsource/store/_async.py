@@ -1,18 +1,22 @@
-"""The event store (async): the twin of ``EventStore`` for asyncio services.
+"""The event store (async): append to streams, read streams and partitions, share transactions.
 
     store = AsyncEventStore.from_url("postgresql://localhost/app")
     await store.upgrade()
     result = await store.append("acc-1", [AccountOpened(owner="ann")], NO_STREAM)
     async with store.transaction() as tx:
-        await store.append("acc-2", [...], NO_STREAM, tx=tx)
+        await store.append("acc-2", [AccountOpened(owner="bob")], NO_STREAM, tx=tx)
+    await store.read_stream("acc-1")
+    await store.read_partition(result.partition, after=0, limit=1000)
 
-Everything but I/O lives in ``StoreBase`` (``_base``, shared with the sync store), and a test
-pins that both stores offer the same methods with the same parameters.
+What does no I/O is shared in ``_base`` (configuration), ``_staging`` (appends and the plan
+that writes them) and ``_types``; page-ahead reading is in ``_ahead``.
+
+Async source: the sync store (``_sync``: ``EventStore``, ``Transaction``) is generated from this
+module by ``tools/async_to_sync.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -25,7 +29,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventsource._errors import EventSourceError, SchemaNotReady
 from eventsource._events import Event
-from eventsource.db import SchemaStatus, fetch_async, schema_status, upgrade_schema
+from eventsource.db import (
+    RawPool,
+    SchemaStatus,
+    conninfo,
+    driver_connection_async,
+    fetch_async,
+    schema_status,
+    upgrade_schema,
+)
+from eventsource.store._ahead import read_ahead_async
 from eventsource.store._base import StoreBase
 from eventsource.store._staging import Plan, StagedAppends, TransactionCore, append_plan
 from eventsource.store._types import (
@@ -43,8 +56,10 @@ from eventsource.store._types import (
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
 
+Rows = list[tuple[Any, ...]]
 
-async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
+
+async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[AppendResult]:
     """Run an append plan on ``conn``: execute what it yields, send back the rows."""
     try:
         step = next(plan)
@@ -60,15 +75,16 @@ async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
 
 
 class AsyncTransaction(TransactionCore):
-    """One database transaction shared by several appends, enqueues and statements (async).
+    """One database transaction shared by several appends, enqueues and statements.
 
-    As with the sync ``Transaction``, appends are staged and written together at commit (or
-    at ``flush()``), and the database transaction begins only when a statement of its own
-    runs: ``await tx.begin()`` (which returns its ``AsyncConnection``), ``tx.execute`` or
-    ``tx.flush``. One that only staged appends is written at commit as a single statement.
+    Appends are staged and written together when the transaction commits (or at ``flush()``),
+    so the partition heads they lock are held only for the last moment of the transaction.
+    The database transaction begins when a statement of its own runs (``tx.begin()``,
+    ``tx.execute``, ``tx.flush``); one that only staged appends is written at commit as a
+    single statement.
     """
 
-    _block = "async with store.transaction()"
+    _block = "async with store.transaction()"  # named when it is used after its end
     store: AsyncEventStore
 
     def __init__(self, store: AsyncEventStore) -> None:
@@ -77,21 +93,24 @@ class AsyncTransaction(TransactionCore):
 
     @property
     def connection(self) -> AsyncConnection:
-        """The SQLAlchemy ``AsyncConnection`` of this transaction, once it has begun.
+        """The SQLAlchemy connection of this transaction.
 
-        A property cannot wait for a connection: ``await tx.begin()`` begins the transaction
-        and returns it (``tx.execute`` and ``tx.flush`` begin it as well).
+        The sync ``Transaction`` begins on first use of it; an ``AsyncTransaction`` must have
+        begun (``await tx.begin()`` returns it), since a property cannot wait.
         """
         self._check_open()
         if self._connection is None:
-            raise EventSourceError(
-                "this transaction has not begun yet: `await tx.begin()` begins it and returns"
-                " its connection (tx.execute and tx.flush begin it too)"
-            )
+            if True:  # ASYNC
+                raise EventSourceError(
+                    "this transaction has not begun yet: `await tx.begin()` begins it and"
+                    " returns its connection (tx.execute and tx.flush begin it too)"
+                )
+            else:
+                return self.begin()
         return self._connection
 
     async def begin(self) -> AsyncConnection:
-        """Begin the database transaction, if not yet, and return its ``AsyncConnection``."""
+        """Begin the database transaction, if not yet, and return its SQLAlchemy connection."""
         self._check_open()
         if self._connection is None:
             with self.store._errors():
@@ -105,25 +124,33 @@ class AsyncTransaction(TransactionCore):
         return self._connection
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
-        """Run a statement in this transaction (a SQLAlchemy ``AsyncConnection.execute``)."""
+        """Run a statement in this transaction (SQLAlchemy's ``execute``)."""
         connection = await self.begin()
         return await connection.execute(statement, parameters)
 
     async def flush(self) -> list[AppendResult]:
-        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on."""
+        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on.
+
+        From here to commit this transaction holds the head locks of the partitions written;
+        appends staged after a flush are written by a second flush, whose locks may come out
+        of ascending order (PostgreSQL then detects any deadlock and one side must retry).
+        """
         self._check_open()
         connection = await self.begin()
         with self.store._errors():
-            return await self._write(connection, autocommit=False)
+            raw = await driver_connection_async(connection)
+            return await self._write(raw, autocommit=False)
 
-    async def _write(self, conn: AsyncConnection, *, autocommit: bool) -> list[AppendResult]:
+    async def _write(
+        self, conn: psycopg.AsyncConnection[Any], *, autocommit: bool
+    ) -> list[AppendResult]:
         """Write the staged appends, then the statements that follow them, on ``conn``."""
         results: list[AppendResult] = []
         if self._staged:
             self._written.extend(self._staged.pending())
             partitions = await self.store._partition_count_cached()
             plan = append_plan(self._staged, self.store._queries, partitions, autocommit=autocommit)
-            results = await _drive(conn, plan)
+            results = await drive_async(conn, plan)
         while self._after_flush:
             await fetch_async(conn, *self._after_flush.pop(0))
         return results
@@ -136,26 +163,20 @@ class AsyncTransaction(TransactionCore):
             with self.store._errors():
                 await connection.commit()
             return
-        # Nothing ran on a connection yet: write in autocommit, with no round trips for BEGIN
-        # and COMMIT when the appends are the only statement.
+        # Nothing ran on a connection yet: write on a pooled driver connection, with no round
+        # trips for BEGIN and COMMIT when the appends are the only statement.
         if not self._staged:
             return
-        with self.store._errors():
+        async with self.store._raw() as raw:
             if not self._after_flush:
-                async with self.store._autocommit.connect() as conn:
-                    await self._write(conn, autocommit=True)
+                await self._write(raw, autocommit=True)
                 return
-            async with self.store._engine.begin() as conn:
-                await self._write(conn, autocommit=False)
+            async with raw.transaction():
+                await self._write(raw, autocommit=False)
 
 
 class AsyncEventStore(StoreBase[AsyncEngine]):
-    """A partitioned, append-only event log in one PostgreSQL schema (asyncio)."""
-
-    def __init__(self, engine: AsyncEngine, **options: Any) -> None:
-        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
-        super().__init__(engine, **options)
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    """A partitioned, append-only event log in one PostgreSQL schema."""
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> AsyncEngine:
@@ -163,9 +184,22 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
         return async_engine(url, pool_size, prepared)
 
+    def __init__(self, engine: AsyncEngine, **options: Any) -> None:
+        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
+        super().__init__(engine, **options)
+        if True:  # ASYNC
+            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            # Connections open on first use.
+            self._raw_pool = RawPool(conninfo(self.url), self._pool_size, self._prepare_threshold)
+
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._announcer.close()
+        if True:  # ASYNC
+            pass  # the engine's pool holds them all
+        else:
+            self._raw_pool.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> AsyncEventStore:
@@ -174,36 +208,49 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @asynccontextmanager
+    async def _raw(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled driver connection in autocommit mode, for single statements on hot paths.
+
+        Statements on it skip SQLAlchemy's result layer (and in the sync store, its connection
+        layer too: a psycopg pool, a few tens of microseconds less per call); errors are
+        translated, and a broken connection is dropped from the pool.
+        """
+        with self._errors():
+            if True:  # ASYNC
+                async with self._autocommit.connect() as conn:
+                    yield await driver_connection_async(conn)
+            else:
+                with self._raw_pool.connection() as conn:
+                    yield conn
+
     # -- schema --------------------------------------------------------------------------
 
     async def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent, safe to run from several processes)."""
         with self._errors():
             async with self._engine.connect() as conn:
-                self._partitions = await conn.run_sync(
-                    upgrade_schema, self.schema, self._initial_partitions
-                )
+                if True:  # ASYNC
+                    partitions = await conn.run_sync(
+                        upgrade_schema, self.schema, self._initial_partitions
+                    )
+                else:
+                    partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
+        self._partitions = partitions
 
     async def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
         with self._errors():
             async with self._engine.connect() as conn:
-                return await conn.run_sync(schema_status, self.schema)
-
-    @property
-    def partitions(self) -> int:
-        """The number of partitions, once known (after any call that touched the database)."""
-        if self._partitions is None:
-            raise EventSourceError(
-                "the partition count is not loaded yet: await store.partition_count() first"
-            )
-        return self._partitions
+                if True:  # ASYNC
+                    return await conn.run_sync(schema_status, self.schema)
+                else:
+                    return schema_status(conn, self.schema)
 
     async def partition_count(self) -> int:
         """Read the number of partitions from the database (``partitions`` caches it)."""
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                rows = await fetch_async(conn, self._queries.partition_count)
+        async with self._raw() as conn:
+            rows = await fetch_async(conn, self._queries.partition_count)
         value = rows[0][0] if rows else None
         if value is None:
             raise SchemaNotReady(self.schema, "no partition count stored")
@@ -227,7 +274,12 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         partition_key: str | None = None,
         tx: AsyncTransaction | None = None,
     ) -> AppendResult | PendingAppend:
-        """Append events to a stream atomically; ``ConcurrencyError`` if it moved on."""
+        """Append events to a stream atomically; ``ConcurrencyError`` if it moved on.
+
+        Re-appending events whose ids are already stored in the stream is a no-op that returns
+        the stored result. With ``tx`` the append is staged and written when ``tx`` commits; the
+        returned ``PendingAppend`` has its fields from then on.
+        """
         if tx is not None:
             tx._check_open()
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
@@ -235,9 +287,8 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
         partitions = await self._partition_count_cached()
         plan = append_plan(staged, self._queries, partitions, autocommit=True)
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                await _drive(conn, plan)
+        async with self._raw() as conn:
+            await drive_async(conn, plan)
         result = pending.result
         if not result.duplicate:
             self._announcer.announce((result.partition,))
@@ -271,13 +322,9 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """A stream's events in version order (after ``after_version``), decoded."""
         check_stream_id(stream_id)
         check_version(after_version)
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                rows = await fetch_async(
-                    conn,
-                    self._queries.read_stream,
-                    {"stream_id": stream_id, "after": after_version},
-                )
+        params = {"stream_id": stream_id, "after": after_version}
+        async with self._raw() as conn:
+            rows = await fetch_async(conn, self._queries.read_stream, params)
         result = records(rows, decode=True)
         for record in result:
             _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
@@ -286,79 +333,54 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 if it has no events)."""
         check_stream_id(stream_id)
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                rows = await fetch_async(
-                    conn, self._queries.stream_version, {"stream_id": stream_id}
-                )
+        async with self._raw() as conn:
+            rows = await fetch_async(conn, self._queries.stream_version, {"stream_id": stream_id})
         return int(rows[0][0]) if rows else 0
 
     async def read_partition(
         self, partition: int, after: int = 0, limit: int = 1000, *, decode: bool = True
     ) -> list[RecordedEvent]:
-        """Up to ``limit`` events of a partition with position > ``after``, in position order."""
+        """Up to ``limit`` events of a partition with position > ``after``, in position order.
+
+        Positions are dense and become visible in order: after reading position p, no event at
+        a position <= p can appear later. Events whose class is loaded are decoded (all of them
+        lazily with ``decode=False``); ``record.event`` raises ``UnknownEventType`` for others.
+        """
         check_partition(partition, await self._partition_count_cached())
         check_range(after, limit)
         return records(await self._partition_rows(partition, after, limit), decode=decode)
 
-    async def _partition_rows(self, partition: int, after: int, limit: int) -> list[Any]:
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                return await fetch_async(
-                    conn,
-                    self._queries.read_partition,
-                    {"partition": partition, "after": after, "limit": limit},
-                )
+    async def _partition_rows(self, partition: int, after: int, limit: int) -> Rows:
+        params = {"partition": partition, "after": after, "limit": limit}
+        async with self._raw() as conn:
+            return await fetch_async(conn, self._queries.read_partition, params)
 
     async def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
     ) -> AsyncIterator[RecordedEvent]:
         """Every event of a partition after ``after``, in position order, to the current head.
 
-        Pages of ``batch`` events; the next page's query is sent before the current page is
-        decoded and handed out, so the server works on it meanwhile.
+        Pages of ``batch`` events; the next page's query is under way while the caller works
+        through the current one.
         """
         check_partition(partition, await self._partition_count_cached())
         check_range(after, batch, limit_name="batch")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        rows = await self._partition_rows(partition, after, batch)
-        while True:
-            ahead = None
-            try:
-                if len(rows) == batch:
-                    ahead = asyncio.ensure_future(
-                        self._partition_rows(partition, rows[-1][4], batch)
-                    )
-                    await asyncio.sleep(0)  # let it send its query
-                for record in records(rows, decode=decode):
-                    yield record
-            except BaseException:  # the caller stopped early (or failed): drop the next page
-                if ahead is not None:
-                    ahead.cancel()
-                    with suppress(BaseException):
-                        await ahead
-                raise
-            if ahead is None:
-                return
-            rows = await ahead
+        async for record in read_ahead_async(self, partition, after, batch, decode):
+            yield record
 
     async def load_snapshot(
         self, stream_id: str, aggregate_type: str
     ) -> tuple[int, str, str] | None:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                rows = await fetch_async(
-                    conn,
-                    self._queries.load_snapshot,
-                    {"stream_id": stream_id, "aggregate_type": aggregate_type},
-                )
+        params = {"stream_id": stream_id, "aggregate_type": aggregate_type}
+        async with self._raw() as conn:
+            rows = await fetch_async(conn, self._queries.load_snapshot, params)
         return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     async def heads(self) -> dict[int, int]:
         """The head (last position) of every partition."""
-        with self._errors():
-            async with self._autocommit.connect() as conn:
-                rows = await fetch_async(conn, self._queries.heads)
+        async with self._raw() as conn:
+            rows = await fetch_async(conn, self._queries.heads)
         return {int(p): int(h) for p, h in rows}

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Generic, Self, TypeVar
 
+import psycopg
 from sqlalchemy.engine import URL
 
 from eventsource._checks import check_int, check_schema_name
 from eventsource._config import Settings
-from eventsource._errors import translate_errors
-from eventsource.db import PREPARE_THRESHOLD, conninfo
+from eventsource._errors import SchemaNotReady, translate_errors
+from eventsource.db import PREPARE_THRESHOLD, conninfo, fetch
 from eventsource.store._announce import Announcer
 from eventsource.store._queries import store_queries
 from eventsource.store._types import check_partitions
@@ -44,6 +45,27 @@ class StoreBase(Generic[EngineT]):
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
         self.prepared_statements = prepared_statements
         self._partitions: int | None = None
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions of the log (fixed when the schema was created).
+
+        Known once any call has touched the database (``await store.partition_count()`` on an
+        async store); before that, reading it runs one short blocking query.
+        """
+        if self._partitions is None:
+            with self._errors(), psycopg.connect(conninfo(self.url), autocommit=True) as conn:
+                rows = fetch(conn, self._queries.partition_count)
+            if not rows or rows[0][0] is None:
+                raise SchemaNotReady(self.schema, "no partition count stored")
+            self._partitions = int(rows[0][0])
+        return self._partitions
+
+    @property
+    def _pool_size(self) -> int:
+        """The engine's pool size (a pool without one, e.g. NullPool: the default of 10)."""
+        size = getattr(getattr(self._engine, "pool", None), "size", None)
+        return int(size()) if callable(size) else 10
 
     @property
     def _prepare_threshold(self) -> int | None:

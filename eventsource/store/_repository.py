@@ -1,41 +1,47 @@
-"""Repositories: load aggregates from their streams (and snapshots), save their new events.
+"""Repositories: load aggregates from their streams (and snapshots), save their events.
 
-    repo = Repository(store, Account, snapshot_every=100)
-    account = repo.load("acc-1")         # AggregateNotFound if it was never saved
-    account.deposit(10)
-    repo.save(account)                   # ConcurrencyError if another writer got there first
-
-The async twin ``AsyncRepository`` shares everything but I/O through ``_RepositoryCore``.
+repo = Repository(store, Account, snapshot_every=100)
+account = repo.load("acc-1")   # AggregateNotFound if it was never saved
+account.deposit(10)
+repo.save(account)             # ConcurrencyError if another writer got there first
 """
+
+# Generated from eventsource/store/_async_repository.py
+# by tools/async_to_sync.py: edit that file, then run `python tools/async_to_sync.py`
+# (tests/unit/test_generated.py checks that this file is current).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
 from eventsource._aggregate import Aggregate
 from eventsource._errors import AggregateNotFound
-from eventsource._events import Event
 from eventsource._logging import get_logger
-from eventsource.store._types import AppendResult, PendingAppend, RecordedEvent, check_stream_id
+from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
 
 if TYPE_CHECKING:
-    from eventsource.store._async import AsyncEventStore, AsyncTransaction
-    from eventsource.store._sync import EventStore
-    from eventsource.store._transaction import Transaction
+    from eventsource.store._sync import EventStore, Transaction
 
-__all__ = ["AsyncRepository", "Repository"]
+__all__ = ["Repository"]
 
 A = TypeVar("A", bound=Aggregate)
 log = get_logger("eventsource.repository")
 
 
-class _RepositoryCore(Generic[A]):
-    """What the sync and async repositories share: checks, snapshots and staging, no I/O."""
+class Repository(Generic[A]):
+    """Loads and saves one aggregate type through an ``EventStore``."""
 
-    def __init__(self, aggregate_type: type[A], snapshot_every: int | None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        aggregate_type: type[A],
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        """``snapshot_every``: write a snapshot each time a save crosses a multiple of it."""
         if not (isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate)):
             raise TypeError(f"Repository needs an Aggregate subclass, got {aggregate_type!r}")
         if snapshot_every is not None and (
@@ -44,11 +50,34 @@ class _RepositoryCore(Generic[A]):
             or snapshot_every < 1
         ):
             raise ValueError(f"snapshot_every must be an int >= 1 or None, got {snapshot_every!r}")
+        self.store = store
         self.aggregate_type = aggregate_type
         self.snapshot_every = snapshot_every
         self._shape = aggregate_type._snapshot_shape()
 
-    def from_snapshot(self, aggregate_id: str, snapshot: tuple[int, str, str] | None) -> A:
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, aggregate_id: str) -> A:
+        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
+        check_stream_id(aggregate_id)
+        snapshot = None
+        if self.snapshot_every is not None:
+            snapshot = self.store.load_snapshot(aggregate_id, self.aggregate_type.aggregate_type)
+        aggregate = self._from_snapshot(aggregate_id, snapshot)
+        records = self.store.read_stream(aggregate_id, after_version=aggregate.version)
+        if aggregate.version == 0 and not records:
+            raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate_id)
+        aggregate._replay(record.event for record in records)
+        return aggregate
+
+    def get(self, aggregate_id: str) -> A | None:
+        """The aggregate, or None if it was never saved."""
+        try:
+            return self.load(aggregate_id)
+        except AggregateNotFound:
+            return None
+
+    def _from_snapshot(self, aggregate_id: str, snapshot: tuple[int, str, str] | None) -> A:
         """The aggregate at its snapshot, or empty when there is none of the current shape."""
         if snapshot is not None:
             version, shape, state = snapshot
@@ -61,94 +90,7 @@ class _RepositoryCore(Generic[A]):
                     return restored  # type: ignore[return-value]
         return self.aggregate_type(aggregate_id)
 
-    def finish_load(self, aggregate: A, records: Sequence[RecordedEvent]) -> A:
-        """Apply the stream's events after the snapshot; AggregateNotFound if there are none."""
-        if aggregate.version == 0 and not records:
-            raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate.id)
-        aggregate._replay(record.event for record in records)
-        return aggregate
-
-    def snapshot_params(self, aggregate: A) -> dict[str, Any] | None:
-        """The snapshot to write with this save, if the save crosses a multiple of N."""
-        every = self.snapshot_every
-        if every is None:
-            return None
-        saved_before = aggregate.version - len(aggregate._pending)
-        if aggregate.version // every == saved_before // every:
-            return None
-        return {
-            "stream_id": aggregate.id,
-            "aggregate_type": self.aggregate_type.aggregate_type,
-            "shape": self._shape,
-            "version": aggregate.version,
-            "state": aggregate._snapshot_state(),
-        }
-
-    def to_stage(
-        self, aggregate: A, tx: Transaction | AsyncTransaction
-    ) -> tuple[list[Event], int] | None:
-        """The events of ``aggregate`` not yet staged in ``tx`` and the version they follow."""
-        _, already = tx._saved.get(id(aggregate), (aggregate, 0))
-        events = aggregate._pending[already:]
-        if not events:
-            return None
-        return events, aggregate.version - len(aggregate._pending) + already
-
-    def staged(
-        self,
-        aggregate: A,
-        tx: Transaction | AsyncTransaction,
-        pending: AppendResult | PendingAppend,
-        count: int,
-        snapshot: dict[str, Any] | None,
-    ) -> PendingAppend:
-        """Record that ``count`` more events of ``aggregate`` are staged in ``tx``."""
-        assert isinstance(pending, PendingAppend)
-        if snapshot is not None:
-            tx._after_flush.append((tx.store._queries.save_snapshot, snapshot))
-        key = id(aggregate)
-        if key not in tx._saved:
-            # Saved events leave pending_events only once the transaction has committed.
-            tx.on_commit(lambda: aggregate._mark_saved(tx._saved[key][1]))
-        tx._saved[key] = (aggregate, tx._saved.get(key, (aggregate, 0))[1] + count)
-        return pending
-
-    def check(self, aggregate: A) -> None:
-        """TypeError unless ``aggregate`` is of this repository's type."""
-        if not isinstance(aggregate, self.aggregate_type):
-            raise TypeError(
-                f"this repository saves {self.aggregate_type.__name__}, got"
-                f" {type(aggregate).__name__}"
-            )
-
-
-class Repository(Generic[A]):
-    """Loads and saves one aggregate type through an ``EventStore``."""
-
-    def __init__(
-        self, store: EventStore, aggregate_type: type[A], *, snapshot_every: int | None = None
-    ) -> None:
-        self.store = store
-        self._core = _RepositoryCore(aggregate_type, snapshot_every)
-
-    def load(self, aggregate_id: str) -> A:
-        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
-        check_stream_id(aggregate_id)
-        snapshot = None
-        if self._core.snapshot_every is not None:
-            snapshot = self.store.load_snapshot(
-                aggregate_id, self._core.aggregate_type.aggregate_type
-            )
-        aggregate = self._core.from_snapshot(aggregate_id, snapshot)
-        records = self.store.read_stream(aggregate_id, after_version=aggregate.version)
-        return self._core.finish_load(aggregate, records)
-
-    def get(self, aggregate_id: str) -> A | None:
-        """The aggregate, or None if it was never saved."""
-        try:
-            return self.load(aggregate_id)
-        except AggregateNotFound:
-            return None
+    # -- saving --------------------------------------------------------------------------
 
     def save(
         self,
@@ -162,11 +104,15 @@ class Repository(Generic[A]):
         ``ConcurrencyError`` if its stream moved on since it was loaded. With ``tx`` the
         events are written when that transaction commits.
         """
-        self._core.check(aggregate)
+        if not isinstance(aggregate, self.aggregate_type):
+            raise TypeError(
+                f"this repository saves {self.aggregate_type.__name__}, got"
+                f" {type(aggregate).__name__}"
+            )
         count = len(aggregate._pending)
         if not count:
             return None
-        snapshot = self._core.snapshot_params(aggregate)
+        snapshot = self._snapshot_params(aggregate)
         if tx is None and snapshot is None:
             result = self.store.append(
                 aggregate.id,
@@ -183,6 +129,22 @@ class Repository(Generic[A]):
             return pending.result if pending is not None else None
         return self._stage(aggregate, tx, metadata, snapshot)
 
+    def _snapshot_params(self, aggregate: A) -> dict[str, Any] | None:
+        """The snapshot to write with this save, if the save crosses a multiple of N."""
+        every = self.snapshot_every
+        if every is None:
+            return None
+        saved_before = aggregate.version - len(aggregate._pending)
+        if aggregate.version // every == saved_before // every:
+            return None
+        return {
+            "stream_id": aggregate.id,
+            "aggregate_type": self.aggregate_type.aggregate_type,
+            "shape": self._shape,
+            "version": aggregate.version,
+            "state": aggregate._snapshot_state(),
+        }
+
     def _stage(
         self,
         aggregate: A,
@@ -190,101 +152,29 @@ class Repository(Generic[A]):
         metadata: Mapping[str, Any] | None,
         snapshot: dict[str, Any] | None,
     ) -> PendingAppend | None:
-        """Stage the aggregate's new events (and a snapshot when due) in ``tx``."""
-        staging = self._core.to_stage(aggregate, tx)
-        if staging is None:
+        """Stage the aggregate's events not yet staged in ``tx`` (and a snapshot when due).
+
+        A transaction counts what it staged of each aggregate: saving one twice in a
+        transaction stages only the events added since, and the saved events leave
+        ``pending_events`` only once the transaction has committed.
+        """
+        key = id(aggregate)
+        _, already = tx._saved.get(key, (aggregate, 0))
+        events = aggregate._pending[already:]
+        if not events:
             return None
-        events, expected = staging
         pending = self.store.append(
             aggregate.id,
             events,
-            expected,
+            aggregate.version - len(aggregate._pending) + already,
             metadata=metadata,
             partition_key=aggregate.partition_key(),
             tx=tx,
         )
-        return self._core.staged(aggregate, tx, pending, len(events), snapshot)
-
-
-class AsyncRepository(Generic[A]):
-    """The async twin of ``Repository``, over an ``AsyncEventStore``."""
-
-    def __init__(
-        self,
-        store: AsyncEventStore,
-        aggregate_type: type[A],
-        *,
-        snapshot_every: int | None = None,
-    ) -> None:
-        self.store = store
-        self._core = _RepositoryCore(aggregate_type, snapshot_every)
-
-    async def load(self, aggregate_id: str) -> A:
-        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
-        check_stream_id(aggregate_id)
-        snapshot = None
-        if self._core.snapshot_every is not None:
-            snapshot = await self.store.load_snapshot(
-                aggregate_id, self._core.aggregate_type.aggregate_type
-            )
-        aggregate = self._core.from_snapshot(aggregate_id, snapshot)
-        records = await self.store.read_stream(aggregate_id, after_version=aggregate.version)
-        return self._core.finish_load(aggregate, records)
-
-    async def get(self, aggregate_id: str) -> A | None:
-        """The aggregate, or None if it was never saved."""
-        try:
-            return await self.load(aggregate_id)
-        except AggregateNotFound:
-            return None
-
-    async def save(
-        self,
-        aggregate: A,
-        *,
-        tx: AsyncTransaction | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> AppendResult | PendingAppend | None:
-        """Append the aggregate's pending events at its loaded version; None if it has none."""
-        self._core.check(aggregate)
-        count = len(aggregate._pending)
-        if not count:
-            return None
-        snapshot = self._core.snapshot_params(aggregate)
-        if tx is None and snapshot is None:
-            result = await self.store.append(
-                aggregate.id,
-                aggregate._pending,
-                aggregate.version - count,
-                metadata=metadata,
-                partition_key=aggregate.partition_key(),
-            )
-            aggregate._mark_saved(count)
-            return result
-        if tx is None:
-            async with self.store.transaction() as own:
-                pending = await self._stage(aggregate, own, metadata, snapshot)
-            return pending.result if pending is not None else None
-        return await self._stage(aggregate, tx, metadata, snapshot)
-
-    async def _stage(
-        self,
-        aggregate: A,
-        tx: AsyncTransaction,
-        metadata: Mapping[str, Any] | None,
-        snapshot: dict[str, Any] | None,
-    ) -> PendingAppend | None:
-        """Stage the aggregate's new events (and a snapshot when due) in ``tx``."""
-        staging = self._core.to_stage(aggregate, tx)
-        if staging is None:
-            return None
-        events, expected = staging
-        pending = await self.store.append(
-            aggregate.id,
-            events,
-            expected,
-            metadata=metadata,
-            partition_key=aggregate.partition_key(),
-            tx=tx,
-        )
-        return self._core.staged(aggregate, tx, pending, len(events), snapshot)
+        assert isinstance(pending, PendingAppend)
+        if snapshot is not None:
+            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
+        if key not in tx._saved:
+            tx.on_commit(lambda: aggregate._mark_saved(tx._saved[key][1]))
+        tx._saved[key] = (aggregate, already + len(events))
+        return pending

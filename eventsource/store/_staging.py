@@ -304,7 +304,7 @@ class TransactionCore:
     """What the sync and async transactions share, with no I/O: the appends staged, the
     statements to run after them, the commit callbacks, and whether the block has ended."""
 
-    _block: ClassVar[str] = "with store.transaction()"  # named when it is used after its end
+    _block: ClassVar[str]  # the block it belongs to, named when it is used after its end
 
     def __init__(self, store: Any) -> None:
         self.store = store

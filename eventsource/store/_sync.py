@@ -1,27 +1,31 @@
-"""The event store (sync): append to streams, read streams and partitions, share transactions.
+"""The event store: append to streams, read streams and partitions, share transactions.
 
     store = EventStore.from_url("postgresql://localhost/app")
     store.upgrade()
-    result = store.append("acc-1", [AccountOpened(owner="ann")], expected_version=NO_STREAM)
+    result = store.append("acc-1", [AccountOpened(owner="ann")], NO_STREAM)
+    with store.transaction() as tx:
+        store.append("acc-2", [AccountOpened(owner="bob")], NO_STREAM, tx=tx)
     store.read_stream("acc-1")
     store.read_partition(result.partition, after=0, limit=1000)
 
-The async twin is ``AsyncEventStore``; both share everything but I/O through ``StoreBase``
-(``_base``). Transactions are in ``_transaction``.
+What does no I/O is shared in ``_base`` (configuration), ``_staging`` (appends and the plan
+that writes them) and ``_types``; page-ahead reading is in ``_ahead``.
 """
+
+# Generated from eventsource/store/_async.py
+# by tools/async_to_sync.py: edit that file, then run `python tools/async_to_sync.py`
+# (tests/unit/test_generated.py checks that this file is current).
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Executable
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Result
 
 from eventsource._errors import SchemaNotReady
 from eventsource._events import Event
@@ -29,13 +33,14 @@ from eventsource.db import (
     RawPool,
     SchemaStatus,
     conninfo,
+    driver_connection,
     fetch,
     schema_status,
     upgrade_schema,
 )
+from eventsource.store._ahead import read_ahead
 from eventsource.store._base import StoreBase
-from eventsource.store._staging import StagedAppends, append_plan
-from eventsource.store._transaction import Transaction, drive
+from eventsource.store._staging import Plan, StagedAppends, TransactionCore, append_plan
 from eventsource.store._types import (
     ANY,
     AppendResult,
@@ -49,66 +54,117 @@ from eventsource.store._types import (
     records,
 )
 
-__all__ = ["EventStore"]
+__all__ = ["EventStore", "Transaction"]
+
+Rows = list[tuple[Any, ...]]
 
 
-class _PageReader:
-    """Reads the pages of a partition one ahead of the caller, on a thread of its own.
+def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
+    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    try:
+        step = next(plan)
+        while True:
+            try:
+                rows = fetch(conn, *step)
+            except psycopg.errors.UniqueViolation as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(rows)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
-    The thread waits for the server with the GIL released, so the next page is on its way
-    while the caller decodes and handles the current one.
+
+class Transaction(TransactionCore):
+    """One database transaction shared by several appends, enqueues and statements.
+
+    Appends are staged and written together when the transaction commits (or at ``flush()``),
+    so the partition heads they lock are held only for the last moment of the transaction.
+    The database transaction begins when a statement of its own runs (``tx.begin()``,
+    ``tx.execute``, ``tx.flush``); one that only staged appends is written at commit as a
+    single statement.
     """
 
-    def __init__(self, store: EventStore, partition: int, after: int, batch: int) -> None:
-        self._store = store
-        self._params = {"partition": partition, "after": after, "limit": batch}
-        self._pages: queue.Queue[list[tuple[Any, ...]] | BaseException] = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"eventsource-pages-{partition}", daemon=True
-        )
-        self._thread.start()
+    _block = "with store.transaction()"  # named when it is used after its end
+    store: EventStore
 
-    def _run(self) -> None:
-        params = self._params
-        try:
-            with self._store._raw() as conn:
-                while not self._stop.is_set():
-                    rows = fetch(conn, self._store._queries.read_partition, params)
-                    if not self._put(rows) or len(rows) < params["limit"]:
-                        return
-                    params["after"] = rows[-1][4]  # the position column
-        except BaseException as exc:  # handed to the caller, raised there
-            self._put(exc)
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store)
+        self._connection: Connection | None = None
 
-    def _put(self, item: list[tuple[Any, ...]] | BaseException) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._pages.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-            return True
-        return False
+    @property
+    def connection(self) -> Connection:
+        """The SQLAlchemy connection of this transaction.
 
-    def next_rows(self) -> list[tuple[Any, ...]]:
-        """The next page's rows (fewer than a batch at the end); the reader's error, raised."""
-        item = self._pages.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        The sync ``Transaction`` begins on first use of it; an ``Transaction`` must have
+        begun (``tx.begin()`` returns it), since a property cannot wait.
+        """
+        self._check_open()
+        if self._connection is None:
+            return self.begin()
+        return self._connection
 
-    def close(self) -> None:
-        """Stop reading ahead (the caller stopped early, or reached the end)."""
-        self._stop.set()
-        with suppress(queue.Empty):
-            self._pages.get_nowait()
-        self._thread.join(timeout=10)
+    def begin(self) -> Connection:
+        """Begin the database transaction, if not yet, and return its SQLAlchemy connection."""
+        self._check_open()
+        if self._connection is None:
+            with self.store._errors():
+                connection = self.store._engine.connect()
+                try:
+                    connection.begin()
+                except BaseException:
+                    connection.close()
+                    raise
+            self._connection = connection
+        return self._connection
 
+    def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        """Run a statement in this transaction (SQLAlchemy's ``execute``)."""
+        connection = self.begin()
+        return connection.execute(statement, parameters)
 
-def _pool_size(engine: Engine) -> int:
-    """The engine's pool size (a pool without one, e.g. NullPool: the default of 10)."""
-    size = getattr(engine.pool, "size", None)
-    return int(size()) if callable(size) else 10
+    def flush(self) -> list[AppendResult]:
+        """Write the staged appends now; ``ConcurrencyError`` if any stream moved on.
+
+        From here to commit this transaction holds the head locks of the partitions written;
+        appends staged after a flush are written by a second flush, whose locks may come out
+        of ascending order (PostgreSQL then detects any deadlock and one side must retry).
+        """
+        self._check_open()
+        connection = self.begin()
+        with self.store._errors():
+            raw = driver_connection(connection)
+            return self._write(raw, autocommit=False)
+
+    def _write(self, conn: psycopg.Connection[Any], *, autocommit: bool) -> list[AppendResult]:
+        """Write the staged appends, then the statements that follow them, on ``conn``."""
+        results: list[AppendResult] = []
+        if self._staged:
+            self._written.extend(self._staged.pending())
+            partitions = self.store._partition_count_cached()
+            plan = append_plan(self._staged, self.store._queries, partitions, autocommit=autocommit)
+            results = drive(conn, plan)
+        while self._after_flush:
+            fetch(conn, *self._after_flush.pop(0))
+        return results
+
+    def _commit(self) -> None:
+        """Write what is staged and commit."""
+        connection = self._connection
+        if connection is not None:
+            self.flush()
+            with self.store._errors():
+                connection.commit()
+            return
+        # Nothing ran on a connection yet: write on a pooled driver connection, with no round
+        # trips for BEGIN and COMMIT when the appends are the only statement.
+        if not self._staged:
+            return
+        with self.store._raw() as raw:
+            if not self._after_flush:
+                self._write(raw, autocommit=True)
+                return
+            with raw.transaction():
+                self._write(raw, autocommit=False)
 
 
 class EventStore(StoreBase[Engine]):
@@ -124,7 +180,7 @@ class EventStore(StoreBase[Engine]):
         """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
         super().__init__(engine, **options)
         # Connections open on first use.
-        self._raw_pool = RawPool(conninfo(self.url), _pool_size(engine), self._prepare_threshold)
+        self._raw_pool = RawPool(conninfo(self.url), self._pool_size, self._prepare_threshold)
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -142,8 +198,9 @@ class EventStore(StoreBase[Engine]):
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled driver connection in autocommit mode, for single statements on hot paths.
 
-        It skips SQLAlchemy's connection and result layers (a few tens of microseconds per
-        call); errors are translated, and a broken connection is dropped from the pool.
+        Statements on it skip SQLAlchemy's result layer (and in the sync store, its connection
+        layer too: a psycopg pool, a few tens of microseconds less per call); errors are
+        translated, and a broken connection is dropped from the pool.
         """
         with self._errors(), self._raw_pool.connection() as conn:
             yield conn
@@ -153,19 +210,13 @@ class EventStore(StoreBase[Engine]):
     def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent, safe to run from several processes)."""
         with self._errors(), self._engine.connect() as conn:
-            self._partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
+            partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
+        self._partitions = partitions
 
     def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
         with self._errors(), self._engine.connect() as conn:
             return schema_status(conn, self.schema)
-
-    @property
-    def partitions(self) -> int:
-        """The number of partitions of the log (fixed when the schema was created)."""
-        if self._partitions is None:
-            return self.partition_count()
-        return self._partitions
 
     def partition_count(self) -> int:
         """Read the number of partitions from the database (``partitions`` caches it)."""
@@ -175,6 +226,11 @@ class EventStore(StoreBase[Engine]):
         if value is None:
             raise SchemaNotReady(self.schema, "no partition count stored")
         self._partitions = int(value)
+        return self._partitions
+
+    def _partition_count_cached(self) -> int:
+        if self._partitions is None:
+            return self.partition_count()
         return self._partitions
 
     # -- writing -------------------------------------------------------------------------
@@ -200,7 +256,8 @@ class EventStore(StoreBase[Engine]):
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
         staged = StagedAppends()
         pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        plan = append_plan(staged, self._queries, self.partitions, autocommit=True)
+        partitions = self._partition_count_cached()
+        plan = append_plan(staged, self._queries, partitions, autocommit=True)
         with self._raw() as conn:
             drive(conn, plan)
         result = pending.result
@@ -236,10 +293,9 @@ class EventStore(StoreBase[Engine]):
         """A stream's events in version order (after ``after_version``), decoded."""
         check_stream_id(stream_id)
         check_version(after_version)
+        params = {"stream_id": stream_id, "after": after_version}
         with self._raw() as conn:
-            rows = fetch(
-                conn, self._queries.read_stream, {"stream_id": stream_id, "after": after_version}
-            )
+            rows = fetch(conn, self._queries.read_stream, params)
         result = records(rows, decode=True)
         for record in result:
             _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
@@ -261,52 +317,38 @@ class EventStore(StoreBase[Engine]):
         a position <= p can appear later. Events whose class is loaded are decoded (all of them
         lazily with ``decode=False``); ``record.event`` raises ``UnknownEventType`` for others.
         """
-        check_partition(partition, self.partitions)
+        check_partition(partition, self._partition_count_cached())
         check_range(after, limit)
+        return records(self._partition_rows(partition, after, limit), decode=decode)
+
+    def _partition_rows(self, partition: int, after: int, limit: int) -> Rows:
+        params = {"partition": partition, "after": after, "limit": limit}
         with self._raw() as conn:
-            rows = fetch(
-                conn,
-                self._queries.read_partition,
-                {"partition": partition, "after": after, "limit": limit},
-            )
-        return records(rows, decode=decode)
+            return fetch(conn, self._queries.read_partition, params)
 
     def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
     ) -> Iterator[RecordedEvent]:
         """Every event of a partition after ``after``, in position order, to the current head.
 
-        Pages of ``batch`` events; from the second page on, the next page is read on a
-        background thread while the caller works through the current one.
+        Pages of ``batch`` events; the next page's query is under way while the caller works
+        through the current one.
         """
-        check_partition(partition, self.partitions)
+        check_partition(partition, self._partition_count_cached())
         check_range(after, batch, limit_name="batch")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        page = self.read_partition(partition, after, batch, decode=decode)
-        yield from page
-        if len(page) < batch:
-            return
-        reader = _PageReader(self, partition, page[-1].position, batch)
-        try:
-            while rows := reader.next_rows():
-                yield from records(rows, decode=decode)
-                if len(rows) < batch:
-                    return
-        finally:
-            reader.close()
+        yield from read_ahead(self, partition, after, batch, decode)
 
     def load_snapshot(self, stream_id: str, aggregate_type: str) -> tuple[int, str, str] | None:
         """The stored snapshot of a stream as (version, shape, state JSON), if any."""
+        params = {"stream_id": stream_id, "aggregate_type": aggregate_type}
         with self._raw() as conn:
-            rows = fetch(
-                conn,
-                self._queries.load_snapshot,
-                {"stream_id": stream_id, "aggregate_type": aggregate_type},
-            )
+            rows = fetch(conn, self._queries.load_snapshot, params)
         return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     def heads(self) -> dict[int, int]:
         """The head (last position) of every partition."""
         with self._raw() as conn:
-            return {int(p): int(h) for p, h in fetch(conn, self._queries.heads)}
+            rows = fetch(conn, self._queries.heads)
+        return {int(p): int(h) for p, h in rows}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from eventsource import (
     Event,
     EventStore,
     ExpectedVersion,
+    SchemaNotReady,
     UnknownEventType,
     _events,
     partition_for,
@@ -78,6 +80,23 @@ def test_store_reports_its_partitions(store: EventStore) -> None:
     assert store.partitions == 4
     assert store.partition_count() == 4
     assert store.heads() == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+def test_a_new_store_reads_the_partition_count_when_first_asked(
+    store: EventStore, fresh_store: Callable[..., EventStore]
+) -> None:
+    """A store opened on an existing schema knows its partitions without a prior call."""
+    other = fresh_store(partitions=16)  # the stored count wins over the option
+    assert other.partitions == 4
+    assert other.read_partition(3) == []
+
+
+def test_partitions_of_a_schema_never_created_is_schema_not_ready(
+    fresh_store: Callable[..., EventStore],
+) -> None:
+    """Asking a store for the partitions of a schema not created yet names the problem."""
+    with pytest.raises(SchemaNotReady):
+        _ = fresh_store(schema="never_created_here").partitions
 
 
 # -- expected versions --------------------------------------------------------------------

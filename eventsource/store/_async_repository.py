@@ -1,0 +1,181 @@
+"""Repositories (async): load aggregates from their streams (and snapshots), save their events.
+
+    repo = AsyncRepository(store, Account, snapshot_every=100)
+    account = await repo.load("acc-1")   # AggregateNotFound if it was never saved
+    account.deposit(10)
+    await repo.save(account)             # ConcurrencyError if another writer got there first
+
+Async source: the sync ``Repository`` (``_repository``) is generated from this module by
+``tools/async_to_sync.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from eventsource._aggregate import Aggregate
+from eventsource._errors import AggregateNotFound
+from eventsource._logging import get_logger
+from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
+
+if TYPE_CHECKING:
+    from eventsource.store._async import AsyncEventStore, AsyncTransaction
+
+__all__ = ["AsyncRepository"]
+
+A = TypeVar("A", bound=Aggregate)
+log = get_logger("eventsource.repository")
+
+
+class AsyncRepository(Generic[A]):
+    """Loads and saves one aggregate type through an ``AsyncEventStore``."""
+
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        aggregate_type: type[A],
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        """``snapshot_every``: write a snapshot each time a save crosses a multiple of it."""
+        if not (isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate)):
+            raise TypeError(f"Repository needs an Aggregate subclass, got {aggregate_type!r}")
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ValueError(f"snapshot_every must be an int >= 1 or None, got {snapshot_every!r}")
+        self.store = store
+        self.aggregate_type = aggregate_type
+        self.snapshot_every = snapshot_every
+        self._shape = aggregate_type._snapshot_shape()
+
+    # -- loading -------------------------------------------------------------------------
+
+    async def load(self, aggregate_id: str) -> A:
+        """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
+        check_stream_id(aggregate_id)
+        snapshot = None
+        if self.snapshot_every is not None:
+            snapshot = await self.store.load_snapshot(
+                aggregate_id, self.aggregate_type.aggregate_type
+            )
+        aggregate = self._from_snapshot(aggregate_id, snapshot)
+        records = await self.store.read_stream(aggregate_id, after_version=aggregate.version)
+        if aggregate.version == 0 and not records:
+            raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate_id)
+        aggregate._replay(record.event for record in records)
+        return aggregate
+
+    async def get(self, aggregate_id: str) -> A | None:
+        """The aggregate, or None if it was never saved."""
+        try:
+            return await self.load(aggregate_id)
+        except AggregateNotFound:
+            return None
+
+    def _from_snapshot(self, aggregate_id: str, snapshot: tuple[int, str, str] | None) -> A:
+        """The aggregate at its snapshot, or empty when there is none of the current shape."""
+        if snapshot is not None:
+            version, shape, state = snapshot
+            if shape == self._shape:
+                try:
+                    restored = self.aggregate_type._from_snapshot(aggregate_id, version, state)
+                except ValidationError:
+                    log.warning("snapshot ignored: does not validate", stream_id=aggregate_id)
+                else:
+                    return restored  # type: ignore[return-value]
+        return self.aggregate_type(aggregate_id)
+
+    # -- saving --------------------------------------------------------------------------
+
+    async def save(
+        self,
+        aggregate: A,
+        *,
+        tx: AsyncTransaction | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AppendResult | PendingAppend | None:
+        """Append the aggregate's pending events at its loaded version; None if it has none.
+
+        ``ConcurrencyError`` if its stream moved on since it was loaded. With ``tx`` the
+        events are written when that transaction commits.
+        """
+        if not isinstance(aggregate, self.aggregate_type):
+            raise TypeError(
+                f"this repository saves {self.aggregate_type.__name__}, got"
+                f" {type(aggregate).__name__}"
+            )
+        count = len(aggregate._pending)
+        if not count:
+            return None
+        snapshot = self._snapshot_params(aggregate)
+        if tx is None and snapshot is None:
+            result = await self.store.append(
+                aggregate.id,
+                aggregate._pending,
+                aggregate.version - count,
+                metadata=metadata,
+                partition_key=aggregate.partition_key(),
+            )
+            aggregate._mark_saved(count)
+            return result
+        if tx is None:
+            async with self.store.transaction() as own:
+                pending = await self._stage(aggregate, own, metadata, snapshot)
+            return pending.result if pending is not None else None
+        return await self._stage(aggregate, tx, metadata, snapshot)
+
+    def _snapshot_params(self, aggregate: A) -> dict[str, Any] | None:
+        """The snapshot to write with this save, if the save crosses a multiple of N."""
+        every = self.snapshot_every
+        if every is None:
+            return None
+        saved_before = aggregate.version - len(aggregate._pending)
+        if aggregate.version // every == saved_before // every:
+            return None
+        return {
+            "stream_id": aggregate.id,
+            "aggregate_type": self.aggregate_type.aggregate_type,
+            "shape": self._shape,
+            "version": aggregate.version,
+            "state": aggregate._snapshot_state(),
+        }
+
+    async def _stage(
+        self,
+        aggregate: A,
+        tx: AsyncTransaction,
+        metadata: Mapping[str, Any] | None,
+        snapshot: dict[str, Any] | None,
+    ) -> PendingAppend | None:
+        """Stage the aggregate's events not yet staged in ``tx`` (and a snapshot when due).
+
+        A transaction counts what it staged of each aggregate: saving one twice in a
+        transaction stages only the events added since, and the saved events leave
+        ``pending_events`` only once the transaction has committed.
+        """
+        key = id(aggregate)
+        _, already = tx._saved.get(key, (aggregate, 0))
+        events = aggregate._pending[already:]
+        if not events:
+            return None
+        pending = await self.store.append(
+            aggregate.id,
+            events,
+            aggregate.version - len(aggregate._pending) + already,
+            metadata=metadata,
+            partition_key=aggregate.partition_key(),
+            tx=tx,
+        )
+        assert isinstance(pending, PendingAppend)
+        if snapshot is not None:
+            tx._after_flush.append((self.store._queries.save_snapshot, snapshot))
+        if key not in tx._saved:
+            tx.on_commit(lambda: aggregate._mark_saved(tx._saved[key][1]))
+        tx._saved[key] = (aggregate, already + len(events))
+        return pending
