@@ -19,8 +19,8 @@ import psycopg
 from eventsource._errors import first_line, is_outage
 from eventsource.commands._attempt import _Attempts, _unstarted, timed_out
 from eventsource.commands._core import _Claimed, _close
-from eventsource.db import fetch
-from eventsource.runtime import Backoff, connect
+from eventsource.db import connect, fetch
+from eventsource.runtime import Backoff
 
 __all__: list[str] = []
 

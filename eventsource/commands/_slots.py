@@ -17,8 +17,8 @@ import psycopg
 from eventsource._errors import first_line, is_outage
 from eventsource.commands._attempt import _Attempts
 from eventsource.commands._core import _Claimed, _close, _Slot
-from eventsource.db import fetch
-from eventsource.runtime import Backoff, close_thread_loop, connect
+from eventsource.db import connect, fetch
+from eventsource.runtime import Backoff, close_thread_loop
 
 __all__: list[str] = []
 

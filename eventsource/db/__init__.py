@@ -14,7 +14,13 @@ Internal to the framework: nothing here is public API.
 from __future__ import annotations
 
 from eventsource._errors import describe_target
-from eventsource.db._driver import driver_connection, driver_connection_async, fetch, fetch_async
+from eventsource.db._driver import (
+    connect,
+    driver_connection,
+    driver_connection_async,
+    fetch,
+    fetch_async,
+)
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
 from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
 from eventsource.db._names import channel_name, listen_statement, quote_schema
@@ -31,6 +37,7 @@ __all__ = [
     "Statements",
     "async_engine",
     "channel_name",
+    "connect",
     "conninfo",
     "describe_target",
     "driver_connection",

@@ -7,11 +7,24 @@ from typing import Any
 import psycopg
 from psycopg.pq import ExecStatus
 from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["driver_connection", "driver_connection_async", "fetch", "fetch_async"]
+from eventsource.db._url import conninfo
+
+__all__ = ["connect", "driver_connection", "driver_connection_async", "fetch", "fetch_async"]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
+
+
+def connect(target: URL | str, *, prepare_threshold: int | None = None) -> psycopg.Connection[Any]:
+    """A new autocommit connection of the caller's own (not from a pool).
+
+    ``target``: a SQLAlchemy URL, or a psycopg connection string already made from one
+    (``conninfo``). Every connection the framework opens outside a pool is opened here.
+    """
+    dsn = conninfo(target) if isinstance(target, URL) else target
+    return psycopg.connect(dsn, autocommit=True, prepare_threshold=prepare_threshold)
 
 
 def fetch(

@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from eventsource.db._driver import connect
+
 __all__ = ["RawPool", "gone"]
 
 # Seconds a caller waits for a pooled connection before opening one of its own.
@@ -93,9 +95,7 @@ class RawPool:
         try:
             conn = self._pool.getconn(timeout=QUICK)
         except PoolTimeout:
-            with psycopg.connect(
-                self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold
-            ) as own:
+            with connect(self._conninfo, prepare_threshold=self._prepare_threshold) as own:
                 yield own
             return
         try:

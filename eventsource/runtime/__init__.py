@@ -4,7 +4,6 @@ Projection workers, command workers and reactors are one kind of process; each s
 its loop body and takes the rest from here:
 
 - ``Backoff``: exponential delays with jitter, for reconnecting after an outage;
-- ``connect``: a worker's own autocommit connection (URL parameters kept, TCP keepalives);
 - ``Listener``: a LISTEN connection that is re-established after every loss, and says so,
   so that the worker reads once to catch up on what was announced in the gap;
 - ``Supervisor``: threads whose unexpected death stops the worker and makes ``run`` raise
@@ -19,7 +18,7 @@ everything else is the error of the work in hand.
 from __future__ import annotations
 
 from eventsource._errors import WorkerCrashed, first_line, is_outage
-from eventsource.runtime._backoff import Backoff, connect, default_worker_id
+from eventsource.runtime._backoff import Backoff, default_worker_id
 from eventsource.runtime._listener import Listener
 from eventsource.runtime._loop import close_thread_loop, run_on_thread_loop
 from eventsource.runtime._supervisor import Supervisor
@@ -30,7 +29,6 @@ __all__ = [
     "Supervisor",
     "WorkerCrashed",
     "close_thread_loop",
-    "connect",
     "default_worker_id",
     "first_line",
     "is_outage",

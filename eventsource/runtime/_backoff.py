@@ -1,4 +1,4 @@
-"""Worker ids, reconnection backoff and worker connections."""
+"""Worker ids and reconnection backoff."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import os
 import random
 import socket
 import uuid
-from typing import Any
 
-import psycopg
-from sqlalchemy.engine import URL
-
-from eventsource.db import conninfo
-
-__all__ = ["Backoff", "connect", "default_worker_id"]
+__all__ = ["Backoff", "default_worker_id"]
 
 
 def default_worker_id() -> str:
@@ -39,8 +33,3 @@ class Backoff:
         """Forget the failures; whether there were any (the outage just ended)."""
         failed, self.failures = self.failures > 0, 0
         return failed
-
-
-def connect(url: URL, *, prepare_threshold: int | None = None) -> psycopg.Connection[Any]:
-    """A new autocommit connection of the worker's own (not from a pool)."""
-    return psycopg.connect(conninfo(url), autocommit=True, prepare_threshold=prepare_threshold)

@@ -12,7 +12,8 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from eventsource._errors import first_line
-from eventsource.runtime._backoff import Backoff, connect
+from eventsource.db import connect
+from eventsource.runtime._backoff import Backoff
 
 __all__ = ["Listener"]
 

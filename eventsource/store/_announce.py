@@ -21,7 +21,7 @@ import psycopg
 
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
-from eventsource.db import gone
+from eventsource.db import connect, gone
 
 __all__ = ["Announcer"]
 
@@ -114,7 +114,7 @@ class Announcer:
                     conn.close()
                     conn = None
                 if conn is None:
-                    conn = psycopg.connect(self._conninfo, autocommit=True)
+                    conn = connect(self._conninfo)
                     conn.execute("SET synchronous_commit TO off")
                 conn.execute(self._statement, {"channel": channel, "payload": payload})
                 return conn

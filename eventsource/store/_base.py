@@ -6,13 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Generic, Self, TypeVar
 
-import psycopg
 from sqlalchemy.engine import URL
 
 from eventsource._checks import check_int, check_schema_name
 from eventsource._config import Settings
 from eventsource._errors import SchemaNotReady, translate_errors
-from eventsource.db import PREPARE_THRESHOLD, conninfo, fetch
+from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch
 from eventsource.store._announce import Announcer
 from eventsource.store._queries import store_queries
 from eventsource.store._types import check_partitions
@@ -54,7 +53,7 @@ class StoreBase(Generic[EngineT]):
         async store); before that, reading it runs one short blocking query.
         """
         if self._partitions is None:
-            with self._errors(), psycopg.connect(conninfo(self.url), autocommit=True) as conn:
+            with self._errors(), connect(self.url) as conn:
                 rows = fetch(conn, self._queries.partition_count)
             if not rows or rows[0][0] is None:
                 raise SchemaNotReady(self.schema, "no partition count stored")
