@@ -95,8 +95,8 @@ class AsyncTransaction(TransactionCore):
     def connection(self) -> AsyncConnection:
         """The SQLAlchemy connection of this transaction.
 
-        The sync ``Transaction`` begins on first use of it; an ``AsyncTransaction`` must have
-        begun (``await tx.begin()`` returns it), since a property cannot wait.
+        A sync transaction begins on first use of this property; an async one must have begun
+        first (awaiting ``tx.begin()`` returns the connection), since a property cannot wait.
         """
         self._check_open()
         if self._connection is None:

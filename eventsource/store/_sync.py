@@ -95,8 +95,8 @@ class Transaction(TransactionCore):
     def connection(self) -> Connection:
         """The SQLAlchemy connection of this transaction.
 
-        The sync ``Transaction`` begins on first use of it; an ``Transaction`` must have
-        begun (``tx.begin()`` returns it), since a property cannot wait.
+        A sync transaction begins on first use of this property; an async one must have begun
+        first (awaiting ``tx.begin()`` returns the connection), since a property cannot wait.
         """
         self._check_open()
         if self._connection is None:
