@@ -31,7 +31,7 @@ log = get_logger("eventsource.repository")
 
 
 class AsyncRepository(Generic[A]):
-    """Loads and saves one aggregate type through an ``AsyncEventStore``."""
+    """Loads and saves one aggregate type through the store of its kind (sync or async)."""
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ log = get_logger("eventsource.repository")
 
 
 class Repository(Generic[A]):
-    """Loads and saves one aggregate type through an ``EventStore``."""
+    """Loads and saves one aggregate type through the store of its kind (sync or async)."""
 
     def __init__(
         self,
