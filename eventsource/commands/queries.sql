@@ -1,4 +1,6 @@
--- The command queue's statements (loaded by eventsource/commands/_queries.py).
+-- The command queue's statements (loaded by eventsource/commands/_queries.py). SQL that
+-- several statements share is a fragment (see eventsource/db/_sql.py), written just before
+-- the statements that include it.
 --
 -- Statements run on psycopg connections directly: ``%(name)s`` parameters, and ``%(name)b``
 -- for the arrays that the worker and ``enqueue_many`` send in binary. Values are always bound
@@ -30,47 +32,59 @@
 -- Announce queues inside the caller's transaction (sent when it commits).
 SELECT pg_notify(%(channel)s, %(payload)s)
 
+-- fragment: insert_command
+-- The insert of every enqueue: the queue's columns, in the order of the values that follow.
+INSERT INTO {schema}.commands (
+    queue, command_type, payload, priority, max_attempts, run_at, dedupe_key,
+    ordering_key, correlation_id, causation_id
+)
+
+-- fragment: command_values
+-- One command's values for insert_command, from the statement's parameters. Its run_at is the
+-- given time, or else the transaction's start (the database's clock when a delay is given),
+-- plus the delay.
+%(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
+coalesce(
+    %(run_at)s::timestamptz,
+    CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END
+) + make_interval(secs => coalesce(%(delay)s::float8, 0)),
+%(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s
+
+-- fragment: skip_pending_duplicate
+-- The end of an insert_command that dedupes: no insert when a pending command that has not
+-- started yet holds the dedupe key (it stands for the new one); the new ids.
+ON CONFLICT (dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL
+    DO NOTHING
+RETURNING id
+
+-- fragment: new_or_duplicate
+-- The result of one command's deduped insert ins: its id and false, or else the pending
+-- duplicate's id and true.
+SELECT id, false FROM ins
+UNION ALL
+SELECT id, true FROM {schema}.commands
+WHERE NOT EXISTS (SELECT 1 FROM ins)
+    AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL
+
 -- name: enqueue_plain
 -- One command without dedupe or ordering key: a plain insert (the most common case).
-INSERT INTO {schema}.commands (
-    queue, command_type, payload, priority, max_attempts, run_at, dedupe_key, ordering_key,
-    correlation_id, causation_id
-)
+-- include: insert_command
 VALUES (
-    %(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
-    coalesce(
-        %(run_at)s::timestamptz,
-        CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END
-    ) + make_interval(secs => coalesce(%(delay)s::float8, 0)),
-    %(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s
+    -- include: command_values
 )
 RETURNING id, false
 
 -- name: enqueue
 -- One command with a dedupe key: its id, or the pending duplicate's id when the key is taken.
 WITH ins AS (
-    INSERT INTO {schema}.commands (
-        queue, command_type, payload, priority, max_attempts, run_at, dedupe_key,
-        ordering_key, correlation_id, causation_id
-    )
+    -- include: insert_command
     VALUES (
-        %(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
-        coalesce(
-            %(run_at)s::timestamptz,
-            CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END
-        ) + make_interval(secs => coalesce(%(delay)s::float8, 0)),
-        %(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s
+        -- include: command_values
     )
-    ON CONFLICT (dedupe_key)
-        WHERE dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL
-        DO NOTHING
-    RETURNING id
+    -- include: skip_pending_duplicate
 )
-SELECT id, false FROM ins
-UNION ALL
-SELECT id, true FROM {schema}.commands
-WHERE NOT EXISTS (SELECT 1 FROM ins)
-    AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL
+-- include: new_or_duplicate
 
 -- name: enqueue_keyed
 -- One command with an ordering key, under its key's advisory lock (and dedupe as `enqueue`).
@@ -78,28 +92,13 @@ WITH lock AS (
     SELECT pg_advisory_xact_lock(hashtextextended('eventsource.command:' || %(ordering_key)s, 0))
 ),
 ins AS (
-    INSERT INTO {schema}.commands (
-        queue, command_type, payload, priority, max_attempts, run_at, dedupe_key,
-        ordering_key, correlation_id, causation_id
-    )
+    -- include: insert_command
     SELECT
-        %(queue)s, %(command_type)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
-        coalesce(
-            %(run_at)s::timestamptz,
-            CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END
-        ) + make_interval(secs => coalesce(%(delay)s::float8, 0)),
-        %(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s
+        -- include: command_values
     FROM lock
-    ON CONFLICT (dedupe_key)
-        WHERE dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL
-        DO NOTHING
-    RETURNING id
+    -- include: skip_pending_duplicate
 )
-SELECT id, false FROM ins
-UNION ALL
-SELECT id, true FROM {schema}.commands
-WHERE NOT EXISTS (SELECT 1 FROM ins)
-    AND dedupe_key = %(dedupe_key)s AND status = 'pending' AND started_at IS NULL
+-- include: new_or_duplicate
 
 -- name: enqueue_many
 -- Many commands in one statement (one array per column of `enqueue`); new ids in input order.
@@ -114,10 +113,7 @@ WITH lock AS (
     ) AS locked
 ),
 ins AS (
-    INSERT INTO {schema}.commands (
-        queue, command_type, payload, priority, max_attempts, run_at, dedupe_key,
-        ordering_key, correlation_id, causation_id
-    )
+    -- include: insert_command
     SELECT
         u.q, u.t, u.p::jsonb, u.pr, u.ma,
         coalesce(u.ra, CASE WHEN u.d IS NULL THEN now() ELSE clock_timestamp() END)
@@ -130,12 +126,58 @@ ins AS (
         %(correlation_id)b::text[], %(causation_id)b::text[]
     ) WITH ORDINALITY AS u(q, t, p, pr, ma, ra, d, dk, ok, ci, ca, n)
     ORDER BY u.n
-    ON CONFLICT (dedupe_key)
-        WHERE dedupe_key IS NOT NULL AND status = 'pending' AND started_at IS NULL
-        DO NOTHING
-    RETURNING id
+    -- include: skip_pending_duplicate
 )
 SELECT id FROM ins ORDER BY id
+
+-- fragment: claimable
+-- The end of the CTE ready of both claims, after their queue test: commands due, of the given
+-- types, keyed ones only when no earlier live command of their key exists and the key is free;
+-- best priority first, then oldest; at most limit of them, locked (skipping rows others lock).
+    AND c.run_at <= now() AND c.command_type = ANY(%(types)b::text[])
+    AND (c.ordering_key IS NULL OR (
+        NOT EXISTS (
+            SELECT 1 FROM {schema}.commands p WHERE p.ordering_key = c.ordering_key
+            AND p.status <> 'dead' AND p.id < c.id
+        )
+        AND NOT EXISTS (
+            SELECT 1 FROM {schema}.command_keys k WHERE k.ordering_key = c.ordering_key
+        )
+    ))
+ORDER BY c.priority DESC, c.run_at, c.id
+LIMIT %(limit)b
+FOR UPDATE OF c SKIP LOCKED
+
+-- fragment: lease_ready
+-- The end of both claims, after ready: take the keys of the keyed commands (a key that another
+-- claim took first leaves its command alone), lease the commands taken with a new token, count
+-- the attempt of the first one only, and return them as claimed, the first with true.
+keyed AS (
+    INSERT INTO {schema}.command_keys AS k (ordering_key, command_id, worker, lease_until)
+    SELECT DISTINCT ON (r.ordering_key)
+        r.ordering_key, r.id, %(worker)b,
+        clock_timestamp() + make_interval(secs => %(lease)b::float8)
+    FROM ready r WHERE r.ordering_key IS NOT NULL ORDER BY r.ordering_key, r.id
+    ON CONFLICT (ordering_key) DO NOTHING
+    RETURNING k.command_id
+),
+taken AS (
+    SELECT r.id, r.priority, r.run_at FROM ready r
+    WHERE r.ordering_key IS NULL OR r.id IN (SELECT command_id FROM keyed)
+),
+first AS (SELECT id FROM taken ORDER BY priority DESC, run_at, id LIMIT 1)
+UPDATE {schema}.commands t SET
+    status = 'running',
+    attempts = t.attempts + (t.id = first.id)::integer,
+    lease_token = gen_random_uuid(),
+    lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8),
+    worker = %(worker)b, started_at = clock_timestamp(), updated_at = clock_timestamp()
+FROM taken, first
+WHERE t.id = taken.id
+RETURNING t.id, t.queue, t.command_type, t.payload::text,
+    t.attempts + (t.id <> first.id)::integer, t.max_attempts, t.lease_token,
+    t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key,
+    t.priority, t.run_at, t.id = first.id
 
 -- name: claim
 -- Lease ready commands of several queues and these types, best priority first, then oldest.
@@ -144,46 +186,9 @@ ready AS (
     SELECT c.id, c.ordering_key, c.priority, c.run_at
     FROM {schema}.commands c, cfg
     WHERE c.status = 'pending' AND c.queue = ANY(%(queues)b::text[])
-        AND c.run_at <= now() AND c.command_type = ANY(%(types)b::text[])
-        AND (c.ordering_key IS NULL OR (
-            NOT EXISTS (
-                SELECT 1 FROM {schema}.commands p WHERE p.ordering_key = c.ordering_key
-                AND p.status <> 'dead' AND p.id < c.id
-            )
-            AND NOT EXISTS (
-                SELECT 1 FROM {schema}.command_keys k WHERE k.ordering_key = c.ordering_key
-            )
-        ))
-    ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT %(limit)b
-    FOR UPDATE OF c SKIP LOCKED
+    -- include: claimable
 ),
-keyed AS (
-    INSERT INTO {schema}.command_keys AS k (ordering_key, command_id, worker, lease_until)
-    SELECT DISTINCT ON (r.ordering_key)
-        r.ordering_key, r.id, %(worker)b,
-        clock_timestamp() + make_interval(secs => %(lease)b::float8)
-    FROM ready r WHERE r.ordering_key IS NOT NULL ORDER BY r.ordering_key, r.id
-    ON CONFLICT (ordering_key) DO NOTHING
-    RETURNING k.command_id
-),
-taken AS (
-    SELECT r.id, r.priority, r.run_at FROM ready r
-    WHERE r.ordering_key IS NULL OR r.id IN (SELECT command_id FROM keyed)
-),
-first AS (SELECT id FROM taken ORDER BY priority DESC, run_at, id LIMIT 1)
-UPDATE {schema}.commands t SET
-    status = 'running',
-    attempts = t.attempts + (t.id = first.id)::integer,
-    lease_token = gen_random_uuid(),
-    lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8),
-    worker = %(worker)b, started_at = clock_timestamp(), updated_at = clock_timestamp()
-FROM taken, first
-WHERE t.id = taken.id
-RETURNING t.id, t.queue, t.command_type, t.payload::text,
-    t.attempts + (t.id <> first.id)::integer, t.max_attempts, t.lease_token,
-    t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key,
-    t.priority, t.run_at, t.id = first.id
+-- include: lease_ready
 
 -- name: claim_one_queue
 -- `claim` for one queue (the usual case): rows come in the index's order, none sorted.
@@ -192,46 +197,18 @@ ready AS (
     SELECT c.id, c.ordering_key, c.priority, c.run_at
     FROM {schema}.commands c, cfg
     WHERE c.status = 'pending' AND c.queue = %(queue)b::text
-        AND c.run_at <= now() AND c.command_type = ANY(%(types)b::text[])
-        AND (c.ordering_key IS NULL OR (
-            NOT EXISTS (
-                SELECT 1 FROM {schema}.commands p WHERE p.ordering_key = c.ordering_key
-                AND p.status <> 'dead' AND p.id < c.id
-            )
-            AND NOT EXISTS (
-                SELECT 1 FROM {schema}.command_keys k WHERE k.ordering_key = c.ordering_key
-            )
-        ))
-    ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT %(limit)b
-    FOR UPDATE OF c SKIP LOCKED
+    -- include: claimable
 ),
-keyed AS (
-    INSERT INTO {schema}.command_keys AS k (ordering_key, command_id, worker, lease_until)
-    SELECT DISTINCT ON (r.ordering_key)
-        r.ordering_key, r.id, %(worker)b,
-        clock_timestamp() + make_interval(secs => %(lease)b::float8)
-    FROM ready r WHERE r.ordering_key IS NOT NULL ORDER BY r.ordering_key, r.id
-    ON CONFLICT (ordering_key) DO NOTHING
-    RETURNING k.command_id
-),
-taken AS (
-    SELECT r.id, r.priority, r.run_at FROM ready r
-    WHERE r.ordering_key IS NULL OR r.id IN (SELECT command_id FROM keyed)
-),
-first AS (SELECT id FROM taken ORDER BY priority DESC, run_at, id LIMIT 1)
-UPDATE {schema}.commands t SET
-    status = 'running',
-    attempts = t.attempts + (t.id = first.id)::integer,
-    lease_token = gen_random_uuid(),
-    lease_until = clock_timestamp() + make_interval(secs => %(lease)b::float8),
-    worker = %(worker)b, started_at = clock_timestamp(), updated_at = clock_timestamp()
-FROM taken, first
-WHERE t.id = taken.id
-RETURNING t.id, t.queue, t.command_type, t.payload::text,
-    t.attempts + (t.id <> first.id)::integer, t.max_attempts, t.lease_token,
-    t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key,
-    t.priority, t.run_at, t.id = first.id
+-- include: lease_ready
+
+-- fragment: free_keys
+-- The end of ack, ack_one and release, after done (the commands ended, with their ordering
+-- keys): free the keys they hold; their ids.
+freed AS (
+    DELETE FROM {schema}.command_keys k USING done
+    WHERE k.ordering_key = done.ordering_key AND k.command_id = done.id
+)
+SELECT id FROM done
 
 -- name: ack
 -- Delete finished commands whose lease tokens still match, freeing their keys; their ids.
@@ -241,11 +218,7 @@ WITH done AS (
     WHERE c.id = u.id AND c.lease_token = u.token AND c.status = 'running'
     RETURNING c.id, c.ordering_key
 ),
-freed AS (
-    DELETE FROM {schema}.command_keys k USING done
-    WHERE k.ordering_key = done.ordering_key AND k.command_id = done.id
-)
-SELECT id FROM done
+-- include: free_keys
 
 -- name: ack_one
 -- The ack of one command inside its handler's ctx.tx, just before that transaction commits.
@@ -254,11 +227,7 @@ WITH done AS (
     WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running'
     RETURNING id, ordering_key
 ),
-freed AS (
-    DELETE FROM {schema}.command_keys k USING done
-    WHERE k.ordering_key = done.ordering_key AND k.command_id = done.id
-)
-SELECT id FROM done
+-- include: free_keys
 
 -- name: extend
 -- Heartbeat: extend held leases and count started attempts, skipping rows a ctx.tx locks.
@@ -305,11 +274,7 @@ WITH done AS (
     WHERE c.id = a.id AND c.lease_token = a.token AND c.status = 'running'
     RETURNING c.id, c.ordering_key
 ),
-freed AS (
-    DELETE FROM {schema}.command_keys k USING done
-    WHERE k.ordering_key = done.ordering_key AND k.command_id = done.id
-)
-SELECT id FROM done
+-- include: free_keys
 
 -- name: fail
 -- A failed attempt: retry after a delay or dead when out of attempts; key freed unless kept.
@@ -374,12 +339,16 @@ SELECT count(*) FROM {schema}.commands
 WHERE status IN ('pending', 'running')
     AND queue = ANY(%(queues)b::text[]) AND command_type = ANY(%(types)b::text[])
 
--- name: list
--- Commands in some states (of one queue, or all), oldest first, as CommandInfo rows.
+-- fragment: command_info
+-- Commands as CommandInfo rows: its fields, in their order.
 SELECT id, queue, command_type, status, priority, attempts, max_attempts, run_at, lease_until,
     worker, dedupe_key, ordering_key, correlation_id, last_error, error_traceback,
     enqueued_at, updated_at, payload::text
 FROM {schema}.commands
+
+-- name: list
+-- Commands in some states (of one queue, or all), oldest first, as CommandInfo rows.
+-- include: command_info
 WHERE status = ANY(%(statuses)s::text[])
     AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 ORDER BY id
@@ -387,10 +356,7 @@ LIMIT %(limit)s
 
 -- name: get
 -- One command by id, as a CommandInfo row.
-SELECT id, queue, command_type, status, priority, attempts, max_attempts, run_at, lease_until,
-    worker, dedupe_key, ordering_key, correlation_id, last_error, error_traceback,
-    enqueued_at, updated_at, payload::text
-FROM {schema}.commands
+-- include: command_info
 WHERE id = %(id)s
 
 -- name: retry

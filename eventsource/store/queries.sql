@@ -11,7 +11,9 @@
 -- (stream_id, stream_version) key, so nothing is written then either. The suffix is the claim on
 -- the stream: "new" (it must not exist), "at" (it must be at the expected version), "any" (no
 -- expectation, but not a retry of a stored append). append_one_* take the events as arrays,
--- append_one_event_* one event as plain values (cheaper to send than arrays).
+-- append_one_event_* one event as plain values (cheaper to send than arrays). Each of the six is
+-- a claim (the fragment claim_<suffix>, the CTE s) followed by a write (write_events or
+-- write_event: the CTEs h and e, and the result), put together when the file is loaded.
 
 -- name: announce
 -- Announce a payload (written partitions) on a LISTEN/NOTIFY channel.
@@ -29,130 +31,128 @@ FROM {schema}.append_events(
     %(counts)b::integer[], %(event_ids)b::uuid[], %(types)b::text[],
     %(schema_versions)b::integer[], %(data)b::text[], %(metadata)b::text[])
 
--- name: append_one_new
--- Append events to one stream that must not exist yet; no row if it does.
-WITH s AS (
-    SELECT %(partition)b::integer AS partition, 0::bigint AS version
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE stream_id = %(stream_id)b)),
+-- fragment: claim_new
+-- The claim "new" (the CTE s): the caller's partition and version 0, if the stream has no event.
+SELECT %(partition)b::integer AS partition, 0::bigint AS version
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE stream_id = %(stream_id)b)
+
+-- fragment: claim_at
+-- The claim "at" (the CTE s): the stream's partition and version, from its latest event, if that
+-- version is the expected one.
+SELECT l.partition, l.version
+FROM (SELECT partition, stream_version AS version FROM {schema}.events
+    WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l
+WHERE l.version = %(expected)b
+
+-- fragment: claim_any
+-- The claim "any" (the CTE s): the stream's partition and version (the caller's partition and 0
+-- for a new stream), unless the first event is already stored (a retry of a stored append).
+SELECT coalesce(l.partition, %(partition)b::integer) AS partition,
+    coalesce(l.version, 0::bigint) AS version
+FROM (SELECT) AS one LEFT JOIN LATERAL (
+    SELECT partition, stream_version AS version FROM {schema}.events
+    WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l ON true
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = %(first_id)b)
+
+-- fragment: bump_head
+-- The CTE h of both writes: move the claimed partition's head past the n new events (its row
+-- lock is held to commit); base is the head before them. No claim, no row.
+UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
+WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base
+
+-- fragment: appended
+-- The result of both writes: the stream's version, its partition and the partition's head after
+-- the new events; no row when the claim did not hold.
+SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+
+-- fragment: write_events
+-- The write of append_one_*, after the claim s: the events, given as arrays, at the positions
+-- after base and the versions after the stream's.
 h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
+    -- include: bump_head
+),
 e AS (
     INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
         event_type, schema_version, data, metadata)
     SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
         u.d::jsonb, u.m::jsonb
     FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
-        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k)
+)
+-- include: appended
+
+-- fragment: write_event
+-- The write of append_one_event_*, after the claim s: one event, given as plain values, at the
+-- position after base and the version after the stream's.
+h AS (
+    -- include: bump_head
+),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
+        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
+    FROM s, h
+)
+-- include: appended
+
+-- name: append_one_new
+-- Append events to one stream that must not exist yet; no row if it does.
+WITH s AS (
+    -- include: claim_new
+),
+-- include: write_events
 
 -- name: append_one_at
 -- Append events to one stream at the expected version; no row if it is elsewhere.
 WITH s AS (
-    SELECT l.partition, l.version
-    FROM (SELECT partition, stream_version AS version FROM {schema}.events
-        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l
-    WHERE l.version = %(expected)b),
-h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
-e AS (
-    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
-        event_type, schema_version, data, metadata)
-    SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
-        u.d::jsonb, u.m::jsonb
-    FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
-        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+    -- include: claim_at
+),
+-- include: write_events
 
 -- name: append_one_any
 -- Append events to one stream at any version; no row if its first event is already stored.
 WITH s AS (
-    SELECT coalesce(l.partition, %(partition)b::integer) AS partition,
-        coalesce(l.version, 0::bigint) AS version
-    FROM (SELECT) AS one LEFT JOIN LATERAL (
-        SELECT partition, stream_version AS version FROM {schema}.events
-        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l ON true
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = %(first_id)b)),
-h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
-e AS (
-    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
-        event_type, schema_version, data, metadata)
-    SELECT s.partition, h.base + u.k, u.id, %(stream_id)b, s.version + u.k, u.t, u.v,
-        u.d::jsonb, u.m::jsonb
-    FROM s, h, unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
-        %(data)b::text[], %(metadata)b::text[]) WITH ORDINALITY AS u(id, t, v, d, m, k))
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+    -- include: claim_any
+),
+-- include: write_events
 
 -- name: append_one_event_new
 -- Append one event to one stream that must not exist yet; no row if it does.
 WITH s AS (
-    SELECT %(partition)b::integer AS partition, 0::bigint AS version
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE stream_id = %(stream_id)b)),
-h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
-e AS (
-    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
-        event_type, schema_version, data, metadata)
-    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
-        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
-    FROM s, h)
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+    -- include: claim_new
+),
+-- include: write_event
 
 -- name: append_one_event_at
 -- Append one event to one stream at the expected version; no row if it is elsewhere.
 WITH s AS (
-    SELECT l.partition, l.version
-    FROM (SELECT partition, stream_version AS version FROM {schema}.events
-        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l
-    WHERE l.version = %(expected)b),
-h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
-e AS (
-    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
-        event_type, schema_version, data, metadata)
-    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
-        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
-    FROM s, h)
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+    -- include: claim_at
+),
+-- include: write_event
 
 -- name: append_one_event_any
 -- Append one event to one stream at any version; no row if the event is already stored.
 WITH s AS (
-    SELECT coalesce(l.partition, %(partition)b::integer) AS partition,
-        coalesce(l.version, 0::bigint) AS version
-    FROM (SELECT) AS one LEFT JOIN LATERAL (
-        SELECT partition, stream_version AS version FROM {schema}.events
-        WHERE stream_id = %(stream_id)b ORDER BY stream_version DESC LIMIT 1) l ON true
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = %(first_id)b)),
-h AS (
-    UPDATE {schema}.partitions p SET head = p.head + %(n)b FROM s
-    WHERE p.partition = s.partition RETURNING p.head - %(n)b AS base),
-e AS (
-    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
-        event_type, schema_version, data, metadata)
-    SELECT s.partition, h.base + 1, %(first_id)b, %(stream_id)b, s.version + 1, %(type)b,
-        %(schema_version)b, %(data)b::jsonb, %(metadata)b::jsonb
-    FROM s, h)
-SELECT s.version + %(n)b, s.partition, h.base + %(n)b FROM s, h
+    -- include: claim_any
+),
+-- include: write_event
 
--- name: read_stream
--- The events of one stream after a version, in version order.
+-- fragment: event_rows
+-- Stored events as RecordedEvent rows: its fields, in their order (the readers build one a row).
 SELECT event_id::text, stream_id, stream_version, partition, position, event_type,
     schema_version, data::text, metadata::text, recorded_at
 FROM {schema}.events
+
+-- name: read_stream
+-- The events of one stream after a version, in version order.
+-- include: event_rows
 WHERE stream_id = %(stream_id)s AND stream_version > %(after)s
 ORDER BY stream_version
 
 -- name: read_partition
 -- Up to a limit of the events of one partition after a position, in position order.
-SELECT event_id::text, stream_id, stream_version, partition, position, event_type,
-    schema_version, data::text, metadata::text, recorded_at
-FROM {schema}.events
+-- include: event_rows
 WHERE partition = %(partition)s AND position > %(after)s
 ORDER BY position LIMIT %(limit)s
 
