@@ -27,7 +27,13 @@ from eventsource._errors import EventSourceError, SchemaNotReady
 from eventsource._events import Event
 from eventsource.db import SchemaStatus, fetch_async, schema_status, upgrade_schema
 from eventsource.store._base import StoreBase
-from eventsource.store._staging import Plan, StagedAppends, TransactionCore, append_plan
+from eventsource.store._staging import (
+    Plan,
+    StagedAppends,
+    TransactionCore,
+    append_plan,
+    for_the_plan,
+)
 from eventsource.store._types import (
     ANY,
     AppendResult,
@@ -45,13 +51,16 @@ __all__ = ["AsyncEventStore", "AsyncTransaction"]
 
 
 async def _drive(conn: AsyncConnection, plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
+    it the errors that it answers)."""
     try:
         step = next(plan)
         while True:
             try:
                 rows = await fetch_async(conn, *step)
-            except psycopg.errors.UniqueViolation as exc:
+            except psycopg.Error as exc:
+                if not for_the_plan(exc):
+                    raise
                 step = plan.throw(exc)
             else:
                 step = plan.send(rows)

@@ -17,8 +17,10 @@ from eventsource._checks import (
 )
 from eventsource._context import with_context
 from eventsource._errors import (
+    VERSION_CONFLICT,
     ConcurrencyError,
     EventSourceError,
+    json_detail,
 )
 from eventsource._events import Event, encode_event
 from eventsource.store._queries import Queries
@@ -244,6 +246,19 @@ class StagedAppends:
 Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
+def for_the_plan(exc: psycopg.Error) -> bool:
+    """Whether an append plan is thrown ``exc`` when a statement it yielded raises it (the
+    plan answers some of them): a unique violation, or the append function's version conflict
+    (an SQLSTATE of its own, which psycopg gives a generic class)."""
+    return isinstance(exc, psycopg.errors.UniqueViolation) or exc.sqlstate == VERSION_CONFLICT
+
+
+def _raced(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is a version conflict that the append function raised because a writer
+    its locks did not hold back stored a version first (called again, it sees that writer)."""
+    return exc.sqlstate == VERSION_CONFLICT and json_detail(exc).get("raced") is True
+
+
 def _version_clash(exc: psycopg.errors.UniqueViolation) -> bool:
     """Whether the insert hit a version of a stream that is already stored."""
     return getattr(exc.diag, "constraint_name", None) == "events_stream_version_key"
@@ -263,12 +278,15 @@ def append_plan(
 ) -> Plan:
     """The statements that write ``staged``, as a generator the sync and async stores drive.
 
-    It yields (sql, params) and is sent back the rows, or thrown the unique violation of a
-    statement. ``autocommit``: each statement commits on its own. Then one stream takes the
-    one-statement path, and when that writes nothing (a conflict, a retry, or a racing writer
-    that made its insert fail) the append function finds out what happened. In a transaction,
-    and for several streams, the append function does it all: it waits for racing writers on
-    the partition heads, then reads the versions.
+    It yields (sql, params) and is sent back the rows, or thrown the error of a statement
+    that ``for_the_plan`` names. ``autocommit``: each statement commits on its own. Then one
+    stream takes the one-statement path, and when that writes nothing (a conflict, a retry, or
+    a racing writer that made its insert fail on the unique key) the append function finds
+    out what happened. In a transaction, and for several streams, the append function does it
+    all: it waits for racing writers on the partition heads, then reads the versions. It alone
+    decides a version conflict (SQLSTATE ES409, which the store translates); one that says a
+    writer creating a stream under another partition key got there first ("raced") is tried
+    once more in autocommit, where nothing else of the transaction is lost.
     """
     single = staged.single(partitions, queries) if autocommit else None
     if single is not None:
@@ -281,19 +299,15 @@ def append_plan(
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
     params = staged.params(partitions)
-    for attempt in (1, 2):
-        try:
-            rows = yield queries.append, params
-            break
-        except psycopg.errors.UniqueViolation as exc:
-            # A writer creating one of these streams under another partition key got there
-            # first. Alone, nothing was written: once more, the function sees that stream.
-            if autocommit and _version_clash(exc) and attempt == 1:
-                continue
-            error = staged.conflict(exc)
-            if error is exc:
-                raise
-            raise error from exc
+    try:
+        rows = yield queries.append, params
+    except psycopg.Error as exc:
+        # A writer creating one of these streams under another partition key got there first.
+        # Alone, nothing was written: once more, the function sees that stream. Otherwise the
+        # error (a version conflict the store translates, say) is the caller's.
+        if not (autocommit and _raced(exc)):
+            raise
+        rows = yield queries.append, params
     return staged.resolve(rows)
 
 

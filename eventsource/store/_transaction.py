@@ -8,7 +8,7 @@ import psycopg
 from sqlalchemy import Connection, Executable, Result
 
 from eventsource.db import driver_connection, fetch
-from eventsource.store._staging import Plan, TransactionCore, append_plan
+from eventsource.store._staging import Plan, TransactionCore, append_plan, for_the_plan
 from eventsource.store._types import AppendResult
 
 if TYPE_CHECKING:
@@ -18,13 +18,16 @@ __all__ = ["Transaction", "drive"]
 
 
 def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
+    it the errors that it answers)."""
     try:
         step = next(plan)
         while True:
             try:
                 rows = fetch(conn, *step)
-            except psycopg.errors.UniqueViolation as exc:
+            except psycopg.Error as exc:
+                if not for_the_plan(exc):
+                    raise
                 step = plan.throw(exc)
             else:
                 step = plan.send(rows)

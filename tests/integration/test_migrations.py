@@ -56,7 +56,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0005"
+    assert status.revision == status.head == head_revision() == "0006"
     assert status.partitions == 4
     assert status.up_to_date
 
