@@ -198,32 +198,6 @@ class StagedAppends:
         params["metadata"] = staged.metadata
         return queries.append_one[kind], params
 
-    def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
-        """The error for an insert that hit a stored version of a stream: ``ConcurrencyError``
-        (other unique violations are left to ``translate``).
-
-        The append function reads versions under the heads' locks, so this happens only when
-        it could not see the other writer: one creating the stream at the same moment under
-        another partition key, or a transaction whose snapshot is older than the stored
-        version (REPEATABLE READ). ``actual`` is then the version that clashed: the stream is
-        at least there.
-        """
-        if not _version_clash(exc):
-            return exc
-        taken = _taken_version(exc.diag.message_detail or "")
-        if taken is None and len(self._streams) == 1:
-            taken = (next(iter(self._streams)), None)
-        staged = self._streams.get(taken[0]) if taken else None
-        if taken is None or staged is None:
-            return exc
-        stream_id, version = taken
-        expected = staged.expected
-        return ConcurrencyError(
-            stream_id,
-            ExpectedVersion(expected) if expected < 0 else expected,
-            version if version is not None else max(expected, 0) + 1,
-        )
-
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream), in staging order."""
         by_stream = {row[0]: row for row in rows}
@@ -257,20 +231,6 @@ def _raced(exc: psycopg.Error) -> bool:
     """Whether ``exc`` is a version conflict that the append function raised because a writer
     its locks did not hold back stored a version first (called again, it sees that writer)."""
     return exc.sqlstate == VERSION_CONFLICT and json_detail(exc).get("raced") is True
-
-
-def _version_clash(exc: psycopg.errors.UniqueViolation) -> bool:
-    """Whether the insert hit a version of a stream that is already stored."""
-    return getattr(exc.diag, "constraint_name", None) == "events_stream_version_key"
-
-
-def _taken_version(detail: str) -> tuple[str, int | None] | None:
-    """(stream id, version) from the detail of a violated (stream_id, stream_version) key."""
-    prefix, suffix = "Key (stream_id, stream_version)=(", ") already exists."
-    if not (detail.startswith(prefix) and detail.endswith(suffix)):
-        return None
-    stream_id, _, version = detail[len(prefix) : -len(suffix)].rpartition(", ")
-    return (stream_id, int(version)) if version.isdigit() else None
 
 
 def append_plan(
