@@ -289,8 +289,9 @@ def translate_errors(url: URL, schema: str) -> Iterator[None]:
         raise translate(exc, url, schema) from exc
 
 
-def _detail(orig: BaseException) -> dict[str, Any]:
-    """The JSON DETAIL that the framework's own SQL functions attach to their errors."""
+def json_detail(orig: BaseException) -> dict[str, Any]:
+    """The JSON DETAIL that the framework's own SQL functions attach to their errors ({} for
+    any other error)."""
     diag = getattr(orig, "diag", None)
     text = getattr(diag, "message_detail", None) or "{}"
     try:
@@ -301,7 +302,7 @@ def _detail(orig: BaseException) -> dict[str, Any]:
 
 
 def _version_conflict(orig: BaseException, schema: str) -> Exception:
-    detail = _detail(orig)
+    detail = json_detail(orig)
     expected = detail.get("expected")
     if isinstance(expected, int) and expected < 0:
         expected = ExpectedVersion(expected)
@@ -310,7 +311,7 @@ def _version_conflict(orig: BaseException, schema: str) -> Exception:
 
 def _partly_stored(orig: BaseException, schema: str) -> Exception:
     return DuplicateEventId(
-        _detail(orig).get("stream_id"),
+        json_detail(orig).get("stream_id"),
         "part of its event ids are already stored (in it or in another stream), part not",
     )
 
@@ -328,10 +329,14 @@ def _not_ready(orig: BaseException, schema: str) -> Exception:
     return SchemaNotReady(schema, first_line(orig))
 
 
+# append_events: the stream is not at the expected version (DETAIL: stream_id, expected, actual,
+# and "raced": true when a writer its locks did not hold back stored a version first).
+VERSION_CONFLICT = "ES409"
+
 # The errors of the framework's own SQL (ES…) and the server's, by SQLSTATE. Classes of
 # states map by their first two characters (22: data exceptions).
 _BY_SQLSTATE: dict[str, Callable[[BaseException, str], Exception]] = {
-    "ES409": _version_conflict,  # append_events: the stream is not at the expected version
+    VERSION_CONFLICT: _version_conflict,
     "ES422": _partly_stored,  # append_events: part of an append's event ids already stored
     "23505": _unique,
     "42P01": _not_ready,  # undefined table

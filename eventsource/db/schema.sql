@@ -181,7 +181,7 @@ CREATE TABLE {schema}.eventsource_version (
 
 -- append_events: appends a batch of events to one or more streams in one statement, with the
 -- expected-version checks, idempotent retries and the partition heads' locking described in
--- its body (called by eventsource/store; defined by migration 0005).
+-- its body (called by eventsource/store; defined by migration 0006).
 CREATE FUNCTION {schema}.append_events(
     p_stream_ids text[],
     p_partitions integer[],
@@ -204,7 +204,10 @@ LANGUAGE plpgsql AS $fn$
 -- One row back per stream: status ok, or duplicate (every event id was already stored in that
 -- stream: its stored result comes back and nothing is written). A version conflict raises
 -- SQLSTATE ES409 and a partly stored append ES422, each with a JSON DETAIL; the statement
--- then writes nothing.
+-- then writes nothing. ES409's DETAIL: stream_id, expected, actual, and "raced": true when a
+-- writer that the heads' locks do not hold back (one creating the stream at this moment under
+-- another partition key) stored some of its versions first; called again, the function sees
+-- that writer's events and decides as usual.
 DECLARE
     v_locked integer[];
     v_ok boolean[];
@@ -217,6 +220,11 @@ DECLARE
     v_dups integer[] := '{{}}';
     v_extra integer[];
     v_i integer;
+    v_actual bigint;
+    v_out_ids text[];
+    v_out_versions bigint[];
+    v_out_parts integer[];
+    v_out_positions bigint[];
 BEGIN
     IF coalesce(cardinality(p_stream_ids), 0) = 0 THEN
         RETURN;
@@ -225,6 +233,7 @@ BEGIN
        OR cardinality(p_expected) IS DISTINCT FROM cardinality(p_stream_ids)
        OR cardinality(p_counts) IS DISTINCT FROM cardinality(p_stream_ids)
        OR array_position(p_stream_ids, NULL) IS NOT NULL
+       OR (SELECT count(DISTINCT x) FROM unnest(p_stream_ids) AS x) <> cardinality(p_stream_ids)
        OR array_position(p_partitions, NULL) IS NOT NULL
        OR array_position(p_expected, NULL) IS NOT NULL
        OR (SELECT min(x) FROM unnest(p_expected) AS x) < -2
@@ -337,7 +346,12 @@ BEGIN
                    SELECT p_event_ids[d] FROM unnest(v_dups) AS d);
     END IF;
 
-    RETURN QUERY
+    -- Write the streams that take the append. Under the heads' locks their versions stand
+    -- still, but for a writer creating one of them at this moment under another partition key
+    -- (in a partition whose head this append does not hold), or one that this transaction's
+    -- snapshot cannot see: the insert waits for it, then leaves out the versions it stored.
+    -- A stream that got fewer events than it was given conflicts ("raced"), and as the error
+    -- rolls the statement back, nothing is written.
     WITH a AS (
         SELECT t.ord, t.sid, t.part, t.base, t.f, t.cnt
           FROM unnest(p_stream_ids, v_ok, v_part, v_base, v_first, p_counts)
@@ -354,13 +368,44 @@ BEGIN
         SELECT a.*, h.base + sum(a.cnt) OVER (PARTITION BY a.part ORDER BY a.ord) - a.cnt AS pos0
           FROM a JOIN h ON h.part = a.part
     ), ins AS (
-        INSERT INTO {schema}.events (partition, "position", event_id, stream_id, stream_version,
-                                event_type, schema_version, data, metadata)
+        INSERT INTO {schema}.events AS e (partition, "position", event_id, stream_id,
+                                     stream_version, event_type, schema_version, data, metadata)
         SELECT x.part, x.pos0 + k, p_event_ids[x.f + k - 1], x.sid, x.base + k,
                p_types[x.f + k - 1], p_schema_versions[x.f + k - 1],
                p_data[x.f + k - 1]::jsonb, p_metadata[x.f + k - 1]::jsonb
           FROM placed x, generate_series(1, x.cnt) AS k
+            ON CONFLICT (stream_id, stream_version) DO NOTHING
+        RETURNING e.stream_id AS sid
+    ), got AS (
+        SELECT ins.sid, count(*) AS n FROM ins GROUP BY ins.sid
     )
-    SELECT x.sid, 'ok'::text, x.base + x.cnt, x.part, x.pos0 + x.cnt FROM placed x;
+    SELECT array_agg(x.sid ORDER BY x.ord), array_agg(x.base + x.cnt ORDER BY x.ord),
+           array_agg(x.part ORDER BY x.ord), array_agg(x.pos0 + x.cnt ORDER BY x.ord),
+           min(x.ord) FILTER (WHERE coalesce(g.n, 0) < x.cnt)
+      INTO v_out_ids, v_out_versions, v_out_parts, v_out_positions, v_i
+      FROM placed x LEFT JOIN got g ON g.sid = x.sid;
+
+    IF v_i IS NOT NULL THEN
+        -- The stream's version as this statement sees it, its own events left out (at least
+        -- the first version the other writer took).
+        v_last := v_first[v_i] + p_counts[v_i] - 1;
+        SELECT max(e.stream_version) INTO v_actual
+          FROM {schema}.events e
+         WHERE e.stream_id = p_stream_ids[v_i]
+           AND NOT e.event_id = ANY (p_event_ids[v_first[v_i] : v_last]);
+        v_actual := greatest(v_actual, v_base[v_i] + 1);
+        RAISE EXCEPTION 'stream % is at version %, expected %',
+              p_stream_ids[v_i], v_actual, p_expected[v_i]
+              USING ERRCODE = 'ES409',
+                    DETAIL = json_build_object('stream_id', p_stream_ids[v_i],
+                                               'actual', v_actual,
+                                               'expected', p_expected[v_i],
+                                               'raced', true)::text;
+    END IF;
+
+    RETURN QUERY
+        SELECT t.sid, 'ok'::text, t.version, t.part, t.pos
+          FROM unnest(v_out_ids, v_out_versions, v_out_parts, v_out_positions)
+               AS t(sid, version, part, pos);
 END
 $fn$;

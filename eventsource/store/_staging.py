@@ -17,8 +17,10 @@ from eventsource._checks import (
 )
 from eventsource._context import with_context
 from eventsource._errors import (
+    VERSION_CONFLICT,
     ConcurrencyError,
     EventSourceError,
+    json_detail,
 )
 from eventsource._events import Event, encode_event
 from eventsource.store._queries import Queries
@@ -196,32 +198,6 @@ class StagedAppends:
         params["metadata"] = staged.metadata
         return queries.append_one[kind], params
 
-    def conflict(self, exc: psycopg.errors.UniqueViolation) -> Exception:
-        """The error for an insert that hit a stored version of a stream: ``ConcurrencyError``
-        (other unique violations are left to ``translate``).
-
-        The append function reads versions under the heads' locks, so this happens only when
-        it could not see the other writer: one creating the stream at the same moment under
-        another partition key, or a transaction whose snapshot is older than the stored
-        version (REPEATABLE READ). ``actual`` is then the version that clashed: the stream is
-        at least there.
-        """
-        if not _version_clash(exc):
-            return exc
-        taken = _taken_version(exc.diag.message_detail or "")
-        if taken is None and len(self._streams) == 1:
-            taken = (next(iter(self._streams)), None)
-        staged = self._streams.get(taken[0]) if taken else None
-        if taken is None or staged is None:
-            return exc
-        stream_id, version = taken
-        expected = staged.expected
-        return ConcurrencyError(
-            stream_id,
-            ExpectedVersion(expected) if expected < 0 else expected,
-            version if version is not None else max(expected, 0) + 1,
-        )
-
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream), in staging order."""
         by_stream = {row[0]: row for row in rows}
@@ -244,18 +220,17 @@ class StagedAppends:
 Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
-def _version_clash(exc: psycopg.errors.UniqueViolation) -> bool:
-    """Whether the insert hit a version of a stream that is already stored."""
-    return getattr(exc.diag, "constraint_name", None) == "events_stream_version_key"
+def for_the_plan(exc: psycopg.Error) -> bool:
+    """Whether an append plan is thrown ``exc`` when a statement it yielded raises it (the
+    plan answers some of them): a unique violation, or the append function's version conflict
+    (an SQLSTATE of its own, which psycopg gives a generic class)."""
+    return isinstance(exc, psycopg.errors.UniqueViolation) or exc.sqlstate == VERSION_CONFLICT
 
 
-def _taken_version(detail: str) -> tuple[str, int | None] | None:
-    """(stream id, version) from the detail of a violated (stream_id, stream_version) key."""
-    prefix, suffix = "Key (stream_id, stream_version)=(", ") already exists."
-    if not (detail.startswith(prefix) and detail.endswith(suffix)):
-        return None
-    stream_id, _, version = detail[len(prefix) : -len(suffix)].rpartition(", ")
-    return (stream_id, int(version)) if version.isdigit() else None
+def _raced(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is a version conflict that the append function raised because a writer
+    its locks did not hold back stored a version first (called again, it sees that writer)."""
+    return exc.sqlstate == VERSION_CONFLICT and json_detail(exc).get("raced") is True
 
 
 def append_plan(
@@ -263,12 +238,15 @@ def append_plan(
 ) -> Plan:
     """The statements that write ``staged``, as a generator the sync and async stores drive.
 
-    It yields (sql, params) and is sent back the rows, or thrown the unique violation of a
-    statement. ``autocommit``: each statement commits on its own. Then one stream takes the
-    one-statement path, and when that writes nothing (a conflict, a retry, or a racing writer
-    that made its insert fail) the append function finds out what happened. In a transaction,
-    and for several streams, the append function does it all: it waits for racing writers on
-    the partition heads, then reads the versions.
+    It yields (sql, params) and is sent back the rows, or thrown the error of a statement
+    that ``for_the_plan`` names. ``autocommit``: each statement commits on its own. Then one
+    stream takes the one-statement path, and when that writes nothing (a conflict, a retry, or
+    a racing writer that made its insert fail on the unique key) the append function finds
+    out what happened. In a transaction, and for several streams, the append function does it
+    all: it waits for racing writers on the partition heads, then reads the versions. It alone
+    decides a version conflict (SQLSTATE ES409, which the store translates); one that says a
+    writer creating a stream under another partition key got there first ("raced") is tried
+    once more in autocommit, where nothing else of the transaction is lost.
     """
     single = staged.single(partitions, queries) if autocommit else None
     if single is not None:
@@ -281,19 +259,15 @@ def append_plan(
             ((version, partition, position),) = rows
             return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
     params = staged.params(partitions)
-    for attempt in (1, 2):
-        try:
-            rows = yield queries.append, params
-            break
-        except psycopg.errors.UniqueViolation as exc:
-            # A writer creating one of these streams under another partition key got there
-            # first. Alone, nothing was written: once more, the function sees that stream.
-            if autocommit and _version_clash(exc) and attempt == 1:
-                continue
-            error = staged.conflict(exc)
-            if error is exc:
-                raise
-            raise error from exc
+    try:
+        rows = yield queries.append, params
+    except psycopg.Error as exc:
+        # A writer creating one of these streams under another partition key got there first.
+        # Alone, nothing was written: once more, the function sees that stream. Otherwise the
+        # error (a version conflict the store translates, say) is the caller's.
+        if not (autocommit and _raced(exc)):
+            raise
+        rows = yield queries.append, params
     return staged.resolve(rows)
 
 

@@ -40,7 +40,13 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead
 from eventsource.store._base import StoreBase
-from eventsource.store._staging import Plan, StagedAppends, TransactionCore, append_plan
+from eventsource.store._staging import (
+    Plan,
+    StagedAppends,
+    TransactionCore,
+    append_plan,
+    for_the_plan,
+)
 from eventsource.store._types import (
     ANY,
     AppendResult,
@@ -60,13 +66,16 @@ Rows = list[tuple[Any, ...]]
 
 
 def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows."""
+    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
+    it the errors that it answers)."""
     try:
         step = next(plan)
         while True:
             try:
                 rows = fetch(conn, *step)
-            except psycopg.errors.UniqueViolation as exc:
+            except psycopg.Error as exc:
+                if not for_the_plan(exc):
+                    raise
                 step = plan.throw(exc)
             else:
                 step = plan.send(rows)

@@ -362,7 +362,7 @@ def test_a_transaction_cannot_be_used_after_its_block(store: EventStore) -> None
 
 def test_the_append_function_refuses_arrays_that_do_not_line_up(store: EventStore) -> None:
     """Called directly with empty arrays it writes nothing; with arrays that do not line up
-    (or a NULL) it fails at once instead of waiting on locks."""
+    (or a NULL, or a stream named twice) it fails at once instead of waiting on locks."""
     call = (
         "SELECT count(*) FROM {s}.append_events(CAST(:ids AS text[]), CAST(:parts AS int[]),"
         " CAST(:expected AS bigint[]), CAST(:counts AS int[]),"
@@ -388,6 +388,13 @@ def test_the_append_function_refuses_arrays_that_do_not_line_up(store: EventStor
                 call,
                 {"ids": ids, "parts": parts, "expected": expected, "counts": counts},
             )
+    twice = (
+        "SELECT count(*) FROM {s}.append_events(ARRAY['a', 'a'], ARRAY[0, 0],"
+        " ARRAY[-2, -2]::bigint[], ARRAY[1, 1], ARRAY[gen_random_uuid(), gen_random_uuid()],"
+        " ARRAY['t', 't'], ARRAY[1, 1], ARRAY['{{}}', '{{}}'], ARRAY['{{}}', '{{}}'])"
+    )
+    with pytest.raises(sa_exc.DataError, match="do not line up"):
+        sql(store, twice)
     assert log_state(store).events == 0
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import text
 
 from eventsource import (
+    ANY,
     NO_STREAM,
     ConcurrencyError,
     DatabaseUnavailable,
@@ -20,11 +23,19 @@ from eventsource import (
     SchemaNotReady,
     partition_for,
 )
-from eventsource.db import VERSION_TABLE, _migrate, head_revision, quote_schema, upgrade_schema
+from eventsource.db import (
+    VERSION_TABLE,
+    _migrate,
+    conninfo,
+    head_revision,
+    quote_schema,
+    upgrade_schema,
+)
 from tests.domain import Deposited, Opened
 
 from ._support import assert_dense, sql
-from .test_schema import catalog_diff, read_catalog
+from .test_races import keys_in_two_partitions, race
+from .test_schema import catalog_diff, read_catalog, schema_sql
 
 
 @pytest.fixture
@@ -56,7 +67,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0005"
+    assert status.revision == status.head == head_revision() == "0006"
     assert status.partitions == 4
     assert status.up_to_date
 
@@ -270,3 +281,47 @@ def test_the_stream_id_check_is_added_without_a_scan_and_validated_after(
     assert sql(store, validated, {"s": store.schema}) == [(False,)]
     store.upgrade()
     assert sql(store, validated, {"s": store.schema}) == [(True,)]
+
+
+def test_upgrade_from_0005_to_0006_replaces_the_append_function(bare_store: EventStore) -> None:
+    """A schema at 0005 with streams in it, upgraded: the catalog that schema.sql describes,
+    its streams go on, and its append function reports a creation race under another
+    partition key itself (an appends-only transaction then goes after the creator)."""
+    store = bare_store
+    with store.engine.connect() as conn:
+        upgrade_schema(conn, store.schema, 4, revision="0005")
+    assert store.status().revision == "0005"
+    store.append("a", [Opened(owner="a")], NO_STREAM)
+
+    store.upgrade()
+    assert store.status().revision == head_revision() == "0006"
+    scripted = f"{store.schema}_sql"  # dropped with the test's schema
+    with psycopg.connect(conninfo(store.url)) as conn:
+        conn.execute(schema_sql(scripted).encode())
+    diff = catalog_diff(
+        read_catalog(store.engine.url, scripted),
+        read_catalog(store.engine.url, store.schema),
+        ("eventsource/db/schema.sql", "upgraded from 0005"),
+    )
+    assert not diff, diff
+    assert store.append("a", [Deposited(amount=1)], 1).stream_version == 2
+
+    first, other = keys_in_two_partitions()
+
+    def appends_only() -> Any:
+        with store.transaction() as tx:
+            x = store.append("x", [Deposited(amount=1)], ANY, partition_key=other, tx=tx)
+            store.append("y", [Opened(owner="y")], NO_STREAM, partition_key=other, tx=tx)
+        return x.result
+
+    _, (outcome,) = race(
+        store,
+        lambda tx: store.append("x", [Opened(owner="x")], NO_STREAM, partition_key=first, tx=tx),
+        appends_only,
+    )
+    assert "error" not in outcome, outcome
+    assert (outcome["result"].stream_version, outcome["result"].partition) == (
+        2,
+        partition_for(first, 4),
+    )
+    assert assert_dense(store) == 5
