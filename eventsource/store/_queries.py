@@ -10,8 +10,9 @@ __all__ = ["Queries", "store_queries"]
 class Queries(Statements):
     """The statements of ``queries.sql`` for one schema, and its announcement channel.
 
-    ``append_one`` and ``append_one_event`` map the kind of claim on the stream ("new", "at",
-    "any") to the statement that appends to one stream with it.
+    ``append_one_<claim>`` appends events to one stream, ``append_one_event_<claim>`` one event,
+    with the claim on the stream: ``new`` (it must not exist), ``at`` (the expected version),
+    ``any``.
     """
 
     package = "eventsource.store"
@@ -33,19 +34,6 @@ class Queries(Statements):
     heads: str
     load_snapshot: str
     save_snapshot: str
-
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        self.append_one = {
-            "new": self.append_one_new,
-            "at": self.append_one_at,
-            "any": self.append_one_any,
-        }
-        self.append_one_event = {
-            "new": self.append_one_event_new,
-            "at": self.append_one_event_at,
-            "any": self.append_one_event_any,
-        }
 
 
 store_queries = Queries.for_schema  # the event store's statements for a schema

@@ -175,9 +175,14 @@ class StagedAppends:
         (staged,) = self._streams.values()
         events = staged.events
         expected = staged.expected
-        kind = (
-            "any" if expected == ANY.value else "new" if expected in (0, NO_STREAM.value) else "at"
-        )
+        one = len(events) == 1
+        # The claim on the stream: any version, a new stream, or the expected version.
+        if expected == ANY.value:
+            sql = queries.append_one_event_any if one else queries.append_one_any
+        elif expected in (0, NO_STREAM.value):
+            sql = queries.append_one_event_new if one else queries.append_one_new
+        else:
+            sql = queries.append_one_event_at if one else queries.append_one_at
         params = {
             "stream_id": staged.stream_id,
             "partition": partition_for(staged.partition_key, partitions),
@@ -185,18 +190,18 @@ class StagedAppends:
             "n": len(events),
             "first_id": events[0].event_id,
         }
-        if len(events) == 1:
+        if one:
             params["type"] = events[0].event_type
             params["schema_version"] = events[0].schema_version
             params["data"] = staged.data[0]
             params["metadata"] = staged.metadata[0]
-            return queries.append_one_event[kind], params
+            return sql, params
         params["event_ids"] = [e.event_id for e in events]
         params["types"] = [e.event_type for e in events]
         params["schema_versions"] = [e.schema_version for e in events]
         params["data"] = staged.data
         params["metadata"] = staged.metadata
-        return queries.append_one[kind], params
+        return sql, params
 
     def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream), in staging order."""

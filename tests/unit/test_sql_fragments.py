@@ -142,14 +142,14 @@ def _parameters(statement: str) -> set[str]:
 
 
 def test_the_one_stream_appends_are_a_claim_and_a_write() -> None:
-    """append_one[kind] and append_one_event[kind] share the claim of their kind, all kinds
+    """append_one_<kind> and append_one_event_<kind> share the claim of their kind, all kinds
     share the write of their form, and each takes the parameters of its claim and write."""
     queries = Queries("s1")
     claims: dict[str, str] = {}
     writes: dict[str, set[str]] = {"many": set(), "one": set()}
     for kind in ("new", "at", "any"):
-        claims[kind], many = queries.append_one[kind].split("\nh AS (\n")
-        claim, one = queries.append_one_event[kind].split("\nh AS (\n")
+        claims[kind], many = getattr(queries, f"append_one_{kind}").split("\nh AS (\n")
+        claim, one = getattr(queries, f"append_one_event_{kind}").split("\nh AS (\n")
         assert claim == claims[kind]
         assert claim.startswith("WITH s AS (\n")
         writes["many"].add(many)
@@ -168,8 +168,11 @@ def test_the_one_stream_appends_are_a_claim_and_a_write() -> None:
     }
     one_parameters = {"stream_id", "n", "first_id", "type", "schema_version", "data", "metadata"}
     for kind, own in claim_parameters.items():
-        assert _parameters(queries.append_one[kind]) == own | many_parameters
-        assert _parameters(queries.append_one_event[kind]) == own | one_parameters
+        many_sql, one_sql = (
+            getattr(queries, f"{n}_{kind}") for n in ("append_one", "append_one_event")
+        )
+        assert _parameters(many_sql) == own | many_parameters
+        assert _parameters(one_sql) == own | one_parameters
 
 
 def test_the_two_claims_of_the_queue_differ_only_by_their_queue_test() -> None:
