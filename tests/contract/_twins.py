@@ -8,7 +8,9 @@ objects themselves are wrapped the same way. Arguments that are ``Synced`` views
 over as the objects they stand for. The sync twin is used as it is.
 
 A contract test therefore reads like a sync test, and runs once per twin (the ``twin``
-fixture); anything the twins do differently fails in one of the two runs.
+fixture); anything the twins do differently fails in one of the two runs. What ``Synced``
+cannot express has a view of its own: ``SyncedEngine`` (the async store's SQLAlchemy engine,
+whose connections a test hands to ``tx=``) and ``concurrently`` (calls made at once).
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 def _run(runner: asyncio.Runner, coroutine: Any) -> Any:
@@ -104,3 +110,72 @@ def repository_for(store: Any, aggregate: type[Any], **options: Any) -> Any:
     if isinstance(store, Synced):
         return Synced(AsyncRepository(_unwrap(store), aggregate, **options), store._runner)
     return Repository(store, aggregate, **options)
+
+
+class SyncedConnection(Synced):
+    """A synchronous view of a SQLAlchemy ``AsyncConnection``: ``begin``, ``commit`` and
+    ``rollback`` run to completion; handed to ``tx=`` it is the ``AsyncConnection``."""
+
+    def begin(self) -> None:
+        connection: AsyncConnection = self._target
+        _run(self._runner, _awaited(connection.begin()))
+
+    def commit(self) -> None:
+        _run(self._runner, self._target.commit())
+
+    def rollback(self) -> None:
+        _run(self._runner, self._target.rollback())
+
+
+class SyncedEngine:
+    """A synchronous view of a SQLAlchemy ``AsyncEngine``: ``connect()`` and ``begin()`` are
+    context managers of ``SyncedConnection`` views, as the sync ``Engine``'s are."""
+
+    def __init__(self, engine: AsyncEngine, runner: asyncio.Runner) -> None:
+        self._engine = engine
+        self._runner = runner
+
+    @contextmanager
+    def connect(self) -> Iterator[SyncedConnection]:
+        with _SyncedContext(self._engine.connect(), self._runner) as connection:
+            yield SyncedConnection(connection, self._runner)
+
+    @contextmanager
+    def begin(self) -> Iterator[SyncedConnection]:
+        with _SyncedContext(self._engine.begin(), self._runner) as connection:
+            yield SyncedConnection(connection, self._runner)
+
+
+def concurrently(
+    target: Any, method: str, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> list[Any]:
+    """Make the calls ``target.method(*args, **kwargs)`` at once; each one's result or
+    exception, in call order. A sync object is called from one thread per call, released
+    together by a barrier; for a ``Synced`` view the calls are tasks of one ``gather``."""
+    if isinstance(target, Synced):
+        function = getattr(target._target, method)
+
+        async def gathered() -> list[Any]:
+            return await asyncio.gather(
+                *(function(*args, **kwargs) for args, kwargs in calls), return_exceptions=True
+            )
+
+        return list(_run(target._runner, gathered()))
+
+    outcomes: list[Any] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def call(index: int) -> None:
+        args, kwargs = calls[index]
+        try:
+            barrier.wait(5)
+            outcomes[index] = getattr(target, method)(*args, **kwargs)
+        except BaseException as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return outcomes

@@ -16,8 +16,9 @@ from eventsource import (
     EventStore,
     Repository,
 )
+from tests.integration._probes import Probe, registered_probes
 
-from ._twins import Synced
+from ._twins import Synced, SyncedEngine
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -52,16 +53,17 @@ def store(twin: str, database_url: str, schema: str, runner: asyncio.Runner) -> 
 def fresh_store(
     twin: str, database_url: str, schema: str, runner: asyncio.Runner
 ) -> Iterator[Callable[..., Any]]:
-    """A factory of stores of the twin under test on the test's schema (not upgraded)."""
+    """A factory of stores of the twin under test (``make(url=..., **options)``), by default
+    on the test's database and schema (not upgraded)."""
     opened: list[Any] = []
 
-    def make(**options: Any) -> Any:
+    def make(url: str = database_url, **options: Any) -> Any:
         options.setdefault("schema", schema)
         if twin == "sync":
-            made: Any = EventStore.from_url(database_url, **options)
+            made: Any = EventStore.from_url(url, **options)
             opened.append(made)
             return made
-        async_made = AsyncEventStore.from_url(database_url, **options)
+        async_made = AsyncEventStore.from_url(url, **options)
         opened.append(async_made)
         return Synced(async_made, runner)
 
@@ -86,8 +88,45 @@ def repository(twin: str, store: Any, runner: asyncio.Runner) -> Callable[..., A
 
 
 @pytest.fixture
-def queue(twin: str, store: Any, runner: asyncio.Runner) -> Any:
+def make_queue(twin: str, store: Any, runner: asyncio.Runner) -> Callable[..., Any]:
+    """``make_queue(**options)``: a command queue of the twin under test on ``store``."""
+
+    def make(**options: Any) -> Any:
+        if twin == "sync":
+            return CommandQueue(store, **options)
+        return Synced(AsyncCommandQueue(store._target, **options), runner)
+
+    return make
+
+
+@pytest.fixture
+def queue(make_queue: Callable[..., Any]) -> Any:
     """The command queue of the twin under test."""
+    return make_queue()
+
+
+@pytest.fixture
+def engine(twin: str, store: Any, runner: asyncio.Runner) -> Any:
+    """The store's SQLAlchemy engine with the sync calling convention: ``connect()`` and
+    ``begin()`` give connections (of the async engine, for the async twin) to hand to ``tx=``."""
     if twin == "sync":
-        return CommandQueue(store)
-    return Synced(AsyncCommandQueue(store._target), runner)
+        return store.engine
+    return SyncedEngine(store.engine, runner)
+
+
+@pytest.fixture
+def worker_store(twin: str, store: Any, database_url: str, schema: str) -> Iterator[EventStore]:
+    """The sync store workers run on: the store under test, or one on its schema."""
+    if twin == "sync":
+        yield store
+        return
+    own = EventStore.from_url(database_url, schema=schema)
+    yield own
+    own.close()
+
+
+@pytest.fixture
+def probes() -> Iterator[Callable[..., Probe]]:
+    """Make probes (``probes(action)``); they are unregistered after the test."""
+    with registered_probes() as make:
+        yield make

@@ -1,145 +1,391 @@
-"""The command queue's API, for both twins (the workers that run the commands are tested in
-tests/integration/test_commands.py and tests/acceptance)."""
+"""The command queue's enqueue, for both twins: ids and stored rows, options, schedules,
+priorities, enqueue_many, bad arguments and dedupe keys (transactions and the inspection of
+commands: test_queue_operations.py).
+
+What a command enqueued through either twin does once delivered is seen through a worker
+over a sync store on the same schema (``worker_store``); the workers themselves are tested in
+tests/integration/test_commands.py and tests/acceptance.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from eventsource import (
-    NO_STREAM,
-    Command,
-    CommandNotFound,
-    Enqueued,
+import eventsource.commands._async_queue
+import eventsource.commands._queue
+from eventsource import Command, CommandContext, Enqueued, EventStore, UnknownCommandType
+from tests.integration._probes import (
+    Job,
+    Probe,
+    claim,
+    count,
+    drain,
+    make_worker,
+    running,
+    wait_until,
 )
-from tests.domain import Opened
 from tests.integration._support import sql
 
-
-class Note(Command, name="test.contract.Note"):
-    text: str
+from ._twins import concurrently
 
 
 class Mail(Command, name="test.contract.Mail", queue="mail", max_attempts=2):
+    """A command class with its own default queue and max attempts (never handled)."""
+
     to: str
 
 
-def _kill(store: Any, command_id: int) -> None:
-    """Make a command dead, as a worker does after its last attempt (with an error)."""
-    sql(
-        store,
-        "UPDATE {s}.commands SET status = 'dead', attempts = max_attempts,"
-        " last_error = 'boom', updated_at = now() - interval '2 hours' WHERE id = :id",
-        {"id": command_id},
-    )
+@contextmanager
+def statements_sent(twin: str) -> Iterator[list[str]]:
+    """The statements the twin's queue sends to the database within the block."""
+    if twin == "sync":
+        module: Any = eventsource.commands._queue
+        name = "fetch"
+    else:
+        module = eventsource.commands._async_queue
+        name = "fetch_async"
+    real = getattr(module, name)
+    sent: list[str] = []
 
+    def counting(conn: Any, statement: str, params: Any = None) -> Any:
+        sent.append(statement)
+        return real(conn, statement, params)  # the async twin's coroutine is awaited by it
 
-def test_enqueue_returns_ids_and_stores_the_command(queue: Any) -> None:
-    """Ids increase; the stored command has its queue, type, payload and defaults."""
-    first = queue.enqueue(Note(text="hello"))
-    second = queue.enqueue(Note(text="again"), priority=3)
-    assert isinstance(first, Enqueued)
-    assert not first.duplicate
-    assert second.id > first.id
-    info = queue.get(first.id)
-    assert (info.queue, info.command_type, info.status) == (
-        "default",
-        "test.contract.Note",
-        "pending",
-    )
-    assert (info.priority, info.attempts) == (0, 0)
-    assert json.loads(info.payload) == {"text": "hello"}
-    assert info.run_at == info.enqueued_at
-    assert [i.id for i in queue.list()] == [first.id, second.id]
-    assert queue.get(second.id).priority == 3
-    assert queue.get(10**12) is None
-
-
-def test_the_class_and_the_call_choose_queue_and_max_attempts(queue: Any) -> None:
-    """max_attempts and queue: the call's, else the class's."""
-    by_class = queue.enqueue(Mail(to="ann"))
-    by_call = queue.enqueue(Mail(to="bob"), queue="urgent", max_attempts=4)
-    a, b = queue.get(by_class.id), queue.get(by_call.id)
-    assert (a.queue, a.max_attempts) == ("mail", 2)
-    assert (b.queue, b.max_attempts) == ("urgent", 4)
-    assert [i.id for i in queue.list(queue="mail")] == [by_class.id]
-    assert sorted(c[:3] for c in queue.counts()) == [
-        ("mail", "pending", 1),
-        ("urgent", "pending", 1),
-    ]
-
-
-def test_enqueue_many_writes_all_or_nothing(queue: Any) -> None:
-    """The ids come back in input order; one bad command and none is written."""
-    ids = queue.enqueue_many([Note(text=str(n)) for n in range(4)], queue="bulk", priority=2)
-    assert ids == sorted(ids)
-    assert [json.loads(queue.get(i).payload)["text"] for i in ids] == ["0", "1", "2", "3"]
-    with pytest.raises(ValueError, match="priority"):
-        queue.enqueue_many([Note(text="a"), Note(text="b")], priority=2**40)
-    assert len(queue.list(queue="bulk")) == 4
-    assert len(queue.list()) == 4
-    assert queue.enqueue_many([]) == []
-
-
-def test_a_dedupe_key_makes_a_second_enqueue_a_no_op_while_pending(queue: Any) -> None:
-    """The second enqueue with a pending command's dedupe key returns that command."""
-    first = queue.enqueue(Note(text="a"), dedupe_key="k-1")
-    second = queue.enqueue(Note(text="b"), dedupe_key="k-1")
-    assert second.duplicate
-    assert second.id == first.id
-    other = queue.enqueue(Note(text="c"), dedupe_key="k-2")
-    assert not other.duplicate
-    assert len(queue.list()) == 2
-
-
-def test_bad_arguments_are_refused_before_anything_is_written(queue: Any) -> None:
-    """Wrong types and out-of-range values raise TypeError/ValueError naming the argument."""
-    with pytest.raises(TypeError, match="Command"):
-        queue.enqueue({"text": "not a command"})
-    with pytest.raises(ValueError, match="queue"):
-        queue.enqueue(Note(text="a"), queue="")
-    with pytest.raises(ValueError, match="delay"):
-        queue.enqueue(Note(text="a"), delay=1e300)
-    with pytest.raises(ValueError, match="max_attempts"):
-        queue.enqueue(Note(text="a"), max_attempts=0)
-    assert queue.list() == []
-
-
-def test_an_enqueue_in_a_transaction_commits_with_the_append(store: Any, queue: Any) -> None:
-    """The command exists only if the transaction commits, together with its append."""
-    with store.transaction() as tx:
-        store.append("s-1", [Opened(owner="a")], NO_STREAM, tx=tx)
-        kept = queue.enqueue(Note(text="kept"), tx=tx)
-    assert queue.get(kept.id).status == "pending"
-    with pytest.raises(RuntimeError, match="rolled back"), store.transaction() as tx:
-        store.append("s-2", [Opened(owner="b")], NO_STREAM, tx=tx)
-        queue.enqueue(Note(text="lost"), tx=tx)
-        raise RuntimeError("rolled back")
-    assert [json.loads(i.payload)["text"] for i in queue.list()] == ["kept"]
-    assert store.stream_version("s-2") == 0
-
-
-def test_dead_commands_are_listed_retried_and_purged(queue: Any) -> None:
-    """dead() lists them with their error; retry gives attempts back; purge deletes by age."""
-    retried = queue.enqueue(Note(text="retried"))
-    purged = queue.enqueue(Note(text="purged"), queue="old")
-    _kill(queue_store(queue), retried.id)
-    _kill(queue_store(queue), purged.id)
-    assert sorted(i.id for i in queue.dead()) == [retried.id, purged.id]
-    assert queue.dead(queue="old")[0].last_error == "boom"
-    queue.retry(retried.id, attempts=2)
-    again = queue.get(retried.id)
-    assert (again.status, again.max_attempts - again.attempts) == ("pending", 2)
-    with pytest.raises(CommandNotFound):
-        queue.retry(retried.id)  # no longer dead
-    assert queue.purge(older_than=3 * 3600) == 0  # died two hours ago: too young
-    assert queue.purge(older_than=3600, queue="old") == 1
-    assert queue.get(purged.id) is None
-    assert queue.dead() == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, name, counting)
+        yield sent
 
 
 def queue_store(queue: Any) -> Any:
     """The store a queue (of either twin) writes to."""
     return getattr(queue, "_target", queue).store
+
+
+# -- enqueue -------------------------------------------------------------------------------
+
+
+def test_enqueue_returns_ids_and_stores_the_command(
+    store: Any, make_queue: Callable[..., Any], probes: Callable[..., Probe]
+) -> None:
+    """enqueue returns increasing ids; the stored row holds queue, type, payload and defaults."""
+    probe = probes()
+    queue = make_queue(max_attempts=9)
+    first = queue.enqueue(probe.job(n=1, note="hello"))
+    second = queue.enqueue(probe.job(n=2), priority=3)
+    assert isinstance(first, Enqueued)
+    assert first.duplicate is False
+    assert first.id is not None
+    assert second.id is not None
+    assert second.id > first.id
+    info = queue.get(first.id)
+    assert info is not None
+    assert (info.queue, info.command_type, info.status) == ("default", "test.cq.Job", "pending")
+    assert (info.priority, info.attempts, info.max_attempts) == (0, 0, 9)
+    assert json.loads(info.payload) == {"probe": probe.key, "n": 1, "note": "hello"}
+    assert info.lease_until is None
+    assert info.worker is None
+    assert info.last_error is None
+    assert info.run_at == info.enqueued_at
+    assert [i.id for i in queue.list()] == [first.id, second.id]
+    assert queue.get(second.id).priority == 3
+    assert queue.get(10**12) is None
+    assert count(store) == 2
+
+
+def test_class_defaults_and_enqueue_options_choose_queue_and_max_attempts(
+    make_queue: Callable[..., Any],
+) -> None:
+    """max_attempts: enqueue's, else the class's, else the queue's; queue likewise."""
+    queue = make_queue(max_attempts=7)
+    by_class = queue.enqueue(Mail(to="ann"))
+    by_call = queue.enqueue(Mail(to="bob"), queue="urgent", max_attempts=4)
+    assert by_class.id is not None
+    assert by_call.id is not None
+    a, b = queue.get(by_class.id), queue.get(by_call.id)
+    assert a is not None
+    assert b is not None
+    assert (a.queue, a.max_attempts) == ("mail", 2)
+    assert (b.queue, b.max_attempts) == ("urgent", 4)
+    assert [i.id for i in queue.list(queue="mail")] == [by_class.id]
+    assert sorted(queue.counts()) == [
+        ("mail", "pending", 1, a.enqueued_at),
+        ("urgent", "pending", 1, b.enqueued_at),
+    ]
+
+
+# -- schedules and priorities --------------------------------------------------------------
+
+
+def test_a_delayed_command_is_not_claimed_before_its_time(
+    store: Any, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """delay= schedules a command: workers skip it until run_at, then run it."""
+    probe = probes()
+    started = time.monotonic()
+    delayed = queue.enqueue(probe.job(n=1), delay=0.8)
+    queue.enqueue(probe.job(n=2))
+    assert delayed.id is not None
+    info = queue.get(delayed.id)
+    assert info is not None
+    # Counted from the database clock when the statement runs (a moment after now()).
+    assert (info.run_at - info.enqueued_at).total_seconds() == pytest.approx(0.8, abs=2e-2)
+    with running(make_worker(worker_store)):
+        wait_until(lambda: probe.ns == [2], "the undelayed command")
+        time.sleep(0.3)
+        assert probe.ns == [2]  # the delayed one is still waiting ...
+        waiting = queue.get(delayed.id)
+        assert waiting is not None
+        assert (waiting.status, waiting.attempts) == ("pending", 0)
+        wait_until(lambda: len(probe.calls) == 2, "the delayed command", timeout=5)
+    assert probe.ns == [2, 1]
+    assert probe.calls[1].start - started >= 0.75
+    assert count(store) == 0
+
+
+def test_run_at_and_timedelta_delay_schedule_commands(
+    store: Any, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """run_at= (any time zone) and a timedelta delay are stored as instants; claims skip them."""
+    probe = probes()
+    plus5 = timezone(timedelta(hours=5))
+    at = (datetime.now(UTC) + timedelta(seconds=0.6)).astimezone(plus5)
+    by_run_at = queue.enqueue(probe.job(n=1), run_at=at)
+    by_timedelta = queue.enqueue(probe.job(n=2), delay=timedelta(milliseconds=500))
+    past = queue.enqueue(probe.job(n=3), run_at=datetime.now(UTC) - timedelta(hours=1))
+    assert by_run_at.id is not None
+    assert by_timedelta.id is not None
+    stored = queue.get(by_run_at.id)
+    assert stored is not None
+    assert stored.run_at == at
+    claimed = claim(worker_store)
+    assert [row[0] for row in claimed] == [past.id]  # the scheduled ones are not ready yet
+    sql(store, "DELETE FROM {s}.commands WHERE id = :id", {"id": past.id})
+    drain(worker_store)
+    assert sorted(probe.ns) == [1, 2]
+    assert count(store) == 0
+
+
+def test_a_delay_given_in_a_long_transaction_counts_from_the_enqueue(
+    store: Any, queue: Any, probes: Callable[..., Probe]
+) -> None:
+    """enqueue(tx=, delay=) schedules from the moment of the enqueue, not from the start of
+    the transaction."""
+    probe = probes()
+    with store.transaction() as tx:
+        tx.execute(text("SELECT 1"))  # the transaction starts here
+        time.sleep(1.0)
+        queued = queue.enqueue(probe.job(n=1), delay=2.0, tx=tx)
+    assert queued.id is not None
+    ((ahead,),) = sql(
+        store,
+        "SELECT extract(epoch FROM run_at - clock_timestamp()) FROM {s}.commands WHERE id = :id",
+        {"id": queued.id},
+    )
+    assert 1.5 < ahead <= 2.0
+
+
+def test_higher_priority_runs_first_then_oldest(
+    queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """A worker runs ready commands by priority (highest first), then in enqueue order."""
+    probe = probes()
+    for n, priority in enumerate([0, 5, -3, 10, 5]):
+        queue.enqueue(probe.job(n=n), priority=priority)
+    drain(worker_store, concurrency=1)
+    assert probe.ns == [3, 1, 4, 0, 2]
+
+
+# -- enqueue_many --------------------------------------------------------------------------
+
+
+def test_enqueue_many_writes_all_in_one_statement(
+    twin: str, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """enqueue_many sends one statement and returns the ids in input order."""
+    probe = probes()
+    with statements_sent(twin) as statements:
+        ids = queue.enqueue_many(
+            [probe.job(n=n) for n in range(5)], queue="bulk", priority=4, max_attempts=3
+        )
+    assert len(statements) == 1
+    assert len(ids) == 5
+    assert ids == sorted(ids)
+    infos = [queue.get(i) for i in ids]
+    assert [json.loads(i.payload)["n"] for i in infos if i] == [0, 1, 2, 3, 4]
+    assert {(i.queue, i.priority, i.max_attempts) for i in infos if i} == {("bulk", 4, 3)}
+    drain(worker_store, ["bulk"], concurrency=1)
+    assert probe.ns == [0, 1, 2, 3, 4]
+    assert queue.enqueue_many([]) == []
+
+
+def test_enqueue_many_writes_nothing_when_one_command_is_bad(
+    store: Any, queue: Any, probes: Callable[..., Probe]
+) -> None:
+    """All commands of enqueue_many are checked first: one bad one and none is written."""
+    probe = probes()
+    with pytest.raises(TypeError, match="expected a Command instance"):
+        queue.enqueue_many([probe.job(n=1), probe.job(n=2), "job 3"])
+    with pytest.raises(ValueError, match="NUL"):
+        queue.enqueue_many([probe.job(n=1), probe.job(note="nul \x00 here")])
+    with pytest.raises(ValueError, match="priority"):
+        queue.enqueue_many([probe.job(n=1), probe.job(n=2)], priority=2**40)
+    assert count(store) == 0
+
+
+# -- bad arguments, hostile names ----------------------------------------------------------
+
+
+class _NotRegistered(Command, abstract=True):
+    """An abstract command class: it cannot be enqueued."""
+
+    x: int = 0
+
+
+BAD_ENQUEUES: list[Any] = [
+    pytest.param({"command": {"probe": "p"}}, TypeError, "expected a Command instance", id="dict"),
+    pytest.param({"command": _NotRegistered()}, UnknownCommandType, "_NotRegistered", id="abst"),
+    pytest.param({"delay": -0.5}, ValueError, "delay must not be negative", id="neg-delay"),
+    pytest.param({"delay": 1e300}, ValueError, "delay must be from 0 to", id="huge-delay"),
+    pytest.param(
+        {"run_at": datetime(2030, 1, 1)},  # naive: the error under test
+        ValueError,
+        "run_at must be timezone-aware",
+        id="naive-run-at",
+    ),
+    pytest.param(
+        {"delay": 1, "run_at": datetime.now(UTC)}, ValueError, "not both", id="delay-and-run-at"
+    ),
+    pytest.param({"queue": "  "}, ValueError, "queue name must not be empty", id="blank-queue"),
+    pytest.param(
+        {"queue": ""},
+        ValueError,
+        "queue name must not be empty",
+        id="empty-queue",
+    ),
+    pytest.param({"dedupe_key": "a\x00b"}, ValueError, "dedupe_key must not contain", id="nul-dk"),
+    pytest.param({"ordering_key": "\x00"}, ValueError, "ordering_key must not", id="nul-ok"),
+    pytest.param({"queue": "q\x00"}, ValueError, "queue name must not contain", id="nul-queue"),
+    pytest.param({"max_attempts": 0}, ValueError, "max_attempts must be an int", id="attempts-0"),
+    pytest.param({"priority": 2**40}, ValueError, "32-bit", id="priority"),
+]
+
+
+@pytest.mark.parametrize(("options", "error", "match"), BAD_ENQUEUES)
+def test_bad_enqueue_raises_a_clear_error_and_writes_nothing(
+    queue: Any,
+    probes: Callable[..., Probe],
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """Bad commands and options raise TypeError/ValueError/UnknownCommandType; no row is written."""
+    options = dict(options)
+    command = options.pop("command", None) or probes().job()
+    with pytest.raises(error, match=match):
+        queue.enqueue(command, **options)
+    assert count(queue_store(queue)) == 0
+
+
+def test_names_keys_and_payloads_are_stored_as_data(
+    store: Any, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """Quotes, SQL and unicode in queue names, keys and payloads round-trip as plain data."""
+    probe = probes()
+    qname = "q'; DROP TABLE commands; -- «队列» 🚀"
+    dedupe = "k'\"; SELECT pg_sleep(10); -- ключ 🔑 \\"
+    ordering = "o') OR 1=1 -- ordre é"
+    note = "it's \"quoted\" '); DELETE FROM commands; -- \\u0000 (literal) ∑ 🙂 \t\n"
+    queued = queue.enqueue(
+        probe.job(n=7, note=note), queue=qname, dedupe_key=dedupe, ordering_key=ordering
+    )
+    assert queued.id is not None
+    info = queue.get(queued.id)
+    assert info is not None
+    assert (info.queue, info.dedupe_key, info.ordering_key) == (qname, dedupe, ordering)
+    assert Job.model_validate_json(info.payload) == probe.job(n=7, note=note)
+    assert [i.id for i in queue.list(queue=qname)] == [queued.id]
+    assert queue.enqueue(probe.job(n=8), queue=qname, dedupe_key=dedupe).duplicate
+    drain(worker_store, [qname])
+    assert [(c.n, c.note, c.queue) for c in probe.calls] == [(7, note, qname)]
+    assert count(store) == 0
+
+
+# -- dedupe keys ---------------------------------------------------------------------------
+
+
+def test_dedupe_key_makes_a_second_enqueue_a_no_op_while_pending(
+    store: Any, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """Same dedupe key while the first is pending: Enqueued(first id, duplicate=True), no row."""
+    probe = probes()
+    first = queue.enqueue(probe.job(n=1), dedupe_key="report:42")
+    again = queue.enqueue(probe.job(n=2), dedupe_key="report:42", priority=9)
+    other = queue.enqueue(probe.job(n=3), dedupe_key="report:43")
+    assert first == Enqueued(first.id, duplicate=False)
+    assert again == Enqueued(first.id, duplicate=True)
+    assert not other.duplicate
+    assert other.id != first.id
+    assert count(store) == 2
+    assert count(store, "dedupe_key = 'report:42' AND priority = 0") == 1
+    drain(worker_store)
+    assert sorted(probe.ns) == [1, 3]
+
+
+def test_dedupe_holds_under_concurrent_enqueues(
+    store: Any, queue: Any, probes: Callable[..., Probe]
+) -> None:
+    """Eight enqueues of one dedupe key at once (threads, or tasks) write exactly one command."""
+    probe = probes()
+    outcomes = concurrently(
+        queue, "enqueue", [((probe.job(n=n),), {"dedupe_key": "once"}) for n in range(8)]
+    )
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    results: list[Enqueued] = [o for o in outcomes if isinstance(o, Enqueued)]
+    assert errors == []
+    assert len(results) == 8
+    winners = [r for r in results if not r.duplicate]
+    assert len(winners) == 1
+    # A loser sees the winner's id, or None when the winner committed after its snapshot.
+    assert {r.id for r in results if r.duplicate} <= {winners[0].id, None}
+    assert count(store) == 1
+    assert count(store, "dedupe_key = 'once'") == 1
+
+
+def test_dedupe_key_is_free_again_once_the_command_started_or_finished(
+    store: Any, queue: Any, worker_store: EventStore, probes: Callable[..., Probe]
+) -> None:
+    """A dedupe key binds only not-yet-started commands: running or done ones free it."""
+    go = threading.Event()
+    started = threading.Event()
+
+    def block_first(cmd: Job, ctx: CommandContext) -> None:
+        if cmd.n == 1:
+            started.set()
+            assert go.wait(10)
+
+    probe = probes(block_first)
+    first = queue.enqueue(probe.job(n=1), dedupe_key="k")
+    with running(make_worker(worker_store, concurrency=1)):
+        assert started.wait(10)
+        while_running = queue.enqueue(probe.job(n=2), dedupe_key="k")
+        assert not while_running.duplicate
+        assert while_running.id != first.id
+        assert queue.enqueue(probe.job(n=3), dedupe_key="k") == Enqueued(
+            while_running.id, duplicate=True
+        )
+        go.set()
+        wait_until(lambda: count(store) == 0, "both commands to finish")
+    after_done = queue.enqueue(probe.job(n=4), dedupe_key="k")
+    assert not after_done.duplicate
+    assert after_done.id not in (first.id, while_running.id)
+    drain(worker_store)
+    assert probe.ns == [1, 2, 4]

@@ -291,6 +291,22 @@ def test_one_save_crossing_several_multiples_snapshots_its_end(store: EventStore
     assert snapshot_row(store, "c-1") == (7, "test.Counter", {"owner": "ann", "total": 21})
 
 
+def test_snapshots_are_stored_every_n_events_and_loaded(store: EventStore) -> None:
+    """A repository stores snapshots every N events (read back by load_snapshot) and loads
+    them to the replayed state."""
+    repo = repository_for(store, Counter, snapshot_every=3)
+    counter = Counter("c-1")
+    counter.open("ann")
+    for amount in range(1, 6):
+        counter.add(amount)
+        repo.save(counter)
+    snapshot = store.load_snapshot("c-1", "test.Counter")
+    assert snapshot is not None
+    assert snapshot[0] == 6
+    assert repo.load("c-1") == counter
+    assert repository_for(store, Counter).load("c-1") == counter
+
+
 def test_load_from_snapshot_equals_full_replay(store: EventStore) -> None:
     """Loading from a snapshot plus later events gives the state of a full replay."""
     snapshotting = repository_for(store, Counter, snapshot_every=3)

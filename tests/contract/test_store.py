@@ -1,4 +1,5 @@
-"""The sync event store on a real PostgreSQL: append, read, concurrency control, idempotency."""
+"""The event store on a real PostgreSQL, for both twins: append, read, concurrency control,
+idempotency, partitions, hostile input, decoding, and a schema or server that is not there."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from eventsource import (
     NO_STREAM,
     AppendResult,
     ConcurrencyError,
+    DatabaseUnavailable,
     DuplicateEventId,
     Event,
     EventStore,
@@ -97,6 +99,36 @@ def test_partitions_of_a_schema_never_created_is_schema_not_ready(
     """Asking a store for the partitions of a schema not created yet names the problem."""
     with pytest.raises(SchemaNotReady):
         _ = fresh_store(schema="never_created_here").partitions
+
+
+def test_partitions_fixed_at_creation(
+    store: EventStore, fresh_store: Callable[..., EventStore]
+) -> None:
+    """A second store asking for 8 partitions on the same schema sees 4, after its upgrade."""
+    other = fresh_store(partitions=8)
+    other.upgrade()
+    assert other.partitions == 4
+    assert other.partition_count() == 4
+
+
+def test_schema_not_ready(fresh_store: Callable[..., EventStore]) -> None:
+    """A store on a schema never upgraded raises SchemaNotReady; its status has no revision."""
+    never_upgraded = fresh_store(partitions=4)
+    with pytest.raises(SchemaNotReady):
+        never_upgraded.append("s", [Opened(owner="a")])
+    with pytest.raises(SchemaNotReady):
+        never_upgraded.read_stream("s")
+    assert never_upgraded.status().revision is None
+
+
+def test_unreachable_server(fresh_store: Callable[..., EventStore]) -> None:
+    """A store whose server refuses connections raises DatabaseUnavailable naming host and
+    database."""
+    unreachable = fresh_store(url="postgresql://postgres@127.0.0.1:1/test")
+    with pytest.raises(DatabaseUnavailable, match=r"127\.0\.0\.1:1/test"):
+        unreachable.append("s", [Opened(owner="a")])
+    with pytest.raises(DatabaseUnavailable):
+        unreachable.upgrade()
 
 
 # -- expected versions --------------------------------------------------------------------
@@ -189,7 +221,7 @@ def test_retry_after_the_stream_moved_on_returns_the_stored_result(store: EventS
     first = store.append("s", events, 1)
     store.append("s", [Deposited(amount=3)], 3)
     before = log_state(store)
-    for expected in (1, ANY):
+    for expected in (1, ANY, 0, NO_STREAM):
         again = store.append("s", events, expected)
         assert again == dataclasses.replace(first, duplicate=True)
         assert again.stream_version == 3

@@ -10,8 +10,6 @@ rolled-back transaction staged is never seen.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
@@ -69,17 +67,6 @@ class Deposits(Projection):
             text(f"INSERT INTO {self.table} VALUES (:s, :a)"),
             {"s": record.stream_id, "a": event.amount},
         )
-
-
-@pytest.fixture
-def worker_store(twin: str, store: Any, database_url: str, schema: str) -> Iterator[EventStore]:
-    """The sync store the workers run on: the store under test, or one on its schema."""
-    if twin == "sync":
-        yield store
-        return
-    own = EventStore.from_url(database_url, schema=schema)
-    yield own
-    own.close()
 
 
 def test_events_appended_through_the_twin_are_projected_exactly_once(
