@@ -158,15 +158,12 @@ def _imports(text: str) -> str:
 def _ruff(text: str, path: Path) -> str:
     """Apply the project's lint fixes (unused imports, nested ``with`` joined, ``yield from``)
     and format: the sync code that the rewrites leave reads as if written by hand."""
-    fixed = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--quiet", "--fix-only", "--unsafe-fixes",
-         "--stdin-filename", str(path), "-"],
-        input=text, capture_output=True, text=True, check=True, cwd=ROOT,
-    ).stdout
-    return subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--quiet", "--stdin-filename", str(path), "-"],
-        input=fixed, capture_output=True, text=True, check=True, cwd=ROOT,
-    ).stdout
+    for args in (["check", "--fix-only", "--unsafe-fixes"], ["format"]):
+        command = [sys.executable, "-m", "ruff", *args, "--quiet", "--stdin-filename", str(path)]
+        text = subprocess.run(
+            [*command, "-"], input=text, capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
+    return text
 
 
 _SOURCE_NOTE = re.compile(r"\n\nAsync source: .*?(?=\n\n|\n\"\"\")", re.DOTALL)
