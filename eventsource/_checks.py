@@ -78,19 +78,24 @@ def _show(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
-def check_utf8(value: str, what: str) -> str:
-    """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate.
-
-    Python strings may hold lone surrogates (``"\\udcff"``, e.g. from undecodable bytes in
-    ``sys.argv``); PostgreSQL text cannot.
-    """
+def _surrogate_at(value: str) -> int | None:
+    """The index of the first lone surrogate in ``value`` (``None`` if none): a Python str may
+    hold one (``"\\udcff"``, e.g. from bytes of ``sys.argv``), UTF-8 and PostgreSQL text cannot."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_utf8(value: str, what: str) -> str:
+    """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate."""
+    at = _surrogate_at(value)
+    if at is not None:
         raise ValueError(
             f"{what} is not valid UTF-8 text: it contains the lone surrogate"
-            f" {value[exc.start]!r} at index {exc.start}: {_show(value)}"
-        ) from None
+            f" {value[at]!r} at index {at}: {_show(value)}"
+        )
     return value
 
 
@@ -238,12 +243,11 @@ def check_database_url(value: object, what: str = "database URL") -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # not shown: the URL may hold a password
+    at = _surrogate_at(value)
+    if at is not None:  # not shown: the URL may hold a password
         raise ValueError(
-            f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {exc.start}"
-        ) from None
+            f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {at}"
+        )
     try:
         url = make_url(value)
     except sa_exc.ArgumentError:
@@ -374,12 +378,8 @@ def check_json_text(value: str, what: str) -> str:
     """Check encoded JSON for what PostgreSQL's jsonb refuses, before anything is sent."""
     if "\\u0000" in value and _NUL_ESCAPE.search(value):
         raise ValueError(f"{what} contains a NUL character (U+0000), which PostgreSQL cannot store")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{what} contains a lone surrogate character, which is not valid UTF-8"
-        ) from None
+    if _surrogate_at(value) is not None:
+        raise ValueError(f"{what} contains a lone surrogate character, which is not valid UTF-8")
     return value
 
 
