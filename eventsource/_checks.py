@@ -31,7 +31,6 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import pydantic_core
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     Field,
@@ -177,29 +176,13 @@ def check_int(value: object, what: str, *, low: int = BIGINT_MIN, high: int = BI
     return _int_rule(low, high).check(value, what)
 
 
-def _as_seconds(value: float | timedelta) -> float:
-    """Seconds as a float; an int too large for a float is infinite (so out of any range)."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
-
-
-_Number = Annotated[int, Strict()] | Annotated[float, Strict(), Field(allow_inf_nan=False)]
-_NumberOrTimedelta = _Number | Annotated[timedelta, Strict()]
-
-
 @cache
 def _seconds_rule(low: float, high: float, or_timedelta: bool) -> _Rule[float]:
-    """The rule of ``check_seconds`` for these bounds, with or without ``timedelta``."""
-    to_seconds, bounds = AfterValidator(_as_seconds), Field(ge=low, le=high)
-    adapter: TypeAdapter[float]
-    if or_timedelta:
-        adapter = TypeAdapter(Annotated[_NumberOrTimedelta, to_seconds, bounds])
-    else:
-        adapter = TypeAdapter(Annotated[_Number, to_seconds, bounds])
+    """The rule of ``check_seconds`` for these bounds: a finite float, or an int (so that one
+    too large for a float is out of range, not of another type)."""
+    number = Annotated[float, Strict(), Field(ge=low, le=high, allow_inf_nan=False)]
+    whole = Annotated[int, Strict(), Field(ge=math.ceil(low), le=math.floor(high))]
+    adapter: TypeAdapter[float] = TypeAdapter(number | whole)
     expected = "a number of seconds or a timedelta" if or_timedelta else "a number of seconds"
     return _Rule(adapter, expected, f"from {low:g} to {high:g} seconds")
 
@@ -216,7 +199,9 @@ def check_seconds(
 
         check_seconds(1e10, "poll_interval", low=0.01)  # ValueError: poll_interval must be ...
     """
-    return _seconds_rule(low, high, or_timedelta).check(value, what)
+    if or_timedelta and isinstance(value, timedelta):
+        value = value.total_seconds()
+    return float(_seconds_rule(low, high, or_timedelta).check(value, what))
 
 
 _AWARE: _Rule[datetime] = _Rule(

@@ -169,10 +169,12 @@ def test_check_seconds_or_timedelta() -> None:
     """With or_timedelta a timedelta counts as its seconds, and is checked like them."""
     assert check_seconds(timedelta(minutes=2), "delay", or_timedelta=True) == 120.0
     assert check_seconds(3, "delay", or_timedelta=True) == 3.0
-    with pytest.raises(ValueError, match=r"^delay must not be negative, got datetime\.timedelta"):
+    with pytest.raises(ValueError, match=r"^delay must not be negative, got -5\.0$"):
         check_seconds(timedelta(seconds=-5), "delay", or_timedelta=True)
-    with pytest.raises(ValueError, match="delay must be from 0 to 86400 seconds"):
+    with pytest.raises(ValueError, match=r"^delay must be from 0 to 86400 seconds, got 172800\.0$"):
         check_seconds(timedelta(days=2), "delay", or_timedelta=True)
+    with pytest.raises(TypeError, match=r"^delay must be a number of seconds, got timedelta"):
+        check_seconds(timedelta(days=2), "delay")
     with pytest.raises(TypeError, match=r"^delay must be a number of seconds or a timedelta, got"):
         check_seconds("5", "delay", or_timedelta=True)
 
