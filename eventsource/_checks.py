@@ -11,6 +11,11 @@ names the argument and shows the value, and nothing is written::
 The limits are those of what stores or reads the value: PostgreSQL's ``integer`` and ``bigint``
 ranges, text without NUL that encodes as UTF-8, and JSON no deeper than the decoder of the
 read path (pydantic's JSON parser) accepts.
+
+Numbers, durations and times are validated by pydantic (strict types, so a ``bool`` is not an
+``int``; one cached ``TypeAdapter`` per kind and bounds), and ``invalid`` words what it refuses
+as the one-line error. Names, URLs and JSON text are checked by hand: their rules (NUL, lone
+surrogates, identifiers, nesting depth) are PostgreSQL's, not types pydantic knows.
 """
 
 from __future__ import annotations
@@ -19,10 +24,20 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Annotated, Any, Generic, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -34,6 +49,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_STREAM_ID_LENGTH",
+    "check_aware_datetime",
     "check_database_url",
     "check_int",
     "check_json_depth",
@@ -48,6 +64,7 @@ __all__ = [
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL integer
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # PostgreSQL bigint
 MAX_NAME_LENGTH = 200
+T = TypeVar("T")
 
 # pydantic's JSON parser (jiter), which decodes stored payloads on every read, refuses a
 # document nested deeper than this: a container with content at level 201 is "recursion limit
@@ -60,19 +77,24 @@ def _show(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
-def check_utf8(value: str, what: str) -> str:
-    """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate.
-
-    Python strings may hold lone surrogates (``"\\udcff"``, e.g. from undecodable bytes in
-    ``sys.argv``); PostgreSQL text cannot.
-    """
+def _surrogate_at(value: str) -> int | None:
+    """The index of the first lone surrogate in ``value`` (``None`` if none): a Python str may
+    hold one (``"\\udcff"``, e.g. from bytes of ``sys.argv``), UTF-8 and PostgreSQL text cannot."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_utf8(value: str, what: str) -> str:
+    """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate."""
+    at = _surrogate_at(value)
+    if at is not None:
         raise ValueError(
             f"{what} is not valid UTF-8 text: it contains the lone surrogate"
-            f" {value[exc.start]!r} at index {exc.start}: {_show(value)}"
-        ) from None
+            f" {value[at]!r} at index {at}: {_show(value)}"
+        )
     return value
 
 
@@ -100,6 +122,50 @@ def check_name(
     return check_utf8(value, what)
 
 
+# -- numbers, durations and times: pydantic validates, ``invalid`` words the error ----------
+
+# pydantic's errors for a value of no accepted type (the others refuse a value of one).
+_TYPE_ERRORS = frozenset({"int_type", "float_type", "time_delta_type", "datetime_type"})
+
+
+def invalid(
+    exc: ValidationError, value: object, what: str, expected: str, bounds: str
+) -> TypeError | ValueError:
+    """The one-line error for ``value`` of the argument ``what``, which pydantic refused:
+    a ``TypeError`` (``what must be <expected>``) when it is of no accepted type, else a
+    ``ValueError`` (``what must not be negative`` below a bound of 0, or ``must be <bounds>``).
+    """
+    errors = exc.errors(include_url=False)
+    if all(error["type"] in _TYPE_ERRORS for error in errors):
+        return TypeError(f"{what} must be {expected}, got {type(value).__name__}: {value!r}")
+    if any(error["type"] == "greater_than_equal" and not error["ctx"]["ge"] for error in errors):
+        return ValueError(f"{what} must not be negative, got {value!r}")
+    return ValueError(f"{what} must be {bounds}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule(Generic[T]):
+    """A pydantic validator of one kind of argument (built once) and how its errors read."""
+
+    adapter: TypeAdapter[T]
+    expected: str  # the accepted types, for a TypeError: "an int"
+    bounds: str  # the accepted values, for a ValueError: "from 1 to 1000"
+
+    def check(self, value: object, what: str) -> T:
+        """The validated value; the error of ``invalid`` naming ``what`` if it is refused."""
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as exc:
+            raise invalid(exc, value, what, self.expected, self.bounds) from None
+
+
+@cache
+def _int_rule(low: int, high: int) -> _Rule[int]:
+    """The rule of ``check_int`` for these bounds (one adapter per pair of bounds)."""
+    adapter: TypeAdapter[int] = TypeAdapter(Annotated[int, Strict(), Field(ge=low, le=high)])
+    return _Rule(adapter, "an int", f"from {low} to {high}")
+
+
 def check_int(value: object, what: str, *, low: int = BIGINT_MIN, high: int = BIGINT_MAX) -> int:
     """An ``int`` (not a ``bool``) from ``low`` to ``high`` inclusive (default: a bigint).
 
@@ -107,33 +173,46 @@ def check_int(value: object, what: str, *, low: int = BIGINT_MIN, high: int = BI
 
         check_int(2**63, "limit", low=1)  # ValueError: limit must be from 1 to 9223372036854775807
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}: {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be from {low} to {high}, got {value}")
-    return value
+    return _int_rule(low, high).check(value, what)
 
 
-def check_seconds(value: object, what: str, *, low: float = 0.0, high: float = 86400.0) -> float:
-    """A duration in seconds: an int or float (not a bool), finite, from ``low`` to ``high``.
+@cache
+def _seconds_rule(low: float, high: float, or_timedelta: bool) -> _Rule[float]:
+    """The rule of ``check_seconds`` for these bounds: a finite float, or an int (so that one
+    too large for a float is out of range, not of another type)."""
+    number = Annotated[float, Strict(), Field(ge=low, le=high, allow_inf_nan=False)]
+    whole = Annotated[int, Strict(), Field(ge=math.ceil(low), le=math.floor(high))]
+    adapter: TypeAdapter[float] = TypeAdapter(number | whole)
+    expected = "a number of seconds or a timedelta" if or_timedelta else "a number of seconds"
+    return _Rule(adapter, expected, f"from {low:g} to {high:g} seconds")
+
+
+def check_seconds(
+    value: object, what: str, *, low: float = 0.0, high: float = 86400.0, or_timedelta: bool = False
+) -> float:
+    """A duration in seconds (a ``float``): an int or float (not a bool), or with
+    ``or_timedelta`` a ``timedelta``, finite, from ``low`` to ``high``.
 
     The default upper bound of a day keeps every wait well within what ``threading`` and
     PostgreSQL intervals accept. ``TypeError`` for another type, ``ValueError`` for NaN,
-    infinity or a value out of range; both name ``what``. Returns a ``float``::
+    infinity or a value out of range; both name ``what``::
 
         check_seconds(1e10, "poll_interval", low=0.01)  # ValueError: poll_interval must be ...
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{what} must be a number of seconds, got {type(value).__name__}: {value!r}"
-        )
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float
-        seconds = math.inf
-    if not math.isfinite(seconds) or not low <= seconds <= high:
-        raise ValueError(f"{what} must be from {low:g} to {high:g} seconds, got {value!r}")
-    return seconds
+    if or_timedelta and isinstance(value, timedelta):
+        value = value.total_seconds()
+    return float(_seconds_rule(low, high, or_timedelta).check(value, what))
+
+
+_AWARE: _Rule[datetime] = _Rule(
+    TypeAdapter(Annotated[AwareDatetime, Strict()]), "a datetime", "timezone-aware"
+)
+
+
+def check_aware_datetime(value: object, what: str) -> datetime:
+    """A timezone-aware ``datetime``: ``TypeError`` for another type, ``ValueError`` for a
+    naive one; both name ``what``."""
+    return _AWARE.check(value, what)
 
 
 _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
@@ -149,12 +228,11 @@ def check_database_url(value: object, what: str = "database URL") -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # not shown: the URL may hold a password
+    at = _surrogate_at(value)
+    if at is not None:  # not shown: the URL may hold a password
         raise ValueError(
-            f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {exc.start}"
-        ) from None
+            f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {at}"
+        )
     try:
         url = make_url(value)
     except sa_exc.ArgumentError:
@@ -285,12 +363,8 @@ def check_json_text(value: str, what: str) -> str:
     """Check encoded JSON for what PostgreSQL's jsonb refuses, before anything is sent."""
     if "\\u0000" in value and _NUL_ESCAPE.search(value):
         raise ValueError(f"{what} contains a NUL character (U+0000), which PostgreSQL cannot store")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{what} contains a lone surrogate character, which is not valid UTF-8"
-        ) from None
+    if _surrogate_at(value) is not None:
+        raise ValueError(f"{what} contains a lone surrogate character, which is not valid UTF-8")
     return value
 
 

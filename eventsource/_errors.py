@@ -3,7 +3,8 @@
 One root (``EventSourceError``), specific subclasses with structured fields for what callers
 catch, and ``RetryableError`` for failures that may pass when the operation is tried again
 (a deadlock, a serialization failure, a lost connection). Each exception's docstring is its
-default message. Every public one is exported by ``eventsource``.
+default message; one with structured fields (the stream, the expected version, ...) is a
+dataclass whose message is built from them. Every public one is exported by ``eventsource``.
 
 Driver errors (psycopg, SQLAlchemy) never reach callers as such: ``translate_errors`` turns
 them into these at the storage boundary with ``raise ... from exc``, by SQLSTATE alone (the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -32,51 +34,73 @@ class EventSourceError(Exception):
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 
+    # An error with structured fields is a dataclass (``@dataclass(eq=False, repr=False)``):
+    # the fields are its constructor's arguments and its attributes, and its message is the
+    # one that its ``_message`` builds from them.
 
+    def __post_init__(self) -> None:
+        EventSourceError.__init__(self, self._message())
+
+    def _message(self) -> str:
+        return ""
+
+
+@dataclass(eq=False, repr=False)
 class ConcurrencyError(EventSourceError):
     """The stream is not at the expected version; nothing was written."""
 
-    def __init__(self, stream_id: str, expected: Any, actual: int) -> None:
-        self.stream_id = stream_id
-        self.expected = expected
-        self.actual = actual
-        super().__init__(
-            f"stream {stream_id!r} is at version {actual}, expected {_describe(expected)};"
+    stream_id: str
+    expected: Any
+    actual: int
+
+    def _message(self) -> str:
+        expected = self.expected
+        shown = str(expected) if isinstance(expected, int) else repr(expected)
+        return (
+            f"stream {self.stream_id!r} is at version {self.actual}, expected {shown};"
             " nothing was written"
         )
 
 
-def _describe(expected: Any) -> str:
-    return str(expected) if isinstance(expected, int) else repr(expected)
-
-
+@dataclass(eq=False, repr=False)
 class AggregateNotFound(EventSourceError):
     """No aggregate with this id has been saved."""
 
-    def __init__(self, aggregate_type: str, aggregate_id: str) -> None:
-        self.aggregate_type = aggregate_type
-        self.aggregate_id = aggregate_id
-        super().__init__(f"{aggregate_type} {aggregate_id!r} not found")
+    aggregate_type: str
+    aggregate_id: str
+
+    def _message(self) -> str:
+        return f"{self.aggregate_type} {self.aggregate_id!r} not found"
 
 
+def _unknown_type(kind: str, name: str, base: str) -> str:
+    """The message of a stored type name that no loaded class is registered under."""
+    return (
+        f"unknown {kind} type {name!r}: import the module that defines it"
+        f" ({base} subclass registered under that name)"
+    )
+
+
+@dataclass(eq=False, repr=False)
 class UnknownEventType(EventSourceError):
     """A stored event's type has no registered Event class in this process."""
 
-    def __init__(self, event_type: str) -> None:
-        self.event_type = event_type
-        super().__init__(
-            f"unknown event type {event_type!r}: import the module that defines it"
-            " (an Event subclass registered under that name)"
-        )
+    event_type: str
+
+    def _message(self) -> str:
+        return _unknown_type("event", self.event_type, "an Event")
 
 
+@dataclass(eq=False, repr=False)
 class DuplicateEventId(EventSourceError):
     """An event id is already stored in another stream, or only part of an append was stored."""
 
-    def __init__(self, stream_id: str | None, detail: str) -> None:
-        self.stream_id = stream_id
-        where = f" to stream {stream_id!r}" if stream_id is not None else ""
-        super().__init__(f"append{where} rejected: {detail}; nothing was written")
+    stream_id: str | None
+    detail: str
+
+    def _message(self) -> str:
+        where = f" to stream {self.stream_id!r}" if self.stream_id is not None else ""
+        return f"append{where} rejected: {self.detail}; nothing was written"
 
 
 class RetryableError(EventSourceError):
@@ -97,43 +121,52 @@ class SerializationFailure(RetryableError):
     retry it."""
 
 
+@dataclass(eq=False, repr=False)
 class StatementCancelled(EventSourceError):
     """The statement was cancelled by a statement timeout or a lock timeout."""
 
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(f"the statement was cancelled (a statement or lock timeout?): {detail}")
+    detail: str
+
+    def _message(self) -> str:
+        return f"the statement was cancelled (a statement or lock timeout?): {self.detail}"
 
 
+@dataclass(eq=False, repr=False)
 class ValueRejected(EventSourceError, ValueError):
     """The database refused a value (a check constraint or a value out of range); nothing was
     written."""
 
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(f"rejected by the database: {detail}")
+    detail: str
+
+    def _message(self) -> str:
+        return f"rejected by the database: {self.detail}"
 
 
+@dataclass(eq=False, repr=False)
 class DatabaseUnavailable(RetryableError):
     """The PostgreSQL server cannot be reached."""
 
-    def __init__(self, where: str, reason: str) -> None:
-        self.where = where
-        self.reason = reason
-        super().__init__(
-            f"cannot connect to PostgreSQL at {where}: {reason}"
+    where: str
+    reason: str
+
+    def _message(self) -> str:
+        return (
+            f"cannot connect to PostgreSQL at {self.where}: {self.reason}"
             " (check EVENTSOURCE_DATABASE_URL or --database-url, and that the server is running)"
         )
 
 
+@dataclass(eq=False, repr=False)
 class SchemaNotReady(EventSourceError):
     """The eventsource schema is missing or older than this code; run `eventsource db upgrade`."""
 
-    def __init__(self, schema: str, detail: str = "") -> None:
-        self.schema = schema
-        extra = f" ({detail})" if detail else ""
-        super().__init__(
-            f"the eventsource schema {schema!r} is not set up{extra}:"
+    schema: str
+    detail: str = ""
+
+    def _message(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return (
+            f"the eventsource schema {self.schema!r} is not set up{extra}:"
             " run `eventsource db upgrade` (or store.upgrade())"
         )
 
@@ -142,23 +175,25 @@ class EmbeddedUnavailable(EventSourceError):
     """No database URL is set and the embedded PostgreSQL cannot start."""
 
 
+@dataclass(eq=False, repr=False)
 class UnknownCommandType(EventSourceError):
     """A command type name has no registered Command class in this process."""
 
-    def __init__(self, command_type: str) -> None:
-        self.command_type = command_type
-        super().__init__(
-            f"unknown command type {command_type!r}: import the module that defines it"
-            " (a Command subclass registered under that name)"
-        )
+    command_type: str
+
+    def _message(self) -> str:
+        return _unknown_type("command", self.command_type, "a Command")
 
 
+@dataclass(eq=False, repr=False)
 class CommandNotFound(EventSourceError):
     """No command with this id is in the state the operation needs."""
 
-    def __init__(self, command_id: int, detail: str) -> None:
-        self.command_id = command_id
-        super().__init__(f"command {command_id}: {detail}")
+    command_id: int
+    detail: str
+
+    def _message(self) -> str:
+        return f"command {self.command_id}: {self.detail}"
 
 
 class WorkerCrashed(EventSourceError):
@@ -173,14 +208,16 @@ class ReplayError(EventSourceError):
     """The replay could not take the projection over."""
 
 
+@dataclass(eq=False, repr=False)
 class ReactorNotAttached(EventSourceError, RuntimeError):
     """The reactor is not attached to a store: run it with a projection worker
     (``projections.run`` or ``eventsource projections run``)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(
-            f"reactor {name!r} is not attached to a store: run it with a projection"
+    name: str
+
+    def _message(self) -> str:
+        return (
+            f"reactor {self.name!r} is not attached to a store: run it with a projection"
             " worker (projections.run or `eventsource projections run`)"
         )
 
@@ -189,6 +226,7 @@ class UpcastError(EventSourceError):
     """A stored event cannot be upgraded to the current schema version of its class."""
 
 
+@dataclass(eq=False, repr=False)
 class EventDecodeError(EventSourceError):
     """A stored event's payload does not decode into its class (it no longer fits the model).
 
@@ -196,35 +234,26 @@ class EventDecodeError(EventSourceError):
     ``stream_version`` say where it is, when known.
     """
 
-    def __init__(
-        self,
-        event_type: str,
-        schema_version: int,
-        detail: str,
-        stream_id: str | None = None,
-        stream_version: int | None = None,
-    ) -> None:
-        """Name the stored event, why it does not decode, and where it is when known."""
-        self.event_type = event_type
-        self.schema_version = schema_version
-        self.detail = detail
-        self.stream_id = stream_id
-        self.stream_version = stream_version
+    event_type: str
+    schema_version: int
+    detail: str
+    stream_id: str | None = None
+    stream_version: int | None = None
+
+    def _message(self) -> str:
         where = ""
-        if stream_id is not None:
-            where = f" of stream {stream_id!r}"
-            if stream_version is not None:
-                where += f" at version {stream_version}"
-        super().__init__(
-            f"stored event {event_type!r} (schema version {schema_version}){where} cannot be"
-            f" decoded: {detail}"
+        if self.stream_id is not None:
+            where = f" of stream {self.stream_id!r}"
+            if self.stream_version is not None:
+                where += f" at version {self.stream_version}"
+        return (
+            f"stored event {self.event_type!r} (schema version {self.schema_version}){where}"
+            f" cannot be decoded: {self.detail}"
         )
 
     def at(self, stream_id: str, stream_version: int) -> EventDecodeError:
         """The same error, naming the stream and version of the stored event."""
-        return EventDecodeError(
-            self.event_type, self.schema_version, self.detail, stream_id, stream_version
-        )
+        return replace(self, stream_id=stream_id, stream_version=stream_version)
 
 
 # -- translation of driver errors ------------------------------------------------------------

@@ -7,7 +7,8 @@ one line that says what to do. Bad usage (an option out of range, a bad name, a 
 
 One module per command group (``_db``, ``_projections``, ``_worker``, ``_commands``,
 ``_demo``), on what ``_app`` shares: the application, the common options, the settings and
-the one-line error reporting. The groups are registered here, in the order of ``--help``.
+the store, the one-line error reporting, ``--json`` output and ``--yes`` confirmation. The
+groups are registered here, in the order of ``--help``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
 from eventsource._checks import check_database_url
@@ -154,6 +155,34 @@ def open_store(
     store = EventStore.from_env(settings)
     log.debug("store opened", url=safe_url(store.url), schema=store.schema)
     return store
+
+
+@contextmanager
+def command_store(
+    database_url: str | None, schema: str = "eventsource", **extra: Any
+) -> Iterator[EventStore]:
+    """The store of a command that checks nothing before opening it: ``open_store`` with its
+    options, and errors on one line as ``cli_errors`` reports them."""
+    with cli_errors(), open_store(database_url, schema, **extra) as store:
+        yield store
+
+
+def show(as_json: bool, data: Any, text: RenderableType) -> None:
+    """Print ``data`` as JSON with ``--json``, else ``text`` (lines or a table)."""
+    if as_json:
+        console.print_json(json.dumps(data))
+    else:
+        console.print(text, highlight=False)
+
+
+def confirm(yes: bool, question: str, refusal: str) -> None:
+    """Ask ``question`` unless ``--yes`` was given (no aborts); without a terminal to ask on,
+    fail with ``refusal`` (exit 2)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(refusal, 2)
+    typer.confirm(question, abort=True)
 
 
 def _usage_error(exc: Any, args: Sequence[str]) -> NoReturn:

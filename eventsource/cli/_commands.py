@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -17,9 +15,10 @@ from eventsource.cli._app import (
     DatabaseUrl,
     Schema,
     cli_errors,
-    console,
-    fail,
+    command_store,
+    confirm,
     open_store,
+    show,
 )
 from eventsource.commands import MAX_DELAY
 
@@ -87,11 +86,8 @@ def _listing(dead: bool, help_text: str) -> Any:
             with open_store(database_url, schema) as store:
                 commands = CommandQueue(store)
                 rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
-            if as_json:
-                console.print_json(json.dumps([r.as_json() for r in rows]))
-            else:
-                title = "dead commands" if dead else "commands"
-                console.print(_command_table(title, rows, dead=dead))
+            title = "dead commands" if dead else "commands"
+            show(as_json, [r.as_json() for r in rows], _command_table(title, rows, dead=dead))
 
     command.__doc__ = help_text
     return command
@@ -122,13 +118,13 @@ def commands_retry(
     """Run a dead command again (after fixing its handler)."""
     from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-    with cli_errors():
-        with open_store(database_url, schema) as store:
-            CommandQueue(store).retry(command_id, attempts=attempts)
-        if as_json:
-            console.print_json(json.dumps({"retried": command_id, "attempts": attempts}))
-        else:
-            console.print(f"command {command_id}: pending again with {attempts} more attempt(s)")
+    with command_store(database_url, schema) as store:
+        CommandQueue(store).retry(command_id, attempts=attempts)
+        show(
+            as_json,
+            {"retried": command_id, "attempts": attempts},
+            f"command {command_id}: pending again with {attempts} more attempt(s)",
+        )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -171,13 +167,11 @@ def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
         age = parse_duration(older_than, "--older-than")
         if queue is not None:
             check_name(queue, "--queue")
-        if not yes:
-            if not sys.stdin.isatty():
-                fail("purge deletes dead commands for good: pass --yes to confirm", 2)
-            typer.confirm(f"Delete dead commands older than {older_than}?", abort=True)
+        confirm(
+            yes,
+            f"Delete dead commands older than {older_than}?",
+            "purge deletes dead commands for good: pass --yes to confirm",
+        )
         with open_store(database_url, schema) as store:
             purged = CommandQueue(store).purge(older_than=age, queue=queue)
-        if as_json:
-            console.print_json(json.dumps({"purged": purged}))
-        else:
-            console.print(f"purged {purged} dead command(s)")
+        show(as_json, {"purged": purged}, f"purged {purged} dead command(s)")

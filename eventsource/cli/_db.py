@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -11,10 +10,10 @@ from eventsource.cli._app import (
     AsJson,
     DatabaseUrl,
     Schema,
-    cli_errors,
+    command_store,
     console,
     err_console,
-    open_store,
+    show,
 )
 from eventsource.db import safe_url
 
@@ -40,10 +39,9 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Create the schema or upgrade it to this version (idempotent; safe to run concurrently)."""
-    with cli_errors():
-        with open_store(database_url, schema, partitions=partitions) as store:
-            store.upgrade()
-            status = store.status()
+    with command_store(database_url, schema, partitions=partitions) as store:
+        store.upgrade()
+        status = store.status()
         console.print(
             f"schema [bold]{status.schema}[/] at revision {status.revision}"
             f" with {status.partitions} partitions on {safe_url(store.url)}",
@@ -57,10 +55,9 @@ def db_status(
     database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
 ) -> None:
     """Show the schema's revision, the code's head revision and the partition count."""
-    with cli_errors():
-        with open_store(database_url, schema) as store:
-            status = store.status()
-            heads = store.heads() if status.revision is not None else {}
+    with command_store(database_url, schema) as store:
+        status = store.status()
+        heads = store.heads() if status.revision is not None else {}
         info = {
             "database": safe_url(store.url),
             "schema": status.schema,
@@ -70,11 +67,7 @@ def db_status(
             "partitions": status.partitions,
             "events": sum(heads.values()),
         }
-        if as_json:
-            console.print_json(json.dumps(info))
-        else:
-            for key, value in info.items():
-                console.print(f"{key:>11}: {value}", highlight=False)
+        show(as_json, info, "\n".join(f"{key:>11}: {value}" for key, value in info.items()))
         if not status.up_to_date:
             err_console.print("the schema is not up to date: run `eventsource db upgrade`")
             raise typer.Exit(1)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from eventsource.cli._app import (
-    DatabaseUrl,
-    Schema,
-    cli_errors,
-    console,
-    open_store,
-)
+from eventsource.cli._app import DatabaseUrl, Schema, command_store, console
 
 
 def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> None:
     """Run the bank example end to end and print what it did."""
-    with cli_errors():
-        from examples.bank.demo import run_demo  # noqa: PLC0415 - only the demo needs it
+    from examples.bank.demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
-        with open_store(database_url, schema) as store:
-            store.upgrade()
-            run_demo(store, console)
+    with command_store(database_url, schema) as store:
+        store.upgrade()
+        run_demo(store, console)

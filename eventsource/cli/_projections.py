@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import sys
@@ -18,10 +17,12 @@ from eventsource.cli._app import (
     DatabaseUrl,
     Schema,
     cli_errors,
+    command_store,
+    confirm,
     console,
     err_console,
-    fail,
     open_store,
+    show,
 )
 from eventsource.cli._worker import _freeze_startup_objects
 
@@ -87,13 +88,11 @@ def projections_replay(
 
     with cli_errors():
         projection = _load_projection(target)
-        if not yes:
-            if not sys.stdin.isatty():
-                fail("replay empties the read model first: pass --yes to confirm", 2)
-            typer.confirm(
-                f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
-                abort=True,
-            )
+        confirm(
+            yes,
+            f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
+            "replay empties the read model first: pass --yes to confirm",
+        )
         with open_store(database_url, schema) as store:
             _freeze_startup_objects()
             applied = projections.replay(store, projection, console=err_console)
@@ -107,41 +106,42 @@ def projections_status(
     """Per projection and partition: position, head, lag, owner, last update, error."""
     import projections  # noqa: PLC0415
 
-    with cli_errors():
-        with open_store(database_url, schema) as store:
-            rows = projections.status(store)
-        if as_json:
-            console.print_json(json.dumps([r.as_json() for r in rows]))
-            return
-        table = Table(title="projections")
-        for column in (
-            "projection",
-            "partition",
-            "position",
-            "head",
-            "lag",
-            "owner",
-            "updated",
-            "error",
-        ):
-            table.add_column(column)
-        for r in rows:
-            error = ""
-            if r.error:
-                last = r.error.strip().splitlines()[-1]
-                error = f"at {r.error_position} after {r.error_attempts} attempts: {last}"
-            owner = r.owner or (f"paused by {r.paused_by}" if r.paused_by else "")
-            table.add_row(
-                r.projection,
-                str(r.partition),
-                str(r.position),
-                str(r.head),
-                str(r.lag),
-                owner,
-                r.updated_at.strftime("%H:%M:%S"),
-                error,
-            )
-        console.print(table)
+    with command_store(database_url, schema) as store:
+        rows = projections.status(store)
+        show(as_json, [r.as_json() for r in rows], _status_table(rows))
+
+
+def _status_table(rows: list[Any]) -> Table:
+    """The rich table of ``projections status``: one row per projection and partition."""
+    table = Table(title="projections")
+    for column in (
+        "projection",
+        "partition",
+        "position",
+        "head",
+        "lag",
+        "owner",
+        "updated",
+        "error",
+    ):
+        table.add_column(column)
+    for r in rows:
+        error = ""
+        if r.error:
+            last = r.error.strip().splitlines()[-1]
+            error = f"at {r.error_position} after {r.error_attempts} attempts: {last}"
+        owner = r.owner or (f"paused by {r.paused_by}" if r.paused_by else "")
+        table.add_row(
+            r.projection,
+            str(r.partition),
+            str(r.position),
+            str(r.head),
+            str(r.lag),
+            owner,
+            r.updated_at.strftime("%H:%M:%S"),
+            error,
+        )
+    return table
 
 
 def _partition_command(action: str) -> Any:

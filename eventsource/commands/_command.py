@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from eventsource._checks import check_name
+from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import EventSourceError, UnknownCommandType
 from eventsource.store import Transaction
 
@@ -27,7 +26,9 @@ DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_ATTEMPTS_LIMIT = 1000
 MAX_KEY_LENGTH = 500  # dedupe and ordering keys (names: MAX_NAME_LENGTH of _checks)
-MAX_HANDLER_TIMEOUT = 86400.0  # a day: an attempt that runs longer is not supervised any more
+# A handler's time limit: from a millisecond (as a worker's default_timeout) to a day (an
+# attempt that runs longer is not supervised any more).
+MIN_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT = 0.001, 86400.0
 # Delays and ages: a century is beyond any schedule and well within PostgreSQL's timestamps.
 MAX_DELAY = 100 * 365.25 * 86400
 STATUSES = ("pending", "running", "dead")
@@ -126,15 +127,9 @@ def handler(command: type[C], *, timeout: float | None = None) -> Callable[[F], 
     """
     if not (isinstance(command, type) and issubclass(command, Command) and command.command_type):
         raise TypeError(f"@handler takes a registered Command class, got {command!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or not 0 < timeout <= MAX_HANDLER_TIMEOUT
-    ):
-        raise ValueError(
-            f"timeout must be a positive number of seconds, at most {MAX_HANDLER_TIMEOUT:g},"
-            f" got {timeout!r}"
+    if timeout is not None:
+        timeout = check_seconds(
+            timeout, "timeout", low=MIN_HANDLER_TIMEOUT, high=MAX_HANDLER_TIMEOUT
         )
 
     def register(fn: F) -> F:
@@ -221,16 +216,6 @@ class CommandContext:
         )
 
 
-def int_in(value: object, low: int, high: int, error: str) -> int:
-    """``value`` if it is an int (not a bool) from ``low`` to ``high``; else ``ValueError``
-    with the message ``error``, followed by the value given."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{error}, got {value!r}")
-    return value
-
-
 def check_max_attempts(value: object) -> int:
     """``max_attempts`` of a command: an int from 1 to ``MAX_ATTEMPTS_LIMIT``."""
-    return int_in(
-        value, 1, MAX_ATTEMPTS_LIMIT, f"max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}"
-    )
+    return check_int(value, "max_attempts", low=1, high=MAX_ATTEMPTS_LIMIT)

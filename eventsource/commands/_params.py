@@ -10,9 +10,10 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 
 from eventsource._checks import (
-    BIGINT_MAX,
     INT_MAX,
     INT_MIN,
+    check_aware_datetime,
+    check_int,
     check_json_depth,
     check_json_text,
     check_name,
@@ -29,7 +30,6 @@ from eventsource.commands._command import (
     Command,
     _registry,
     check_max_attempts,
-    int_in,
 )
 from eventsource.commands._queries import command_queries
 from eventsource.store import AsyncEventStore, EventStore
@@ -56,32 +56,12 @@ def _check_queue(value: object) -> str | None:
     return None if value is None else check_name(value, "queue name")
 
 
-def _check_priority(value: object) -> int:
-    return int_in(value, INT_MIN, INT_MAX, "priority must be a 32-bit int (higher runs first)")
-
-
 def seconds(value: object, what: str) -> float:
     """A duration of 0 to ``MAX_DELAY`` (100 years), given as seconds or a ``timedelta``.
 
     ``TypeError`` for another type; ``ValueError`` for a negative, non-finite or larger value.
     """
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be seconds (a number) or a timedelta, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{what} must not be negative, got {value!r}")
-    return check_seconds(value, what, high=MAX_DELAY)
-
-
-def _check_run_at(run_at: object) -> datetime | None:
-    if run_at is None:
-        return None
-    if not isinstance(run_at, datetime):
-        raise TypeError(f"run_at must be a datetime, got {run_at!r}")
-    if run_at.tzinfo is None or run_at.utcoffset() is None:
-        raise ValueError(f"run_at must be timezone-aware, got {run_at!r}")
-    return run_at
+    return check_seconds(value, what, high=MAX_DELAY, or_timedelta=True)
 
 
 def _encode(command: object) -> tuple[str, str]:
@@ -136,15 +116,16 @@ def enqueue_params(command: Command, options: _Options, default_attempts: int) -
     if attempts is None:
         attempts = cls.default_max_attempts or default_attempts
     correlation_id, causation_id = current_correlation()
+    run_at = options.run_at
     return {
         "queue": check_name(
             cls.default_queue if options.queue is None else options.queue, "queue name"
         ),
         "command_type": command_type,
         "payload": payload,
-        "priority": _check_priority(options.priority),
+        "priority": check_int(options.priority, "priority", low=INT_MIN, high=INT_MAX),
         "max_attempts": check_max_attempts(attempts),
-        "run_at": _check_run_at(options.run_at),
+        "run_at": None if run_at is None else check_aware_datetime(run_at, "run_at"),
         "delay": None if options.delay is None else seconds(options.delay, "delay"),
         "dedupe_key": _check_key(options.dedupe_key, "dedupe_key"),
         "ordering_key": _check_key(options.ordering_key, "ordering_key"),
@@ -209,7 +190,7 @@ def _statuses(statuses: Sequence[str]) -> list[str]:
 
 
 def _command_id(value: object) -> int:
-    return int_in(value, 1, BIGINT_MAX, f"a command id is an int from 1 to {BIGINT_MAX}")
+    return check_int(value, "command_id", low=1)
 
 
 # -- what both queues share ----------------------------------------------------------------
@@ -250,7 +231,7 @@ class _QueueCore:
         return {
             "statuses": _statuses(statuses),
             "queue": _check_queue(queue),
-            "limit": int_in(limit, 1, BIGINT_MAX, f"limit must be an int from 1 to {BIGINT_MAX}"),
+            "limit": check_int(limit, "limit", low=1),
         }
 
     @staticmethod
@@ -259,8 +240,10 @@ class _QueueCore:
 
     @staticmethod
     def _retry_params(command_id: int, attempts: int) -> dict[str, int]:
-        error = "attempts must be an int from 1 to 100"
-        return {"id": _command_id(command_id), "attempts": int_in(attempts, 1, 100, error)}
+        return {
+            "id": _command_id(command_id),
+            "attempts": check_int(attempts, "attempts", low=1, high=100),
+        }
 
     @staticmethod
     def _purge_params(older_than: float | timedelta, queue: str | None) -> dict[str, Any]:

@@ -251,52 +251,43 @@ def check_stream_id(stream_id: object, what: str = "stream id") -> str:
 
 
 def check_expected(expected: int | ExpectedVersion) -> int:
-    """``expected_version``: a version from 0 to the bigint maximum, ``NO_STREAM`` or ``ANY``."""
+    """``expected_version``: a version from 0 to the bigint maximum, ``NO_STREAM`` or ``ANY``.
+
+    Anything else is a ``ValueError`` that names the three choices.
+    """
     if isinstance(expected, ExpectedVersion):
         return expected.value
-    if (
-        isinstance(expected, bool)
-        or not isinstance(expected, int)
-        or not 0 <= expected <= BIGINT_MAX
-    ):
+    try:
+        return check_int(expected, "expected_version", low=0)
+    except (TypeError, ValueError):
         raise ValueError(
             f"expected_version must be an int from 0 to {BIGINT_MAX}, NO_STREAM or ANY,"
             f" got {expected!r}"
-        )
-    return expected
+        ) from None
 
 
 def check_version(version: object, what: str = "after_version") -> int:
     """A stream version to read after: an int from 0 to the bigint maximum."""
-    return check_int(version, what, low=0, high=BIGINT_MAX)
+    return check_int(version, what, low=0)
 
 
 def check_partitions(partitions: object) -> int:
     """``partitions`` if it is a valid partition count (1 to MAX_PARTITIONS)."""
-    if (
-        isinstance(partitions, bool)
-        or not isinstance(partitions, int)
-        or not 1 <= partitions <= MAX_PARTITIONS
-    ):
-        raise ValueError(
-            f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}"
-        )
-    return partitions
+    return check_int(partitions, "partitions", low=1, high=MAX_PARTITIONS)
 
 
 def check_partition(partition: object, partitions: int) -> int:
     """``partition`` if it exists in a log of ``partitions`` partitions."""
-    if isinstance(partition, bool) or not isinstance(partition, int):
-        raise TypeError(f"partition must be an int, got {partition!r}")
-    if not 0 <= partition < partitions:
+    try:
+        return check_int(partition, "partition", low=0, high=partitions - 1)
+    except ValueError:
         raise ValueError(
             f"partition {partition} does not exist: this log has partitions 0..{partitions - 1}"
-        )
-    return partition
+        ) from None
 
 
 def check_range(after: object, limit: object, *, limit_name: str = "limit") -> None:
     """Paging arguments (``after`` and ``limit``, or ``batch``): ints from 0 to the bigint
     maximum, named ``after`` and ``limit_name`` in errors."""
-    check_int(after, "after", low=0, high=BIGINT_MAX)
-    check_int(limit, limit_name, low=0, high=BIGINT_MAX)
+    check_int(after, "after", low=0)
+    check_int(limit, limit_name, low=0)

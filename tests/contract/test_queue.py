@@ -274,8 +274,8 @@ BAD_ENQUEUES: list[Any] = [
     pytest.param({"dedupe_key": "a\x00b"}, ValueError, "dedupe_key must not contain", id="nul-dk"),
     pytest.param({"ordering_key": "\x00"}, ValueError, "ordering_key must not", id="nul-ok"),
     pytest.param({"queue": "q\x00"}, ValueError, "queue name must not contain", id="nul-queue"),
-    pytest.param({"max_attempts": 0}, ValueError, "max_attempts must be an int", id="attempts-0"),
-    pytest.param({"priority": 2**40}, ValueError, "32-bit", id="priority"),
+    pytest.param({"max_attempts": 0}, ValueError, "max_attempts must be from 1", id="attempts-0"),
+    pytest.param({"priority": 2**40}, ValueError, "priority must be from", id="priority"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic_core
@@ -16,6 +17,7 @@ from eventsource._checks import (
     BIGINT_MAX,
     INT_MAX,
     MAX_JSON_DEPTH,
+    check_aware_datetime,
     check_database_url,
     check_int,
     check_json_depth,
@@ -144,6 +146,55 @@ def test_check_seconds_refuses_what_a_wait_cannot_take(bad: object, error: type[
     """NaN, infinities, huge and negative values and non-numbers are refused, naming the field."""
     with pytest.raises(error, match="poll_interval"):
         check_seconds(bad, "poll_interval")
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (-1, ValueError, r"^grace must not be negative, got -1$"),
+        (86400.5, ValueError, r"^grace must be from 0 to 86400 seconds, got 86400\.5$"),
+        (math.nan, ValueError, r"^grace must be from 0 to 86400 seconds, got nan$"),
+        (10**400, ValueError, r"^grace must be from 0 to 86400 seconds, got 1000"),
+        (True, TypeError, r"^grace must be a number of seconds, got bool: True$"),
+        (timedelta(seconds=1), TypeError, r"^grace must be a number of seconds, got timedelta"),
+    ],
+)
+def test_check_seconds_messages(bad: object, error: type[Exception], match: str) -> None:
+    """One line naming the argument and the value: negative, out of range, or another type."""
+    with pytest.raises(error, match=match):
+        check_seconds(bad, "grace")
+
+
+def test_check_seconds_or_timedelta() -> None:
+    """With or_timedelta a timedelta counts as its seconds, and is checked like them."""
+    assert check_seconds(timedelta(minutes=2), "delay", or_timedelta=True) == 120.0
+    assert check_seconds(3, "delay", or_timedelta=True) == 3.0
+    with pytest.raises(ValueError, match=r"^delay must not be negative, got -5\.0$"):
+        check_seconds(timedelta(seconds=-5), "delay", or_timedelta=True)
+    with pytest.raises(ValueError, match=r"^delay must be from 0 to 86400 seconds, got 172800\.0$"):
+        check_seconds(timedelta(days=2), "delay", or_timedelta=True)
+    with pytest.raises(TypeError, match=r"^delay must be a number of seconds, got timedelta"):
+        check_seconds(timedelta(days=2), "delay")
+    with pytest.raises(TypeError, match=r"^delay must be a number of seconds or a timedelta, got"):
+        check_seconds("5", "delay", or_timedelta=True)
+
+
+def test_check_int_below_zero_is_negative() -> None:
+    """Below a lower bound of 0 the message says "must not be negative"; other bounds show."""
+    with pytest.raises(ValueError, match=r"^after must not be negative, got -1$"):
+        check_int(-1, "after", low=0)
+    with pytest.raises(ValueError, match=r"^limit must be from 1 to 10, got 0$"):
+        check_int(0, "limit", low=1, high=10)
+
+
+def test_check_aware_datetime() -> None:
+    """A timezone-aware datetime passes unchanged; a naive one or another type is refused."""
+    aware = datetime(2030, 1, 1, tzinfo=UTC)
+    assert check_aware_datetime(aware, "run_at") == aware
+    with pytest.raises(ValueError, match=r"^run_at must be timezone-aware, got datetime"):
+        check_aware_datetime(datetime(2030, 1, 1), "run_at")  # naive
+    with pytest.raises(TypeError, match=r"^run_at must be a datetime, got str: '2030-01-01'$"):
+        check_aware_datetime("2030-01-01", "run_at")
 
 
 # -- JSON depth ---------------------------------------------------------------------------

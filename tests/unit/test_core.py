@@ -118,8 +118,11 @@ def test_check_partitions_range() -> None:
     """Partition counts are ints from 1 to 4096."""
     assert check_partitions(1) == 1
     assert check_partitions(MAX_PARTITIONS) == MAX_PARTITIONS
-    for bad in (0, -1, MAX_PARTITIONS + 1, True, 2.0, "4"):
-        with pytest.raises(ValueError, match="partitions"):
+    for bad in (0, -1, MAX_PARTITIONS + 1):
+        with pytest.raises(ValueError, match=f"partitions must be from 1 to {MAX_PARTITIONS}"):
+            check_partitions(bad)
+    for bad in (True, 2.0, "4"):
+        with pytest.raises(TypeError, match="partitions must be an int"):
             check_partitions(bad)
 
 
@@ -130,9 +133,9 @@ def test_check_partition_range() -> None:
         check_partition(4, 4)
     with pytest.raises(ValueError, match="does not exist"):
         check_partition(-1, 4)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^partition must be an int, got str: '1'$"):
         check_partition("1", 4)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^partition must be an int, got bool: True$"):
         check_partition(True, 4)
 
 
