@@ -1,4 +1,4 @@
-"""Checks of the values users pass in: names, integers, durations and JSON documents.
+"""Checks of the values users pass in: names, integers, durations, times, URLs.
 
 Every public constructor, method, CLI option and ``EVENTSOURCE_*`` setting validates its
 arguments here before any I/O, so a bad value fails with a ``TypeError`` or ``ValueError`` that
@@ -9,30 +9,25 @@ names the argument and shows the value, and nothing is written::
     poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
 
 The limits are those of what stores or reads the value: PostgreSQL's ``integer`` and ``bigint``
-ranges, text without NUL that encodes as UTF-8, and JSON no deeper than the decoder of the
-read path (pydantic's JSON parser) accepts.
+ranges, and text without NUL that encodes as UTF-8. JSON documents are checked in ``_json``.
 
 Numbers, durations and times are validated by pydantic (strict types, so a ``bool`` is not an
 ``int``; one cached ``TypeAdapter`` per kind and bounds), and ``invalid`` words what it refuses
-as the one-line error. Names, URLs and JSON text are checked by hand: their rules (NUL, lone
-surrogates, identifiers, nesting depth) are PostgreSQL's, not types pydantic knows.
+as the one-line error. Names and URLs are checked by hand: their rules (NUL, lone surrogates,
+identifiers) are PostgreSQL's, not types pydantic knows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-import pydantic_core
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     Field,
     Strict,
     TypeAdapter,
@@ -46,19 +41,16 @@ __all__ = [
     "BIGINT_MIN",
     "INT_MAX",
     "INT_MIN",
-    "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_STREAM_ID_LENGTH",
     "check_aware_datetime",
     "check_database_url",
     "check_int",
-    "check_json_depth",
-    "check_json_text",
     "check_name",
     "check_schema_name",
     "check_seconds",
     "check_utf8",
-    "object_depth",
+    "surrogate_at",
 ]
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL integer
@@ -66,18 +58,13 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # PostgreSQL bigint
 MAX_NAME_LENGTH = 200
 T = TypeVar("T")
 
-# pydantic's JSON parser (jiter), which decodes stored payloads on every read, refuses a
-# document nested deeper than this: a container with content at level 201 is "recursion limit
-# exceeded". PostgreSQL's jsonb accepts thousands of levels, so this is the binding limit.
-MAX_JSON_DEPTH = 200
-
 
 def _show(value: str, limit: int = 40) -> str:
     """``repr`` of a value, cut after ``limit`` characters (long values in messages)."""
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
-def _surrogate_at(value: str) -> int | None:
+def surrogate_at(value: str) -> int | None:
     """The index of the first lone surrogate in ``value`` (``None`` if none): a Python str may
     hold one (``"\\udcff"``, e.g. from bytes of ``sys.argv``), UTF-8 and PostgreSQL text cannot."""
     try:
@@ -89,7 +76,7 @@ def _surrogate_at(value: str) -> int | None:
 
 def check_utf8(value: str, what: str) -> str:
     """``value`` if it encodes as UTF-8; ``ValueError`` naming ``what`` for a lone surrogate."""
-    at = _surrogate_at(value)
+    at = surrogate_at(value)
     if at is not None:
         raise ValueError(
             f"{what} is not valid UTF-8 text: it contains the lone surrogate"
@@ -125,7 +112,9 @@ def check_name(
 # -- numbers, durations and times: pydantic validates, ``invalid`` words the error ----------
 
 # pydantic's errors for a value of no accepted type (the others refuse a value of one).
-_TYPE_ERRORS = frozenset({"int_type", "float_type", "time_delta_type", "datetime_type"})
+_TYPE_ERRORS = frozenset(
+    {"int_type", "float_type", "bool_type", "time_delta_type", "datetime_type"}
+)
 
 
 def invalid(
@@ -173,7 +162,22 @@ def check_int(value: object, what: str, *, low: int = BIGINT_MIN, high: int = BI
 
         check_int(2**63, "limit", low=1)  # ValueError: limit must be from 1 to 9223372036854775807
     """
+    if type(value) is int and low <= value <= high:
+        return value  # the common case on hot paths (appends, reads), without pydantic
     return _int_rule(low, high).check(value, what)
+
+
+@cache
+def _bool_rule() -> _Rule[bool]:
+    """The rule of ``check_bool``: a ``bool`` and nothing else (not 0 or 1, not "yes")."""
+    return _Rule(TypeAdapter(Annotated[bool, Strict()]), "a bool", "a bool")
+
+
+def check_bool(value: object, what: str) -> bool:
+    """A ``bool`` (``TypeError`` naming ``what`` otherwise: no 0/1, no "yes")."""
+    if type(value) is bool:
+        return value
+    return _bool_rule().check(value, what)
 
 
 @cache
@@ -228,7 +232,7 @@ def check_database_url(value: object, what: str = "database URL") -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
-    at = _surrogate_at(value)
+    at = surrogate_at(value)
     if at is not None:  # not shown: the URL may hold a password
         raise ValueError(
             f"{what} is not valid UTF-8 text: it contains a lone surrogate at index {at}"
@@ -260,111 +264,6 @@ def check_database_url(value: object, what: str = "database URL") -> str:
             raise ValueError(
                 f"the port of the {what} must be a number from 1 to 65535, got {port!r}"
             )
-    return value
-
-
-def json_depth(text: str) -> int:
-    """The nesting depth of a JSON document (containers; the top-level object counts 1)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-def check_json_depth(text: str, what: str) -> str:
-    """``text`` (JSON) if the read path can decode it; ``ValueError`` naming ``what`` if not.
-
-    A document is refused when it is nested deeper than ``MAX_JSON_DEPTH`` levels, the limit of
-    pydantic's JSON parser. Cheap for the common case: a document with at most that many
-    brackets in all is not parsed at all.
-    """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return text
-    try:
-        pydantic_core.from_json(text)
-    except ValueError as exc:
-        if "recursion limit" in str(exc):
-            raise ValueError(too_deep(what, json_depth(text))) from None
-        raise ValueError(f"{what} cannot be decoded as JSON: {exc}") from None
-    return text
-
-
-def too_deep(what: str, depth: int | None) -> str:
-    """The message for a document nested ``depth`` levels deep (``None``: circular)."""
-    if depth is None:
-        return f"{what} contains a circular reference and cannot be stored as JSON"
-    return (
-        f"{what} is nested {depth} levels deep, deeper than the {MAX_JSON_DEPTH} levels"
-        " that reads can decode; nothing was written"
-    )
-
-
-def _children(value: object) -> Iterable[Any] | None:
-    """The values inside a container as JSON encodes it; ``None`` for a scalar."""
-    if isinstance(value, str | bytes | bytearray):
-        return None
-    if isinstance(value, Mapping):
-        return value.values()
-    if isinstance(value, list | tuple | set | frozenset):
-        return value
-    if isinstance(value, BaseModel):
-        extra = value.__pydantic_extra__ or {}
-        return [*(getattr(value, name) for name in type(value).model_fields), *extra.values()]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [getattr(value, field.name) for field in dataclasses.fields(value)]
-    return None
-
-
-def object_depth(value: object) -> int | None:
-    """How deeply JSON containers nest in ``value`` (dicts, lists, models); ``None`` if circular.
-
-    Iterative, so a value nested thousands of levels deep is measured without a
-    ``RecursionError``.
-    """
-    deepest = 0
-    on_path: set[int] = set()
-    stack: list[tuple[object, int, bool]] = [(value, 1, False)]
-    while stack:
-        item, depth, leaving = stack.pop()
-        if leaving:
-            on_path.discard(id(item))
-            continue
-        children = _children(item)
-        if children is None:
-            continue
-        if id(item) in on_path:
-            return None
-        deepest = max(deepest, depth)
-        on_path.add(id(item))
-        stack.append((item, depth, True))
-        stack.extend((child, depth + 1, False) for child in children)
-    return deepest
-
-
-# A JSON escape of U+0000: "\u0000" not itself preceded by an escaping backslash.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def check_json_text(value: str, what: str) -> str:
-    """Check encoded JSON for what PostgreSQL's jsonb refuses, before anything is sent."""
-    if "\\u0000" in value and _NUL_ESCAPE.search(value):
-        raise ValueError(f"{what} contains a NUL character (U+0000), which PostgreSQL cannot store")
-    if _surrogate_at(value) is not None:
-        raise ValueError(f"{what} contains a lone surrogate character, which is not valid UTF-8")
     return value
 
 

@@ -26,14 +26,16 @@ from uuid_utils.compat import uuid7
 
 from eventsource._checks import (
     INT_MAX,
-    MAX_JSON_DEPTH,
     check_int,
-    check_json_depth,
     check_name,
+)
+from eventsource._errors import EventDecodeError, UnknownEventType, UpcastError
+from eventsource._json import (
+    MAX_JSON_DEPTH,
+    check_json_depth,
     object_depth,
     too_deep,
 )
-from eventsource._errors import EventDecodeError, UnknownEventType, UpcastError
 
 __all__ = [
     "Event",
@@ -86,8 +88,6 @@ class Event(BaseModel):
         if not isinstance(type_name, str):
             raise ValueError(f"event type name must be a non-empty string, got {type_name!r}")
         check_name(type_name, "event type name")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ValueError(f"event schema version must be an int >= 1, got {version!r}")
         check_int(version, "event schema version", low=1, high=INT_MAX)
         existing = _registry.get(type_name)
         if existing is not None and not _same_definition(existing, cls):

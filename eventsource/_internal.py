@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from eventsource._checks import (
     MAX_NAME_LENGTH,
+    check_bool,
     check_int,
     check_name,
     check_seconds,
@@ -35,6 +36,7 @@ __all__ = [
     "Listener",
     "Queries",
     "Statements",
+    "check_bool",
     "check_int",
     "check_name",
     "check_partition",

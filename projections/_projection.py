@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 from eventsource import Event, RecordedEvent
 from eventsource._internal import (
     MAX_NAME_LENGTH,
+    check_bool,
     check_int,
     check_name,
     close_thread_loop,
@@ -92,8 +93,8 @@ class Projection:
         cls._handlers = handlers
         if "batch_size" in cls.__dict__:
             check_int(cls.batch_size, f"{cls.__qualname__}.batch_size", low=1, high=MAX_BATCH_SIZE)
-        if "pipelined" in cls.__dict__ and not isinstance(cls.pipelined, bool):
-            raise TypeError(f"{cls.__qualname__}.pipelined must be a bool, got {cls.pipelined!r}")
+        if "pipelined" in cls.__dict__:
+            check_bool(cls.pipelined, f"{cls.__qualname__}.pipelined")
         name = cls.__dict__.get("name")
         if name is None:
             return  # an intermediate base class

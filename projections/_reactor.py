@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection
 
 from eventsource import Command, CommandQueue, Enqueued, EventStore, ReactorNotAttached
+from eventsource._internal import check_bool
 from projections._projection import Projection
 
 __all__ = ["Reactor"]
@@ -35,10 +36,7 @@ class Reactor(Projection):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not isinstance(cls.start_at_head, bool):
-            raise TypeError(
-                f"{cls.__qualname__}.start_at_head must be a bool, got {cls.start_at_head!r}"
-            )
+        check_bool(cls.start_at_head, f"{cls.__qualname__}.start_at_head")
 
     def attach(self, store: EventStore) -> None:
         """Bind the reactor to the store whose command queue it feeds (done by the worker)."""

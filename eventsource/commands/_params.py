@@ -14,15 +14,17 @@ from eventsource._checks import (
     INT_MIN,
     check_aware_datetime,
     check_int,
-    check_json_depth,
-    check_json_text,
     check_name,
     check_seconds,
-    object_depth,
-    too_deep,
 )
 from eventsource._context import current_correlation
 from eventsource._errors import UnknownCommandType
+from eventsource._json import (
+    check_json_depth,
+    check_json_text,
+    object_depth,
+    too_deep,
+)
 from eventsource.commands._command import (
     MAX_DELAY,
     MAX_KEY_LENGTH,

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from eventsource._checks import check_name, check_seconds
+from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
 from eventsource.commands._attempt import LeaseLost, backoff
@@ -70,12 +70,8 @@ class CommandWorker(_Slots, _Heartbeat):
         """Check the settings (``ValueError``, ``TypeError``); nothing runs before ``run()``."""
         if isinstance(queues, str) or not queues:
             raise ValueError(f"queues must be a non-empty list of queue names, got {queues!r}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, got {concurrency!r}")
-        if not 1 <= concurrency <= 256:
-            raise ValueError(f"concurrency must be from 1 to 256, got {concurrency}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+        concurrency = check_int(concurrency, "concurrency", low=1, high=256)
+        batch_size = check_int(batch_size, "batch_size", low=1, high=10_000)
         self.store = store
         self.queues = [check_name(q, "queue") for q in dict.fromkeys(queues)]
         self.concurrency = concurrency
@@ -89,7 +85,7 @@ class CommandWorker(_Slots, _Heartbeat):
         self.lease = check_seconds(lease, "lease", low=0.5, high=86400)
         # A handler's ``ctx.tx`` may sit idle this long (ms): about one lease.
         self._idle_ms = str(max(1000, int(self.lease * 1000)))
-        self.batch_size = max(1, min(batch_size, 10_000))
+        self.batch_size = batch_size
         self.poll_interval = check_seconds(poll_interval, "poll_interval", low=0.01)
         self.listen = listen
         self.grace = check_seconds(grace, "grace")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from eventsource._aggregate import Aggregate
+from eventsource._checks import check_int
 from eventsource._errors import AggregateNotFound
 from eventsource._logging import get_logger
 from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
@@ -44,12 +45,8 @@ class Repository(Generic[A]):
         """``snapshot_every``: write a snapshot each time a save crosses a multiple of it."""
         if not (isinstance(aggregate_type, type) and issubclass(aggregate_type, Aggregate)):
             raise TypeError(f"Repository needs an Aggregate subclass, got {aggregate_type!r}")
-        if snapshot_every is not None and (
-            isinstance(snapshot_every, bool)
-            or not isinstance(snapshot_every, int)
-            or snapshot_every < 1
-        ):
-            raise ValueError(f"snapshot_every must be an int >= 1 or None, got {snapshot_every!r}")
+        if snapshot_every is not None:
+            snapshot_every = check_int(snapshot_every, "snapshot_every", low=1)
         self.store = store
         self.aggregate_type = aggregate_type
         self.snapshot_every = snapshot_every

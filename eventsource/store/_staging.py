@@ -9,12 +9,6 @@ from typing import Any, ClassVar
 
 import psycopg.errors
 
-from eventsource._checks import (
-    check_json_depth,
-    check_json_text,
-    object_depth,
-    too_deep,
-)
 from eventsource._context import with_context
 from eventsource._errors import (
     VERSION_CONFLICT,
@@ -23,6 +17,12 @@ from eventsource._errors import (
     json_detail,
 )
 from eventsource._events import Event, encode_event
+from eventsource._json import (
+    check_json_depth,
+    check_json_text,
+    object_depth,
+    too_deep,
+)
 from eventsource.store._queries import Queries
 from eventsource.store._types import (
     ANY,

@@ -129,11 +129,12 @@ def test_load_checks_the_id(store: EventStore) -> None:
 
 
 def test_repository_arguments_are_checked(store: EventStore) -> None:
-    """A Repository needs an Aggregate subclass and a positive snapshot interval."""
+    """A Repository needs an Aggregate subclass and a positive int snapshot interval (a
+    value below 1 is a ValueError, one of another type a TypeError)."""
     with pytest.raises(TypeError, match="Aggregate subclass"):
         repository_for(store, Opened)  # type: ignore[type-var]
-    for bad in (0, -1, True, 2.5):
-        with pytest.raises(ValueError, match="snapshot_every"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (True, TypeError), (2.5, TypeError)):
+        with pytest.raises(error, match="snapshot_every must be"):
             repository_for(store, Counter, snapshot_every=bad)  # type: ignore[arg-type]
 
 

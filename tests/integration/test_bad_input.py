@@ -20,8 +20,8 @@ from eventsource import (
     EventStore,
     RecordedEvent,
 )
-from eventsource._checks import MAX_JSON_DEPTH
 from eventsource._events import EventDecodeError
+from eventsource._json import MAX_JSON_DEPTH
 from eventsource.db import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited
@@ -366,7 +366,7 @@ def test_a_stored_command_payload_that_does_not_decode_fails_in_one_line(
     """A payload that no longer matches its command class dead-letters the command with one
     line naming the command, not pydantic's multi-line report."""
     from eventsource import CommandQueue, CommandWorker  # noqa: PLC0415
-    from tests.integration.test_commands import HANDLERS, Job  # noqa: PLC0415
+    from tests.integration._probes import HANDLERS, Job  # noqa: PLC0415
 
     queue = CommandQueue(store)
     queued = queue.enqueue(Job(probe="p", n=1), max_attempts=1)

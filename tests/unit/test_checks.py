@@ -16,17 +16,19 @@ from eventsource import NO_STREAM, Event, EventSourceError, correlation
 from eventsource._checks import (
     BIGINT_MAX,
     INT_MAX,
-    MAX_JSON_DEPTH,
     check_aware_datetime,
     check_database_url,
     check_int,
-    check_json_depth,
     check_name,
     check_seconds,
+)
+from eventsource._events import EventDecodeError, decode_event, encode_event
+from eventsource._json import (
+    MAX_JSON_DEPTH,
+    check_json_depth,
     json_depth,
     object_depth,
 )
-from eventsource._events import EventDecodeError, decode_event, encode_event
 from eventsource.store import StagedAppends, check_expected, check_range, check_stream_id
 from tests.domain import Deposited
 from tests.values import dicts, lists

@@ -129,10 +129,13 @@ def test_blank_type_name_is_rejected(bad: str) -> None:
             value: int
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, "2"])
-def test_invalid_schema_version_is_rejected(bad: object) -> None:
-    """A schema version that is not an int >= 1 is a ValueError at class creation."""
-    with pytest.raises(ValueError, match="schema version"):
+@pytest.mark.parametrize(
+    ("bad", "error"), [(0, ValueError), (-1, ValueError), (True, TypeError), ("2", TypeError)]
+)
+def test_invalid_schema_version_is_rejected(bad: object, error: type[Exception]) -> None:
+    """A schema version below 1 is a ValueError, one that is no int a TypeError, at class
+    creation (as for every int argument)."""
+    with pytest.raises(error, match="event schema version must be"):
 
         class BadVersion(Event, name=unique("unit.BadVersion"), version=bad):  # type: ignore[arg-type]
             value: int

@@ -58,5 +58,5 @@ def test_handles_checks_stored_type_names() -> None:
 
 def test_reactor_start_at_head_must_be_a_bool() -> None:
     """A reactor's start_at_head that is not a bool is refused at class creation."""
-    with pytest.raises(TypeError, match=r"Bad\.start_at_head must be a bool, got 'no'"):
+    with pytest.raises(TypeError, match=r"Bad\.start_at_head must be a bool, got str: 'no'"):
         type("Bad", (Reactor,), {"name": "unit.bad-reactor", "start_at_head": "no"})
