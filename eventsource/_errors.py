@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
@@ -36,7 +36,8 @@ class EventSourceError(Exception):
 
     # An error with structured fields is a dataclass (``@dataclass(eq=False, repr=False)``):
     # the fields are its constructor's arguments and its attributes, and its message is the
-    # one that its ``_message`` builds from them.
+    # one that its ``_message`` builds from them. Such declarations look alike on purpose
+    # (fields, then one message): the likeness is this convention, not repeated logic.
 
     def __post_init__(self) -> None:
         EventSourceError.__init__(self, self._message())
@@ -73,22 +74,34 @@ class AggregateNotFound(EventSourceError):
         return f"{self.aggregate_type} {self.aggregate_id!r} not found"
 
 
-def _unknown_type(kind: str, name: str, base: str) -> str:
-    """The message of a stored type name that no loaded class is registered under."""
-    return (
-        f"unknown {kind} type {name!r}: import the module that defines it"
-        f" ({base} subclass registered under that name)"
-    )
+class _UnknownType(EventSourceError):
+    """A type name (its one field) that no class loaded in this process is registered under."""
+
+    _kind: ClassVar[tuple[str, str]]  # what is named, and the base class of what is missing
+
+    def _message(self) -> str:
+        (field,) = fields(self)  # type: ignore[arg-type]  # each subclass is a dataclass
+        kind, base = self._kind
+        return (
+            f"unknown {kind} type {getattr(self, field.name)!r}: import the module that defines"
+            f" it ({base} subclass registered under that name)"
+        )
 
 
 @dataclass(eq=False, repr=False)
-class UnknownEventType(EventSourceError):
+class UnknownEventType(_UnknownType):
     """A stored event's type has no registered Event class in this process."""
 
     event_type: str
+    _kind = ("event", "an Event")
 
-    def _message(self) -> str:
-        return _unknown_type("event", self.event_type, "an Event")
+
+@dataclass(eq=False, repr=False)
+class UnknownCommandType(_UnknownType):
+    """A command type name has no registered Command class in this process."""
+
+    command_type: str
+    _kind = ("command", "a Command")
 
 
 @dataclass(eq=False, repr=False)
@@ -173,16 +186,6 @@ class SchemaNotReady(EventSourceError):
 
 class EmbeddedUnavailable(EventSourceError):
     """No database URL is set and the embedded PostgreSQL cannot start."""
-
-
-@dataclass(eq=False, repr=False)
-class UnknownCommandType(EventSourceError):
-    """A command type name has no registered Command class in this process."""
-
-    command_type: str
-
-    def _message(self) -> str:
-        return _unknown_type("command", self.command_type, "a Command")
 
 
 @dataclass(eq=False, repr=False)

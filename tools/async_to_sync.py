@@ -26,12 +26,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (async source, sync twin), relative to the repository's root.
+# (async source, sync twin), relative to the repository's root. A module that is both holds
+# its async classes between the two markers below and their sync twins after the second one
+# (its import block imports the names of both).
 PAIRS = [
     ("eventsource/store/_async.py", "eventsource/store/_sync.py"),
     ("eventsource/store/_async_repository.py", "eventsource/store/_repository.py"),
-    ("eventsource/commands/_async_queue.py", "eventsource/commands/_queue.py"),
+    ("eventsource/commands/_queue.py", "eventsource/commands/_queue.py"),
 ]
+SOURCE_MARK = "# -- async source: the sync twins after the next marker are generated from it --\n"
+TWIN_MARK = (
+    "# -- sync twins, generated from the async source above by tools/async_to_sync.py (run it\n"
+    "# -- after editing the source; tests/unit/test_generated.py checks them): do not edit --\n"
+)
 
 # Names of the async API and their sync twins; applied to whole words everywhere.
 NAMES = {
@@ -169,8 +176,26 @@ def _ruff(text: str, path: Path) -> str:
 _SOURCE_NOTE = re.compile(r"\n\nAsync source: .*?(?=\n\n|\n\"\"\")", re.DOTALL)
 
 
+def _in_module_twins(path: str) -> str:
+    """The module ``path`` with the twins after ``TWIN_MARK`` made from its async source."""
+    text = (ROOT / path).read_text()
+    head, found, rest = text.partition(SOURCE_MARK)
+    source, found_twin, _ = rest.partition(TWIN_MARK)
+    if not (found and found_twin):
+        raise ValueError(f"{path}: the source and twin markers are missing")
+    twins = _rewrite_tokens(_drop_async_only(source.strip() + "\n"))
+    command = [sys.executable, "-m", "ruff", "format", "--quiet", "--stdin-filename", path, "-"]
+    twins = subprocess.run(
+        command, input=twins, capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    return f"{head}{SOURCE_MARK}{source}{TWIN_MARK}\n\n{twins}"
+
+
 def sync_twin(source: str, target: str) -> str:
-    """The sync twin of the async module ``source`` (both paths relative to the root)."""
+    """The sync twin of the async module ``source`` (both paths relative to the root); for a
+    module that holds both, the module with its twins made anew."""
+    if source == target:
+        return _in_module_twins(source)
     # The source's note that it is the source is left out: the twin gets a header instead.
     text = _SOURCE_NOTE.sub("", (ROOT / source).read_text(), count=1)
     text = _rewrite_tokens(_imports(_drop_async_only(text)))

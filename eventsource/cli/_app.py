@@ -1,4 +1,4 @@
-"""The `eventsource` application: shared options, settings, the store, errors on one line."""
+"""The `eventsource` application: settings, the store, output, errors on one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -49,27 +49,6 @@ def _click_module(name: str) -> Any:
 _click_core = _click_module("core")
 _click_exceptions = _click_module("exceptions")
 _click_globals = _click_module("globals")
-
-# Bounds of the worker options: a day at most, so that no wait overflows a thread's timer.
-MAX_SECONDS = 86400.0
-MIN_LEASE, MAX_LEASE = 0.5, 3600.0  # as EVENTSOURCE_COMMAND_LEASE
-MIN_POLL_INTERVAL = 0.01
-
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="EVENTSOURCE_DATABASE_URL",
-        show_envvar=True,
-        help="PostgreSQL URL; unset: the embedded server.",
-        show_default=False,
-    ),
-]
-Schema = Annotated[
-    str,
-    typer.Option("--schema", envvar="EVENTSOURCE_SCHEMA", help="Schema of the framework's tables."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _one_line(message: str) -> str:

@@ -10,16 +10,8 @@ import typer
 from rich.table import Table
 
 from eventsource._checks import BIGINT_MAX, check_name
-from eventsource.cli._app import (
-    AsJson,
-    DatabaseUrl,
-    Schema,
-    cli_errors,
-    command_store,
-    confirm,
-    open_store,
-    show,
-)
+from eventsource.cli._app import cli_errors, command_store, confirm, open_store, show
+from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.commands import MAX_DELAY
 
 commands_app = typer.Typer(

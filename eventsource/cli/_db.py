@@ -6,15 +6,8 @@ from typing import Annotated
 
 import typer
 
-from eventsource.cli._app import (
-    AsJson,
-    DatabaseUrl,
-    Schema,
-    command_store,
-    console,
-    err_console,
-    show,
-)
+from eventsource.cli._app import command_store, console, err_console, show
+from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.db import safe_url
 
 db_app = typer.Typer(

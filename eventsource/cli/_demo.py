@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from eventsource.cli._app import DatabaseUrl, Schema, command_store, console
+from eventsource.cli._app import command_store, console
+from eventsource.cli._options import DatabaseUrl, Schema
 
 
 def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> None:

@@ -13,9 +13,6 @@ from rich.table import Table
 
 from eventsource._checks import INT_MAX, check_name
 from eventsource.cli._app import (
-    AsJson,
-    DatabaseUrl,
-    Schema,
     cli_errors,
     command_store,
     confirm,
@@ -24,6 +21,7 @@ from eventsource.cli._app import (
     open_store,
     show,
 )
+from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.cli._worker import _freeze_startup_objects
 
 projections_app = typer.Typer(

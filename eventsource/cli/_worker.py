@@ -12,16 +12,14 @@ from typing import Annotated
 import typer
 
 from eventsource._checks import check_name, check_seconds
-from eventsource.cli._app import (
+from eventsource.cli._app import cli_errors, open_store, settings_for
+from eventsource.cli._options import (
     MAX_LEASE,
     MAX_SECONDS,
     MIN_LEASE,
     MIN_POLL_INTERVAL,
     DatabaseUrl,
     Schema,
-    cli_errors,
-    open_store,
-    settings_for,
 )
 
 worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)

@@ -2,7 +2,7 @@
 
 - ``_command``: ``Command`` models, ``@handler`` and the handlers' ``CommandContext``;
 - ``_params``: enqueue arguments, checked and encoded once for both queues;
-- ``_async_queue``: ``AsyncCommandQueue``, and ``_queue`` its generated sync twin ``CommandQueue``;
+- ``_queue``: ``AsyncCommandQueue``, and its generated sync twin ``CommandQueue``;
 - ``_queries``: its SQL statements, kept in ``queries.sql``;
 - ``_worker``: ``CommandWorker``, which runs the handlers, put together from ``_slots``
   (claiming and running batches), ``_attempt`` (one attempt, then its ack, retry or
@@ -15,7 +15,6 @@ own packages.
 
 from __future__ import annotations
 
-from eventsource.commands._async_queue import AsyncCommandQueue
 from eventsource.commands._command import (
     ANNOUNCE_AFTER_COMMIT,
     MAX_DELAY,
@@ -28,7 +27,7 @@ from eventsource.commands._command import (
 )
 from eventsource.commands._params import CommandInfo, Enqueued
 from eventsource.commands._queries import CommandQueries, command_queries
-from eventsource.commands._queue import CommandQueue
+from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -154,40 +154,27 @@ def registered_handlers() -> dict[str, HandlerSpec]:
     return dict(_handlers)
 
 
+@dataclass(repr=False, eq=False)
 class CommandContext:
     """What a handler knows about the attempt it runs: ids, attempt number, a transaction.
 
     ``tx`` opens a store transaction on first use; it commits together with the command's ack
     (so its writes count exactly when the attempt succeeds and still holds its lease), and
-    rolls back when the handler fails.
+    rolls back when the handler fails. The worker fills one in for every attempt.
     """
 
-    def __init__(  # noqa: PLR0917 - filled by the worker for every attempt
-        self,
-        command_id: int,
-        attempt: int,
-        max_attempts: int,
-        queue: str,
-        command_type: str,
-        enqueued_at: datetime,
-        correlation_id: str | None,
-        worker_id: str,
-        log: FilteringBoundLogger,
-        open_tx: Callable[[], Transaction],
-    ) -> None:
-        """The context of one attempt; ``open_tx`` opens its transaction when asked for."""
-        self.command_id = command_id
-        self.attempt = attempt
-        self.max_attempts = max_attempts
-        self.queue = queue
-        self.command_type = command_type
-        self.enqueued_at = enqueued_at
-        self.correlation_id = correlation_id
-        self.worker_id = worker_id
-        self.log = log
-        self._open_tx = open_tx
-        self._tx: Transaction | None = None
-        self._ended = False
+    command_id: int
+    attempt: int
+    max_attempts: int
+    queue: str
+    command_type: str
+    enqueued_at: datetime
+    correlation_id: str | None
+    worker_id: str
+    log: FilteringBoundLogger
+    _open_tx: Callable[[], Transaction]  # opens the attempt's transaction when asked for
+    _tx: Transaction | None = field(default=None, init=False)
+    _ended: bool = field(default=False, init=False)
 
     @property
     def tx(self) -> Transaction:

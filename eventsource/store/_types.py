@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 from uuid import UUID
 
 from eventsource._checks import (
@@ -33,6 +33,8 @@ __all__ = [
     "RecordedEvent",
     "partition_for",
 ]
+
+T = TypeVar("T")
 
 MAX_PARTITIONS = 4096
 
@@ -61,6 +63,23 @@ class AppendResult:
     duplicate: bool = False
 
 
+class _ResultField(Generic[T]):
+    """A field of a ``PendingAppend``'s result, read as an attribute of the append itself."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, append: None, owner: type) -> _ResultField[T]: ...
+    @overload
+    def __get__(self, append: PendingAppend, owner: type) -> T: ...
+    def __get__(self, append: PendingAppend | None, owner: type) -> T | _ResultField[T]:
+        if append is None:
+            return self
+        value: T = getattr(append.result, self.name)
+        return value
+
+
 class PendingAppend:
     """An append staged in a transaction; its result fields are readable once it is written.
 
@@ -83,37 +102,25 @@ class PendingAppend:
     @property
     def result(self) -> AppendResult:
         """The written append's result; an error while it is not written or was rolled back."""
-        if self._rolled_back:
-            raise EventSourceError(
-                f"the append to {self.stream_id!r} was rolled back with its transaction:"
-                " nothing was written"
+        if self._result is None or self._rolled_back:
+            state = (
+                "was rolled back with its transaction: nothing was written"
+                if self._rolled_back
+                else "is not written yet: read its result after the transaction commits (or"
+                " after tx.flush())"
             )
-        if self._result is None:
-            raise EventSourceError(
-                f"the append to {self.stream_id!r} is not written yet: read its result after"
-                " the transaction commits (or after tx.flush())"
-            )
+            raise EventSourceError(f"the append to {self.stream_id!r} {state}")
         return self._result
 
-    @property
-    def stream_version(self) -> int:
-        """The stream's version after the append."""
-        return self.result.stream_version
-
-    @property
-    def partition(self) -> int:
-        """The partition of the stream."""
-        return self.result.partition
-
-    @property
-    def position(self) -> int:
-        """The position of the append's last event in its partition."""
-        return self.result.position
-
-    @property
-    def duplicate(self) -> bool:
-        """Whether the events were stored already (the append changed nothing)."""
-        return self.result.duplicate
+    # The result's fields, read through ``result`` (an error until the append is written).
+    stream_version = _ResultField[int]()
+    """The stream's version after the append."""
+    partition = _ResultField[int]()
+    """The partition of the stream."""
+    position = _ResultField[int]()
+    """The position of the append's last event in its partition."""
+    duplicate = _ResultField[bool]()
+    """Whether the events were stored already (the append changed nothing)."""
 
     def __repr__(self) -> str:
         state = repr(self._result) if self._result else "not written yet"
