@@ -62,7 +62,6 @@ NAMES = {
     "schema_status_async": "schema_status",
     "upgrade_schema_async": "upgrade_schema",
     "_async_repository": "_repository",
-    "_async_queue": "_queue",
     "_async": "_sync",
 }
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-import eventsource.commands._async_queue
 import eventsource.commands._queue
 from eventsource import Command, CommandContext, Enqueued, EventStore, UnknownCommandType
 from tests.integration._probes import (
@@ -47,12 +46,8 @@ class Mail(Command, name="test.contract.Mail", queue="mail", max_attempts=2):
 @contextmanager
 def statements_sent(twin: str) -> Iterator[list[str]]:
     """The statements the twin's queue sends to the database within the block."""
-    if twin == "sync":
-        module: Any = eventsource.commands._queue
-        name = "fetch"
-    else:
-        module = eventsource.commands._async_queue
-        name = "fetch_async"
+    module: Any = eventsource.commands._queue
+    name = "fetch" if twin == "sync" else "fetch_async"
     real = getattr(module, name)
     sent: list[str] = []
 
