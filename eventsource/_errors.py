@@ -35,9 +35,8 @@ class EventSourceError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
     # An error with structured fields is a dataclass (``@dataclass(eq=False, repr=False)``):
-    # the fields are its constructor's arguments and its attributes, and its message is the
-    # one that its ``_message`` builds from them. Such declarations look alike on purpose
-    # (fields, then one message): the likeness is this convention, not repeated logic.
+    # its fields are its arguments and attributes, its message what ``_message`` builds from
+    # them. Such declarations look alike on purpose: the likeness is this convention.
 
     def __post_init__(self) -> None:
         EventSourceError.__init__(self, self._message())

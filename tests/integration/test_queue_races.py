@@ -31,11 +31,17 @@ from eventsource.commands import command_queries
 from eventsource.db import conninfo, fetch, quote_schema
 from tests.domain import Deposited, Opened
 
-from . import test_commands as cq
+from . import _probes as cq
 from ._support import assert_dense, sql
 
-probes = cq.probes  # the fixture: probes(action) record the calls of the test handlers
 Probe = cq.Probe
+
+
+@pytest.fixture
+def probes() -> Iterator[Callable[..., Probe]]:
+    """Make probes (``probes(action)``) recording the test handlers' calls; unregistered after."""
+    with cq.registered_probes() as make:
+        yield make
 
 
 class Background:
