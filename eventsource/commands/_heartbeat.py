@@ -41,7 +41,7 @@ class _Heartbeat(_Attempts):
         while True:
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.store.url)
+                    conn = connect(self.store.url, prepare_threshold=self.store._prepare_threshold)
                 if time.monotonic() >= next_beat or self._stop.is_set():
                     self._beat(conn, check_unhandled=beats % UNHANDLED_EVERY == 0)
                     next_beat = time.monotonic() + interval

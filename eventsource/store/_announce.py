@@ -40,8 +40,13 @@ class Announcer:
     # steady stream of commits the readers are busy anyway; an idle reader is woken at once.
     LINGER = 0.005
 
-    def __init__(self, conninfo: str, channel: str, statement: str) -> None:
+    def __init__(
+        self, conninfo: str, channel: str, statement: str, prepare_threshold: int | None = None
+    ) -> None:
+        """Announce on ``channel`` with ``statement`` over a connection of its own, opened on
+        first use (its statement prepared as the store's are: ``prepare_threshold``)."""
         self._conninfo = conninfo
+        self._prepare_threshold = prepare_threshold
         self._channel = channel
         self._statement = statement
         self._dirty: dict[str, set[str]] = {}
@@ -114,7 +119,7 @@ class Announcer:
                     conn.close()
                     conn = None
                 if conn is None:
-                    conn = connect(self._conninfo)
+                    conn = connect(self._conninfo, prepare_threshold=self._prepare_threshold)
                     conn.execute("SET synchronous_commit TO off")
                 conn.execute(self._statement, {"channel": channel, "payload": payload})
                 return conn

@@ -37,12 +37,15 @@ class StoreBase(Generic[EngineT]):
         self.schema = schema
         # A hostile or malformed name is a ValueError here, before any SQL is built or sent.
         self._queries = store_queries(check_schema_name(schema))
-        self._announcer = Announcer(
-            conninfo(self.url), self._queries.channel, self._queries.announce
-        )
         self._initial_partitions = check_partitions(partitions)
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
         self.prepared_statements = prepared_statements
+        self._announcer = Announcer(
+            conninfo(self.url),
+            self._queries.channel,
+            self._queries.announce,
+            self._prepare_threshold,
+        )
         self._partitions: int | None = None
 
     @property
