@@ -17,7 +17,7 @@ from eventsource._checks import (
 )
 from eventsource._logging import configure_logging, get_logger
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries
-from eventsource.db import Statements, driver_connection, fetch, quote_schema
+from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (
     Backoff,
     Listener,
@@ -27,7 +27,7 @@ from eventsource.runtime import (
     is_outage,
     run_on_thread_loop,
 )
-from eventsource.store import Queries, check_partition, paused_gc, records
+from eventsource.store import Queries, check_partition, parse_token, paused_gc, records
 
 __all__ = [
     "ANNOUNCE_AFTER_COMMIT",
@@ -47,9 +47,11 @@ __all__ = [
     "default_worker_id",
     "driver_connection",
     "fetch",
+    "fetch_async",
     "first_line",
     "get_logger",
     "is_outage",
+    "parse_token",
     "paused_gc",
     "quote_schema",
     "records",

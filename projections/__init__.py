@@ -21,10 +21,11 @@ from projections._ops import (
     retry,
     skip,
     status,
-    wait_for,
+    status_async,
 )
 from projections._projection import Projection, handles
 from projections._reactor import Reactor
+from projections._wait import wait_for, wait_for_async
 from projections._worker import ProjectionWorker, run
 
 __all__ = [
@@ -40,5 +41,7 @@ __all__ = [
     "run",
     "skip",
     "status",
+    "status_async",
     "wait_for",
+    "wait_for_async",
 ]

@@ -1,5 +1,6 @@
-"""Operating projections: replay (rebuild), status, retry and skip of a stopped partition,
-and waiting for a projection to pass an append (read-your-writes)."""
+"""Operating projections: replay (rebuild), status, retry and skip of a stopped partition.
+
+Waiting for a projection to pass an append (read-your-writes) is in ``_wait``."""
 
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ from rich.progress import (
 )
 
 from eventsource import (
-    AppendResult,
+    AsyncEventStore,
     EventSourceError,
     EventStore,
-    PendingAppend,
     ProjectionTimeout,
     ReplayError,
 )
@@ -32,13 +32,22 @@ from eventsource._internal import (
     default_worker_id,
     driver_connection,
     fetch,
+    fetch_async,
 )
 from projections._projection import Projection, check_projection_name
 from projections._queries import projection_queries
 from projections._reactor import Reactor
 from projections._worker import ProjectionWorker
 
-__all__ = ["PartitionStatus", "ProjectionTimeout", "replay", "retry", "skip", "status", "wait_for"]
+__all__ = [
+    "PartitionStatus",
+    "ProjectionTimeout",
+    "replay",
+    "retry",
+    "skip",
+    "status",
+    "status_async",
+]
 
 
 MAX_WAIT = 86400.0  # seconds: the longest wait_for and replay take-over that can be asked for
@@ -83,39 +92,11 @@ def status(store: EventStore) -> list[PartitionStatus]:
     return [PartitionStatus(*row) for row in rows]
 
 
-def wait_for(
-    store: EventStore,
-    projection: str | Projection | type[Projection],
-    result: AppendResult | PendingAppend,
-    timeout: float = 5.0,
-) -> None:
-    """Block until ``projection`` has applied ``result`` (read-your-writes).
-
-    ``ProjectionTimeout`` if it has not within ``timeout`` seconds.
-    """
-    name = check_projection_name(projection if isinstance(projection, str) else projection.name)
-    if not isinstance(result, AppendResult | PendingAppend):
-        raise TypeError(
-            f"wait_for takes the AppendResult or PendingAppend of an append, got {result!r}"
-        )
-    timeout = check_seconds(timeout, "timeout", high=MAX_WAIT)
-    key = {"projection": name, "partition": result.partition}
-    query = projection_queries(store).position
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        with store._raw() as conn:
-            rows = fetch(conn, query, key)
-        if rows and rows[0][0] >= result.position:
-            return
-        if time.monotonic() >= deadline:
-            at = rows[0][0] if rows else "no checkpoint"
-            raise ProjectionTimeout(
-                f"projection {name!r} has not reached position {result.position} of partition"
-                f" {result.partition} within {timeout}s (it is at {at}): is a worker running?"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+async def status_async(store: AsyncEventStore) -> list[PartitionStatus]:
+    """``status`` for an ``AsyncEventStore``."""
+    async with store._raw() as conn:
+        rows = await fetch_async(conn, projection_queries(store).status)
+    return [PartitionStatus(*row) for row in rows]
 
 
 def retry(store: EventStore, projection: str, partition: int) -> int:

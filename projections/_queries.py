@@ -8,7 +8,7 @@ nor from the worker's clock.
 
 from __future__ import annotations
 
-from eventsource import EventStore
+from eventsource import AsyncEventStore, EventStore
 from eventsource._internal import Queries as StoreQueries
 from eventsource._internal import Statements
 
@@ -55,6 +55,6 @@ class ProjectionQueries(Statements):
         self.store = StoreQueries.for_schema(schema)
 
 
-def projection_queries(store: EventStore) -> ProjectionQueries:
+def projection_queries(store: EventStore | AsyncEventStore) -> ProjectionQueries:
     """The projection statements for ``store``'s schema, rendered once per schema."""
     return ProjectionQueries.for_schema(store.schema)

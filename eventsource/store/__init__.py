@@ -24,6 +24,7 @@ from eventsource.store._queries import Queries
 from eventsource.store._repository import Repository
 from eventsource.store._staging import StagedAppends
 from eventsource.store._sync import EventStore, Transaction
+from eventsource.store._token import PositionTokenError, make_token, parse_token
 from eventsource.store._types import (
     ANY,
     MAX_PARTITIONS,
@@ -55,6 +56,7 @@ __all__ = [
     "EventStore",
     "ExpectedVersion",
     "PendingAppend",
+    "PositionTokenError",
     "Queries",
     "RecordedEvent",
     "Repository",
@@ -65,6 +67,8 @@ __all__ = [
     "check_partitions",
     "check_range",
     "check_stream_id",
+    "make_token",
+    "parse_token",
     "partition_for",
     "paused_gc",
     "payloads",

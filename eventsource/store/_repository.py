@@ -4,6 +4,7 @@ repo = Repository(store, Account, snapshot_every=100)
 account = repo.load("acc-1")   # AggregateNotFound if it was never saved
 account.deposit(10)
 repo.save(account)             # ConcurrencyError if another writer got there first
+repo.update("acc-1", lambda acc: acc.deposit(10), retries=5)   # load, change, save
 """
 
 # Generated from eventsource/store/_async_repository.py
@@ -12,14 +13,16 @@ repo.save(account)             # ConcurrencyError if another writer got there fi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
 from eventsource._aggregate import Aggregate
 from eventsource._checks import check_int
-from eventsource._errors import AggregateNotFound
+from eventsource._errors import AggregateNotFound, ConcurrencyError
 from eventsource._logging import get_logger
 from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
 
@@ -30,6 +33,14 @@ __all__ = ["Repository"]
 
 A = TypeVar("A", bound=Aggregate)
 log = get_logger("eventsource.repository")
+
+MAX_RETRIES = 100
+PAUSE_CAP = 0.1  # seconds: the longest pause between two tries of ``update``
+
+
+def _pause(tries: int) -> float:
+    """A random pause before try ``tries + 1`` of an update: up to 5 ms, doubling, capped."""
+    return random.uniform(0, min(PAUSE_CAP, 0.005 * 2**tries))
 
 
 class Repository(Generic[A]):
@@ -125,6 +136,41 @@ class Repository(Generic[A]):
                 pending = self._stage(aggregate, own, metadata, snapshot)
             return pending.result if pending is not None else None
         return self._stage(aggregate, tx, metadata, snapshot)
+
+    def update(
+        self,
+        aggregate_id: str,
+        change: Callable[[A], Any],
+        *,
+        retries: int = 3,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AppendResult | None:
+        """Load the aggregate, apply ``change`` to it and save it; the save's result (None
+        when ``change`` recorded nothing).
+
+        When another writer got there first (``ConcurrencyError``) it starts over from a fresh
+        load, up to ``retries`` more times, after a short random pause; the last conflict is
+        raised when every try conflicted. ``change`` runs once per try, so it should only
+        record events; it may be a coroutine function with an ``Repository``. An
+        aggregate never saved is ``AggregateNotFound``.
+        """
+        retries = check_int(retries, "retries", low=0, high=MAX_RETRIES)
+        if not callable(change):
+            raise TypeError(f"change must be callable, got {type(change).__name__}: {change!r}")
+        tries = 0
+        while True:
+            aggregate = self.load(aggregate_id)
+            change(aggregate)
+            try:
+                saved = self.save(aggregate, metadata=metadata)
+            except ConcurrencyError:
+                tries += 1
+                if tries > retries:
+                    raise
+                log.debug("update conflicted; trying again", stream_id=aggregate_id, tries=tries)
+                time.sleep(_pause(tries))
+                continue
+            return saved.result if isinstance(saved, PendingAppend) else saved
 
     def _snapshot_params(self, aggregate: A) -> dict[str, Any] | None:
         """The snapshot to write with this save, if the save crosses a multiple of N."""

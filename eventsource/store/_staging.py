@@ -203,8 +203,9 @@ class StagedAppends:
         params["metadata"] = staged.metadata
         return sql, params
 
-    def resolve(self, rows: Sequence[Sequence[Any]]) -> list[AppendResult]:
-        """Fill every pending append from the rows written (one per stream), in staging order."""
+    def resolve(self, rows: Sequence[Sequence[Any]], schema: str) -> list[AppendResult]:
+        """Fill every pending append from the rows written (one per stream), in staging order;
+        ``schema`` is the store's (the results' position tokens name it)."""
         by_stream = {row[0]: row for row in rows}
         results = []
         for stream_id, staged in self._streams.items():
@@ -215,9 +216,14 @@ class StagedAppends:
             for pending, count in staged.pending:
                 remaining -= count
                 pending._result = AppendResult(
-                    stream_id, version - remaining, partition, position - remaining, duplicate
+                    stream_id,
+                    version - remaining,
+                    partition,
+                    position - remaining,
+                    duplicate,
+                    schema,
                 )
-            results.append(AppendResult(stream_id, version, partition, position, duplicate))
+            results.append(AppendResult(stream_id, version, partition, position, duplicate, schema))
         self._streams.clear()
         return results
 
@@ -262,7 +268,9 @@ def append_plan(
             rows = []  # it wrote nothing
         if rows:
             ((version, partition, position),) = rows
-            return staged.resolve([(params["stream_id"], "ok", version, partition, position)])
+            return staged.resolve(
+                [(params["stream_id"], "ok", version, partition, position)], queries.schema
+            )
     params = staged.params(partitions)
     try:
         rows = yield queries.append, params
@@ -273,7 +281,7 @@ def append_plan(
         if not (autocommit and _raced(exc)):
             raise
         rows = yield queries.append, params
-    return staged.resolve(rows)
+    return staged.resolve(rows, queries.schema)
 
 
 OnCommit = Callable[[], None]

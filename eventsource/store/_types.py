@@ -7,7 +7,7 @@ import json
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 from uuid import UUID
@@ -23,6 +23,7 @@ from eventsource._errors import (
 )
 from eventsource._events import Event, EventDecodeError, decode_event, is_registered
 from eventsource._versions import ANY, NO_STREAM, ExpectedVersion
+from eventsource.store._token import make_token
 
 __all__ = [
     "ANY",
@@ -61,6 +62,13 @@ class AppendResult:
     partition: int
     position: int
     duplicate: bool = False
+    schema: str = field(default="", repr=False, compare=False)  # the store's, for ``token``
+
+    @property
+    def token(self) -> str:
+        """Where the append landed, as a string for another request: ``projections.wait_for``
+        takes it back (read-your-writes)."""
+        return make_token(self.schema, self.partition, self.position)
 
 
 class _ResultField(Generic[T]):
@@ -121,6 +129,8 @@ class PendingAppend:
     """The position of the append's last event in its partition."""
     duplicate = _ResultField[bool]()
     """Whether the events were stored already (the append changed nothing)."""
+    token = _ResultField[str]()
+    """The position token of the append (see ``AppendResult.token``)."""
 
     def __repr__(self) -> str:
         state = repr(self._result) if self._result else "not written yet"

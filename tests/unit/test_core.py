@@ -175,8 +175,9 @@ def test_two_chaining_appends_to_one_stream_merge() -> None:
     assert params["expected"] == [-1]
     assert params["counts"] == [4]
     # The function's row for the stream fills every staged append from its end.
-    staged.resolve([("s", "ok", 4, 2, 10)])
+    staged.resolve([("s", "ok", 4, 2, 10)], "app")
     assert (first.stream_version, first.position) == (1, 7)
+    assert (first.token, third.token) == ("p1:app:2:7", "p1:app:2:10")
     assert (second.stream_version, second.position) == (3, 9)
     assert (third.stream_version, third.position, third.partition) == (4, 10, 2)
     assert not staged
