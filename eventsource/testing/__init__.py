@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+from eventsource.testing._runners import DrainResult, ProjectionRun, drain, run_projections
 from eventsource.testing._scenario import Scenario, given
 
-__all__ = ["Scenario", "given"]
+__all__ = ["DrainResult", "ProjectionRun", "Scenario", "drain", "given", "run_projections"]
