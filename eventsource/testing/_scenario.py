@@ -94,6 +94,7 @@ class Scenario(Generic[A]):
         ``AssertionError`` lists the expected and the recorded events when they differ (or
         names the error the step raised instead).
         """
+        __tracebackhide__ = True  # pytest reports the caller's line, not this one
         wanted = _check_events(expected, "expected")
         if not self._ran:
             raise RuntimeError(_NOT_RUN)
@@ -128,6 +129,7 @@ class Scenario(Generic[A]):
 
         ``AssertionError`` says what happened instead: the events recorded, or another error.
         """
+        __tracebackhide__ = True  # pytest reports the caller's line, not this one
         if not (isinstance(expected, type) and issubclass(expected, BaseException)) and not (
             isinstance(expected, tuple)
             and expected
