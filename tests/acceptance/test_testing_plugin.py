@@ -236,3 +236,15 @@ def test_the_plugins_fixtures_live_beside_the_projects_own(
         )
     )
     _run(pytester, monkeypatch, ini="eventsource_partitions = 2\n").assert_outcomes(passed=2)
+
+
+def test_a_bad_partitions_option_is_named(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ini value that is not a partition count fails the fixture with a one-line error."""
+    pytester.makepyfile(test_bad="def test_store(event_store):\n    pass\n")
+    result = _run(pytester, monkeypatch, ini="eventsource_partitions = many\n")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["E *ValueError: eventsource_partitions must be a number from 1 to 1024, got 'many'"]
+    )
