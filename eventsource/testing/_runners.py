@@ -13,15 +13,18 @@ quick retries) and give up with ``TimeoutError`` after ``timeout`` seconds::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventsource._checks import check_seconds
 from eventsource.commands import (
+    AsyncCommandQueue,
     Command,
     CommandContext,
     CommandInfo,
@@ -30,11 +33,18 @@ from eventsource.commands import (
     HandlerSpec,
     registered_handlers,
 )
-from eventsource.store import EventStore
+from eventsource.store import AsyncEventStore, EventStore
 from projections import PartitionStatus, Projection, ProjectionWorker
 from projections import status as projection_status
 
-__all__ = ["DrainResult", "ProjectionRun", "drain", "run_projections"]
+__all__ = [
+    "DrainResult",
+    "ProjectionRun",
+    "drain",
+    "drain_async",
+    "run_projections",
+    "run_projections_async",
+]
 
 MAX_DEAD = 100_000  # dead commands looked at to tell those that died during a drain
 
@@ -267,3 +277,62 @@ def drain(
     _run_bounded(functools.partial(worker.run, stop_when_idle=True), worker.stop, timeout, left)
     dead = [info for info in queue.dead(limit=MAX_DEAD) if info.id not in dead_before]
     return DrainResult(worker.processed, done.value, worker.processed - done.value, dead)
+
+
+# -- async variants: the same workers, on a sync store of the same schema, off the event loop --
+
+
+@contextmanager
+def _sync_twin(store: AsyncEventStore) -> Iterator[EventStore]:
+    """A sync store on ``store``'s database and schema, closed afterwards."""
+    twin = EventStore.from_url(store.url, schema=store.schema, pool_size=4)
+    try:
+        yield twin
+    finally:
+        twin.close()
+
+
+async def run_projections_async(
+    store: AsyncEventStore,
+    projections: Sequence[Projection],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the workers' deadline, as in the sync twin
+    check: bool = True,
+    **options: Any,
+) -> ProjectionRun:
+    """``run_projections`` for an ``AsyncEventStore``, on a thread (the loop keeps running)::
+
+    await run_projections_async(async_event_store, [Balances()])
+    """
+    if not isinstance(store, AsyncEventStore):
+        raise TypeError(f"store must be an AsyncEventStore, got {store!r}")
+
+    def body() -> ProjectionRun:
+        with _sync_twin(store) as twin:
+            return run_projections(twin, projections, timeout=timeout, check=check, **options)
+
+    return await asyncio.to_thread(body)
+
+
+async def drain_async(
+    queue: AsyncCommandQueue,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the workers' deadline, as in the sync twin
+    handlers: Mapping[type[Command], Callable[[Any, CommandContext], Any]] | None = None,
+    queues: Sequence[str] | None = None,
+    **options: Any,
+) -> DrainResult:
+    """``drain`` for an ``AsyncCommandQueue``, on a thread (the loop keeps running)::
+
+    await queue.enqueue(SendStatement(account_id="acc-1"))
+    assert (await drain_async(queue)).succeeded == 1
+    """
+    if not isinstance(queue, AsyncCommandQueue):
+        raise TypeError(f"queue must be an AsyncCommandQueue, got {queue!r}")
+
+    def body() -> DrainResult:
+        with _sync_twin(queue.store) as twin:
+            sync_queue = CommandQueue(twin)
+            return drain(sync_queue, timeout=timeout, handlers=handlers, queues=queues, **options)
+
+    return await asyncio.to_thread(body)

@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from eventsource import Command, CommandContext, CommandQueue, Event, EventStore, RecordedEvent
+from eventsource import (
+    AsyncCommandQueue,
+    AsyncEventStore,
+    Command,
+    CommandContext,
+    CommandQueue,
+    Event,
+    EventStore,
+    RecordedEvent,
+)
 from eventsource.db import quote_schema
-from eventsource.testing import drain, run_projections
+from eventsource.testing import drain, drain_async, run_projections, run_projections_async
 from projections import Projection, handles
 
 
@@ -193,3 +202,30 @@ def test_drain_rejects_bad_arguments(store: EventStore) -> None:
         drain(queue, handlers={bad: print})
     with pytest.raises(TypeError, match="queue must be a CommandQueue, got 'default'"):
         drain(bad)
+
+
+async def test_the_async_variants_run_projections_and_commands(
+    async_store: AsyncEventStore,
+) -> None:
+    """run_projections_async and drain_async work on async stores, off the event loop."""
+    await async_store.append("s-1", [KitAdded(amount=3), KitAdded(amount=4)])
+    run = await run_projections_async(async_store, [Totals(async_store.schema)], timeout=20)
+    assert run.stopped == []
+    async with async_store.engine.connect() as conn:
+        rows = await conn.execute(
+            text(f"SELECT * FROM {quote_schema(async_store.schema)}.kit_totals")
+        )
+        assert rows.all() == [("s-1", 7)]
+    queue = AsyncCommandQueue(async_store)
+    seen: list[int] = []
+    await queue.enqueue(KitPing(n=5))
+    result = await drain_async(queue, handlers={KitPing: lambda cmd, ctx: seen.append(cmd.n)})
+    assert (result.succeeded, result.died, seen) == (1, 0, [5])
+
+
+async def test_the_async_variants_check_their_store(store: EventStore) -> None:
+    """A sync store or queue given to an async variant is named in a TypeError."""
+    with pytest.raises(TypeError, match="store must be an AsyncEventStore, got <"):
+        await run_projections_async(store, [])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="queue must be an AsyncCommandQueue, got <"):
+        await drain_async(CommandQueue(store))  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from eventsource import Aggregate, Event
+from eventsource import Aggregate, Event, testing
 from eventsource.testing import given
 
 
@@ -166,3 +166,18 @@ def test_bad_arguments_are_named() -> None:
         scenario.then_raises(ValueError, match=bad)
     with pytest.raises(TypeError, match="expected must be a list of events, got 3"):
         scenario.then(bad)
+
+
+def test_the_kits_public_names_are_pinned() -> None:
+    """eventsource.testing exports exactly these names (API.md's and their results)."""
+    assert sorted(testing.__all__) == [
+        "DrainResult",
+        "ProjectionRun",
+        "Scenario",
+        "drain",
+        "drain_async",
+        "given",
+        "run_projections",
+        "run_projections_async",
+    ]
+    assert all(getattr(testing, name).__doc__ for name in testing.__all__)
