@@ -271,7 +271,11 @@ def drain(
 
     def left() -> str:
         counts = queue.counts()
-        rows = sorted(f"{q} {status}: {n}" for q, status, n, _ in counts if q in names)
+        rows = sorted(
+            f"{q} {status}: {n}"
+            for q, status, n, _ in counts
+            if q in names and status in ("pending", "running")
+        )
         return f"commands left after {timeout:g} s: {', '.join(rows) or 'none pending'}"
 
     _run_bounded(functools.partial(worker.run, stop_when_idle=True), worker.stop, timeout, left)
