@@ -7,7 +7,8 @@
 - ``_worker``: ``CommandWorker``, which runs the handlers, put together from ``_slots``
   (claiming and running batches), ``_attempt`` (one attempt, then its ack, retry or
   dead-letter) and ``_heartbeat`` (leases kept, expired ones reaped); ``_core`` has what
-  they share.
+  they share;
+- ``_running``: ``WorkerThread``, a worker run on a thread from an event loop.
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.
@@ -28,6 +29,7 @@ from eventsource.commands._command import (
 from eventsource.commands._params import CommandInfo, Enqueued
 from eventsource.commands._queries import CommandQueries, command_queries
 from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
+from eventsource.commands._running import WorkerThread, sync_store
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
 __all__ = [
@@ -43,9 +45,11 @@ __all__ = [
     "Enqueued",
     "HandlerSpec",
     "LeaseLost",
+    "WorkerThread",
     "backoff",
     "command_class",
     "command_queries",
     "handler",
     "registered_handlers",
+    "sync_store",
 ]
