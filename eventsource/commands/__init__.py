@@ -8,7 +8,8 @@
   (claiming and running batches), ``_attempt`` (one attempt, then its ack, retry or
   dead-letter) and ``_heartbeat`` (leases kept, expired ones reaped); ``_core`` has what
   they share;
-- ``_running``: ``WorkerThread``, a worker run on a thread from an event loop.
+- ``_running``: ``commands_running``, a worker inside an application's event loop, run by
+  ``WorkerThread`` (which ``projections.running`` uses too).
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.
@@ -29,7 +30,7 @@ from eventsource.commands._command import (
 from eventsource.commands._params import CommandInfo, Enqueued
 from eventsource.commands._queries import CommandQueries, command_queries
 from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
-from eventsource.commands._running import WorkerThread, sync_store
+from eventsource.commands._running import WorkerThread, commands_running, sync_store
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "backoff",
     "command_class",
     "command_queries",
+    "commands_running",
     "handler",
     "registered_handlers",
     "sync_store",

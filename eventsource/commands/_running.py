@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from eventsource._logging import get_logger
+from eventsource.commands._worker import CommandWorker
 from eventsource.store import AsyncEventStore, EventStore
 
-__all__ = ["WorkerThread", "sync_store"]
+__all__ = ["WorkerThread", "commands_running", "sync_store"]
+
+# Past its grace period a stopping CommandWorker settles the abandoned handlers and waits up
+# to 5 s for its heartbeat: its thread ends within grace + this.
+SETTLE_SECONDS = 10.0
 
 log = get_logger("eventsource.running")
 
@@ -146,3 +152,55 @@ class WorkerThread:
     def _end(self) -> None:
         """Join the thread, which has finished its work (only its return is left)."""
         self.thread.join(1.0)
+
+
+class _Embedded(CommandWorker):
+    """A ``CommandWorker`` that tells its ``WorkerThread`` when it has started."""
+
+    thread: WorkerThread | None = None
+
+    def _started(self) -> None:
+        if self.thread is not None:
+            self.thread.started()
+
+
+@asynccontextmanager
+async def commands_running(
+    astore: AsyncEventStore,
+    queues: Sequence[str] = ("default",),
+    concurrency: int = 4,
+    **options: Any,
+) -> AsyncIterator[CommandWorker]:
+    """Run the registered command handlers while the ``async with`` block runs.
+
+        async with eventsource.commands_running(astore, queues=["default"], concurrency=4):
+            await AsyncCommandQueue(astore).enqueue(SendStatement(account_id="acc-1"))
+
+    The worker is a ``CommandWorker`` (``options``: ``handlers``, ``lease``, ``grace``, ...) on
+    threads of its own: sync handlers run on its slot threads, ``async def`` handlers on the
+    event loop that entered the block, so that they can use the application's async
+    resources (a handler's timeout cancels it there). Entering returns once the worker has
+    started, and raises if it cannot (``SchemaNotReady``, ``DatabaseUnavailable``). Leaving
+    stops it: running handlers finish within ``grace`` (the rest are failed and retried as
+    in a worker process), then its store is closed. An error that stops the worker meanwhile
+    is logged at once and raised when the block ends (``WorkerCrashed``). Worker processes
+    (``eventsource worker run``) remain the recommended production set-up.
+    """
+    store = sync_store(astore)
+    try:
+        worker = _Embedded(store, queues, concurrency=concurrency, **options)
+    except BaseException:
+        store.close()
+        raise
+    worker.handler_loop = asyncio.get_running_loop()
+    thread = WorkerThread(
+        worker, store, name="commands-running", stop_timeout=worker.grace + SETTLE_SECONDS
+    )
+    worker.thread = thread
+    await thread.start()
+    try:
+        yield worker
+    except BaseException:
+        await thread.stop(raise_error=False)
+        raise
+    await thread.stop()
