@@ -212,3 +212,14 @@ async def test_commands_entry_raises_on_a_schema_not_upgraded(
     finally:
         await astore.close()
     assert worker_threads() == []
+
+
+async def test_an_error_of_the_block_stops_the_worker_and_propagates(
+    async_store: AsyncEventStore,
+) -> None:
+    """An exception raised inside the block stops the worker and comes out unchanged."""
+    with pytest.raises(KeyError, match="from the block"):
+        async with commands_running(async_store, handlers=HANDLERS):
+            assert worker_threads() != []
+            raise KeyError("from the block")
+    assert worker_threads() == []
