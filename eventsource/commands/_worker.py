@@ -57,8 +57,6 @@ class CommandWorker(_Slots, _Heartbeat):
     run on the slot threads.
     """
 
-    handler_loop: asyncio.AbstractEventLoop | None = None
-
     def __init__(
         self,
         store: EventStore,
@@ -201,6 +199,9 @@ class CommandWorker(_Slots, _Heartbeat):
         finally:
             if listener is not None:
                 listener.close()
+
+    # Set before ``run()`` to run async handlers on that (running) loop: see the class doc.
+    handler_loop: asyncio.AbstractEventLoop | None = None
 
     def _started(self) -> None:
         """The worker has started: schema checked, threads running, listening (a hook)."""
