@@ -16,7 +16,7 @@ from eventsource._checks import (
     check_seconds,
 )
 from eventsource._logging import configure_logging, get_logger
-from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries
+from eventsource.commands import ANNOUNCE_AFTER_COMMIT, WorkerThread, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (
     Backoff,
@@ -36,6 +36,7 @@ __all__ = [
     "Listener",
     "Queries",
     "Statements",
+    "WorkerThread",
     "check_bool",
     "check_int",
     "check_name",
@@ -56,4 +57,5 @@ __all__ = [
     "quote_schema",
     "records",
     "run_on_thread_loop",
+    "sync_store",
 ]

@@ -9,6 +9,7 @@ class Balances(Projection):
     def on_deposit(self, event, record, tx) -> None: ...
 
 projections.run(store, [Balances()], stop_when_caught_up=True)   # in code
+async with projections.running(astore, [Balances()]): ...        # in an event loop
 # or as processes: eventsource projections run mymodule:Balances
 """
 
@@ -25,6 +26,7 @@ from projections._ops import (
 )
 from projections._projection import Projection, handles
 from projections._reactor import Reactor
+from projections._running import running
 from projections._wait import wait_for, wait_for_async
 from projections._worker import ProjectionWorker, run
 
@@ -39,6 +41,7 @@ __all__ = [
     "replay",
     "retry",
     "run",
+    "running",
     "skip",
     "status",
     "status_async",

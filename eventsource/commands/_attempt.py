@@ -94,7 +94,8 @@ class _Attempts(_WorkerCore):
                     cmd = _decode(spec, command)
                     result = spec.fn(cmd, ctx)
                     if spec.is_async:
-                        run_on_thread_loop(asyncio.wait_for(result, timeout))
+                        # On the worker's handler_loop if it has one: wait_for cancels there.
+                        run_on_thread_loop(asyncio.wait_for(result, timeout), self.handler_loop)
                 if command.timed_out:
                     raise LeaseLost(
                         f"command {command.id} attempt {command.attempt} ran past its timeout"

@@ -9,6 +9,7 @@ operations on it that several of them use.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from contextlib import suppress
@@ -89,6 +90,7 @@ class _WorkerCore:
     backoff_base: float
     backoff_max: float
     default_timeout: float | None
+    handler_loop: asyncio.AbstractEventLoop | None  # where async handlers run (None: own)
     processed: int  # attempts finished (acked, retried or dead) by this worker
     _sql: CommandQueries
     _types: list[str]

@@ -19,6 +19,7 @@ the slots (``_slots``), one attempt's run and settlement (``_attempt``) and the 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -48,6 +49,12 @@ class CommandWorker(_Slots, _Heartbeat):
     while a handler runs); ``batch_size`` bounds a claim; ``listen=False`` polls every
     ``poll_interval`` seconds instead of waiting for LISTEN/NOTIFY (behind PgBouncer in
     transaction mode); ``grace`` is how long shutdown waits for running handlers.
+
+    ``async def`` handlers run on an event loop of each slot thread's own, unless
+    ``handler_loop`` is set before ``run()``: the running loop of another thread (an
+    application's, see ``commands_running``) then runs them (``run_coroutine_threadsafe``),
+    each slot thread waiting for its handler; timeouts cancel them there. Sync handlers always
+    run on the slot threads.
     """
 
     def __init__(
@@ -174,6 +181,7 @@ class CommandWorker(_Slots, _Heartbeat):
         listener = Listener(self.store.url, [self._sql.listen], self._log) if self.listen else None
         if listener is not None:
             listener.open()
+        self._started()
         try:
             while not self._stop.is_set():
                 if stop_when_idle and self._idle():
@@ -191,6 +199,12 @@ class CommandWorker(_Slots, _Heartbeat):
         finally:
             if listener is not None:
                 listener.close()
+
+    # Set before ``run()`` to run async handlers on that (running) loop: see the class doc.
+    handler_loop: asyncio.AbstractEventLoop | None = None
+
+    def _started(self) -> None:
+        """The worker has started: schema checked, threads running, listening (a hook)."""
 
     def _idle(self) -> bool:
         """Whether no slot is busy and no command for this worker is pending or running.
