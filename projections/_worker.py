@@ -151,10 +151,12 @@ class ProjectionWorker:
                 if not worked and not self._stop.is_set():
                     listener.wait(self._idle_timeout(next_beat), self._stop)
         finally:
-            self.shutdown()
-            close_thread_loop()
-            listener.close()
-            self._log.info("worker stopped")
+            try:
+                self.shutdown()  # may fail (the database is gone): the rest still runs
+            finally:
+                close_thread_loop()
+                listener.close()
+                self._log.info("worker stopped")
 
     def setup(self) -> None:
         """Register the projections, create their checkpoints and call their ``setup``."""
