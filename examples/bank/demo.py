@@ -44,11 +44,11 @@ def run_demo(store: EventStore, console: Console) -> None:
             read_schema,
             "projections",
             "run",
-            "examples.bank.read_model:BankReadModel",
-            "examples.bank.commands:LargeDeposits",
+            f"{__package__}.read_model:BankReadModel",
+            f"{__package__}.commands:LargeDeposits",
         ),
         "command worker": _start(
-            store, read_schema, "worker", "run", "examples.bank.commands", "--queue", "bank"
+            store, read_schema, "worker", "run", f"{__package__}.commands", "--queue", "bank"
         ),
     }
     for what, process in workers.items():
