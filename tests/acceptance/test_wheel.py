@@ -1,0 +1,150 @@
+"""The built wheel, installed in a fresh virtual environment, inside an application of its own.
+
+The wheel is built once from a copy of the sources and installed with ``--no-deps`` into a venv
+that sees this interpreter's site-packages (for the dependencies). Each application directory
+holds its own ``alembic init migrations``, with and without a ``migrations/__init__.py``: the
+framework must still find its own migrations and its example, by the package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from ._support import REPO_ROOT, describe
+
+pytestmark = pytest.mark.slow
+
+SOURCES = ("pyproject.toml", "README.md", "eventsource", "projections", "migrations", "examples")
+
+
+def _run(
+    args: list[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, capturing its output."""
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the repository's sources (the checkout stays clean)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in SOURCES:
+        path = REPO_ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, source / name)
+    out = tmp_path_factory.mktemp("dist")
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+        source,
+    )
+    assert built.returncode == 0, describe(built)
+    (found,) = out.glob("*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel installed; the dependencies come from this interpreter."""
+    root = tmp_path_factory.mktemp("venv")
+    created = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], root)
+    assert created.returncode == 0, describe(created)
+    python = str(root / "bin" / "python")
+    installed = _run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], root)
+    assert installed.returncode == 0, describe(installed)
+    return root
+
+
+def _app_env(database_url: str) -> dict[str, str]:
+    """The environment of an application: nothing of this checkout on the path."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EVENTSOURCE_") and k not in ("PYTHONPATH", "PYTHONSAFEPATH")
+    }
+    env["EVENTSOURCE_DATABASE_URL"] = database_url
+    env["COLUMNS"] = "120"
+    return env
+
+
+@pytest.fixture(params=["namespace", "package"])
+def app(request: pytest.FixtureRequest, venv: Path, tmp_path: Path) -> Path:
+    """An application directory with its own `alembic init migrations` (a package or not)."""
+    made = _run([str(venv / "bin" / "python"), "-m", "alembic", "init", "migrations"], tmp_path)
+    assert made.returncode == 0, describe(made)
+    if request.param == "package":
+        (tmp_path / "migrations" / "__init__.py").write_text("")
+    return tmp_path
+
+
+def test_the_wheel_installs_only_the_framework_packages(wheel: Path) -> None:
+    """The wheel's RECORD names no top-level package but eventsource and projections."""
+    with zipfile.ZipFile(wheel) as zf:
+        (record,) = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
+        files = [line.split(",")[0] for line in zf.read(record).decode().splitlines() if line]
+    tops = {name.split("/")[0] for name in files if ".dist-info/" not in name}
+    assert tops == {"eventsource", "projections"}
+    assert "eventsource/_migrations/env.py" in files
+    assert "eventsource/_migrations/script.py.mako" in files
+    assert "eventsource/_migrations/versions/0001_initial.py" in files
+    assert "eventsource/_examples/bank/demo.py" in files
+    assert "eventsource/db/schema.sql" in files
+    assert wheel.name.startswith("eventsource_pg-")
+
+
+UPGRADE = """
+import eventsource, sys
+from eventsource import EventStore
+with EventStore.from_url(sys.argv[1], schema=sys.argv[2]) as store:
+    store.upgrade()
+    print(eventsource.__file__)
+"""
+
+
+def test_upgrade_uses_the_framework_migrations_beside_an_apps_own(
+    app: Path, venv: Path, database_url: str, schema: str
+) -> None:
+    """`store.upgrade()` in an app with its own alembic `migrations` creates the schema."""
+    python = str(venv / "bin" / "python")
+    result = _run([python, "-c", UPGRADE, database_url, schema], app, _app_env(database_url))
+    assert result.returncode == 0, describe(result)
+    assert Path(result.stdout.splitlines()[0]).is_relative_to(venv), result.stdout
+    status = _run(
+        [str(venv / "bin" / "eventsource"), "db", "status", "--schema", schema, "--json"],
+        app,
+        _app_env(database_url),
+    )
+    assert status.returncode == 0, describe(status)
+    assert '"up_to_date": true' in status.stdout
+
+
+def test_the_demo_runs_from_the_wheel_inside_an_app(
+    app: Path, venv: Path, database_url: str, schema: str
+) -> None:
+    """`eventsource demo` runs the bank example installed inside the package, workers and all."""
+    result = _run(
+        [str(venv / "bin" / "eventsource"), "demo", "--schema", schema],
+        app,
+        _app_env(database_url),
+    )
+    assert result.returncode == 0, describe(result)
+    assert "refused by the business rule" in result.stdout
+    assert "exit codes [0, 0]" in result.stdout
+    assert "Traceback" not in result.stderr
