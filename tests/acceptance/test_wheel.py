@@ -40,16 +40,29 @@ def _run(
     )
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel built from a copy of the repository's sources (the checkout stays clean)."""
-    source = tmp_path_factory.mktemp("source")
+def _copy_sources(to: Path) -> Path:
+    """A copy of what the distribution is built from (builds leave the checkout clean)."""
+    to.mkdir(exist_ok=True)
     for name in SOURCES:
         path = REPO_ROOT / name
         if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(path, to / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy2(path, source / name)
+            shutil.copy2(path, to / name)
+    return to
+
+
+def _fresh_venv(root: Path) -> str:
+    """A new venv that sees this interpreter's site-packages (the dependencies); its python."""
+    created = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], root.parent)
+    assert created.returncode == 0, describe(created)
+    return str(root / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the repository's sources."""
+    source = _copy_sources(tmp_path_factory.mktemp("source"))
     out = tmp_path_factory.mktemp("dist")
     built = _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
@@ -64,9 +77,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel installed; the dependencies come from this interpreter."""
     root = tmp_path_factory.mktemp("venv")
-    created = _run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], root)
-    assert created.returncode == 0, describe(created)
-    python = str(root / "bin" / "python")
+    python = _fresh_venv(root)
     installed = _run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], root)
     assert installed.returncode == 0, describe(installed)
     return root
@@ -148,3 +159,40 @@ def test_the_demo_runs_from_the_wheel_inside_an_app(
     assert "refused by the business rule" in result.stdout
     assert "exit codes [0, 0]" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+COMPAT = ("--config-settings", "editable_mode=compat")  # as README's set-up line installs
+USER_CODE = """
+from eventsource import EventStore
+import projections
+
+
+def partitions(store: EventStore) -> int:
+    return store.partitions
+
+
+reveal_type(projections.wait_for)
+"""
+
+
+def test_mypy_resolves_the_readmes_editable_install(tmp_path: Path) -> None:
+    """With README's editable set-up (compat mode), mypy type-checks user code against the
+    packages: no "Cannot find implementation or library stub"."""
+    source = _copy_sources(tmp_path / "checkout")
+    python = _fresh_venv(tmp_path / "venv")
+    installed = _run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(source), *COMPAT],
+        tmp_path,
+    )
+    assert installed.returncode == 0, describe(installed)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text(USER_CODE)
+    env = _app_env("postgresql://unused")
+    checked = _run(
+        [python, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull, "app.py"],
+        app,
+        env,
+    )
+    assert checked.returncode == 0, describe(checked)
+    assert "eventsource.store._sync.EventStore" in checked.stdout, checked.stdout
