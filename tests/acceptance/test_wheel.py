@@ -156,8 +156,11 @@ def test_the_demo_runs_from_the_wheel_inside_an_app(
         _app_env(database_url),
     )
     assert result.returncode == 0, describe(result)
-    assert "refused by the business rule" in result.stdout
-    assert "exit codes [0, 0]" in result.stdout
+    out = result.stdout
+    assert "exit codes [0, 0]" in out
+    # Messages give amounts in units, as the tables do (1550.00 in Bob's rows, not 155000).
+    assert "deposited 100.00 to Ann, 20.00 and 1500.00 to Bob" in out
+    assert "has 1550.00, cannot pay out 10000.00" in out
     assert "Traceback" not in result.stderr
 
 
@@ -176,8 +179,7 @@ reveal_type(projections.wait_for)
 
 
 def test_mypy_resolves_the_readmes_editable_install(tmp_path: Path) -> None:
-    """With README's editable set-up (compat mode), mypy type-checks user code against the
-    packages: no "Cannot find implementation or library stub"."""
+    """After README's editable set-up (compat mode), mypy finds the packages for user code."""
     source = _copy_sources(tmp_path / "checkout")
     python = _fresh_venv(tmp_path / "venv")
     installed = _run(
@@ -196,3 +198,15 @@ def test_mypy_resolves_the_readmes_editable_install(tmp_path: Path) -> None:
     )
     assert checked.returncode == 0, describe(checked)
     assert "eventsource.store._sync.EventStore" in checked.stdout, checked.stdout
+
+
+def test_the_checkouts_example_module_prints_help(database_url: str, schema: str) -> None:
+    """`python -m examples.bank --help` in a checkout prints the demo's options, runs nothing."""
+    env = _app_env(database_url)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["EVENTSOURCE_SCHEMA"] = schema
+    result = _run([sys.executable, "-m", "examples.bank", "--help"], REPO_ROOT, env)
+    assert result.returncode == 0, describe(result)
+    assert "Usage:" in result.stdout
+    assert "--schema" in result.stdout
+    assert "Bank demo" not in result.stdout
