@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ._support import REPO_ROOT, describe
+from ._support import REPO_ROOT, describe, scalar
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +210,18 @@ def test_the_checkouts_example_module_prints_help(database_url: str, schema: str
     assert "Usage:" in result.stdout
     assert "--schema" in result.stdout
     assert "Bank demo" not in result.stdout
+
+
+def test_the_checkouts_demo_refuses_an_apps_own_examples_package(
+    tmp_path: Path, database_url: str, schema: str
+) -> None:
+    """From a checkout, `demo` beside an app's own `examples` fails in one line, writes nothing."""
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "__init__.py").write_text("")
+    env = _app_env(database_url)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = _run([sys.executable, "-m", "eventsource", "demo", "--schema", schema], tmp_path, env)
+    assert result.returncode == 1, describe(result)
+    assert "the bank example is not installed" in result.stderr
+    created = f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"
+    assert scalar(database_url, created) == 0
