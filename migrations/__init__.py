@@ -1,4 +1,4 @@
-"""The eventsource schema's Alembic migrations, shipped in the wheel.
+"""The eventsource schema's Alembic migrations, shipped in the wheel as ``eventsource._migrations``.
 
 `eventsource db upgrade` (or ``store.upgrade()``) runs them.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from importlib.resources import files
+from importlib.util import find_spec
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -33,9 +34,22 @@ class SchemaStatus:
         return self.revision == self.head
 
 
+def migrations_directory() -> Path:
+    """The directory of the framework's Alembic scripts, found from this package.
+
+    A wheel installs the repository's ``migrations/`` as ``eventsource._migrations``; a source
+    checkout (or an editable install) has it beside the ``eventsource`` package. Neither the
+    current directory nor a top-level ``migrations`` package of the application is ever used.
+    """
+    spec = find_spec("eventsource._migrations")
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
 def _config() -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(files("migrations")))
+    cfg.set_main_option("script_location", str(migrations_directory()))
     return cfg
 
 

@@ -1,5 +1,10 @@
-"""python -m examples.bank: the same as `eventsource demo`."""
+"""``python -m examples.bank``: the bank demo's command line, the same as ``eventsource demo``.
+
+``--help`` lists its options; ``python -m examples.bank --schema bank_demo`` runs the demo.
+"""
+
+import sys
 
 from eventsource.cli import main
 
-main(["demo"])
+main(["demo", *sys.argv[1:]])

@@ -23,7 +23,7 @@ from eventsource import (
 )
 
 from .commands import LargeDeposits, create_tables
-from .domain import Account, InsufficientFunds
+from .domain import Account, InsufficientFunds, money
 from .read_model import BankReadModel
 from .service import Bank
 
@@ -44,11 +44,11 @@ def run_demo(store: EventStore, console: Console) -> None:
             read_schema,
             "projections",
             "run",
-            "examples.bank.read_model:BankReadModel",
-            "examples.bank.commands:LargeDeposits",
+            f"{__package__}.read_model:BankReadModel",
+            f"{__package__}.commands:LargeDeposits",
         ),
         "command worker": _start(
-            store, read_schema, "worker", "run", "examples.bank.commands", "--queue", "bank"
+            store, read_schema, "worker", "run", f"{__package__}.commands", "--queue", "bank"
         ),
     }
     for what, process in workers.items():
@@ -102,14 +102,14 @@ def _write(bank: Bank, console: Console, ann: str, bob: str) -> None:
     bank.deposit(bob, 20_00)
     bank.deposit(bob, 1_500_00)
     console.print(
-        "deposited 100.00 to Ann, 20.00 and 1,500.00 to Bob (a large deposit: a reactor"
-        " enqueues a review)"
+        f"deposited {money(100_00)} to Ann, {money(20_00)} and {money(1_500_00)} to Bob"
+        " (a large deposit: a reactor enqueues a review)"
     )
 
     transfer_id = bank.transfer(ann, bob, 30_00)
     console.print(
-        f"transferred 30.00 from Ann to Bob in one transaction (transfer {transfer_id[:8]}),"
-        " which also enqueued a receipt for each of them"
+        f"transferred {money(30_00)} from Ann to Bob in one transaction"
+        f" (transfer {transfer_id[:8]}), which also enqueued a receipt for each of them"
     )
 
     try:
@@ -134,9 +134,7 @@ def _show_log(store: EventStore, console: Console, bank: Bank, ann: str, bob: st
         table.add_column(column)
     for account_id in (ann, bob):
         account: Account = bank.accounts.load(account_id)
-        table.add_row(
-            account_id, account.owner, f"{account.balance / 100:.2f}", str(account.version)
-        )
+        table.add_row(account_id, account.owner, money(account.balance), str(account.version))
     console.print(table)
 
     log = Table(title="the log: each stream lives in one partition, positions are dense")
@@ -176,13 +174,13 @@ def _show_read_model(store: EventStore, console: Console, read_schema: str, run:
     for column in ("account", "owner", "balance", "movements"):
         table.add_column(column)
     for account_id, owner, balance, count in balances:
-        table.add_row(account_id, owner, f"{balance / 100:.2f}", str(count))
+        table.add_row(account_id, owner, money(balance), str(count))
     console.print(table)
     table = Table(title=f"read model {read_schema}.transactions")
     for column in ("account", "version", "kind", "amount", "counterparty"):
         table.add_column(column)
     for account_id, version, kind, amount, other in movements:
-        table.add_row(account_id, str(version), kind, f"{amount / 100:.2f}", other or "")
+        table.add_row(account_id, str(version), kind, money(amount), other or "")
     console.print(table)
 
 
@@ -227,13 +225,13 @@ def _show_commands(store: EventStore, console: Console, read_schema: str, run: s
     for column in ("account", "transfer", "balance when sent", "attempt"):
         table.add_column(column)
     for account_id, transfer_id, balance, attempt in receipts:
-        table.add_row(account_id, transfer_id[:8], f"{balance / 100:.2f}", str(attempt))
+        table.add_row(account_id, transfer_id[:8], money(balance), str(attempt))
     console.print(table)
     table = Table(title=f"{read_schema}.reviews (enqueued by the LargeDeposits reactor)")
     for column in ("account", "amount"):
         table.add_column(column)
     for account_id, amount in reviews:
-        table.add_row(account_id, f"{amount / 100:.2f}")
+        table.add_row(account_id, money(amount))
     console.print(table)
     dead = CommandQueue(store).dead(queue="bank")
     if dead:

@@ -29,6 +29,12 @@ class TransferReceived(Event, name="bank.TransferReceived"):
     amount: int
 
 
+def money(cents: int) -> str:
+    """An amount of integer cents in units, as the demo prints it: ``money(150000)`` is
+    ``"1500.00"``."""
+    return f"{cents / 100:.2f}"
+
+
 class InsufficientFunds(Exception):
     """The account's balance does not cover the amount."""
 
@@ -36,7 +42,9 @@ class InsufficientFunds(Exception):
         self.account_id = account_id
         self.balance = balance
         self.amount = amount
-        super().__init__(f"account {account_id} has {balance}, cannot pay out {amount}")
+        super().__init__(
+            f"account {account_id} has {money(balance)}, cannot pay out {money(amount)}"
+        )
 
 
 class Account(Aggregate, name="bank.Account"):
