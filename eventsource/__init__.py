@@ -33,6 +33,7 @@ from eventsource._errors import (
     WorkerCrashed,
 )
 from eventsource._events import Event, upcaster
+from eventsource._version import package_version
 from eventsource.commands import (
     AsyncCommandQueue,
     Command,
@@ -59,6 +60,8 @@ from eventsource.store import (
     Transaction,
     partition_for,
 )
+
+__version__: str = package_version()
 
 __all__ = [
     "ANY",

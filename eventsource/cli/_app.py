@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from eventsource._checks import check_database_url
 from eventsource._config import Settings
 from eventsource._errors import EventSourceError
 from eventsource._logging import configure_logging, get_logger
+from eventsource._version import package_version
 from eventsource.db import quote_schema, safe_url
 from eventsource.store import EventStore
 
@@ -35,6 +36,25 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 log = get_logger("eventsource.cli")
+
+
+def _print_version(value: bool) -> None:
+    """Print ``eventsource <version>`` and exit, for ``--version``."""
+    if value:
+        console.print(f"eventsource {package_version()}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Event sourcing on PostgreSQL: event store, projections and command queue."""
 
 
 def _click_module(name: str) -> Any:
