@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventsource._checks import check_database_url, check_schema_name
 
-__all__ = ["Settings"]
+__all__ = ["MAX_POOL_SIZE", "Settings"]
+
+MAX_POOL_SIZE = 1000  # connections per engine (and as many again in overflow)
 
 
 class Settings(BaseSettings):
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     embedded_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
     )
-    pool_size: int = Field(default=10, ge=1, le=200)
+    pool_size: int = Field(default=10, ge=1, le=MAX_POOL_SIZE)
     prepared_statements: bool = True
     command_lease: float = Field(default=10.0, ge=0.5, le=3600, allow_inf_nan=False)
     command_backoff_base: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
