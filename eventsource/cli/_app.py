@@ -102,6 +102,16 @@ def _origin(name: str, option: str) -> str:
     return option
 
 
+def _named_by_origin(message: str, options: dict[str, Any]) -> str:
+    """A ``Settings`` error about one of ``options`` (named as a keyword there), naming the
+    option or the environment variable it was read from instead."""
+    for name in options:
+        if message.startswith(f"{name}: "):
+            origin = _origin(name, f"--{name.replace('_', '-')}")
+            return f"{origin}: {message.removeprefix(f'{name}: ')}"
+    return message
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """One line per failure: 2 for bad input, 1 for everything that went wrong at run time."""
@@ -136,7 +146,10 @@ def settings_for(database_url: str | None, schema: str, **extra: Any) -> Setting
     except ValueError as exc:
         raise ValueError(f"{_origin('schema', '--schema')}: {exc}") from None
     values: dict[str, Any] = {"database_url": database_url, "db_schema": schema, **extra}
-    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    except ValueError as exc:
+        raise ValueError(_named_by_origin(str(exc), extra)) from None
     configure_logging(settings.log_format, settings.log_level)
     return settings
 

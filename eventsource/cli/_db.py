@@ -24,8 +24,6 @@ def db_upgrade(
         typer.Option(
             "--partitions",
             envvar="EVENTSOURCE_PARTITIONS",
-            min=1,
-            max=4096,
             help="Partition count when the schema is first created (default 16).",
             show_default=False,
         ),

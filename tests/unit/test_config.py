@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import platformdirs
 import pytest
 
 from eventsource import Settings
@@ -104,11 +105,37 @@ def test_invalid_settings_are_rejected(
     assert "For further information" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("EVENTSOURCE_PARTITIONS", "0", "EVENTSOURCE_PARTITIONS: must be from 1 to 4096, got '0'"),
+        ("EVENTSOURCE_POOL_SIZE", "1001", "EVENTSOURCE_POOL_SIZE: must be from 1 to 1000"),
+        ("EVENTSOURCE_COMMAND_LEASE", "0.1", "EVENTSOURCE_COMMAND_LEASE: must be from 0.5 to 3600"),
+        ("EVENTSOURCE_COMMAND_BACKOFF_BASE", "-1", "must be from 0 to 3600, got '-1'"),
+    ],
+)
+def test_out_of_range_settings_show_the_range(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """A number out of range names the variable, both bounds and the value given."""
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=r"^EVENTSOURCE_") as info:
+        Settings()
+    assert message in str(info.value)
+
+
+def test_blank_embedded_dir_means_the_default(clean_env: pytest.MonkeyPatch) -> None:
+    """EVENTSOURCE_EMBEDDED_DIR set to an empty string is the default directory, not '.'."""
+    clean_env.setenv("EVENTSOURCE_EMBEDDED_DIR", "  ")
+    default = Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
+    assert Settings().embedded_dir == default
+
+
 def test_invalid_keyword_settings_name_the_argument(clean_env: pytest.MonkeyPatch) -> None:
     """A bad keyword argument of Settings is named as such, not as an environment variable."""
     clean_env.setenv("EVENTSOURCE_POOL_SIZE", "0")
     assert Settings(pool_size=5).pool_size == 5  # the argument wins over the variable
-    with pytest.raises(ValueError, match=r"^pool_size: must be greater than or equal to 1"):
+    with pytest.raises(ValueError, match=r"^pool_size: must be from 1 to 1000, got 0$"):
         Settings(pool_size=0)
     with pytest.raises(ValueError, match=r"^db_schema: invalid schema name"):
         Settings(db_schema="a b")
