@@ -7,6 +7,7 @@ argument when ``Settings`` is given one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise ValueError(_describe(exc, values)) from None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields for ``repr`` and ``str``, with the database URL's password masked."""
+        from eventsource.db import safe_url  # noqa: PLC0415 - eventsource.db imports this module
+
+        for name, value in super().__repr_args__():
+            yield name, (safe_url(value) if name == "database_url" and value else value)
 
     @field_validator("database_url")
     @classmethod

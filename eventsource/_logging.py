@@ -7,12 +7,13 @@ URLs pass through ``safe_url`` so no password is ever logged.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Literal
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "mask_secrets"]
 
 _configured = False
 
@@ -22,6 +23,33 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+# ``scheme://user:password@`` and ``password=...`` in any logged text (a URL in an error
+# message, a libpq connection string): the password is replaced by ``***``.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]*(?P<at>@)")
+_PARAM_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&]+)", re.I)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the passwords of URLs and connection strings in it replaced by ``***``."""
+    text = _URL_PASSWORD.sub(r"\g<head>***\g<at>", text)
+    return _PARAM_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _mask_processor(
+    logger: object, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A structlog processor: every value is logged with its passwords masked."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = mask_secrets(value)
+        elif value is not None and not isinstance(value, int | float | bool):
+            text = str(value)  # a URL object, a list of them...: kept as is unless it leaks
+            masked = mask_secrets(text)
+            if masked != text:
+                event_dict[key] = masked
+    return event_dict
 
 
 def configure_logging(
@@ -47,6 +75,7 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            _mask_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

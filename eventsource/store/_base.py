@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 from eventsource._checks import check_int, check_schema_name
 from eventsource._config import MAX_POOL_SIZE, Settings
 from eventsource._errors import SchemaNotReady, translate_errors
-from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch
+from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch, safe_url
 from eventsource.store._announce import Announcer
 from eventsource.store._queries import store_queries
 from eventsource.store._types import check_partitions
@@ -47,6 +47,10 @@ class StoreBase(Generic[EngineT]):
             self._prepare_threshold,
         )
         self._partitions: int | None = None
+
+    def __repr__(self) -> str:
+        """``EventStore('postgresql+psycopg://user:***@host/db', schema='eventsource')``."""
+        return f"{type(self).__name__}({safe_url(self.url)!r}, schema={self.schema!r})"
 
     @property
     def partitions(self) -> int:

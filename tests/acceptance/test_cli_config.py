@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from sqlalchemy.engine import make_url
 
 import eventsource
 
@@ -37,3 +40,16 @@ def test_a_bad_partition_count_names_its_origin_and_range(
     assert len(result.stderr.strip().splitlines()) == 1, describe(result)
     exists = f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"
     assert scalar(database_url, exists) == 0
+
+
+def test_debug_log_and_output_mask_the_password(database_url: str, schema: str) -> None:
+    """With debug JSON logs, neither the log lines nor the output show the URL's password."""
+    url = make_url(database_url).set(password="s3cr3t").render_as_string(hide_password=False)
+    env = cli_env(url, EVENTSOURCE_LOG_LEVEL="debug", EVENTSOURCE_LOG_FORMAT="json")
+    result = run_cli(["db", "upgrade", "--schema", schema], env)
+    assert result.returncode == 0, describe(result)
+    assert "s3cr3t" not in result.stdout + result.stderr
+    logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    opened = [record for record in logged if record["event"] == "store opened"]
+    assert opened, describe(result)
+    assert ":***@" in opened[0]["url"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from eventsource import Settings
+from eventsource import AsyncEventStore, EventStore, Settings
 from eventsource.db import describe_target, quote_schema, resolve_url, safe_url
 from eventsource.store import Queries
 
@@ -275,3 +275,31 @@ def test_queries_use_the_quoted_schema() -> None:
     assert '"Mixed".events' in str(queries.read_stream)
     assert '"Mixed".append_events' in str(queries.append)
     assert "Mixed.events" not in str(queries.read_stream).replace('"Mixed"', "")
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def test_settings_repr_masks_the_password(clean_env: pytest.MonkeyPatch) -> None:
+    """repr() and str() of Settings show the database URL with its password as ***."""
+    settings = Settings(database_url="postgresql://alice:s3cr3t@db.example/app")
+    for text in (repr(settings), str(settings)):
+        assert "s3cr3t" not in text
+        assert "postgresql://alice:***@db.example/app" in text
+    assert settings.database_url == "postgresql://alice:s3cr3t@db.example/app"
+
+
+def test_safe_url_masks_a_password_query_parameter() -> None:
+    """A password given as a query parameter (libpq accepts one) is masked too."""
+    masked = safe_url("postgresql://alice@db/app?password=s3cr3t&sslmode=require")
+    assert "s3cr3t" not in masked
+    assert masked == "postgresql://alice@db/app?password=***&sslmode=require"
+
+
+@pytest.mark.parametrize("cls", [EventStore, AsyncEventStore], ids=lambda c: c.__name__)
+def test_store_repr_masks_the_password(clean_env: pytest.MonkeyPatch, cls: type) -> None:
+    """A store's repr names its URL without the password, and its schema (no I/O)."""
+    store = cls.from_url("postgresql://alice:s3cr3t@db.example/app", schema="bank")
+    assert repr(store) == (
+        f"{cls.__name__}('postgresql+psycopg://alice:***@db.example/app', schema='bank')"
+    )
