@@ -33,6 +33,7 @@ from eventsource._errors import (
     WorkerCrashed,
 )
 from eventsource._events import Event, upcaster
+from eventsource._logging import configure_logging
 from eventsource._version import package_version
 from eventsource.commands import (
     AsyncCommandQueue,
@@ -108,6 +109,7 @@ __all__ = [
     "UpcastError",
     "ValueRejected",
     "WorkerCrashed",
+    "configure_logging",
     "correlation",
     "current_correlation",
     "handler",

@@ -65,6 +65,7 @@ PUBLIC_API = [
     "UnknownEventType",
     "UpcastError",
     "WorkerCrashed",
+    "configure_logging",
     "correlation",
     "current_correlation",
     "handler",
