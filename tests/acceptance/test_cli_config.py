@@ -8,8 +8,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import eventsource
+from eventsource import CommandQueue, EventStore
+from tests.acceptance._command_support import Work
 
 from ._support import cli_env, describe, run_cli, scalar
+
+WORKER_MODULE = "tests.acceptance._command_support"
 
 
 def test_version_option_prints_the_package_version() -> None:
@@ -53,3 +57,29 @@ def test_debug_log_and_output_mask_the_password(database_url: str, schema: str) 
     opened = [record for record in logged if record["event"] == "store opened"]
     assert opened, describe(result)
     assert ":***@" in opened[0]["url"]
+
+
+def test_worker_refuses_a_queue_that_nothing_serves(database_url: str, schema: str) -> None:
+    """`worker run --queue nosuchqueue` exits 2 naming the queues that the handlers serve."""
+    env = cli_env(database_url, EVENTSOURCE_SCHEMA=schema)
+    assert run_cli(["db", "upgrade"], env).returncode == 0
+    result = run_cli(["worker", "run", WORKER_MODULE, "--queue", "nosuchqueue"], env)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, describe(result)
+    assert "no loaded handler serves queue 'nosuchqueue'" in lines[0]
+    assert "'default'" in lines[0]
+
+
+def test_a_queue_holding_commands_is_served(database_url: str, schema: str) -> None:
+    """A queue that commands reach through enqueue(queue=...) is accepted once it holds one,
+    and so is an empty queue beside a served one; only unserved, unused queues are refused."""
+    from eventsource.cli._worker import _check_queues_are_served  # noqa: PLC0415
+
+    with EventStore.from_url(database_url, schema=schema) as store:
+        store.upgrade()
+        with pytest.raises(ValueError, match=r"serves queues 'urgent', 'typo': .*'default'"):
+            _check_queues_are_served(store, ["urgent", "typo"])
+        _check_queues_are_served(store, ["default", "private-1"])
+        CommandQueue(store).enqueue(Work(n=1), queue="urgent")
+        _check_queues_are_served(store, ["urgent"])
