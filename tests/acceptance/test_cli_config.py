@@ -83,3 +83,27 @@ def test_a_queue_holding_commands_is_served(database_url: str, schema: str) -> N
         _check_queues_are_served(store, ["default", "private-1"])
         CommandQueue(store).enqueue(Work(n=1), queue="urgent")
         _check_queues_are_served(store, ["urgent"])
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "given"),
+    [
+        (["--partitions", "8"], {}, "--partitions 8"),
+        ([], {"EVENTSOURCE_PARTITIONS": "8"}, "EVENTSOURCE_PARTITIONS=8"),
+    ],
+    ids=["option", "variable"],
+)
+def test_upgrade_refuses_another_partition_count(
+    database_url: str, schema: str, args: list[str], extra: dict[str, str], given: str
+) -> None:
+    """`db upgrade` with a partition count other than the schema's exits 2 saying that the
+    count is fixed at creation; the schema keeps its partitions."""
+    env = cli_env(database_url, EVENTSOURCE_SCHEMA=schema)
+    assert run_cli(["db", "upgrade", "--partitions", "4"], env).returncode == 0
+    result = run_cli(["db", "upgrade", *args], {**env, **extra})
+    assert result.returncode == 2, describe(result)
+    assert result.stderr.strip() == (
+        f"error: schema {schema} has 4 partitions, fixed when it was created: {given} cannot"
+        " change it (leave it out to upgrade the schema as it is)"
+    ), describe(result)
+    assert scalar(database_url, f"SELECT count(*) FROM {schema}.partitions") == 4
