@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -107,3 +110,26 @@ def test_upgrade_refuses_another_partition_count(
         " change it (leave it out to upgrade the schema as it is)"
     ), describe(result)
     assert scalar(database_url, f"SELECT count(*) FROM {schema}.partitions") == 4
+
+
+def test_no_database_url_error_keeps_the_extra_in_brackets(tmp_path: Path) -> None:
+    """Without a URL and without the embedded server installed, the one-line error shows
+    `pip install 'eventsource[embedded]'` verbatim (rich markup does not swallow it)."""
+    script = (
+        "import sys; sys.modules['pgserver'] = None\n"  # as if the extra were not installed
+        "from eventsource.cli import main\n"
+        "main(['db', 'status'])\n"
+    )
+    env = cli_env(None, EVENTSOURCE_EMBEDDED_DIR=str(tmp_path / "pgdata"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, describe(result)
+    assert result.stderr.strip().startswith("error: no database URL is set"), describe(result)
+    assert "pip install 'eventsource[embedded]'" in result.stderr, describe(result)
