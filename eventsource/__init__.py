@@ -6,6 +6,8 @@ stored offsets into read models; a command queue delivers tasks to handlers at l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eventsource._aggregate import Aggregate
 from eventsource._config import Settings
 from eventsource._context import correlation, current_correlation
@@ -62,8 +64,6 @@ from eventsource.store import (
     partition_for,
 )
 
-__version__: str = package_version()
-
 __all__ = [
     "ANY",
     "NO_STREAM",
@@ -116,3 +116,16 @@ __all__ = [
     "partition_for",
     "upcaster",
 ]
+
+
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        """``__version__``, looked up on first use (reading the installed metadata is slow)."""
+        if name == "__version__":
+            version = package_version()
+            globals()["__version__"] = version
+            return version
+        raise AttributeError(f"module 'eventsource' has no attribute {name!r}")
