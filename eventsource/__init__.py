@@ -6,6 +6,8 @@ stored offsets into read models; a command queue delivers tasks to handlers at l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eventsource._aggregate import Aggregate
 from eventsource._config import Settings
 from eventsource._context import correlation, current_correlation
@@ -33,6 +35,8 @@ from eventsource._errors import (
     WorkerCrashed,
 )
 from eventsource._events import Event, upcaster
+from eventsource._logging import configure_logging
+from eventsource._version import package_version
 from eventsource.commands import (
     AsyncCommandQueue,
     Command,
@@ -105,9 +109,23 @@ __all__ = [
     "UpcastError",
     "ValueRejected",
     "WorkerCrashed",
+    "configure_logging",
     "correlation",
     "current_correlation",
     "handler",
     "partition_for",
     "upcaster",
 ]
+
+
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        """``__version__``, looked up on first use (reading the installed metadata is slow)."""
+        if name == "__version__":
+            version = package_version()
+            globals()["__version__"] = version
+            return version
+        raise AttributeError(f"module 'eventsource' has no attribute {name!r}")

@@ -7,16 +7,25 @@ argument when ``Settings`` is given one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import annotated_types
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventsource._checks import check_database_url, check_schema_name
 
-__all__ = ["Settings"]
+__all__ = ["MAX_POOL_SIZE", "Settings"]
+
+MAX_POOL_SIZE = 1000  # connections per engine (and as many again in overflow)
+
+
+def _default_embedded_dir() -> Path:
+    """The embedded server's data directory: ``pgdata`` in the user's data directory."""
+    return Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
 
 
 class Settings(BaseSettings):
@@ -42,10 +51,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     db_schema: str = Field(default="eventsource", validation_alias="EVENTSOURCE_SCHEMA")
     partitions: int = Field(default=16, ge=1, le=4096)
-    embedded_dir: Path = Field(
-        default_factory=lambda: Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
-    )
-    pool_size: int = Field(default=10, ge=1, le=200)
+    embedded_dir: Path = Field(default_factory=_default_embedded_dir)
+    pool_size: int = Field(default=10, ge=1, le=MAX_POOL_SIZE)
     prepared_statements: bool = True
     command_lease: float = Field(default=10.0, ge=0.5, le=3600, allow_inf_nan=False)
     command_backoff_base: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
@@ -59,10 +66,24 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ValueError(_describe(exc, values)) from None
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields for ``repr`` and ``str``, with the database URL's password masked."""
+        from eventsource.db import safe_url  # noqa: PLC0415 - eventsource.db imports this module
+
+        for name, value in super().__repr_args__():
+            yield name, (safe_url(value) if name == "database_url" and value else value)
+
     @field_validator("database_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return check_database_url(value) if value else None
+
+    @field_validator("embedded_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_default(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return _default_embedded_dir()
+        return value
 
     @field_validator("db_schema")
     @classmethod
@@ -83,6 +104,19 @@ def _source(field: str, given: dict[str, Any]) -> str:
     return f"EVENTSOURCE_{field.upper()}"
 
 
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+
+
+def _bounds(field: str) -> tuple[object, object] | None:
+    """The inclusive bounds of a numeric setting (``(1, 4096)`` for partitions), if it has both."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return None
+    low = next((m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, annotated_types.Le)), None)
+    return None if low is None or high is None else (low, high)
+
+
 def _describe(exc: ValidationError, given: dict[str, Any]) -> str:
     """One line for the first bad setting: ``NAME: problem, got 'value'``."""
     errors = exc.errors(include_url=False)
@@ -99,7 +133,11 @@ def _describe(exc: ValidationError, given: dict[str, Any]) -> str:
     field = by_alias.get(field, field)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     message = message.replace("Input should be", "must be", 1)
+    bounds = _bounds(field)
+    if bounds is not None and first.get("type") in _RANGE_ERRORS:
+        message = f"must be from {bounds[0]} to {bounds[1]}"
     shown = first.get("input")
-    if field == "database_url" or isinstance(shown, dict) or repr(shown) in message:
+    shown_already = isinstance(shown, str) and repr(shown) in message
+    if field == "database_url" or isinstance(shown, dict) or shown_already:
         return f"{_source(field, given)}: {message}"  # (a URL may hold a password)
     return f"{_source(field, given)}: {message}, got {shown!r}"

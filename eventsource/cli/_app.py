@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from eventsource._checks import check_database_url
 from eventsource._config import Settings
 from eventsource._errors import EventSourceError
 from eventsource._logging import configure_logging, get_logger
+from eventsource._version import package_version
 from eventsource.db import quote_schema, safe_url
 from eventsource.store import EventStore
 
@@ -35,6 +36,25 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 log = get_logger("eventsource.cli")
+
+
+def _print_version(value: bool) -> None:
+    """Print ``eventsource <version>`` and exit, for ``--version``."""
+    if value:
+        console.print(f"eventsource {package_version()}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Event sourcing on PostgreSQL: event store, projections and command queue."""
 
 
 def _click_module(name: str) -> Any:
@@ -82,6 +102,16 @@ def _origin(name: str, option: str) -> str:
     return option
 
 
+def _named_by_origin(message: str, options: dict[str, Any]) -> str:
+    """A ``Settings`` error about one of ``options`` (named as a keyword there), naming the
+    option or the environment variable it was read from instead."""
+    for name in options:
+        if message.startswith(f"{name}: "):
+            origin = _origin(name, f"--{name.replace('_', '-')}")
+            return f"{origin}: {message.removeprefix(f'{name}: ')}"
+    return message
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """One line per failure: 2 for bad input, 1 for everything that went wrong at run time."""
@@ -116,7 +146,10 @@ def settings_for(database_url: str | None, schema: str, **extra: Any) -> Setting
     except ValueError as exc:
         raise ValueError(f"{_origin('schema', '--schema')}: {exc}") from None
     values: dict[str, Any] = {"database_url": database_url, "db_schema": schema, **extra}
-    settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in values.items() if v is not None})
+    except ValueError as exc:
+        raise ValueError(_named_by_origin(str(exc), extra)) from None
     configure_logging(settings.log_format, settings.log_level)
     return settings
 

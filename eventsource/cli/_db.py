@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from eventsource.cli._app import command_store, console, err_console, show
+from eventsource.cli._app import _origin, command_store, console, err_console, fail, show
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.db import safe_url
 
@@ -24,15 +24,23 @@ def db_upgrade(
         typer.Option(
             "--partitions",
             envvar="EVENTSOURCE_PARTITIONS",
-            min=1,
-            max=4096,
-            help="Partition count when the schema is first created (default 16).",
+            help="Partition count when the schema is first created (default 16); fixed after.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Create the schema or upgrade it to this version (idempotent; safe to run concurrently)."""
     with command_store(database_url, schema, partitions=partitions) as store:
+        existing = store.status().partitions
+        if partitions is not None and existing is not None and partitions != existing:
+            given = _origin("partitions", "--partitions")
+            given += f"={partitions}" if given.startswith("EVENTSOURCE_") else f" {partitions}"
+            fail(
+                f"schema {store.schema} has {existing} partitions, fixed when it was created:"
+                f" {given} cannot change it"
+                " (leave it out to upgrade the schema as it is)",
+                2,
+            )
         store.upgrade()
         status = store.status()
         console.print(

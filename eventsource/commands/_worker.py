@@ -74,7 +74,12 @@ class CommandWorker(_Slots, _Heartbeat):
         backoff_max: float = 300.0,
         default_timeout: float | None = None,
     ) -> None:
-        """Check the settings (``ValueError``, ``TypeError``); nothing runs before ``run()``."""
+        """Check the settings (``ValueError``, ``TypeError``); nothing runs before ``run()``.
+
+        Any queue name is accepted: ``enqueue(cmd, queue=...)`` may put a command of any type
+        in any queue, so no queue can be known here to get nothing for ``handlers``
+        (``eventsource worker run`` refuses a worker none of whose queues is served).
+        """
         if isinstance(queues, str) or not queues:
             raise ValueError(f"queues must be a non-empty list of queue names, got {queues!r}")
         concurrency = check_int(concurrency, "concurrency", low=1, high=256)

@@ -11,11 +11,14 @@ from sqlalchemy.engine import URL, make_url
 
 
 def safe_url(url: str | URL) -> str:
-    """The URL with its password masked, for messages and logs."""
+    """The URL with its password (in the user part or the query) masked, for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except sa_exc.ArgumentError:
         return "<unparseable database URL>"
+    if "password" in parsed.query:  # libpq also takes the password as a query parameter
+        parsed = parsed.update_query_dict({"password": "MASKED"})
+    return parsed.render_as_string(hide_password=True).replace("password=MASKED", "password=***")
 
 
 # TCP keepalives unless the URL sets its own: a connection to a server that vanished (a

@@ -9,9 +9,9 @@ from typing import Generic, Self, TypeVar
 from sqlalchemy.engine import URL
 
 from eventsource._checks import check_int, check_schema_name
-from eventsource._config import Settings
+from eventsource._config import MAX_POOL_SIZE, Settings
 from eventsource._errors import SchemaNotReady, translate_errors
-from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch
+from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch, safe_url
 from eventsource.store._announce import Announcer
 from eventsource.store._queries import store_queries
 from eventsource.store._types import check_partitions
@@ -48,6 +48,10 @@ class StoreBase(Generic[EngineT]):
         )
         self._partitions: int | None = None
 
+    def __repr__(self) -> str:
+        """``EventStore('postgresql+psycopg://user:***@host/db', schema='eventsource')``."""
+        return f"{type(self).__name__}({safe_url(self.url)!r}, schema={self.schema!r})"
+
     @property
     def partitions(self) -> int:
         """The number of partitions of the log (fixed when the schema was created).
@@ -83,28 +87,53 @@ class StoreBase(Generic[EngineT]):
         cls,
         url: str | URL | None = None,
         *,
-        schema: str = "eventsource",
-        partitions: int = 16,
-        pool_size: int = 10,
-        prepared_statements: bool = True,
+        schema: str | None = None,
+        partitions: int | None = None,
+        pool_size: int | None = None,
+        prepared_statements: bool | None = None,
     ) -> Self:
-        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded."""
-        from eventsource.db import resolve_url  # noqa: PLC0415 - may start the embedded server
+        """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded.
 
-        pool_size = check_int(pool_size, "pool_size", low=1, high=1000)
-        engine = cls._make_engine(resolve_url(url), pool_size, prepared_statements)
-        return cls(
-            engine, schema=schema, partitions=partitions, prepared_statements=prepared_statements
-        )
+        Each setting left out (``None``) comes from its ``EVENTSOURCE_*`` variable, else its
+        default, exactly as ``from_env`` reads it: arguments win over the environment, and the
+        environment over the defaults (schema ``eventsource``, 16 partitions, a pool of 10,
+        prepared statements on)::
+
+            store = EventStore.from_url(url, schema="bank")   # EVENTSOURCE_POOL_SIZE applies
+        """
+        from eventsource.db import resolve_url  # noqa: PLC0415
+
+        given: dict[str, object] = {}
+        if url is not None:  # checked as the argument; a bad EVENTSOURCE_DATABASE_URL is moot
+            url = resolve_url(url)
+            given["database_url"] = url.render_as_string(hide_password=False)
+        if schema is not None:
+            given["db_schema"] = check_schema_name(schema)
+        if partitions is not None:
+            given["partitions"] = check_partitions(partitions)
+        if pool_size is not None:
+            given["pool_size"] = check_int(pool_size, "pool_size", low=1, high=MAX_POOL_SIZE)
+        if prepared_statements is not None:
+            if not isinstance(prepared_statements, bool):
+                raise TypeError(
+                    f"prepared_statements must be True or False, got {prepared_statements!r}"
+                )
+            given["prepared_statements"] = prepared_statements
+        return cls._from_settings(url, Settings(**given))
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> Self:
-        """A store configured by ``EVENTSOURCE_*`` environment variables."""
-        from eventsource.db import resolve_url  # noqa: PLC0415
-
+        """A store configured by ``EVENTSOURCE_*`` environment variables (or ``settings``)."""
         settings = settings or Settings()
-        url = resolve_url(settings.database_url, settings)
-        engine = cls._make_engine(url, settings.pool_size, settings.prepared_statements)
+        return cls._from_settings(settings.database_url, settings)
+
+    @classmethod
+    def _from_settings(cls, url: str | URL | None, settings: Settings) -> Self:
+        """A store on ``url`` (``None``: the settings' URL, else embedded) with ``settings``."""
+        from eventsource.db import resolve_url  # noqa: PLC0415 - may start the embedded server
+
+        resolved = resolve_url(url, settings)
+        engine = cls._make_engine(resolved, settings.pool_size, settings.prepared_statements)
         return cls(
             engine,
             schema=settings.db_schema,

@@ -87,7 +87,7 @@ def command_states(database_url: str, schema: str) -> object:
         (["worker", "run", MODULE, "--concurrency", "1000"], "'--concurrency'"),
         (["worker", "run", MODULE, "--queue", "q\udcff"], "--queue is not valid UTF-8"),
         (["worker", "run", "mod\udcff"], "MODULE"),
-        (["db", "upgrade", "--partitions", BIG], "'--partitions'"),
+        (["db", "upgrade", "--partitions", BIG], "--partitions: must be from 1 to 4096"),
     ],
     ids=[
         "list-limit-2**70",

@@ -65,6 +65,7 @@ PUBLIC_API = [
     "UnknownEventType",
     "UpcastError",
     "WorkerCrashed",
+    "configure_logging",
     "correlation",
     "current_correlation",
     "handler",
@@ -179,3 +180,13 @@ def test_transaction_twins_have_the_same_names() -> None:
 def test_store_twins_have_the_same_names() -> None:
     """EventStore and AsyncEventStore expose exactly the same public names."""
     assert public_names(EventStore) == public_names(AsyncEventStore)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """eventsource.__version__ is the version of the distribution that installs the package."""
+    from importlib import metadata  # noqa: PLC0415
+
+    names = metadata.packages_distributions()["eventsource"]
+    assert eventsource.__version__ == metadata.version(names[0])
+    assert isinstance(eventsource.__version__, str)
+    assert eventsource.__version__[0].isdigit()

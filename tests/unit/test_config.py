@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import platformdirs
 import pytest
 
-from eventsource import Settings
+from eventsource import AsyncEventStore, EventStore, Settings
 from eventsource.db import describe_target, quote_schema, resolve_url, safe_url
 from eventsource.store import Queries
 
@@ -104,11 +105,37 @@ def test_invalid_settings_are_rejected(
     assert "For further information" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("EVENTSOURCE_PARTITIONS", "0", "EVENTSOURCE_PARTITIONS: must be from 1 to 4096, got '0'"),
+        ("EVENTSOURCE_POOL_SIZE", "1001", "EVENTSOURCE_POOL_SIZE: must be from 1 to 1000"),
+        ("EVENTSOURCE_COMMAND_LEASE", "0.1", "EVENTSOURCE_COMMAND_LEASE: must be from 0.5 to 3600"),
+        ("EVENTSOURCE_COMMAND_BACKOFF_BASE", "-1", "must be from 0 to 3600, got '-1'"),
+    ],
+)
+def test_out_of_range_settings_show_the_range(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """A number out of range names the variable, both bounds and the value given."""
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=r"^EVENTSOURCE_") as info:
+        Settings()
+    assert message in str(info.value)
+
+
+def test_blank_embedded_dir_means_the_default(clean_env: pytest.MonkeyPatch) -> None:
+    """EVENTSOURCE_EMBEDDED_DIR set to an empty string is the default directory, not '.'."""
+    clean_env.setenv("EVENTSOURCE_EMBEDDED_DIR", "  ")
+    default = Path(platformdirs.user_data_dir("eventsource")) / "pgdata"
+    assert Settings().embedded_dir == default
+
+
 def test_invalid_keyword_settings_name_the_argument(clean_env: pytest.MonkeyPatch) -> None:
     """A bad keyword argument of Settings is named as such, not as an environment variable."""
     clean_env.setenv("EVENTSOURCE_POOL_SIZE", "0")
     assert Settings(pool_size=5).pool_size == 5  # the argument wins over the variable
-    with pytest.raises(ValueError, match=r"^pool_size: must be greater than or equal to 1"):
+    with pytest.raises(ValueError, match=r"^pool_size: must be from 1 to 1000, got 0$"):
         Settings(pool_size=0)
     with pytest.raises(ValueError, match=r"^db_schema: invalid schema name"):
         Settings(db_schema="a b")
@@ -248,3 +275,31 @@ def test_queries_use_the_quoted_schema() -> None:
     assert '"Mixed".events' in str(queries.read_stream)
     assert '"Mixed".append_events' in str(queries.append)
     assert "Mixed.events" not in str(queries.read_stream).replace('"Mixed"', "")
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def test_settings_repr_masks_the_password(clean_env: pytest.MonkeyPatch) -> None:
+    """repr() and str() of Settings show the database URL with its password as ***."""
+    settings = Settings(database_url="postgresql://alice:s3cr3t@db.example/app")
+    for text in (repr(settings), str(settings)):
+        assert "s3cr3t" not in text
+        assert "postgresql://alice:***@db.example/app" in text
+    assert settings.database_url == "postgresql://alice:s3cr3t@db.example/app"
+
+
+def test_safe_url_masks_a_password_query_parameter() -> None:
+    """A password given as a query parameter (libpq accepts one) is masked too."""
+    masked = safe_url("postgresql://alice@db/app?password=s3cr3t&sslmode=require")
+    assert "s3cr3t" not in masked
+    assert masked == "postgresql://alice@db/app?password=***&sslmode=require"
+
+
+@pytest.mark.parametrize("cls", [EventStore, AsyncEventStore], ids=lambda c: c.__name__)
+def test_store_repr_masks_the_password(clean_env: pytest.MonkeyPatch, cls: type) -> None:
+    """A store's repr names its URL without the password, and its schema (no I/O)."""
+    store = cls.from_url("postgresql://alice:s3cr3t@db.example/app", schema="bank")
+    assert repr(store) == (
+        f"{cls.__name__}('postgresql+psycopg://alice:***@db.example/app', schema='bank')"
+    )
