@@ -46,6 +46,7 @@ from eventsource.commands import (
     CommandWorker,
     Enqueued,
     LeaseLost,
+    commands_running,
     handler,
 )
 from eventsource.store import (
@@ -58,6 +59,7 @@ from eventsource.store import (
     EventStore,
     ExpectedVersion,
     PendingAppend,
+    PositionTokenError,
     RecordedEvent,
     Repository,
     Transaction,
@@ -93,6 +95,7 @@ __all__ = [
     "ExpectedVersion",
     "LeaseLost",
     "PendingAppend",
+    "PositionTokenError",
     "ProjectionTimeout",
     "ReactorNotAttached",
     "RecordedEvent",
@@ -109,6 +112,7 @@ __all__ = [
     "UpcastError",
     "ValueRejected",
     "WorkerCrashed",
+    "commands_running",
     "configure_logging",
     "correlation",
     "current_correlation",

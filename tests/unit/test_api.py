@@ -56,6 +56,7 @@ PUBLIC_API = [
     "ExpectedVersion",
     "LeaseLost",
     "PendingAppend",
+    "PositionTokenError",
     "RecordedEvent",
     "Repository",
     "SchemaNotReady",
@@ -65,6 +66,7 @@ PUBLIC_API = [
     "UnknownEventType",
     "UpcastError",
     "WorkerCrashed",
+    "commands_running",
     "configure_logging",
     "correlation",
     "current_correlation",
@@ -105,7 +107,7 @@ def test_errors_share_one_root() -> None:
         if isinstance(getattr(eventsource, n), type)
         and issubclass(getattr(eventsource, n), Exception)
     ]
-    assert len(errors) == 22
+    assert len(errors) == 23
     assert all(issubclass(e, eventsource.EventSourceError) for e in errors)
 
 
