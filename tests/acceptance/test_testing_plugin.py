@@ -1,10 +1,11 @@
 """An application's own tests, written only against eventsource.testing, run under pytest with
-the plugin (loaded with ``-p`` until the entry point is installed)."""
+the plugin (its entry point, or ``-p`` where the distribution is not installed)."""
 
 from __future__ import annotations
 
 import os
 import textwrap
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -158,9 +159,11 @@ def _run(
     pytester.makeini(f"[pytest]\nasyncio_default_fixture_loop_scope = function\n{ini}")
     env_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     monkeypatch.setenv("PYTHONPATH", env_path)
-    return pytester.runpytest_subprocess(
-        "-p", "eventsource.testing.plugin", "-p", "no:cacheprovider", *args, timeout=240
-    )
+    # The installed distribution registers the plugin (entry point `eventsource`); a source
+    # tree on PYTHONPATH alone needs it named.
+    installed = any(e.name == "eventsource" for e in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "eventsource.testing.plugin"]
+    return pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", *args, timeout=240)
 
 
 def test_a_users_test_suite_passes_with_the_plugin(

@@ -225,7 +225,7 @@ async def test_the_async_variants_run_projections_and_commands(
 
 async def test_the_async_variants_check_their_store(store: EventStore) -> None:
     """A sync store or queue given to an async variant is named in a TypeError."""
-    with pytest.raises(TypeError, match="store must be an AsyncEventStore, got <"):
+    with pytest.raises(TypeError, match="store must be an AsyncEventStore, got EventStore"):
         await run_projections_async(store, [])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="queue must be an AsyncCommandQueue, got <"):
         await drain_async(CommandQueue(store))  # type: ignore[arg-type]
