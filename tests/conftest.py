@@ -1,44 +1,29 @@
 """Shared fixtures: a real PostgreSQL (EVENTSOURCE_DATABASE_URL, else embedded) and a fresh
-schema per test, dropped afterwards, so tests never share state."""
+schema per test, dropped afterwards, so tests never share state. They build on the fixtures of
+the framework's own pytest plugin (``eventsource.testing.plugin``, registered by the installed
+distribution), as an application's tests would."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from eventsource import AsyncEventStore, EventStore
-from eventsource.db import quote_schema, resolve_url
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    """The server under test, as a SQLAlchemy URL string (password included)."""
-    return resolve_url(os.environ.get("EVENTSOURCE_DATABASE_URL") or None).render_as_string(
-        hide_password=False
-    )
+def database_url(eventsource_database_url: str) -> str:
+    """The server under test, as a SQLAlchemy URL string (password included): the testing
+    plugin's (``eventsource.testing``), EVENTSOURCE_DATABASE_URL or else the embedded one."""
+    return eventsource_database_url
 
 
 @pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
-    """A fresh, unique schema name; the schema is dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    engine = create_engine(database_url, poolclass=None)
-    try:
-        with engine.begin() as conn:
-            # The schema, and those named after it (the demo's read model: <schema>_bank).
-            related = conn.execute(
-                text("SELECT nspname FROM pg_namespace WHERE nspname = :n OR nspname LIKE :p"),
-                {"n": name, "p": f"{name}\\_%"},
-            ).scalars()
-            for schema_name in list(related):
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name)} CASCADE"))
-    finally:
-        engine.dispose()
+def schema(eventsource_schema: str) -> str:
+    """A fresh, unique schema name: the testing plugin's, dropped after the test with the
+    schemas named after it (the demo's read model: ``<schema>_bank``)."""
+    return eventsource_schema
 
 
 @pytest.fixture
