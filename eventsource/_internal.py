@@ -16,11 +16,12 @@ from eventsource._checks import (
     check_seconds,
 )
 from eventsource._logging import configure_logging, get_logger
-from eventsource.commands import ANNOUNCE_AFTER_COMMIT, WorkerThread, command_queries, sync_store
+from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (
     Backoff,
     Listener,
+    WorkerThread,
     close_thread_loop,
     default_worker_id,
     first_line,

@@ -9,7 +9,7 @@
   dead-letter) and ``_heartbeat`` (leases kept, expired ones reaped); ``_core`` has what
   they share;
 - ``_running``: ``commands_running``, a worker inside an application's event loop, run by
-  ``WorkerThread`` (which ``projections.running`` uses too).
+  the runtime's ``WorkerThread`` (which ``projections.running`` uses too).
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.
@@ -30,7 +30,7 @@ from eventsource.commands._command import (
 from eventsource.commands._params import CommandInfo, Enqueued
 from eventsource.commands._queries import CommandQueries, command_queries
 from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
-from eventsource.commands._running import WorkerThread, commands_running, sync_store
+from eventsource.commands._running import commands_running, sync_store
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "Enqueued",
     "HandlerSpec",
     "LeaseLost",
-    "WorkerThread",
     "backoff",
     "command_class",
     "command_queries",

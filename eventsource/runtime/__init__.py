@@ -22,12 +22,14 @@ from eventsource.runtime._backoff import Backoff, default_worker_id
 from eventsource.runtime._listener import Listener
 from eventsource.runtime._loop import close_thread_loop, run_on_thread_loop
 from eventsource.runtime._supervisor import Supervisor
+from eventsource.runtime._thread import WorkerThread
 
 __all__ = [
     "Backoff",
     "Listener",
     "Supervisor",
     "WorkerCrashed",
+    "WorkerThread",
     "close_thread_loop",
     "default_worker_id",
     "first_line",
