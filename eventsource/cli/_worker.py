@@ -21,7 +21,6 @@ from eventsource.cli._options import (
     DatabaseUrl,
     Schema,
 )
-from eventsource.store import EventStore
 
 worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
 
@@ -46,32 +45,6 @@ def _import_handlers(module_name: str) -> None:
         importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
-
-
-def _check_queues_are_served(store: EventStore, queues: list[str]) -> None:
-    """Refuse a worker whose queues nothing loaded serves (most often a typo): ValueError.
-
-    A queue is served when a loaded handler's command class defaults to it
-    (``class C(Command, queue="mail")``, else ``default``), or when the database holds
-    commands in it (pending, running or dead). ``enqueue(cmd, queue=...)`` may put a command of
-    any type in any queue, so a queue beside a served one is not refused (a worker's private
-    queue, empty when it starts); only a worker none of whose queues is served is.
-    """
-    from eventsource.commands import CommandQueue, registered_handlers  # noqa: PLC0415
-
-    handlers = registered_handlers()
-    served = sorted({spec.command.default_queue for spec in handlers.values()})
-    if not handlers or any(name in served for name in queues):  # (none: the worker says so)
-        return
-    commands = CommandQueue(store)
-    if any(commands.list(("pending", "running", "dead"), queue=name, limit=1) for name in queues):
-        return
-    raise ValueError(
-        f"no loaded handler serves {'queue' if len(queues) == 1 else 'queues'}"
-        f" {', '.join(map(repr, queues))}: the handlers' commands go to"
-        f" {', '.join(map(repr, served))}, and no command is stored there;"
-        " check --queue and the modules given"
-    )
 
 
 @worker_app.command("run")
@@ -124,7 +97,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
     schema: Schema = "eventsource",
 ) -> None:
     """Run command handlers until SIGTERM/SIGINT; workers compete for commands."""
-    from eventsource.commands import CommandWorker  # noqa: PLC0415
+    from eventsource.commands import CommandWorker, check_queues_served  # noqa: PLC0415
 
     with cli_errors():
         # Checked here too, so that errors name the options (the worker checks its arguments).
@@ -140,7 +113,10 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
             _import_handlers(module_name)
         settings = settings_for(database_url, schema)
         with open_store(settings) as store:
-            _check_queues_are_served(store, queue or ["default"])
+            try:
+                check_queues_served(store, queue or ["default"])
+            except ValueError as exc:
+                raise ValueError(f"{exc} (--queue)") from None
             worker = CommandWorker(
                 store,
                 queue or ["default"],

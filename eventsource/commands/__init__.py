@@ -9,7 +9,9 @@
   dead-letter) and ``_heartbeat`` (leases kept, expired ones reaped); ``_core`` has what
   they share;
 - ``_running``: ``commands_running``, a worker inside an application's event loop, run by
-  the runtime's ``WorkerThread`` (which ``projections.running`` uses too).
+  the runtime's ``WorkerThread`` (which ``projections.running`` uses too);
+- ``_served``: ``check_queues_served``, which refuses a worker none of whose queues is served
+  (``eventsource worker run`` and ``commands_running`` call it).
 
 The public names are re-exported by ``eventsource``; the others here are for the framework's
 own packages.
@@ -31,6 +33,7 @@ from eventsource.commands._params import CommandInfo, Enqueued
 from eventsource.commands._queries import CommandQueries, command_queries
 from eventsource.commands._queue import AsyncCommandQueue, CommandQueue
 from eventsource.commands._running import commands_running, sync_store
+from eventsource.commands._served import check_queues_served
 from eventsource.commands._worker import CommandWorker, LeaseLost, backoff
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "HandlerSpec",
     "LeaseLost",
     "backoff",
+    "check_queues_served",
     "command_class",
     "command_queries",
     "commands_running",

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from eventsource._logging import get_logger
+from eventsource.commands._served import check_queues_served
 from eventsource.commands._worker import CommandWorker
 from eventsource.runtime import WorkerThread
 from eventsource.store import AsyncEventStore, EventStore
@@ -72,7 +73,8 @@ async def commands_running(
     threads of its own: sync handlers run on its slot threads, ``async def`` handlers on the
     event loop that entered the block, so that they can use the application's async
     resources (a handler's timeout cancels it there). Entering returns once the worker has
-    started, and raises if it cannot (``SchemaNotReady``, ``DatabaseUnavailable``). Leaving
+    started, and raises if it cannot (``SchemaNotReady``, ``DatabaseUnavailable``, or a
+    ``ValueError`` naming the served queues when no handler serves any of ``queues``). Leaving
     stops it: running handlers finish within ``grace`` (the rest are failed and retried as
     in a worker process), then its store is closed. An error that stops the worker meanwhile
     is logged at once and raised when the block ends (``WorkerCrashed``). Worker processes
@@ -80,6 +82,7 @@ async def commands_running(
     """
     store = sync_store(astore)
     try:
+        await asyncio.to_thread(check_queues_served, store, list(queues), options.get("handlers"))
         worker = _Embedded(store, queues, concurrency=concurrency, **options)
     except BaseException:
         store.close()

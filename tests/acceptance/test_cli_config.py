@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 import eventsource
 from eventsource import CommandQueue, EventStore
+from eventsource.commands import check_queues_served
 from tests.acceptance._command_support import Work
 
 from ._support import cli_env, describe, run_cli, scalar
@@ -77,15 +78,13 @@ def test_worker_refuses_a_queue_that_nothing_serves(database_url: str, schema: s
 def test_a_queue_holding_commands_is_served(database_url: str, schema: str) -> None:
     """A queue that commands reach through enqueue(queue=...) is accepted once it holds one,
     and so is an empty queue beside a served one; only unserved, unused queues are refused."""
-    from eventsource.cli._worker import _check_queues_are_served  # noqa: PLC0415
-
     with EventStore.from_url(database_url, schema=schema) as store:
         store.upgrade()
         with pytest.raises(ValueError, match=r"serves queues 'urgent', 'typo': .*'default'"):
-            _check_queues_are_served(store, ["urgent", "typo"])
-        _check_queues_are_served(store, ["default", "private-1"])
+            check_queues_served(store, ["urgent", "typo"])
+        check_queues_served(store, ["default", "private-1"])
         CommandQueue(store).enqueue(Work(n=1), queue="urgent")
-        _check_queues_are_served(store, ["urgent"])
+        check_queues_served(store, ["urgent"])
 
 
 @pytest.mark.parametrize(

@@ -223,3 +223,13 @@ async def test_an_error_of_the_block_stops_the_worker_and_propagates(
             assert worker_threads() != []
             raise KeyError("from the block")
     assert worker_threads() == []
+
+
+async def test_commands_running_refuses_queues_no_handler_serves(
+    async_store: AsyncEventStore,
+) -> None:
+    """A worker for a queue that no loaded handler serves does not start: the error names the
+    queues that are served."""
+    with pytest.raises(ValueError, match=r"no loaded handler serves queue 'nosuchqueue'.* go to '"):
+        async with commands_running(async_store, queues=["nosuchqueue"]):
+            raise AssertionError("the worker started")
