@@ -55,7 +55,7 @@ from eventsource._errors import (
     RetryableError,
     ValueRejected,
 )
-from eventsource.commands import AsyncCommandQueue
+from eventsource.commands import AsyncCommandQueue, commands_running
 from eventsource.store import (
     AppendResult,
     AsyncEventStore,
@@ -153,7 +153,9 @@ class EventSourcing:
     ``url``, ``schema``, ``partitions``, ``pool_size``: as ``AsyncEventStore.from_url`` (the
     ``EVENTSOURCE_*`` settings for what is not given). ``upgrade``: create or upgrade the
     schema at start-up. ``projections``: run these projections in the application's event
-    loop while it serves (``projections.running``); separate worker processes remain the
+    loop while it serves (``projections.running``). ``command_queues``: run a command worker
+    for these queues meanwhile (``commands_running``, with ``command_concurrency`` slots), over
+    the handlers registered when the application starts. Separate worker processes remain the
     recommended set-up in production.
     """
 
@@ -166,6 +168,8 @@ class EventSourcing:
         pool_size: int | None = None,
         upgrade: bool = True,
         projections: Sequence[Any] = (),
+        command_queues: Sequence[str] = (),
+        command_concurrency: int = 4,
     ) -> None:
         """Keep the settings; nothing connects before the application starts."""
         options = {"schema": schema, "partitions": partitions, "pool_size": pool_size}
@@ -173,6 +177,12 @@ class EventSourcing:
         self._url = url
         self._upgrade = upgrade
         self._projections = list(projections)
+        if isinstance(command_queues, str):
+            raise TypeError(
+                f"command_queues must be a list of queue names, got the string {command_queues!r}"
+            )
+        self._command_queues = list(command_queues)
+        self._command_concurrency = command_concurrency
         self._store: AsyncEventStore | None = None
 
     @property
@@ -199,6 +209,12 @@ class EventSourcing:
                 import projections  # noqa: PLC0415 - only applications that run them need it
 
                 await stack.enter_async_context(projections.running(store, self._projections))
+            if self._command_queues:
+                await stack.enter_async_context(
+                    commands_running(
+                        store, self._command_queues, concurrency=self._command_concurrency
+                    )
+                )
             self._store = store
             app.state.eventsource = store
             try:
