@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
-from eventsource import CommandQueue, ConcurrencyError, EventStore, Repository, correlation
+from eventsource import (
+    AppendResult,
+    CommandQueue,
+    ConcurrencyError,
+    EventStore,
+    Repository,
+    correlation,
+)
 
 from .commands import SendReceipt
 from .domain import Account
@@ -25,11 +31,13 @@ class Bank:
         self.accounts.save(account)  # ConcurrencyError if the id is taken: it expects no stream
         return account
 
-    def deposit(self, account_id: str, amount: int) -> Account:
-        return self._retrying(account_id, lambda account: account.deposit(amount))
+    def deposit(self, account_id: str, amount: int) -> AppendResult | None:
+        """Deposit, loading the account afresh when another writer got there first."""
+        return self.accounts.update(account_id, lambda account: account.deposit(amount), retries=4)
 
-    def withdraw(self, account_id: str, amount: int) -> Account:
-        return self._retrying(account_id, lambda account: account.withdraw(amount))
+    def withdraw(self, account_id: str, amount: int) -> AppendResult | None:
+        """Withdraw, loading the account afresh when another writer got there first."""
+        return self.accounts.update(account_id, lambda account: account.withdraw(amount), retries=4)
 
     def transfer(self, from_id: str, to_id: str, amount: int) -> str:
         """Move money between two accounts: both streams change in one transaction, or neither.
@@ -54,17 +62,4 @@ class Bank:
                         raise
                     continue
                 return transfer_id
-        raise AssertionError("unreachable")
-
-    def _retrying(self, account_id: str, change: Callable[[Account], None]) -> Account:
-        for attempt in range(5):
-            account = self.accounts.load(account_id)
-            change(account)
-            try:
-                self.accounts.save(account)
-            except ConcurrencyError:
-                if attempt == 4:
-                    raise
-                continue
-            return account
         raise AssertionError("unreachable")
