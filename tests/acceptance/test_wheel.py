@@ -225,3 +225,20 @@ def test_the_checkouts_demo_refuses_an_apps_own_examples_package(
     assert "the bank example is not installed" in result.stderr
     created = f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"
     assert scalar(database_url, created) == 0
+
+
+def test_mypy_strict_passes_on_the_shop_against_the_wheel(app: Path, venv: Path) -> None:
+    """The shop example, copied into an app with its own migrations, passes `mypy --strict`
+    against the installed wheel's packages (their py.typed and annotations)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.md")
+    shutil.copytree(REPO_ROOT / "examples" / "shop", app / "shop", ignore=ignore)
+    python = str(venv / "bin" / "python")
+    where = _run([python, "-c", "import eventsource; print(eventsource.__file__)"], app)
+    assert Path(where.stdout.strip()).is_relative_to(venv), describe(where)
+    checked = _run(
+        [python, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull, "shop"],
+        app,
+        _app_env("postgresql://unused"),
+    )
+    assert checked.returncode == 0, describe(checked)
+    assert "Success: no issues found in 6 source files" in checked.stdout, checked.stdout
