@@ -95,7 +95,9 @@ class _Attempts(_WorkerCore):
                     result = spec.fn(cmd, ctx)
                     if spec.is_async:
                         # On the worker's handler_loop if it has one: wait_for cancels there.
-                        run_on_thread_loop(asyncio.wait_for(result, timeout), self.handler_loop)
+                        run_on_thread_loop(
+                            asyncio.wait_for(result, timeout), self.handler_loop, self._on_loop
+                        )
                 if command.timed_out:
                     raise LeaseLost(
                         f"command {command.id} attempt {command.attempt} ran past its timeout"

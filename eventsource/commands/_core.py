@@ -10,6 +10,7 @@ operations on it that several of them use.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
 from contextlib import suppress
@@ -91,6 +92,8 @@ class _WorkerCore:
     backoff_max: float
     default_timeout: float | None
     handler_loop: asyncio.AbstractEventLoop | None  # where async handlers run (None: own)
+    # Async handlers running on handler_loop: cancelled when the grace period is over.
+    _on_loop: set[concurrent.futures.Future[Any]]
     processed: int  # attempts finished (acked, retried or dead) by this worker
     _sql: CommandQueries
     _types: list[str]

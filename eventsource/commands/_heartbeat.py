@@ -203,6 +203,10 @@ class _Heartbeat(_Attempts):
                     fetch(conn, self._sql.release, _unstarted(waiting))
         except psycopg.Error as exc:
             self._log.warning("could not record abandoned attempts", error=first_line(exc))
+        # Async handlers on an application's loop would run on unseen: cancel them, once
+        # their attempts are recorded (the cancelled handlers' own failures are fenced off).
+        for future in list(self._on_loop):
+            future.cancel()
 
 
 def _held_params(commands: Sequence[_Claimed]) -> dict[str, Any]:

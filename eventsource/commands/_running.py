@@ -76,7 +76,8 @@ async def commands_running(
     started, and raises if it cannot (``SchemaNotReady``, ``DatabaseUnavailable``, or a
     ``ValueError`` naming the served queues when no handler serves any of ``queues``). Leaving
     stops it: running handlers finish within ``grace`` (the rest are failed and retried as
-    in a worker process), then its store is closed. An error that stops the worker meanwhile
+    in a worker process, and the async ones are cancelled on the loop), then its store is
+    closed. An error that stops the worker meanwhile
     is logged at once and raised when the block ends (``WorkerCrashed``). Worker processes
     (``eventsource worker run``) remain the recommended production set-up.
     """

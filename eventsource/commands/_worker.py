@@ -126,6 +126,7 @@ class CommandWorker(_Slots, _Heartbeat):
         self._slots = [_Slot(i) for i in range(concurrency)]
         self._held_lock = threading.Lock()
         self._zombie_keys = {}
+        self._on_loop = set()
         self._log = log.bind(worker=self.worker_id)
         self._supervisor = Supervisor(self._log, self.stop)
         self.processed = 0

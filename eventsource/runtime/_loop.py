@@ -4,6 +4,7 @@ an application's own running loop (workers run inside an application's event loo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import threading
 from collections.abc import Awaitable
@@ -17,13 +18,16 @@ _local = threading.local()
 
 
 def run_on_thread_loop(
-    awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None = None
+    awaitable: Awaitable[T],
+    loop: asyncio.AbstractEventLoop | None = None,
+    running: set[concurrent.futures.Future[Any]] | None = None,
 ) -> T:
     """Run an awaitable to completion on this thread's event loop (created on first use).
 
     With ``loop``, the running loop of another thread (an application's), it runs there
     instead (``asyncio.run_coroutine_threadsafe``) and this thread waits for its result; a
-    cancellation over there is a ``concurrent.futures.CancelledError`` here.
+    cancellation over there is a ``concurrent.futures.CancelledError`` here. ``running``,
+    if given, holds its future while it runs there: cancelling that future cancels it.
     """
     if loop is not None:
         coroutine = _awaiting(awaitable)
@@ -34,7 +38,13 @@ def run_on_thread_loop(
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
             raise
-        return future.result()
+        if running is None:
+            return future.result()
+        running.add(future)
+        try:
+            return future.result()
+        finally:
+            running.discard(future)
     loop = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
         loop = _local.loop = asyncio.new_event_loop()

@@ -137,6 +137,18 @@ async def on_aping(cmd: APing, ctx: CommandContext) -> None:
         raise
 
 
+class ALong(Command, name="test.running.ALong"):
+    """Handled by an ``async def`` handler with no timeout of its own; sleeps ``sleep`` s."""
+
+    key: str
+    sleep: float
+
+
+@handler(ALong)
+async def on_along(cmd: ALong, ctx: CommandContext) -> None:
+    await on_aping(APing(key=cmd.key, sleep=cmd.sleep), ctx)
+
+
 HANDLERS = {t: spec for t, spec in registered_handlers().items() if t.startswith("test.running.")}
 
 
@@ -198,6 +210,22 @@ async def test_an_async_handler_past_its_timeout_is_cancelled(
     info = await queue.get(slow.id)
     assert info is not None and info.status == "dead"
     assert "longer than its timeout of 0.3 s" in (info.last_error or "")
+
+
+async def test_an_async_handler_past_the_grace_period_is_cancelled(
+    async_store: AsyncEventStore,
+) -> None:
+    """Leaving the block with an async handler still running past ``grace`` cancels it on the
+    application's loop (it does not run on unseen), and its command is failed for a retry."""
+    queue = AsyncCommandQueue(async_store)
+    async with commands_running(async_store, handlers=HANDLERS, grace=0.2, backoff_base=0.01):
+        long = await queue.enqueue(ALong(key="grace", sleep=60), max_attempts=3)
+        await wait_until(lambda: calls["grace"] == 1)
+    await wait_until(lambda: "grace" in cancelled, seconds=5)
+    assert long.id is not None
+    info = await queue.get(long.id)
+    assert info is not None and info.status == "pending"
+    assert "WorkerShutdown" in (info.last_error or "")
 
 
 async def test_commands_entry_raises_on_a_schema_not_upgraded(
