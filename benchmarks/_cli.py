@@ -1,4 +1,4 @@
-"""``python -m benchmarks [WORKLOAD ...] [--n N] [--repeat R] [--json]``.
+"""``python -m benchmarks [WORKLOAD ...] [--n N] [--repeat R] [--json] [--peers]``.
 
 Workload names are those of ``WORKLOADS`` plus ``pgbench`` (the physical reference); none given
 means every registered workload. Results go to stdout (a table, or one JSON line per workload
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +23,7 @@ from eventsource._internal import configure_logging
 
 from . import _commands, _projections, _workloads  # noqa: F401 - register the workloads
 from ._harness import Result, run_workload
+from ._peers import PEER_PYTHON, Comparison, PeerResult, compare, default_peers_dir, run_peers
 from ._pgbench import CASES, run_pgbench
 from ._registry import WORKLOADS
 
@@ -93,6 +95,27 @@ def _table(results: list[Result]) -> Table:
     return table
 
 
+def _peers_table(comparisons: list[Comparison], peers: list[PeerResult]) -> Table:
+    table = Table(title="against the peers (same run; ratio > 1: this project ahead)")
+    for column in ("workload", "measure", "this project", "best peer", "peer", "ratio", "all"):
+        table.add_column(column, justify="left" if column in ("workload", "all") else "right")
+    for c in comparisons:
+        table.add_row(
+            c.workload,
+            c.measure,
+            f"{c.ours:,.2f}" if c.measure == "p50_ms" else f"{c.ours:,.1f}",
+            c.best_peer,
+            f"{c.peer:,.2f}" if c.measure == "p50_ms" else f"{c.peer:,.1f}",
+            f"{c.ratio:.2f}",
+            " ".join(f"{name}={value:,.1f}" for name, value in c.peers.items()),
+        )
+    compared = {c.workload for c in comparisons}
+    for p in peers:
+        if p.workload not in compared:
+            table.add_row(p.workload, "per_s", "-", p.peer, f"{p.per_s:,.1f}", "-", "")
+    return table
+
+
 def _list() -> None:
     table = Table(title="workloads")
     for column in ("name", "default n", "unit", "what is timed"):
@@ -149,6 +172,21 @@ def run(
     list_workloads: Annotated[
         bool, typer.Option("--list", help="List the workloads and exit.")
     ] = False,
+    with_peers: Annotated[
+        bool,
+        typer.Option("--peers", help="Also run the peers covering these workloads; ratios."),
+    ] = False,
+    peers_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--peers-dir",
+            help="The peer scripts (default: EVENTSOURCE_PEERS_DIR, else ../shared/peers).",
+            show_default=False,
+        ),
+    ] = None,
+    peers_python: Annotated[
+        str, typer.Option("--peers-python", help="The peers' venv interpreter.")
+    ] = PEER_PYTHON,
 ) -> None:
     """Run workloads, each in a fresh schema per run, and report the median of the runs."""
     if list_workloads:
@@ -195,6 +233,25 @@ def run(
         _fail(str(exc), 2)
     if not as_json:
         stdout.print(_table(results))
+    if with_peers:
+        _run_peers(url, results, peers_dir or default_peers_dir(), peers_python, as_json)
+
+
+def _run_peers(
+    url: URL, results: list[Result], peers_dir: Path, python: str, as_json: bool
+) -> None:
+    """Run the peers of the chosen workloads and print them with the ratios."""
+    sizes = {r.workload: r.n for r in results if not r.workload.startswith(PGBENCH)}
+    peers = run_peers(url, sizes, peers_dir, python, lambda m: stderr.print(m, highlight=False))
+    comparisons = compare(results, peers)
+    if as_json:
+        for peer in peers:
+            sys.stdout.write(json.dumps(peer.line) + "\n")
+        for comparison in comparisons:
+            sys.stdout.write(json.dumps(comparison.as_json()) + "\n")
+        sys.stdout.flush()
+    elif peers:
+        stdout.print(_peers_table(comparisons, peers))
 
 
 def main(argv: list[str] | None = None) -> Any:
