@@ -11,6 +11,7 @@ nats-py is an optional dependency: ``pip install 'eventsource-pg[nats]'``.
 
 from __future__ import annotations
 
+from eventsource.relay._client import NatsClient, check_nats_url, nats_module, safe_nats_url
 from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._messages import (
     MSG_ID,
@@ -21,7 +22,7 @@ from eventsource.relay._messages import (
     relay_message,
     subject_for,
 )
-from eventsource.relay._nats import NatsSink, check_nats_url, nats_module, safe_nats_url
+from eventsource.relay._nats import NatsSink, last_message
 from eventsource.relay._sink import Acked, Sink
 from eventsource.relay._worker import RelayWorker, status_rows
 
@@ -29,6 +30,7 @@ __all__ = [
     "MSG_ID",
     "Acked",
     "MalformedMessage",
+    "NatsClient",
     "NatsSink",
     "RelayMessage",
     "RelayWorker",
@@ -38,6 +40,7 @@ __all__ = [
     "check_nats_url",
     "check_stream_name",
     "check_subject_prefix",
+    "last_message",
     "nats_module",
     "record_from_message",
     "relay_message",

@@ -1,28 +1,21 @@
 """The NATS JetStream sink: the relay's messages go to one stream, a subject per partition.
 
-nats-py is asynchronous; the relay's worker is a thread. The sink runs the client on an
-event loop of its own, on a daemon thread, and the worker calls into it and waits
-(``asyncio.run_coroutine_threadsafe``).
-
-The client never reconnects by itself (``allow_reconnect=False``): after a lost connection,
-what it had buffered would be sent on the new one, after messages that were lost in flight,
-and a partition's messages could be stored out of order or with a hole. The sink reconnects
-at the next call instead, and the relay republishes from its checkpoint (JetStream drops the
-re-publications by ``Nats-Msg-Id`` within the stream's duplicate window).
+The sink publishes a window asynchronously (every message sent before any acknowledgement is
+awaited) on a ``NatsClient`` connection that never re-sends a buffer after a reconnect, so
+what the stream stores of a partition is always a prefix of what it was sent. After a failed
+window the connection is dropped, and the relay republishes from its checkpoint: JetStream
+drops the re-publications by ``Nats-Msg-Id`` within the stream's duplicate window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import suppress
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from eventsource._logging import get_logger
-from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
+from eventsource.relay._client import NatsClient, safe_nats_url
+from eventsource.relay._errors import MalformedMessage, SinkMisconfigured
 from eventsource.relay._messages import (
     RelayMessage,
     check_stream_name,
@@ -32,56 +25,20 @@ from eventsource.relay._messages import (
 )
 from eventsource.relay._sink import Acked
 
-__all__ = ["NatsSink", "check_nats_url", "nats_module", "safe_nats_url"]
+__all__ = ["NatsSink", "last_message"]
 
-T = TypeVar("T")
 log = get_logger("eventsource.relay")
 
-INSTALL_HINT = "the relay needs nats-py: pip install 'eventsource-pg[nats]'"
-_SCHEMES = ("nats", "tls", "ws", "wss")
 
-
-def nats_module() -> Any:
-    """The ``nats`` package; ImportError saying how to install it when it is missing."""
+async def last_message(
+    client: NatsClient, stream: str, subject: str
+) -> tuple[dict[str, str], bytes] | None:
+    """The headers and payload of the last message of ``stream`` on ``subject``, or None."""
     try:
-        import nats  # noqa: PLC0415 - an optional dependency
-        import nats.js.api  # noqa: PLC0415
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
-    return nats
-
-
-def check_nats_url(url: object) -> str:
-    """A NATS server URL (``nats://host:port``, also ``tls://``, ``ws://``, ``wss://``)."""
-    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
-        raise ValueError(f"NATS URL {url!r} is not valid: expected nats://host:port")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"NATS URL {safe_nats_url(url)!r} is not valid: {exc}") from None
-    if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise ValueError(
-            f"NATS URL {safe_nats_url(url)!r} is not valid: expected nats://host:port"
-            f" (schemes {', '.join(_SCHEMES)})"
-        )
-    del port
-    return url
-
-
-def safe_nats_url(url: str) -> str:
-    """``url`` with its password (or token) masked, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, ""))
+        msg = await client.js.get_last_msg(stream, subject)
+    except client.nats.js.errors.NotFoundError:
+        return None
+    return dict(msg.headers or {}), bytes(msg.data or b"")
 
 
 class NatsSink:
@@ -104,19 +61,19 @@ class NatsSink:
         connect_timeout: float = 2.0,
     ) -> None:
         """A sink to ``stream`` on the server at ``url`` (nothing connects before ``open``)."""
-        self.url = check_nats_url(url)
         self.stream = check_stream_name(stream)
         self.subject_prefix = check_subject_prefix(subject_prefix)
         self.duplicate_window = float(duplicate_window)
         self.ack_timeout = float(ack_timeout)
-        self.connect_timeout = float(connect_timeout)
-        self._nats = nats_module()
-        self._nc: Any = None
-        self._js: Any = None
+        self.client = NatsClient(
+            url,
+            name="relay",
+            connect_timeout=connect_timeout,
+            request_timeout=ack_timeout,
+            on_connect=self._ensure_stream,
+        )
+        self.url = self.client.url
         self._max_payload = 1024 * 1024
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._last_error: BaseException | None = None
 
     @property
     def name(self) -> str:
@@ -131,77 +88,26 @@ class NatsSink:
     def __repr__(self) -> str:
         return f"<NatsSink {safe_nats_url(self.url)} stream={self.stream}>"
 
-    # -- the event loop --------------------------------------------------------------------
-
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the sink's loop and wait for it (started on first use)."""
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name="nats-sink", daemon=True
-            )
-            self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise SinkUnavailable(f"NATS did not answer within {timeout:g} s") from None
-
-    # -- the Sink protocol -----------------------------------------------------------------
-
     def open(self) -> None:
         """Connect (if not connected) and create or check the stream."""
-        if self._nc is not None and self._nc.is_connected:
-            return
-        self._drop()
-        try:
-            self._run(self._connect(), self.connect_timeout + self.ack_timeout)
-        except SinkUnavailable:
-            self._drop()
-            raise
-        except SinkMisconfigured:
-            self._drop()
-            raise
-        except Exception as exc:
-            self._drop()
-            raise self._unavailable(exc) from exc
+        if not self.client.connected:
+            self.client.call(_nothing, self.ack_timeout)
 
-    async def _connect(self) -> None:
-        """Connect with reconnection off, then ensure the stream."""
-
-        async def noted(exc: Exception) -> None:
-            self._last_error = exc  # the relay logs what matters, once
-
-        nc = await self._nats.connect(
-            self.url,
-            allow_reconnect=False,
-            connect_timeout=self.connect_timeout,
-            max_reconnect_attempts=1,  # one more try at once, then NoServersError
-            reconnect_time_wait=0.05,
-            error_cb=noted,
-            name="eventsource-relay",
-        )
-        self._nc = nc
-        self._max_payload = nc.max_payload
-        self._js = nc.jetstream(timeout=self.ack_timeout, publish_async_max_pending=100_000)
-        await self._ensure_stream()
-
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self, client: NatsClient) -> None:
         """Create the stream, or check that the existing one fits (``SinkMisconfigured``)."""
-        api = self._nats.js.api
+        api = client.nats.js.api
         subjects = f"{self.subject_prefix}.*"
-        jsm = self._js
+        self._max_payload = client.nc.max_payload
         try:
-            info = await jsm.stream_info(self.stream)
-        except self._nats.js.errors.NotFoundError:
+            info = await client.js.stream_info(self.stream)
+        except client.nats.js.errors.NotFoundError:
             config = api.StreamConfig(
                 name=self.stream,
                 subjects=[subjects],
                 storage=api.StorageType.FILE,
                 duplicate_window=self.duplicate_window,
             )
-            await jsm.add_stream(config)
+            await client.js.add_stream(config)
             log.info("stream created", stream=self.stream, subjects=subjects)
             return
         config = info.config
@@ -227,22 +133,15 @@ class NatsSink:
 
     def publish(self, window: Mapping[int, Sequence[RelayMessage]]) -> dict[int, Acked]:
         """Publish each partition's messages in order; how far each was acknowledged."""
-        self.open()
-        try:
-            acked = self._run(self._publish(window), self.ack_timeout * 2 + 5)
-        except SinkUnavailable:
-            self._drop()
-            raise
-        except Exception as exc:
-            self._drop()
-            raise self._unavailable(exc) from exc
+        acked = self.client.call(lambda: self._publish(window), self.ack_timeout * 2 + 5)
         if any(a.error is not None for a in acked.values()):
-            self._drop()  # nothing more may follow a failed message on this connection
+            self.client.drop()  # nothing more may follow a failed message on this connection
         return acked
 
     async def _publish(self, window: Mapping[int, Sequence[RelayMessage]]) -> dict[int, Acked]:
         """Send everything, then gather the acknowledgements of each partition in order."""
-        sent: dict[int, list[tuple[RelayMessage, Awaitable[Any]]]] = {}
+        js, nc = self.client.js, self.client.nc
+        sent: dict[int, list[tuple[RelayMessage, Any]]] = {}
         refused: dict[int, BaseException] = {}
         expected = {"Nats-Expected-Stream": self.stream}
         for partition, messages in window.items():
@@ -257,16 +156,16 @@ class NatsSink:
                         f" {size} bytes with its headers, over the limit of {self._max_payload}"
                     )
                     break
-                future = await self._js.publish_async(
+                future = await js.publish_async(
                     message.subject, message.payload, headers={**message.headers, **expected}
                 )
                 futures.append((message, future))
-        await self._nc.flush(timeout=self.ack_timeout)
+        await nc.flush(timeout=self.ack_timeout)
         pending = [f for futures in sent.values() for _, f in futures]
         if pending:
-            _done, late = await asyncio.wait(pending, timeout=self.ack_timeout)  # type: ignore[type-var]
+            _done, late = await asyncio.wait(pending, timeout=self.ack_timeout)
             for future in late:
-                future.cancel()  # type: ignore[attr-defined]
+                future.cancel()
         result: dict[int, Acked] = {}
         for partition, futures in sent.items():
             position: int | None = None
@@ -282,75 +181,26 @@ class NatsSink:
 
     def last_position(self, partition: int) -> int:
         """The position of the last message the stream holds for ``partition`` (0: none)."""
-        self.open()
-        try:
-            raw = self._run(self._last(partition), self.ack_timeout + 1)
-        except SinkUnavailable:
-            self._drop()
-            raise
-        except Exception as exc:
-            self._drop()
-            raise self._unavailable(exc) from exc
+        subject = subject_for(self.subject_prefix, partition)
+        raw = self.client.call(
+            lambda: last_message(self.client, self.stream, subject), self.ack_timeout + 1
+        )
         if raw is None:
             return 0
-        headers, payload = raw
-        record = record_from_message(headers, payload)
+        record = record_from_message(*raw)
         if record.partition != partition:
             raise MalformedMessage(
-                f"the last message on {subject_for(self.subject_prefix, partition)} is of"
-                f" partition {record.partition}"
+                f"the last message on {subject} is of partition {record.partition}"
             )
         return record.position
 
-    async def _last(self, partition: int) -> tuple[dict[str, str], bytes] | None:
-        """The headers and payload of the subject's last message, or None."""
-        try:
-            msg = await self._js.get_last_msg(
-                self.stream, subject_for(self.subject_prefix, partition)
-            )
-        except self._nats.js.errors.NotFoundError:
-            return None
-        return dict(msg.headers or {}), bytes(msg.data or b"")
-
     def close(self) -> None:
-        """Disconnect and stop the loop (idempotent)."""
-        self._drop()
-        loop, self._loop = self._loop, None
-        if loop is None or loop.is_closed():
-            return
-        with suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-        if not loop.is_running():
-            loop.close()
-
-    # -- failures --------------------------------------------------------------------------
-
-    def _drop(self) -> None:
-        """Close and forget the connection (errors of a dead one are ignored)."""
-        nc, self._nc, self._js = self._nc, None, None
-        if nc is None or self._loop is None or self._loop.is_closed():
-            return
-        with suppress(Exception):  # a dead connection's close may fail
-            asyncio.run_coroutine_threadsafe(asyncio.wait_for(nc.close(), 2.0), self._loop).result(
-                3
-            )
-
-    def _unavailable(self, exc: BaseException) -> SinkUnavailable:
-        """The one-line outage error for ``exc``."""
-        what = _line(exc)
-        if self._last_error is not None and self._last_error is not exc:
-            what = f"{what} ({_line(self._last_error)})"
-            self._last_error = None
-        return SinkUnavailable(f"NATS at {safe_nats_url(self.url)} unavailable: {what}")
+        """Disconnect and stop the client's loop (idempotent)."""
+        self.client.close()
 
 
-def _line(exc: BaseException) -> str:
-    """The first line of an error's message, or its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+async def _nothing() -> None:
+    """A call that only connects."""
 
 
 def _failure(future: Any) -> BaseException | None:
@@ -359,12 +209,3 @@ def _failure(future: Any) -> BaseException | None:
         return TimeoutError("no acknowledgement within the ack timeout")
     exc: BaseException | None = future.exception()
     return exc
-
-
-async def _cancel_tasks() -> None:
-    """Cancel the loop's other tasks (the client's readers of dropped connections)."""
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
