@@ -27,7 +27,7 @@ from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
 from eventsource.db import fetch
-from eventsource.relay._errors import SinkMisconfigured, SinkUnavailable
+from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._leases import Leases
 from eventsource.relay._messages import RelayMessage, relay_message
 from eventsource.relay._queries import RelayQueries
@@ -208,8 +208,16 @@ class RelayWorker:
         for partition, lease in self.leases.held.items():
             if not lease.fresh:
                 continue
-            last = self.sink.last_position(partition)
             lease.fresh = False
+            try:
+                last = self.sink.last_position(partition)
+            except MalformedMessage as exc:
+                # Not the relay's message: the stream's tail cannot say where the relay got.
+                self._log.error(
+                    "foreign message at the stream's tail", partition=partition, error=str(exc)
+                )
+                self.leases.record_error(partition, f"at the stream's tail: {exc}")
+                continue
             if last > lease.position:
                 head = heads.get(partition, 0)
                 if last > head:
