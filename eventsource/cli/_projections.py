@@ -18,6 +18,7 @@ from eventsource.cli._app import (
     confirm,
     console,
     err_console,
+    fail,
     open_store,
     show,
 )
@@ -51,11 +52,23 @@ def _load_projection(target: str) -> Any:
 
 
 @projections_app.command("run")
-def projections_run(
+def projections_run(  # noqa: PLR0917 - typer maps parameters to options
     targets: Annotated[list[str], typer.Argument(help="Projections as MODULE:CLASS.")],
     worker_id: Annotated[
         str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Read the log relayed to NATS JetStream at this URL instead of PostgreSQL.",
+            show_default=False,
+        ),
+    ] = None,
+    stream: Annotated[str, typer.Option("--stream", help="With --source: the stream.")] = "EVENTS",
+    subject_prefix: Annotated[
+        str, typer.Option("--subject-prefix", help="With --source: the subjects' prefix.")
+    ] = "events",
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:
@@ -65,13 +78,32 @@ def projections_run(
     with cli_errors():
         if worker_id is not None:
             check_name(worker_id, "--worker-id")
+        log_source = _jetstream_source(source, stream, subject_prefix)
         loaded = [_load_projection(t) for t in targets]
         with open_store(database_url, schema) as store:
-            worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id)
+            worker = projections.ProjectionWorker(
+                store, loaded, worker_id=worker_id, source=log_source
+            )
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: worker.stop())
             _freeze_startup_objects()
             worker.run()
+
+
+def _jetstream_source(url: str | None, stream: str, subject_prefix: str) -> Any:
+    """The JetStream source of ``--source`` (None without it); ValueError for bad options."""
+    if url is None:
+        return None
+    from eventsource import relay  # noqa: PLC0415
+    from projections import JetStreamSource  # noqa: PLC0415
+
+    relay.check_nats_url(url)
+    relay.check_stream_name(stream)
+    relay.check_subject_prefix(subject_prefix)
+    try:
+        return JetStreamSource(url, stream=stream, subject_prefix=subject_prefix)
+    except ImportError as exc:
+        fail(str(exc), 1)
 
 
 @projections_app.command("replay")

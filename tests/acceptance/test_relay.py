@@ -203,3 +203,80 @@ def test_bad_relay_arguments_exit_2_and_write_nothing(
             f'SELECT count(*) FROM "{relay_store.schema}".relay_checkpoints'
         ).scalar()
     assert count == 0
+
+
+@pytest.fixture
+def second_database(database_url: str, schema: str) -> Iterator[str]:
+    """A database of its own on the same server (the read model's), dropped afterwards."""
+    from sqlalchemy import create_engine, make_url  # noqa: PLC0415
+
+    name = f"{schema}_rm"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_projection_from_jetstream_in_a_second_database_equals_the_postgres_one(  # noqa: PLR0917
+    relay_store: EventStore,
+    database_url: str,
+    second_database: str,
+    nats_url: str,
+    target: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """`projections run --source` builds the Ledger in another database from the relayed
+    log; it equals the Ledger built from PostgreSQL."""
+    import projections  # noqa: PLC0415
+    from tests.projection_domain import Ledger  # noqa: PLC0415
+
+    stream, prefix = target
+    for i in range(100):
+        relay_store.append(f"acc-{i}", [Opened(owner="o")], NO_STREAM)
+        relay_store.append(f"acc-{i}", [Deposited(amount=n + 1) for n in range(9)], 1)
+    read_store = EventStore.from_url(second_database, schema=relay_store.schema, partitions=8)
+    read_store.upgrade()
+    env = relay_env(database_url)
+    env["TEST_READ_SCHEMA"] = relay_store.schema
+    nats_args = [nats_url, "--stream", stream, "--subject-prefix", prefix]
+    relay = _start(["run", *nats_args, "--schema", relay_store.schema], env, tmp_path / "relay.log")
+    worker_args = ["projections", "run", "tests.projection_domain:Ledger", "--source", *nats_args]
+    worker_args += ["--schema", relay_store.schema, "--database-url", second_database]
+    with (tmp_path / "worker.log").open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "eventsource", *worker_args],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r.position for r in projections.status(read_store)) < 1000:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert relay.poll() is None, (tmp_path / "relay.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.05)
+        for process in (worker, relay):
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+    finally:
+        for process in (worker, relay):
+            if process.poll() is None:
+                process.kill()
+    projections.run(relay_store, [Ledger(relay_store.schema)], stop_when_caught_up=True)
+    query = "SELECT stream_id, version, partition, position, amount FROM {}.ledger_applied"
+    rows = {}
+    for store in (relay_store, read_store):
+        with store.engine.connect() as conn:
+            rows[store] = sorted(
+                tuple(r) for r in conn.exec_driver_sql(query.format(f'"{store.schema}"'))
+            )
+    read_store.close()
+    assert rows[read_store] == rows[relay_store]
+    assert len(rows[relay_store]) == 1000
