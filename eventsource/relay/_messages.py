@@ -67,6 +67,7 @@ _PASSED_ON = {
 # path separators (a stream name is a file name on the server) or "$" (reserved names).
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 _MAX_NAME = 200
+_PLAIN = re.compile(r"[A-Za-z0-9_.~\-]+")  # what percent-encoding leaves as it is
 
 
 def check_stream_name(name: object) -> str:
@@ -113,31 +114,40 @@ class RelayMessage:
 def relay_message(record: RecordedEvent, prefix: str) -> RelayMessage:
     """The message that relays ``record`` under ``prefix``."""
     event_id = record._event_id
-    metadata = record.metadata
+    metadata_text = record._metadata_text
+    if not metadata_text.isascii():  # one line of ASCII whatever its strings hold
+        metadata_text = json.dumps(record.metadata, separators=(",", ":"), ensure_ascii=True)
     headers = {
         MSG_ID: event_id,
         "Es-Event-Id": event_id,
-        "Es-Stream-Id": quote(record.stream_id, safe=""),
+        "Es-Stream-Id": _quoted(record.stream_id),
         "Es-Stream-Version": str(record.stream_version),
         "Es-Partition": str(record.partition),
         "Es-Position": str(record.position),
-        "Es-Event-Type": quote(record.event_type, safe=""),
+        "Es-Event-Type": _quoted(record.event_type),
         "Es-Schema-Version": str(record.schema_version),
         "Es-Recorded-At": record.recorded_at.isoformat(),
-        "Es-Metadata": json.dumps(metadata, separators=(",", ":"), ensure_ascii=True),
+        "Es-Metadata": metadata_text,
     }
-    for key, header in _PASSED_ON.items():
-        value = metadata.get(key)
-        if isinstance(value, str) and value.isprintable():
-            headers[header] = quote(value, safe=" =,;:/@")
+    if any(key in metadata_text for key in _PASSED_ON):
+        metadata = record.metadata
+        for key, header in _PASSED_ON.items():
+            value = metadata.get(key)
+            if isinstance(value, str) and value.isprintable():
+                headers[header] = quote(value, safe=" =,;:/@")
     return RelayMessage(
-        subject=subject_for(prefix, record.partition),
+        subject=f"{prefix}.{record.partition}",
         msg_id=event_id,
         headers=headers,
         payload=record._data.encode(),
         partition=record.partition,
         position=record.position,
     )
+
+
+def _quoted(text: str) -> str:
+    """``text`` percent-encoded (UTF-8); as it is when it has nothing to encode."""
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 def record_from_message(headers: dict[str, str] | None, payload: bytes) -> RecordedEvent:

@@ -10,7 +10,9 @@ drops the re-publications by ``Nats-Msg-Id`` within the stream's duplicate windo
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from eventsource._logging import get_logger
@@ -74,6 +76,7 @@ class NatsSink:
         )
         self.url = self.client.url
         self._max_payload = 1024 * 1024
+        self._acks: _Acks | None = None
 
     @property
     def name(self) -> str:
@@ -139,44 +142,50 @@ class NatsSink:
         return acked
 
     async def _publish(self, window: Mapping[int, Sequence[RelayMessage]]) -> dict[int, Acked]:
-        """Send everything, then gather the acknowledgements of each partition in order."""
-        js, nc = self.client.js, self.client.nc
-        sent: dict[int, list[tuple[RelayMessage, Any]]] = {}
+        """Send the whole window, then wait for the acknowledgements of all of it.
+
+        The messages are framed here (HPUB with a reply subject per message, under one inbox
+        of this connection) and handed to the client in one write, which is many times
+        faster than one ``publish`` call per message; the acknowledgements come back to one
+        subscription.
+        """
+        acks = self._acks
+        if acks is None or acks.nc is not self.client.nc:
+            acks = self._acks = await _Acks.start(self.client.nc)
+        sent: dict[int, list[tuple[RelayMessage, int]]] = {}
         refused: dict[int, BaseException] = {}
-        expected = {"Nats-Expected-Stream": self.stream}
+        frames: list[bytes] = []
+        expected = f"Nats-Expected-Stream: {self.stream}\r\n".encode()
         for partition, messages in window.items():
-            futures = sent[partition] = []
+            tokens = sent[partition] = []
             for message in messages:
-                size = len(message.payload) + sum(
-                    len(k) + len(v) + 4 for k, v in message.headers.items()
-                )
-                if size > self._max_payload:
+                header = _header_block(message.headers, expected)
+                if len(header) + len(message.payload) > self._max_payload:
                     refused[partition] = MalformedMessage(
                         f"event {message.msg_id} at {partition}:{message.position} is"
-                        f" {size} bytes with its headers, over the limit of {self._max_payload}"
+                        f" {len(header) + len(message.payload)} bytes with its headers, over"
+                        f" the limit of {self._max_payload}"
                     )
                     break
-                future = await js.publish_async(
-                    message.subject, message.payload, headers={**message.headers, **expected}
-                )
-                futures.append((message, future))
-        await nc.flush(timeout=self.ack_timeout)
-        pending = [f for futures in sent.values() for _, f in futures]
-        if pending:
-            _done, late = await asyncio.wait(pending, timeout=self.ack_timeout)
-            for future in late:
-                future.cancel()
+                token = acks.expect()
+                frames.append(_hpub(message.subject, acks.reply(token), header, message.payload))
+                tokens.append((message, token))
+        if frames:
+            await self.client.nc._send_command(b"".join(frames))
+            await self.client.nc.flush(timeout=self.ack_timeout)
+            await acks.wait(self.ack_timeout)
         result: dict[int, Acked] = {}
-        for partition, futures in sent.items():
+        for partition, tokens in sent.items():
             position: int | None = None
             error: BaseException | None = refused.get(partition)
-            for message, future in futures:
-                exc = _failure(future)
+            for message, token in tokens:
+                exc = acks.outcome(token)
                 if exc is not None:
                     error = exc
                     break
                 position = message.position
             result[partition] = Acked(position, error)
+        acks.clear()
         return result
 
     def last_position(self, partition: int) -> int:
@@ -203,9 +212,89 @@ async def _nothing() -> None:
     """A call that only connects."""
 
 
-def _failure(future: Any) -> BaseException | None:
-    """The error of a publish's acknowledgement (a timeout if it never came)."""
-    if future.cancelled() or not future.done():
-        return TimeoutError("no acknowledgement within the ack timeout")
-    exc: BaseException | None = future.exception()
-    return exc
+def _header_block(headers: Mapping[str, str], extra: bytes) -> bytes:
+    """The NATS header block of ``headers`` (the relay's own: ASCII-safe, one line each)."""
+    lines = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    return b"NATS/1.0\r\n" + lines.encode() + extra + b"\r\n"
+
+
+def _hpub(subject: str, reply: str, header: bytes, payload: bytes) -> bytes:
+    """One HPUB frame of the NATS protocol."""
+    size = len(header)
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        size,
+        size + len(payload),
+        header,
+        payload,
+    )
+
+
+class _Acks:
+    """The acknowledgements of the published messages of one connection, by token."""
+
+    def __init__(self, nc: Any, inbox: str) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self._next = 0
+        self._first = 1  # the first token of the window in hand
+        self._waiting = 0
+        self._outcomes: dict[int, BaseException | None] = {}
+        self._done = asyncio.Event()
+
+    @classmethod
+    async def start(cls, nc: Any) -> _Acks:
+        """Subscribe to a fresh inbox of ``nc`` for acknowledgements."""
+        acks = cls(nc, nc.new_inbox())
+        await nc.subscribe(f"{acks.inbox}.*", cb=acks._received)
+        return acks
+
+    def expect(self) -> int:
+        """A token for one more message whose acknowledgement is awaited."""
+        self._next += 1
+        self._waiting += 1
+        self._done.clear()
+        return self._next
+
+    def reply(self, token: int) -> str:
+        """The reply subject of the message with ``token``."""
+        return f"{self.inbox}.{token}"
+
+    async def _received(self, msg: Any) -> None:
+        """An acknowledgement (or an error) from the stream."""
+        token = int(msg.subject.rsplit(".", 1)[1])
+        if token < self._first or token in self._outcomes:
+            return  # late: of an earlier window
+        error: BaseException | None = None
+        status = (msg.headers or {}).get("Status")
+        if status:
+            error = RuntimeError(f"no stream answered (status {status})")
+        else:
+            try:
+                answer = json.loads(msg.data)
+            except ValueError:
+                answer = {"error": {"description": repr(msg.data[:200])}}
+            if "error" in answer:
+                what = answer["error"].get("description") or answer["error"]
+                error = RuntimeError(f"JetStream refused the message: {what}")
+        self._outcomes[token] = error
+        if len(self._outcomes) >= self._waiting:
+            self._done.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until every expected acknowledgement came, or for ``seconds`` at most."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), seconds)
+
+    def outcome(self, token: int) -> BaseException | None:
+        """The error of the message with ``token`` (a timeout if no answer came)."""
+        if token not in self._outcomes:
+            return TimeoutError("no acknowledgement within the ack timeout")
+        return self._outcomes[token]
+
+    def clear(self) -> None:
+        """Forget this window's outcomes (later answers to it are ignored)."""
+        self._outcomes.clear()
+        self._waiting = 0
+        self._first = self._next + 1
