@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from eventsource.relay import (
 
 __all__ = ["JetStreamSource"]
 
+_RESYNC = 5.0  # seconds between two readings of the heads from the stream
 _UNKNOWN_HEAD = 2**62  # a partition whose last message is malformed: read on, to the error
 
 
@@ -76,6 +78,8 @@ class JetStreamSource:
         self.client = NatsClient(url, name="projections", request_timeout=5.0)
         self._cursors: dict[int, _Cursor] = {}
         self._heads_seen: dict[int, int] = {}
+        self._live: Any = None  # the connection the waiter listens on
+        self._synced_until = 0.0
         self._lock = threading.Lock()  # one worker thread reads at a time
 
     def __repr__(self) -> str:
@@ -94,9 +98,24 @@ class JetStreamSource:
         ``SinkMisconfigured`` if the stream holds partitions that the worker's store does not have
         (its read model would miss them): the two stores must have as many partitions.
         """
-        heads: dict[int, int] = self.client.call(self._heads, 10.0)
-        self._heads_seen = heads
-        return heads
+        now = time.monotonic()
+        if self._live is not self.client.nc or now >= self._synced_until:
+            # Asked of the stream when not listening, and every few seconds; in between the
+            # waiter's subscription keeps them, from each published message's headers.
+            self._heads_seen = self.client.call(self._heads, 10.0)
+            self._synced_until = now + _RESYNC
+        return dict(self._heads_seen)
+
+    def seen(self, headers: dict[str, str] | None) -> None:
+        """A message was published (the waiter saw it): its partition's head moves there."""
+        try:
+            partition = int((headers or {})["Es-Partition"])
+            position = int((headers or {})["Es-Position"])
+        except (KeyError, ValueError):
+            self._synced_until = 0.0  # not the relay's: ask the stream next time
+            return
+        if position > self._heads_seen.get(partition, 0):
+            self._heads_seen[partition] = position
 
     async def _heads(self) -> dict[int, int]:
         """Every partition's last message, asked for all at once."""
@@ -281,10 +300,13 @@ class _Waiter:
             return True
 
         async def subscribe() -> None:
-            async def woken(_msg: Any) -> None:
+            async def woken(msg: Any) -> None:
+                self._source.seen(msg.headers)
                 self._woken.set()
 
             await client.nc.subscribe(f"{self._source.subject_prefix}.*", cb=woken)
+            self._source._live = client.nc  # listening from now on: heads follow messages
+            self._source._synced_until = 0.0
 
         try:
             client.call(subscribe, 5.0)
