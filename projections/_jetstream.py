@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from eventsource import RecordedEvent
-from eventsource.relay import (
+from eventsource._internal import (
     MalformedMessage,
     NatsClient,
     SinkMisconfigured,
