@@ -25,6 +25,19 @@ from eventsource.cli._app import (
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.cli._worker import _freeze_startup_objects
 
+SourceUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="Read the log relayed to NATS JetStream at this URL instead of PostgreSQL.",
+        show_default=False,
+    ),
+]
+Stream = Annotated[str, typer.Option("--stream", help="With --source: the stream.")]
+SubjectPrefix = Annotated[
+    str, typer.Option("--subject-prefix", help="With --source: the subjects' prefix.")
+]
+
 projections_app = typer.Typer(
     help="Run, replay and inspect projections (read models).", no_args_is_help=True
 )
@@ -57,18 +70,9 @@ def projections_run(  # noqa: PLR0917 - typer maps parameters to options
     worker_id: Annotated[
         str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
     ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            help="Read the log relayed to NATS JetStream at this URL instead of PostgreSQL.",
-            show_default=False,
-        ),
-    ] = None,
-    stream: Annotated[str, typer.Option("--stream", help="With --source: the stream.")] = "EVENTS",
-    subject_prefix: Annotated[
-        str, typer.Option("--subject-prefix", help="With --source: the subjects' prefix.")
-    ] = "events",
+    source: SourceUrl = None,
+    stream: Stream = "EVENTS",
+    subject_prefix: SubjectPrefix = "events",
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:
@@ -107,9 +111,12 @@ def _jetstream_source(url: str | None, stream: str, subject_prefix: str) -> Any:
 
 
 @projections_app.command("replay")
-def projections_replay(
+def projections_replay(  # noqa: PLR0917 - typer maps parameters to options
     target: Annotated[str, typer.Argument(help="The projection as MODULE:CLASS.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    source: SourceUrl = None,
+    stream: Stream = "EVENTS",
+    subject_prefix: SubjectPrefix = "events",
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:
@@ -117,6 +124,7 @@ def projections_replay(
     import projections  # noqa: PLC0415
 
     with cli_errors():
+        log_source = _jetstream_source(source, stream, subject_prefix)
         projection = _load_projection(target)
         confirm(
             yes,
@@ -125,7 +133,13 @@ def projections_replay(
         )
         with open_store(database_url, schema) as store:
             _freeze_startup_objects()
-            applied = projections.replay(store, projection, console=err_console)
+            try:
+                applied = projections.replay(
+                    store, projection, console=err_console, source=log_source
+                )
+            finally:
+                if log_source is not None:
+                    log_source.close()
         console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
 
 

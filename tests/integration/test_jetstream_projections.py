@@ -89,6 +89,26 @@ def test_a_checkpoint_set_back_is_found_again_in_the_stream(
     assert ledger(read_store) == expected
 
 
+def test_replay_from_jetstream_rebuilds_the_read_model(
+    store: EventStore, read_store: EventStore, nats_url: str, target: tuple[str, str]
+) -> None:
+    """``replay`` with a JetStream source resets the read model and rebuilds it once."""
+    stream, prefix = target
+    fill(store, 20, 4)
+    relay(store, nats_url, stream, prefix)
+    run_from_jetstream(read_store, nats_url, stream, prefix)
+    expected = ledger(read_store)
+    source = projections.JetStreamSource(nats_url, stream=stream, subject_prefix=prefix)
+    try:
+        applied = projections.replay(
+            read_store, Ledger(read_store.schema), progress=False, source=source
+        )
+    finally:
+        source.close()
+    assert applied == len(expected) == 100
+    assert ledger(read_store) == expected
+
+
 def test_a_message_without_the_relay_headers_stops_its_partition(
     store: EventStore, read_store: EventStore, nats_url: str, target: tuple[str, str]
 ) -> None:
