@@ -45,6 +45,11 @@ class Sink(Protocol):
         """The name of the target (a JetStream stream, a Kafka topic); the relay's name."""
 
     @property
+    def subject_prefix(self) -> str:
+        """Messages of partition ``p`` go to subject ``<subject_prefix>.<p>`` (a Kafka sink
+        would map that to its topic and the partition to the record's partition)."""
+
+    @property
     def min_dedupe_window(self) -> float:
         """The de-duplication window the sink needs (seconds), or 0 if it has none."""
 

@@ -97,7 +97,7 @@ class RelayWorker:
         )
         self._attempts: dict[int, int] = {}
         self._retry_at: dict[int, float] = {}
-        self._prefix = getattr(sink, "subject_prefix", sink.name)
+        self._prefix = sink.subject_prefix
         self._next_beat = 0.0
         self._db_backoff, self._sink_backoff = Backoff(), Backoff(0.2, 5.0)
 
