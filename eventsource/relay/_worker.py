@@ -208,16 +208,17 @@ class RelayWorker:
         for partition, lease in self.leases.held.items():
             if not lease.fresh:
                 continue
-            lease.fresh = False
             try:
-                last = self.sink.last_position(partition)
+                last = self.sink.last_position(partition)  # an outage: asked again after it
             except MalformedMessage as exc:
+                lease.fresh = False
                 # Not the relay's message: the stream's tail cannot say where the relay got.
                 self._log.error(
                     "foreign message at the stream's tail", partition=partition, error=str(exc)
                 )
                 self.leases.record_error(partition, f"at the stream's tail: {exc}")
                 continue
+            lease.fresh = False
             if last > lease.position:
                 head = heads.get(partition, 0)
                 if last > head:
