@@ -1,7 +1,8 @@
 """The framework's internals that its other top-level packages build on.
 
-``projections`` (workers, replay, reactors) and the benchmarks need more of the store than
-its public API: its statements, direct driver calls, the worker runtime, the input checks.
+``projections`` (workers, replay, reactors, the JetStream source) and the benchmarks need more
+of the store than its public API: its statements, direct driver calls, the worker runtime, the
+input checks, the relay's message format and NATS client.
 They import it from here and only from here, so that what they depend on is listed in one
 place. Nothing here is public API: it may change in any release.
 """
@@ -18,6 +19,17 @@ from eventsource._checks import (
 from eventsource._logging import configure_logging, get_logger
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
+from eventsource.relay import (
+    MalformedMessage,
+    NatsClient,
+    SinkMisconfigured,
+    SinkUnavailable,
+    check_stream_name,
+    check_subject_prefix,
+    last_message,
+    record_from_message,
+    subject_for,
+)
 from eventsource.runtime import (
     Backoff,
     Listener,
@@ -35,7 +47,11 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "Backoff",
     "Listener",
+    "MalformedMessage",
+    "NatsClient",
     "Queries",
+    "SinkMisconfigured",
+    "SinkUnavailable",
     "Statements",
     "WorkerThread",
     "check_bool",
@@ -43,6 +59,8 @@ __all__ = [
     "check_name",
     "check_partition",
     "check_seconds",
+    "check_stream_name",
+    "check_subject_prefix",
     "close_thread_loop",
     "command_queries",
     "configure_logging",
@@ -53,10 +71,13 @@ __all__ = [
     "first_line",
     "get_logger",
     "is_outage",
+    "last_message",
     "parse_token",
     "paused_gc",
     "quote_schema",
+    "record_from_message",
     "records",
     "run_on_thread_loop",
+    "subject_for",
     "sync_store",
 ]

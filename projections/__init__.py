@@ -16,6 +16,7 @@ async with projections.running(astore, [Balances()]): ...        # in an event l
 from __future__ import annotations
 
 from eventsource import ProjectionTimeout, ReplayError
+from projections._jetstream import JetStreamSource
 from projections._ops import (
     PartitionStatus,
     replay,
@@ -27,16 +28,20 @@ from projections._ops import (
 from projections._projection import Projection, handles
 from projections._reactor import Reactor
 from projections._running import running
+from projections._sources import Source, StoreSource
 from projections._wait import wait_for, wait_for_async
 from projections._worker import ProjectionWorker, run
 
 __all__ = [
+    "JetStreamSource",
     "PartitionStatus",
     "Projection",
     "ProjectionTimeout",
     "ProjectionWorker",
     "Reactor",
     "ReplayError",
+    "Source",
+    "StoreSource",
     "handles",
     "replay",
     "retry",

@@ -27,10 +27,10 @@ from eventsource._internal import (
     fetch,
     is_outage,
     paused_gc,
-    records,
 )
 from projections._membership import Group, Lease, Membership
 from projections._projection import Projection
+from projections._sources import Source
 
 __all__ = ["Batches"]
 
@@ -50,8 +50,10 @@ class Batches:
         retry_delays: Sequence[float],
         stop: threading.Event,
         log: structlog.typing.FilteringBoundLogger,
+        source: Source,
     ) -> None:
-        """Batches of the partitions ``membership`` holds; they stop early once ``stop`` is set."""
+        """Batches of the partitions ``membership`` holds, read from ``source``; they stop
+        early once ``stop`` is set."""
         self.membership = membership
         self.store = membership.store
         self.queries = membership.queries
@@ -66,6 +68,7 @@ class Batches:
         self._command_channel = command_queries(self.store.schema).channel
         self._stop = stop
         self._log = log
+        self.source = source
 
     def caught_up(self, groups: Sequence[Group], heads: dict[int, int]) -> bool:
         """Every partition of this worker's share is held and at its head (or stopped)."""
@@ -113,8 +116,8 @@ class Batches:
             group.leases.pop(partition, None)
             return 0
         except Exception as exc:  # a handler may raise anything: it may be a poison event
-            if is_outage(exc):
-                raise  # the database, not the handler: the run loop waits it out
+            if is_outage(exc) or self.source.is_outage(exc):
+                raise  # the database or the source, not the handler: the run loop waits it out
             self._failed(group, partition, lease, batch, exc)
             return 0
         if queues:
@@ -149,16 +152,7 @@ class Batches:
         if not locked:
             raise _LeaseLost
         position: int = locked[0][0]
-        batch.extend(
-            records(
-                fetch(
-                    raw,
-                    self.queries.store.read_partition,
-                    {"partition": key["partition"], "after": position, "limit": size},
-                ),
-                decode=False,
-            )
-        )
+        batch.extend(self.source.read(raw, key["partition"], position, size))
         if not batch:
             return position
         with paused_gc():

@@ -139,7 +139,8 @@ def replay(
     Takes every lease of the projection (workers release theirs at their next heartbeat),
     calls ``reset`` and sets the checkpoints to 0 in one transaction (a failing ``reset``
     changes nothing), runs every partition to its head with a progress bar, then hands the
-    partitions back. Writers may keep appending meanwhile.
+    partitions back. Writers may keep appending meanwhile. ``options`` are the worker's
+    (``source=JetStreamSource(...)`` replays from the relayed log).
     """
     if not isinstance(projection, Projection):
         raise TypeError(f"replay takes a Projection instance, got {projection!r}")
@@ -207,7 +208,6 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
     and ``show`` draws a progress bar of the events applied on ``console``.
     """
     group = worker._groups[0]
-    store = worker.store
     applied = 0
     columns = (
         TextColumn("[bold]replay[/] {task.description}"),
@@ -218,7 +218,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=not show, transient=False) as bar:
-        heads = store.heads()
+        heads = worker.source.heads()
         task = bar.add_task(group.name, total=sum(heads.values()), rate="-")
         started = time.monotonic()
         last_beat = time.monotonic()
@@ -230,7 +230,7 @@ def _run_to_head(worker: ProjectionWorker, console: Console, show: bool) -> int:
                 time.sleep(min(group.retry_at[p] for p in behind) - now)
                 continue
             if not pending:
-                heads = store.heads()  # writers may have appended meanwhile
+                heads = worker.source.heads()  # writers may have appended meanwhile
                 bar.update(task, total=max(sum(heads.values()), applied))
                 if not group.behind(heads):
                     break

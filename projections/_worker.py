@@ -16,7 +16,6 @@ from typing import Any
 from eventsource import EventStore
 from eventsource._internal import (
     Backoff,
-    Listener,
     check_name,
     check_seconds,
     default_worker_id,
@@ -30,6 +29,7 @@ from projections._membership import Group, Lease, Membership
 from projections._projection import Projection, check_unique, close_thread_loop
 from projections._queries import projection_queries
 from projections._reactor import Reactor
+from projections._sources import Source, StoreSource
 
 __all__ = ["ProjectionWorker", "run"]
 
@@ -51,6 +51,7 @@ class ProjectionWorker:
         max_attempts: int = 3,
         retry_delays: Sequence[float] = (0.2, 1.0, 5.0),
         exclusive: bool = False,
+        source: Source | None = None,
     ) -> None:
         """A worker of ``projections``' groups on ``store``.
 
@@ -59,7 +60,8 @@ class ProjectionWorker:
         ``heartbeat_interval``; ``poll_interval``: the longest idle wait without an append's
         announcement; a failing event is tried ``max_attempts`` times, after
         ``retry_delays``; ``exclusive`` (replay): it takes every partition and keeps the
-        projection paused.
+        projection paused; ``source``: where the log is read (default: ``store`` itself; a
+        ``JetStreamSource`` reads what the relay published, with the checkpoints still here).
         """
         check_unique(projections)
         if not projections:
@@ -81,6 +83,8 @@ class ProjectionWorker:
         self.retry_delays = tuple(retry_delays)
         self.exclusive = exclusive  # replay: every partition, and keep the projection paused
         self.queries = projection_queries(store)
+        self.source = source if source is not None else StoreSource(store, self.queries)
+        self.source.bind(store)
         self._groups = [Group(p) for p in projections]
         for projection in projections:
             if isinstance(projection, Reactor):
@@ -101,6 +105,7 @@ class ProjectionWorker:
             retry_delays=self.retry_delays,
             stop=self._stop,
             log=self._log,
+            source=self.source,
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -122,7 +127,7 @@ class ProjectionWorker:
         up. Any other error stops the worker and is raised here.
         """
         self.setup()
-        listener = Listener(self.store.url, [self.store._queries.listen], self._log)
+        listener = self.source.waiter(self._log)
         listener.open()
         backoff = Backoff()
         self._log.info("worker started", projections=[g.name for g in self._groups])
@@ -133,12 +138,12 @@ class ProjectionWorker:
                     if time.monotonic() >= next_beat:
                         self.heartbeat()
                         next_beat = time.monotonic() + self.heartbeat_interval
-                    heads = self.store.heads()
+                    heads = self.source.heads()
                     if stop_when_caught_up and self.caught_up(heads):
                         break
                     worked = self.work(heads)
                 except Exception as exc:
-                    if not is_outage(exc):
+                    if not (is_outage(exc) or self.source.is_outage(exc)):
                         raise
                     delay = backoff.next()
                     if backoff.failures == 1:
@@ -156,6 +161,7 @@ class ProjectionWorker:
             finally:
                 close_thread_loop()
                 listener.close()
+                self.source.close()
                 self._log.info("worker stopped")
 
     def setup(self) -> None:

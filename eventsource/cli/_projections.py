@@ -18,11 +18,25 @@ from eventsource.cli._app import (
     confirm,
     console,
     err_console,
+    fail,
     open_store,
     show,
 )
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.cli._worker import _freeze_startup_objects
+
+SourceUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="Read the log relayed to NATS JetStream at this URL instead of PostgreSQL.",
+        show_default=False,
+    ),
+]
+Stream = Annotated[str, typer.Option("--stream", help="With --source: the stream.")]
+SubjectPrefix = Annotated[
+    str, typer.Option("--subject-prefix", help="With --source: the subjects' prefix.")
+]
 
 projections_app = typer.Typer(
     help="Run, replay and inspect projections (read models).", no_args_is_help=True
@@ -51,11 +65,14 @@ def _load_projection(target: str) -> Any:
 
 
 @projections_app.command("run")
-def projections_run(
+def projections_run(  # noqa: PLR0917 - typer maps parameters to options
     targets: Annotated[list[str], typer.Argument(help="Projections as MODULE:CLASS.")],
     worker_id: Annotated[
         str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
     ] = None,
+    source: SourceUrl = None,
+    stream: Stream = "EVENTS",
+    subject_prefix: SubjectPrefix = "events",
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:
@@ -65,19 +82,41 @@ def projections_run(
     with cli_errors():
         if worker_id is not None:
             check_name(worker_id, "--worker-id")
+        log_source = _jetstream_source(source, stream, subject_prefix)
         loaded = [_load_projection(t) for t in targets]
         with open_store(database_url, schema) as store:
-            worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id)
+            worker = projections.ProjectionWorker(
+                store, loaded, worker_id=worker_id, source=log_source
+            )
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: worker.stop())
             _freeze_startup_objects()
             worker.run()
 
 
+def _jetstream_source(url: str | None, stream: str, subject_prefix: str) -> Any:
+    """The JetStream source of ``--source`` (None without it); ValueError for bad options."""
+    if url is None:
+        return None
+    from eventsource import relay  # noqa: PLC0415
+    from projections import JetStreamSource  # noqa: PLC0415
+
+    relay.check_nats_url(url)
+    relay.check_stream_name(stream)
+    relay.check_subject_prefix(subject_prefix)
+    try:
+        return JetStreamSource(url, stream=stream, subject_prefix=subject_prefix)
+    except ImportError as exc:
+        fail(str(exc), 1)
+
+
 @projections_app.command("replay")
-def projections_replay(
+def projections_replay(  # noqa: PLR0917 - typer maps parameters to options
     target: Annotated[str, typer.Argument(help="The projection as MODULE:CLASS.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    source: SourceUrl = None,
+    stream: Stream = "EVENTS",
+    subject_prefix: SubjectPrefix = "events",
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:
@@ -85,6 +124,7 @@ def projections_replay(
     import projections  # noqa: PLC0415
 
     with cli_errors():
+        log_source = _jetstream_source(source, stream, subject_prefix)
         projection = _load_projection(target)
         confirm(
             yes,
@@ -93,7 +133,13 @@ def projections_replay(
         )
         with open_store(database_url, schema) as store:
             _freeze_startup_objects()
-            applied = projections.replay(store, projection, console=err_console)
+            try:
+                applied = projections.replay(
+                    store, projection, console=err_console, source=log_source
+                )
+            finally:
+                if log_source is not None:
+                    log_source.close()
         console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
 
 

@@ -116,6 +116,31 @@ CREATE TABLE {schema}.projection_skips (
     CONSTRAINT projection_skips_pkey PRIMARY KEY (id)
 );
 
+-- The relay's progress in each partition (a relay is named after the stream it publishes to):
+-- the position the streaming engine has acknowledged up to, the lease of the worker that
+-- relays the partition (owner, token, expiry), and the last error that held it up, if any.
+CREATE TABLE {schema}.relay_checkpoints (
+    relay text NOT NULL,
+    partition integer NOT NULL,
+    "position" bigint DEFAULT 0 NOT NULL,
+    owner text,
+    lease_token bigint DEFAULT 0 NOT NULL,
+    lease_until timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    error text,
+    error_at timestamp with time zone,
+    CONSTRAINT relay_checkpoints_pkey PRIMARY KEY (relay, partition)
+);
+
+-- The live workers of each relay, with their heartbeats: the partitions are shared among them.
+CREATE TABLE {schema}.relay_workers (
+    relay text NOT NULL,
+    worker_id text NOT NULL,
+    heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT relay_workers_pkey PRIMARY KEY (relay, worker_id)
+);
+
 -- The command queue: pending, running (leased by a worker) and dead commands; a command that
 -- is done is deleted. Optional keys: dedupe_key (one never-started command per key) and
 -- ordering_key (a key's commands run one at a time, in id order).

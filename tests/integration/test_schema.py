@@ -169,6 +169,8 @@ TABLES = {
     "projection_skips",
     "commands",
     "command_keys",
+    "relay_checkpoints",
+    "relay_workers",
     VERSION_TABLE,
 }
 

@@ -1,0 +1,27 @@
+"""Every SQL statement of the relay, from ``queries.sql``, rendered per schema."""
+
+from __future__ import annotations
+
+from eventsource.db import Statements
+
+__all__ = ["RelayQueries"]
+
+
+class RelayQueries(Statements):
+    """Checkpoints, leases and membership of the relays in one schema."""
+
+    package = "eventsource.relay"
+    filename = "queries.sql"
+
+    init_checkpoints: str
+    heartbeat: str
+    live_workers: str
+    leave: str
+    forget_dead: str
+    claim: str
+    renew: str
+    release: str
+    advance: str
+    record_error: str
+    read_partitions: str
+    status: str

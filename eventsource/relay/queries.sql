@@ -1,0 +1,112 @@
+-- The relay's statements: its checkpoints, leases and membership in one schema (see
+-- eventsource/db/_sql.py for the format).
+--
+-- A relay is named after the stream it publishes to; names of relays and workers are always
+-- parameters, never SQL text. Lease times come from the database clock at the moment of the
+-- statement (clock_timestamp()), never from the worker's clock. A claim bumps a checkpoint's
+-- lease token; a checkpoint moves only while the token is the worker's own.
+
+-- name: init_checkpoints
+-- Create a relay's missing checkpoints, at the start of the log.
+INSERT INTO {schema}.relay_checkpoints (relay, partition)
+SELECT %(relay)s, p.partition FROM {schema}.partitions p
+ON CONFLICT (relay, partition) DO NOTHING
+
+-- name: heartbeat
+-- Join a relay's group, or renew this worker's membership.
+INSERT INTO {schema}.relay_workers AS w (relay, worker_id)
+VALUES (%(relay)s, %(worker)s)
+ON CONFLICT (relay, worker_id) DO UPDATE SET heartbeat_at = clock_timestamp()
+
+-- name: live_workers
+-- The workers of a relay's group that heartbeat within the TTL, by id.
+SELECT worker_id FROM {schema}.relay_workers
+WHERE relay = %(relay)s
+  AND heartbeat_at > clock_timestamp() - make_interval(secs => %(ttl)s)
+ORDER BY worker_id
+
+-- name: leave
+-- Leave a relay's group.
+DELETE FROM {schema}.relay_workers
+WHERE relay = %(relay)s AND worker_id = %(worker)s
+
+-- name: forget_dead
+-- Remove the members of a relay's group silent for ten TTLs.
+DELETE FROM {schema}.relay_workers
+WHERE relay = %(relay)s
+  AND heartbeat_at < clock_timestamp() - make_interval(secs => %(ttl)s * 10)
+
+-- name: claim
+-- Take the free, expired or own leases of these partitions, bumping their tokens.
+UPDATE {schema}.relay_checkpoints c
+SET owner = %(worker)s,
+    lease_token = c.lease_token + 1,
+    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE (c.relay, c.partition) IN (
+    SELECT relay, partition FROM {schema}.relay_checkpoints
+    WHERE relay = %(relay)s
+      AND partition = ANY(%(partitions)s)
+      AND (owner IS NULL OR owner = %(worker)s OR lease_until < clock_timestamp())
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING c.partition, c.lease_token, c.position
+
+-- name: renew
+-- Extend the leases still held with these tokens; the renewed ones, where they are.
+UPDATE {schema}.relay_checkpoints c
+SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
+FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[]) AS t(partition, token)
+WHERE c.relay = %(relay)s AND c.partition = t.partition
+  AND c.owner = %(worker)s AND c.lease_token = t.token
+RETURNING c.partition, c.position
+
+-- name: release
+-- Give up this worker's leases of these partitions.
+UPDATE {schema}.relay_checkpoints
+SET owner = NULL, lease_until = NULL
+WHERE relay = %(relay)s AND owner = %(worker)s
+  AND partition = ANY(%(partitions)s)
+
+-- name: advance
+-- Move checkpoints forward (never back) to what the engine acknowledged, renewing their
+-- leases, while the leases are ours; the partitions moved.
+UPDATE {schema}.relay_checkpoints c
+SET position = GREATEST(c.position, t.position),
+    updated_at = clock_timestamp(),
+    error = NULL,
+    error_at = NULL,
+    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
+FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[], %(positions)s::bigint[])
+    AS t(partition, token, position)
+WHERE c.relay = %(relay)s AND c.partition = t.partition
+  AND c.owner = %(worker)s AND c.lease_token = t.token
+RETURNING c.partition
+
+-- name: record_error
+-- Note the error that holds a partition up (it is retried), while the lease is ours.
+UPDATE {schema}.relay_checkpoints
+SET error = %(error)s,
+    error_at = clock_timestamp(),
+    updated_at = clock_timestamp()
+WHERE relay = %(relay)s AND partition = %(partition)s
+  AND owner = %(worker)s AND lease_token = %(token)s
+
+-- name: read_partitions
+-- Up to a limit of the events of each of several partitions after its position, in order.
+SELECT e.event_id::text, e.stream_id, e.stream_version, e.partition, e.position, e.event_type,
+    e.schema_version, e.data::text, e.metadata::text, e.recorded_at
+FROM unnest(%(partitions)s::integer[], %(after)s::bigint[]) AS t(partition, after)
+CROSS JOIN LATERAL (
+    SELECT * FROM {schema}.events ev
+    WHERE ev.partition = t.partition AND ev.position > t.after
+    ORDER BY ev.position LIMIT %(limit)s
+) AS e
+ORDER BY e.partition, e.position
+
+-- name: status
+-- Every relay's checkpoints with their partitions' heads.
+SELECT c.relay, c.partition, c.position, p.head, c.owner, c.lease_until, c.updated_at,
+       c.error, c.error_at
+FROM {schema}.relay_checkpoints c
+JOIN {schema}.partitions p ON p.partition = c.partition
+ORDER BY c.relay, c.partition

@@ -1,0 +1,99 @@
+"""Where a projection worker reads the log from: the store itself, or a relayed copy.
+
+A ``Source`` gives the worker the heads of the partitions, a partition's events after a
+position (read inside the batch's transaction, so that the checkpoint and the read model move
+together whatever the source), a waiter that wakes the worker when something was appended,
+and which of its errors are outages to wait out. ``StoreSource`` reads the PostgreSQL log of
+the worker's own store (the default); ``JetStreamSource`` reads what the relay published.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+import psycopg
+
+from eventsource import EventStore, RecordedEvent
+from eventsource._internal import Listener, fetch, records
+from projections._queries import ProjectionQueries
+
+__all__ = ["Source", "StoreSource", "Waiter"]
+
+
+class Waiter(Protocol):
+    """What an idle worker waits on: an append's announcement, or a timeout."""
+
+    def open(self) -> bool:
+        """Start listening (if not already); whether it listens."""
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Sleep until an announcement, ``stop`` or the timeout; whether to read again."""
+
+    def close(self) -> None:
+        """Stop listening."""
+
+
+class Source(Protocol):
+    """The log a projection worker reads: heads, batches, wake-ups, outages."""
+
+    def bind(self, store: EventStore) -> None:
+        """Called by the worker with its own store, before anything is read."""
+
+    def heads(self) -> dict[int, int]:
+        """The last position of every partition that the source holds."""
+
+    def read(
+        self, conn: psycopg.Connection[Any], partition: int, after: int, limit: int
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events of ``partition`` after ``after``, in position order, dense.
+
+        ``conn`` is the batch's transaction on the worker's store.
+        """
+
+    def waiter(self, log: Any) -> Waiter:
+        """A new waiter for a worker's idle waits."""
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the source could not be reached (to be waited out)."""
+
+    def close(self) -> None:
+        """Release the source's connections."""
+
+
+class StoreSource:
+    """The PostgreSQL log of the worker's own store (announced by LISTEN/NOTIFY)."""
+
+    def __init__(self, store: EventStore, queries: ProjectionQueries) -> None:
+        """The log of ``store``, read with its projection ``queries``."""
+        self.store = store
+        self.queries = queries
+
+    def bind(self, store: EventStore) -> None:
+        """Nothing to learn: the store is the log."""
+
+    def heads(self) -> dict[int, int]:
+        """The heads of the store's partitions."""
+        return self.store.heads()
+
+    def read(
+        self, conn: psycopg.Connection[Any], partition: int, after: int, limit: int
+    ) -> list[RecordedEvent]:
+        """The partition's events after ``after``, read in the batch's transaction."""
+        rows = fetch(
+            conn,
+            self.queries.store.read_partition,
+            {"partition": partition, "after": after, "limit": limit},
+        )
+        return records(rows, decode=False)
+
+    def waiter(self, log: Any) -> Listener:
+        """LISTEN on the store's channel."""
+        return Listener(self.store.url, [self.store._queries.listen], log)
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Outages of the store are the worker's own (``is_outage``)."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: the store is the worker's."""
