@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -65,6 +68,31 @@ def ops_serve(  # noqa: PLR0917 - typer maps parameters to options
             )
             mode = "actions need the token" if token else "read-only (no EVENTSOURCE_OPS_TOKEN)"
             console.print(f"eventsource ops on http://{host}:{port}/ ({mode})", highlight=False)
-            uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+            config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            _server(uvicorn.Server)(config).run()
         finally:
             store.close()
+
+
+def _server(base: Any) -> Any:
+    """A uvicorn server class that stops on SIGTERM/SIGINT and exits 0, like the workers
+    (uvicorn's own raises the signal again once it has shut down)."""
+
+    class Server(base):  # type: ignore[misc]
+        """uvicorn's server with the CLI's signal handling."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """Ask the server to exit on SIGTERM or SIGINT; restore the handlers after."""
+
+            def stop(*_: object) -> None:
+                self.should_exit = True
+
+            previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+    return Server
