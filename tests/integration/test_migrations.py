@@ -67,7 +67,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0006"
+    assert status.revision == status.head == head_revision() == "0008"
     assert status.partitions == 4
     assert status.up_to_date
 
@@ -283,7 +283,7 @@ def test_the_stream_id_check_is_added_without_a_scan_and_validated_after(
     assert sql(store, validated, {"s": store.schema}) == [(True,)]
 
 
-def test_upgrade_from_0005_to_0006_replaces_the_append_function(bare_store: EventStore) -> None:
+def test_upgrade_from_0005_replaces_the_append_function(bare_store: EventStore) -> None:
     """A schema at 0005 with streams in it, upgraded: the catalog that schema.sql describes,
     its streams go on, and its append function reports a creation race under another
     partition key itself (an appends-only transaction then goes after the creator)."""
@@ -294,7 +294,7 @@ def test_upgrade_from_0005_to_0006_replaces_the_append_function(bare_store: Even
     store.append("a", [Opened(owner="a")], NO_STREAM)
 
     store.upgrade()
-    assert store.status().revision == head_revision() == "0006"
+    assert store.status().revision == head_revision() == "0008"
     scripted = f"{store.schema}_sql"  # dropped with the test's schema
     with psycopg.connect(conninfo(store.url)) as conn:
         conn.execute(schema_sql(scripted).encode())
