@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import projections
-from eventsource.commands import CommandQueue
 from eventsource.db import fetch
 from eventsource.ops._queries import ops_queries
 from eventsource.store import EventStore
@@ -37,17 +36,15 @@ def projection_problems(
 def command_problems(store: EventStore, max_age: float | None = None) -> list[str]:
     """The queues with dead letters, and those whose oldest due pending command has waited
     more than ``max_age`` seconds (commands delayed into the future do not count)."""
+    with store._raw() as conn:
+        figures = fetch(conn, ops_queries(store.schema).command_figures)
     problems = []
-    for queue, status, count, _ in CommandQueue(store).counts():
+    for queue, status, count, age in figures:
         if status == "dead":
             problems.append(f"queue {queue}: {count} dead command(s)")
-    if max_age is not None:
-        with store._raw() as conn:
-            due = fetch(conn, ops_queries(store.schema).oldest_due)
-        for queue, age in due:
-            if float(age) > max_age:
-                problems.append(
-                    f"queue {queue}: the oldest due command has waited {float(age):.1f}s"
-                    f" (more than {max_age:g}s)"
-                )
+        elif age is not None and max_age is not None and float(age) > max_age:
+            problems.append(
+                f"queue {queue}: the oldest due command has waited {float(age):.1f}s"
+                f" (more than {max_age:g}s)"
+            )
     return problems

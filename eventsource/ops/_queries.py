@@ -18,7 +18,7 @@ class OpsQueries(Statements):
     lag_seconds: str
     live_workers: str
     busy_command_workers: str
-    oldest_due: str
+    command_figures: str
     read_stream_page: str
 
 

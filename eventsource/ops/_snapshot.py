@@ -2,8 +2,8 @@
 
 A ``Snapshot`` is read with a handful of cheap statements (none scans the event log): the
 partitions' heads, the projections' checkpoints (``projections.status``), the queue's counts
-(``CommandQueue.counts``), the lag in seconds, the oldest due command, the live workers and
-an estimate of the append rate.
+with the oldest due command (one pass over the commands), the lag in seconds, the live workers
+and an estimate of the append rate.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import projections
-from eventsource.commands import CommandQueue
 from eventsource.db import fetch
 from eventsource.ops._queries import ops_queries
 from eventsource.store import EventStore
@@ -43,12 +42,11 @@ class Partition:
 
 @dataclass(frozen=True)
 class CommandCount:
-    """How many commands of one queue are in one state, and the oldest one's enqueue time."""
+    """How many commands of one queue are in one state (pending, running, dead)."""
 
     queue: str
     status: str
     count: int
-    oldest_enqueued_at: datetime
 
 
 @dataclass(frozen=True)
@@ -152,20 +150,19 @@ def read_snapshot(store: EventStore) -> Snapshot:
     started = time.perf_counter()
     sql = ops_queries(store.schema)
     checkpoints = projections.status(store)
-    counts = CommandQueue(store).counts()
     with store._raw() as conn:
+        figures = fetch(conn, sql.command_figures)
         heads = fetch(conn, sql.heads)
         rate = fetch(conn, sql.append_rate, {"window": RATE_WINDOW})
         lags = fetch(conn, sql.lag_seconds)
         workers = fetch(conn, sql.live_workers, {"ttl": WORKER_TTL})
         busy = fetch(conn, sql.busy_command_workers)
-        due = fetch(conn, sql.oldest_due)
     return Snapshot(
         partitions=[Partition(int(p), int(h), at) for p, h, at in heads],
         checkpoints=checkpoints,
         lag_seconds={(name, int(p)): float(s) for name, p, s in lags},
-        commands=[CommandCount(q, s, int(n), at) for q, s, n, at in counts],
-        oldest_due={q: float(s) for q, s in due},
+        commands=[CommandCount(q, s, int(n)) for q, s, n, _ in figures],
+        oldest_due={q: float(age) for q, s, _, age in figures if age is not None},
         projection_workers={name: int(n) for name, n in workers},
         command_workers=int(busy[0][0]) if busy else 0,
         append_rate=float(rate[0][0]) if rate else 0.0,
