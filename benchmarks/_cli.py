@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from eventsource import EventSourceError, EventStore
 from eventsource._internal import configure_logging
 
-from . import _commands, _projections, _workloads  # noqa: F401 - register the workloads
+from . import _commands, _ops, _projections, _workloads  # noqa: F401 - register the workloads
 from ._harness import Result, run_workload
 from ._pgbench import CASES, run_pgbench
 from ._registry import WORKLOADS
