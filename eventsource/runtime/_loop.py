@@ -16,9 +16,7 @@ T = TypeVar("T")
 _local = threading.local()
 
 
-def run_on_thread_loop(
-    awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None = None
-) -> T:
+def run_on_thread_loop(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None = None) -> T:
     """Run an awaitable to completion on this thread's event loop (created on first use).
 
     With ``loop``, the running loop of another thread (an application's), it runs there
