@@ -42,8 +42,7 @@ def ops_serve(  # noqa: PLR0917 - typer maps parameters to options
 ) -> None:
     """Serve the operations page, /metrics, /healthz and /readyz until SIGTERM/SIGINT.
 
-    Actions (retry, skip, replay, purge) need EVENTSOURCE_OPS_TOKEN; without it the page is
-    read-only.
+    Actions (retry, skip, replay, purge) need EVENTSOURCE_OPS_TOKEN; without it, read-only.
     """
     with cli_errors():
         try:
