@@ -115,7 +115,6 @@ def _statements(store: EventStore) -> dict[str, tuple[str, dict[str, Any] | None
         "command_figures": (ops.command_figures, None),
         "read_stream_page": (ops.read_stream_page, stream),
         "projections.status": (projection_queries(store).status, None),
-        "commands.counts": (commands.counts, None),
         "commands.dead": (
             commands.list,
             {"statuses": ["dead"], "queue": None, "limit": 50},
