@@ -21,7 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from eventsource import EventSourceError, EventStore
 from eventsource._internal import configure_logging
 
-from . import _commands, _projections, _relay, _workloads  # noqa: F401 - register the workloads
+from . import (  # noqa: F401 - register the workloads
+    _commands,
+    _ops,
+    _projections,
+    _relay,
+    _workloads,
+)
 from ._harness import Result, run_workload
 from ._peers import PEER_PYTHON, Comparison, PeerResult, compare, default_peers_dir, run_peers
 from ._pgbench import CASES, run_pgbench

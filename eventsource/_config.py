@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import annotated_types
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventsource._checks import check_database_url, check_schema_name
@@ -21,6 +21,7 @@ from eventsource._checks import check_database_url, check_schema_name
 __all__ = ["MAX_POOL_SIZE", "Settings"]
 
 MAX_POOL_SIZE = 1000  # connections per engine (and as many again in overflow)
+MIN_TOKEN, MAX_TOKEN = 16, 1000  # characters of EVENTSOURCE_OPS_TOKEN
 
 
 def _default_embedded_dir() -> Path:
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     attempt, doubled per attempt up to the maximum (with jitter).
     ``EVENTSOURCE_LOG_FORMAT``: ``auto`` (console on a terminal, JSON otherwise), ``json`` or
     ``console``; ``EVENTSOURCE_LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error``.
+    ``EVENTSOURCE_OPS_TOKEN``: the token that the operations page (``eventsource ops serve``)
+    asks for before an action (retry, skip, replay, purge); unset, the page is read-only.
     """
 
     model_config = SettingsConfigDict(
@@ -59,6 +62,7 @@ class Settings(BaseSettings):
     command_backoff_max: float = Field(default=300.0, ge=0, le=86400, allow_inf_nan=False)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ops_token: SecretStr | None = None
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -77,6 +81,18 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return check_database_url(value) if value else None
+
+    @field_validator("ops_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ops_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not MIN_TOKEN <= len(value.get_secret_value()) <= MAX_TOKEN:
+            raise ValueError(f"must be {MIN_TOKEN} to {MAX_TOKEN} characters long")
+        return value
 
     @field_validator("embedded_dir", mode="before")
     @classmethod
@@ -138,6 +154,6 @@ def _describe(exc: ValidationError, given: dict[str, Any]) -> str:
         message = f"must be from {bounds[0]} to {bounds[1]}"
     shown = first.get("input")
     shown_already = isinstance(shown, str) and repr(shown) in message
-    if field == "database_url" or isinstance(shown, dict) or shown_already:
+    if field in ("database_url", "ops_token") or isinstance(shown, dict) or shown_already:
         return f"{_source(field, given)}: {message}"  # (a URL may hold a password)
     return f"{_source(field, given)}: {message}, got {shown!r}"

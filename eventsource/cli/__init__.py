@@ -6,9 +6,9 @@ one line that says what to do. Bad usage (an option out of range, a bad name, a 
 ``EVENTSOURCE_*`` variable) names the option or variable at fault, and nothing is written.
 
 One module per command group (``_db``, ``_projections``, ``_worker``, ``_commands``,
-``_relay``, ``_demo``), on what ``_app`` shares: the application, the common options, the
-settings and the store, the one-line error reporting, ``--json`` output and ``--yes``
-confirmation. The groups are registered here, in the order of ``--help``.
+``_ops``, ``_relay``, ``_demo``), on what ``_app`` shares: the application, the common
+options, the settings and the store, the one-line error reporting, ``--json`` output and
+``--yes`` confirmation. The groups are registered here, in the order of ``--help``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from eventsource.cli._app import app, main
 from eventsource.cli._commands import commands_app
 from eventsource.cli._db import db_app
 from eventsource.cli._demo import demo
+from eventsource.cli._ops import ops_app_cli
 from eventsource.cli._projections import projections_app
 from eventsource.cli._relay import relay_app
 from eventsource.cli._worker import worker_app
@@ -25,6 +26,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(projections_app, name="projections")
 app.add_typer(worker_app, name="worker")
 app.add_typer(commands_app, name="commands")
+app.add_typer(ops_app_cli, name="ops")
 app.add_typer(relay_app, name="relay")
 app.command("demo")(demo)
 

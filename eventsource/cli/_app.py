@@ -187,6 +187,14 @@ def show(as_json: bool, data: Any, text: RenderableType) -> None:
         console.print(text, highlight=False)
 
 
+def report_problems(problems: list[str]) -> None:
+    """The end of a ``--check``: each problem on stderr and exit 1, else nothing."""
+    for problem in problems:
+        err_console.print(f"[bold red]unhealthy:[/] {escape(problem)}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+
+
 def confirm(yes: bool, question: str, refusal: str) -> None:
     """Ask ``question`` unless ``--yes`` was given (no aborts); without a terminal to ask on,
     fail with ``refusal`` (exit 2)."""

@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 
 from eventsource._checks import BIGINT_MAX, check_name
-from eventsource.cli._app import cli_errors, command_store, confirm, open_store, show
+from eventsource.cli._app import (
+    cli_errors,
+    command_store,
+    confirm,
+    open_store,
+    report_problems,
+    show,
+)
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
 from eventsource.commands import MAX_DELAY
 
@@ -60,39 +67,84 @@ Limit = Annotated[
 ]
 
 
-def _listing(dead: bool, help_text: str) -> Any:
-    """The `commands list` or `commands dead` command: one body, two filters."""
+def _list_commands(
+    dead: bool,
+    *,
+    queue: str | None,
+    limit: int,
+    database_url: str | None,
+    schema: str,
+    as_json: bool,
+    max_age: str | None = None,
+    check: bool = False,
+) -> None:
+    """Show commands (or dead letters); with ``check``, exit 1 on the problems found."""
+    from eventsource.commands import CommandQueue  # noqa: PLC0415
+    from eventsource.ops import command_problems  # noqa: PLC0415
 
-    def command(
-        queue: QueueFilter = None,
-        limit: Limit = 100,
-        database_url: DatabaseUrl = None,
-        schema: Schema = "eventsource",
-        as_json: AsJson = False,
-    ) -> None:
-        from eventsource.commands import CommandQueue  # noqa: PLC0415
-
-        with cli_errors():
-            if queue is not None:
-                check_name(queue, "--queue")
-            with open_store(database_url, schema) as store:
-                commands = CommandQueue(store)
-                rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
+    with cli_errors():
+        if queue is not None:
+            check_name(queue, "--queue")
+        if max_age is not None and not check:
+            raise ValueError("--max-age goes with --check")
+        age = None if max_age is None else parse_duration(max_age, "--max-age")
+        with open_store(database_url, schema) as store:
+            commands = CommandQueue(store)
+            rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
             title = "dead commands" if dead else "commands"
             show(as_json, [r.as_json() for r in rows], _command_table(title, rows, dead=dead))
+            if check:
+                report_problems(command_problems(store, age))
 
-    command.__doc__ = help_text
-    return command
 
-
-commands_app.command("list")(
-    _listing(False, "Pending and running commands with attempts, run-at, worker and last error.")
-)
-commands_app.command("dead")(
-    _listing(
-        True, "Dead commands (no attempts left) with their last error; --json adds tracebacks."
+@commands_app.command("list")
+def commands_list(  # noqa: PLR0917 - typer maps parameters to options
+    queue: QueueFilter = None,
+    limit: Limit = 100,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 (saying why) if dead letters exist or a due command waits too long.",
+        ),
+    ] = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            help="With --check: how long a due command may wait, in seconds (or 30s, 5m, 1h).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Pending and running commands with attempts, run-at, worker and last error."""
+    _list_commands(
+        False,
+        queue=queue,
+        limit=limit,
+        database_url=database_url,
+        schema=schema,
+        as_json=as_json,
+        max_age=max_age,
+        check=check,
     )
-)
+
+
+@commands_app.command("dead")
+def commands_dead(
+    queue: QueueFilter = None,
+    limit: Limit = 100,
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+) -> None:
+    """Dead commands (no attempts left) with their last error; --json adds tracebacks."""
+    _list_commands(
+        True, queue=queue, limit=limit, database_url=database_url, schema=schema, as_json=as_json
+    )
 
 
 @commands_app.command("retry")

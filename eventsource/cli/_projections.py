@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from eventsource._checks import INT_MAX, check_name
+from eventsource._checks import BIGINT_MAX, INT_MAX, check_name
 from eventsource.cli._app import (
     cli_errors,
     command_store,
@@ -20,6 +20,7 @@ from eventsource.cli._app import (
     err_console,
     fail,
     open_store,
+    report_problems,
     show,
 )
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
@@ -145,14 +146,38 @@ def projections_replay(  # noqa: PLR0917 - typer maps parameters to options
 
 @projections_app.command("status")
 def projections_status(
-    database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
+    database_url: DatabaseUrl = None,
+    schema: Schema = "eventsource",
+    as_json: AsJson = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 (saying why) if a partition is stopped on an error or lags too much.",
+        ),
+    ] = False,
+    max_lag: Annotated[
+        int | None,
+        typer.Option(
+            "--max-lag",
+            min=0,
+            max=BIGINT_MAX,
+            help="With --check: the most events a partition may lag.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Per projection and partition: position, head, lag, owner, last update, error."""
     import projections  # noqa: PLC0415
+    from eventsource.ops import projection_problems  # noqa: PLC0415
 
     with command_store(database_url, schema) as store:
+        if max_lag is not None and not check:
+            raise ValueError("--max-lag goes with --check")
         rows = projections.status(store)
         show(as_json, [r.as_json() for r in rows], _status_table(rows))
+        if check:
+            report_problems(projection_problems(rows, max_lag))
 
 
 def _status_table(rows: list[Any]) -> Table:

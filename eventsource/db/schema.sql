@@ -187,6 +187,10 @@ CREATE INDEX commands_ordering ON {schema}.commands (ordering_key, id)
 CREATE INDEX commands_leases ON {schema}.commands (lease_until)
     WHERE status = 'running';
 
+-- The dead commands by queue (dead letters, purge, the operations page), apart from the live.
+CREATE INDEX commands_dead ON {schema}.commands (queue, id)
+    WHERE status = 'dead';
+
 -- The ordering keys whose command runs, one row each: a claim inserts the row (the primary
 -- key makes two claims of one key exclusive), the ack, a failure or a release deletes it, and
 -- the worker that holds it extends its lease.

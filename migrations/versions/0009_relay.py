@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -283,7 +283,7 @@ def test_the_stream_id_check_is_added_without_a_scan_and_validated_after(
     assert sql(store, validated, {"s": store.schema}) == [(True,)]
 
 
-def test_upgrade_from_0005_to_0006_replaces_the_append_function(bare_store: EventStore) -> None:
+def test_upgrade_from_0005_replaces_the_append_function(bare_store: EventStore) -> None:
     """A schema at 0005 with streams in it, upgraded: the catalog that schema.sql describes,
     its streams go on, and its append function reports a creation race under another
     partition key itself (an appends-only transaction then goes after the creator)."""
