@@ -67,7 +67,7 @@ def test_status_reports_revision_head_and_partitions(store: EventStore) -> None:
     """status() of an upgraded schema: at the head revision, with its partition count."""
     status = store.status()
     assert status.schema == store.schema
-    assert status.revision == status.head == head_revision() == "0006"
+    assert status.revision == status.head == head_revision() == "0007"
     assert status.partitions == 4
     assert status.up_to_date
 
@@ -294,7 +294,7 @@ def test_upgrade_from_0005_to_0006_replaces_the_append_function(bare_store: Even
     store.append("a", [Opened(owner="a")], NO_STREAM)
 
     store.upgrade()
-    assert store.status().revision == head_revision() == "0006"
+    assert store.status().revision == head_revision() == "0007"
     scripted = f"{store.schema}_sql"  # dropped with the test's schema
     with psycopg.connect(conninfo(store.url)) as conn:
         conn.execute(schema_sql(scripted).encode())
