@@ -16,6 +16,13 @@ from eventsource._checks import (
     check_seconds,
 )
 from eventsource._logging import configure_logging, get_logger
+from eventsource._telemetry import (
+    BatchSpan,
+    fail_current,
+    handler_failed,
+    linked,
+    partition_stopped,
+)
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (
@@ -34,6 +41,7 @@ __all__ = [
     "ANNOUNCE_AFTER_COMMIT",
     "MAX_NAME_LENGTH",
     "Backoff",
+    "BatchSpan",
     "Listener",
     "Queries",
     "Statements",
@@ -48,12 +56,16 @@ __all__ = [
     "configure_logging",
     "default_worker_id",
     "driver_connection",
+    "fail_current",
     "fetch",
     "fetch_async",
     "first_line",
     "get_logger",
+    "handler_failed",
     "is_outage",
+    "linked",
     "parse_token",
+    "partition_stopped",
     "paused_gc",
     "quote_schema",
     "records",

@@ -37,6 +37,7 @@ __all__ = [
     "SCOPE",
     "TRACEPARENT",
     "AppendSpan",
+    "BatchSpan",
     "Span",
     "attempted",
     "carrier",
@@ -45,8 +46,10 @@ __all__ = [
     "enqueue_span",
     "extract",
     "fail_current",
+    "handler_failed",
     "linked",
     "links_to",
+    "partition_stopped",
     "stored_carrier",
 ]
 
@@ -318,3 +321,70 @@ def attempted(queue: str, command_type: str, outcome: str, started: float) -> No
 def dead_lettered(queue: str, command_type: str) -> None:
     """Count a command dead-lettered (its last attempt failed, or ran past its timeout)."""
     dead_letters.add(1, {"eventsource.queue": queue, "eventsource.command.type": command_type})
+
+
+class BatchSpan(Span):
+    """The consumer span of one projection batch, which also times it:
+    ``with BatchSpan() as batch: ...; batch.done(projection, partition, records)``."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        super().__init__(BATCH, SpanKind.CONSUMER)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> BatchSpan:  # type: ignore[override]
+        super().__enter__()
+        return self
+
+    def done(self, projection: str, partition: int, records: Sequence[Any]) -> None:
+        """The batch of ``records`` (those read, whether applied or not) has ended."""
+        if not records:
+            return  # nothing was read: not a batch worth timing
+        batch_duration.record(
+            time.perf_counter() - self.started, {"eventsource.projection": projection}
+        )
+        span = self.span
+        if not span.is_recording():
+            return
+        span.set_attributes(
+            {
+                "eventsource.projection": projection,
+                "eventsource.partition": partition,
+                "eventsource.position.from": records[0].position,
+                "eventsource.position.to": records[-1].position,
+                "eventsource.event.count": len(records),
+            }
+        )
+        for link in links_to([r.metadata for r in records]):
+            span.add_link(link.context)
+
+
+def handler_failed(projection: str, handler: str, record: Any, exc: BaseException) -> None:
+    """A projection handler raised ``exc`` on ``record``: a span of its own (a child of the
+    batch's) that names them and records the error."""
+    span = tracer.start_span(HANDLER)
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            "eventsource.projection": projection,
+            "eventsource.handler": handler,
+            "eventsource.event.type": record.event_type,
+            "eventsource.stream.id": record.stream_id,
+            "eventsource.stream.version": record.stream_version,
+            "eventsource.partition": record.partition,
+            "eventsource.position": record.position,
+        }
+    )
+    _fail(span, exc)
+    span.end()
+
+
+def partition_stopped(projection: str, partition: int) -> None:
+    """Count a partition stopped on an event whose handler kept failing (and say so on the
+    current span, the batch's)."""
+    partitions_stopped.add(1, {"eventsource.projection": projection})
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("eventsource.partition.stopped", True)
