@@ -19,6 +19,8 @@ from eventsource.cli._app import (
     console,
     err_console,
     open_store,
+    serve_worker_metrics,
+    settings_for,
     show,
 )
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
@@ -66,7 +68,9 @@ def projections_run(
         if worker_id is not None:
             check_name(worker_id, "--worker-id")
         loaded = [_load_projection(t) for t in targets]
-        with open_store(database_url, schema) as store:
+        settings = settings_for(database_url, schema)
+        with open_store(settings) as store:
+            serve_worker_metrics(settings)
             worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: worker.stop())

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from eventsource._checks import check_name, check_seconds
-from eventsource.cli._app import cli_errors, open_store, settings_for
+from eventsource.cli._app import cli_errors, open_store, serve_worker_metrics, settings_for
 from eventsource.cli._options import (
     MAX_LEASE,
     MAX_SECONDS,
@@ -141,6 +141,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
         settings = settings_for(database_url, schema)
         with open_store(settings) as store:
             _check_queues_are_served(store, queue or ["default"])
+            serve_worker_metrics(settings)
             worker = CommandWorker(
                 store,
                 queue or ["default"],

@@ -5,6 +5,7 @@ context carried by events and commands, and the metrics."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -411,3 +412,43 @@ def test_spans_that_do_not_record_store_nothing(store: EventStore) -> None:
     with tracer.start_as_current_span("request"):
         store.append("s-1", [Opened(owner="ann")], NO_STREAM)
     assert store.read_stream("s-1")[0].metadata == {}
+
+
+SERVE = """
+import sys, urllib.request
+from eventsource import EventStore, NO_STREAM
+from eventsource.telemetry import serve_metrics
+from tests.domain import Opened
+
+serve_metrics(int(sys.argv[3]))
+store = EventStore.from_url(sys.argv[1], schema=sys.argv[2], partitions=4)
+store.upgrade()
+store.append("s-1", [Opened(owner="ann")], NO_STREAM)
+store.append("s-2", [Opened(owner="bob")], NO_STREAM)
+page = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[3]}/metrics").read().decode()
+print("\\n".join(line for line in page.splitlines() if line.startswith("eventsource_")))
+store.close()
+"""
+
+
+def test_serve_metrics_for_prometheus(database_url: str, schema: str) -> None:
+    """``serve_metrics`` serves the process's metrics in Prometheus's text format."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, database_url, schema, str(port)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(
+        line.startswith("eventsource_events_appended_total") and line.endswith(" 2.0")
+        for line in lines
+    ), lines
+    assert any(line.startswith("eventsource_append_duration_seconds_count") for line in lines)
