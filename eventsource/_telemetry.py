@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, Status, StatusCode
 
 __all__ = [
     "APPEND",
@@ -110,6 +110,17 @@ _links: contextvars.ContextVar[Sequence[Link] | None] = contextvars.ContextVar(
 )
 
 
+def _tracing() -> bool:
+    """Whether a tracer provider (an SDK) may be set: if not, every span is a no-op.
+
+    OpenTelemetry's proxy tracer reads this module global of the API on every span, and so
+    does this check, which skips the proxy's calls (a few microseconds on each append,
+    enqueue and attempt). Should a later API rename it, the check says yes and the proxy
+    decides, as before.
+    """
+    return getattr(trace, "_TRACER_PROVIDER", True) is not None
+
+
 class Span:
     """A span of the framework's: started at once, the current span only while it records.
 
@@ -129,7 +140,9 @@ class Span:
         context: otel_context.Context | None = None,
         links: Sequence[Link] | None = None,
     ) -> None:
-        self.span = tracer.start_span(name, context, kind, links=links)
+        self.span = (
+            tracer.start_span(name, context, kind, None, links) if _tracing() else INVALID_SPAN
+        )
         self._token: object | None = None
 
     def __enter__(self) -> trace.Span:
@@ -174,7 +187,7 @@ def fail_current(exc: BaseException) -> None:
 def carrier() -> dict[str, str] | None:
     """The current trace context as W3C headers (``traceparent``, and ``tracestate`` or
     ``baggage`` when there are), or None when the current span does not record."""
-    if not trace.get_current_span().is_recording():
+    if not _tracing() or not trace.get_current_span().is_recording():
         return None
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -363,7 +376,7 @@ class BatchSpan(Span):
 def handler_failed(projection: str, handler: str, record: Any, exc: BaseException) -> None:
     """A projection handler raised ``exc`` on ``record``: a span of its own (a child of the
     batch's) that names them and records the error."""
-    span = tracer.start_span(HANDLER)
+    span = tracer.start_span(HANDLER) if _tracing() else INVALID_SPAN
     if not span.is_recording():
         return
     span.set_attributes(
