@@ -15,14 +15,9 @@ from eventsource._checks import (
     check_name,
     check_seconds,
 )
+from eventsource._instrumented import BatchSpan, handler_failed, partition_stopped
 from eventsource._logging import configure_logging, get_logger
-from eventsource._telemetry import (
-    BatchSpan,
-    fail_current,
-    handler_failed,
-    linked,
-    partition_stopped,
-)
+from eventsource._telemetry import fail_current, linked
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from eventsource._context import correlation
 from eventsource._errors import EventSourceError
-from eventsource._telemetry import attempted, command_span, dead_lettered, fail_current
+from eventsource._instrumented import attempted, command_span, dead_lettered
+from eventsource._telemetry import fail_current
 from eventsource.commands._command import CommandContext, HandlerSpec
 from eventsource.commands._core import _Claimed, _Slot, _WorkerCore
 from eventsource.db import driver_connection, fetch

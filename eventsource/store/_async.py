@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventsource._errors import EventSourceError, SchemaNotReady
 from eventsource._events import Event
-from eventsource._telemetry import AppendSpan
+from eventsource._instrumented import AppendSpan
 from eventsource.db import (
     RawPool,
     SchemaStatus,
