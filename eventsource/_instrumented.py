@@ -19,7 +19,9 @@ from eventsource._telemetry import (
     BATCH,
     COMMAND,
     HANDLER,
+    NO_SPAN,
     SCOPE,
+    NoSpan,
     Span,
     extract,
     fail_span,
@@ -138,9 +140,11 @@ def _append_attributes(appends: Sequence[_Written], events: int) -> dict[str, An
     return attributes
 
 
-def command_span(headers: Mapping[str, Any] | None) -> Span:
+def command_span(headers: Mapping[str, Any] | None) -> Span | NoSpan:
     """The consumer span of one attempt of a command, a child of the span that enqueued it
     (``headers``: the command row's stored trace context)."""
+    if not tracing():
+        return NO_SPAN
     return Span(COMMAND, SpanKind.CONSUMER, context=extract(headers))
 
 

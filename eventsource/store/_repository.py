@@ -24,7 +24,7 @@ from eventsource._aggregate import Aggregate
 from eventsource._checks import check_int
 from eventsource._errors import AggregateNotFound, ConcurrencyError
 from eventsource._logging import get_logger
-from eventsource._telemetry import Span
+from eventsource._telemetry import traced
 from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Repository(Generic[A]):
     def load(self, aggregate_id: str) -> A:
         """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
         check_stream_id(aggregate_id)
-        with Span("eventsource.repository.load") as span:
+        with traced("eventsource.repository.load") as span:
             snapshot = None
             if self.snapshot_every is not None:
                 snapshot = self.store.load_snapshot(
@@ -133,7 +133,7 @@ class Repository(Generic[A]):
         count = len(aggregate._pending)
         if not count:
             return None
-        with Span("eventsource.repository.save") as span:
+        with traced("eventsource.repository.save") as span:
             if span.is_recording():
                 span.set_attributes(
                     {**self._attributes(aggregate), "eventsource.event.count": count}
