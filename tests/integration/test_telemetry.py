@@ -4,6 +4,7 @@ context carried by events and commands, and the metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from sqlalchemy import Connection
 
 from eventsource import (
     NO_STREAM,
+    AsyncCommandQueue,
+    AsyncEventStore,
     Command,
     CommandContext,
     CommandQueue,
@@ -27,6 +30,8 @@ from eventsource import (
     EventStore,
     RecordedEvent,
     Repository,
+    commands_running,
+    current_correlation,
 )
 from eventsource.commands import HandlerSpec
 from eventsource.db import quote_schema
@@ -224,6 +229,36 @@ def test_a_failed_attempt_records_its_error(otel: Telemetry, store: EventStore) 
         ({**outcome, "eventsource.command.outcome": "dead"}, 1)
     ]
     assert recorded["eventsource.command.dead_letters"] == [(outcome, 1)]
+
+
+class APing(Command, name="test.telemetry.APing", queue="telemetry"):
+    n: int
+
+
+async def test_an_async_handler_on_the_applications_loop_runs_in_the_attempts_span(
+    otel: Telemetry, async_store: AsyncEventStore
+) -> None:
+    """An ``async def`` handler run on the application's loop (``commands_running``) sees
+    the attempt's span and correlation ids, as one on a worker thread does."""
+    seen: list[tuple[trace.SpanContext, tuple[str | None, str | None]]] = []
+
+    async def aping(command: APing, ctx: CommandContext) -> None:
+        seen.append((trace.get_current_span().get_span_context(), current_correlation()))
+
+    handlers = {APing.command_type: HandlerSpec(APing, aping, True, None)}
+    with otel.tracer.start_as_current_span("request"):
+        enqueued = await AsyncCommandQueue(async_store).enqueue(APing(n=1))
+    async with commands_running(
+        async_store, ["telemetry"], handlers=handlers, poll_interval=0.05
+    ) as worker:
+        for _ in range(500):
+            if worker.processed:
+                break
+            await asyncio.sleep(0.02)
+    handled = otel.one("eventsource.command")
+    assert parent_of(handled) == otel.one("eventsource.enqueue").context.span_id
+    ids = f"command:{enqueued.id}"
+    assert seen == [(handled.context, (ids, ids))]
 
 
 # -- projections and reactors --------------------------------------------------------------
