@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     ``console``; ``EVENTSOURCE_LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error``.
     ``EVENTSOURCE_OPS_TOKEN``: the token that the operations page (``eventsource ops serve``)
     asks for before an action (retry, skip, replay, purge); unset, the page is read-only.
+    ``EVENTSOURCE_METRICS_PORT``: worker processes serve their metrics for Prometheus on this
+    port (``EVENTSOURCE_METRICS_HOST``, default ``127.0.0.1``); unset: not served.
     """
 
     model_config = SettingsConfigDict(
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     command_lease: float = Field(default=10.0, ge=0.5, le=3600, allow_inf_nan=False)
     command_backoff_base: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     command_backoff_max: float = Field(default=300.0, ge=0, le=86400, allow_inf_nan=False)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ops_token: SecretStr | None = None

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from eventsource._checks import check_name
+from eventsource._telemetry import TRACEPARENT, carrier
 
 __all__ = ["correlation", "current_correlation"]
 
@@ -56,7 +57,8 @@ def current_correlation() -> tuple[str | None, str | None]:
 def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The metadata to store: the caller's, plus the context's ids where the caller gave none.
 
-    ``None`` when there is none at all (stored as ``{}``).
+    ``None`` when there is none at all (stored as ``{}``). Inside a recording span, the
+    trace context (``traceparent``, W3C) is added too, unless the caller gave one.
     """
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(
@@ -64,11 +66,15 @@ def with_context(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
             f" {metadata!r}"
         )
     correlation_id, causation_id = _correlation_id.get(), _causation_id.get()
-    if not metadata and correlation_id is None and causation_id is None:
+    headers = carrier()
+    if not metadata and correlation_id is None and causation_id is None and headers is None:
         return None
     result = dict(metadata) if metadata else {}
     if correlation_id is not None:
         result.setdefault("correlation_id", correlation_id)
     if causation_id is not None:
         result.setdefault("causation_id", causation_id)
+    if headers is not None and TRACEPARENT not in result:
+        for key, value in headers.items():
+            result.setdefault(key, value)
     return result

@@ -16,7 +16,9 @@ from eventsource._checks import (
     check_name,
     check_seconds,
 )
+from eventsource._instrumented import BatchSpan, handler_failed, partition_stopped
 from eventsource._logging import configure_logging, get_logger
+from eventsource._telemetry import fail_current, linked
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.relay import (
@@ -46,6 +48,7 @@ __all__ = [
     "ANNOUNCE_AFTER_COMMIT",
     "MAX_NAME_LENGTH",
     "Backoff",
+    "BatchSpan",
     "Listener",
     "MalformedMessage",
     "NatsClient",
@@ -66,13 +69,17 @@ __all__ = [
     "configure_logging",
     "default_worker_id",
     "driver_connection",
+    "fail_current",
     "fetch",
     "fetch_async",
     "first_line",
     "get_logger",
+    "handler_failed",
     "is_outage",
     "last_message",
+    "linked",
     "parse_token",
+    "partition_stopped",
     "paused_gc",
     "quote_schema",
     "record_from_message",

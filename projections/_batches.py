@@ -22,10 +22,13 @@ from sqlalchemy import Connection
 from eventsource import RecordedEvent
 from eventsource._internal import (
     ANNOUNCE_AFTER_COMMIT,
+    BatchSpan,
     command_queries,
     driver_connection,
+    fail_current,
     fetch,
     is_outage,
+    partition_stopped,
     paused_gc,
 )
 from projections._membership import Group, Lease, Membership
@@ -93,11 +96,22 @@ class Batches:
         return worked
 
     def batch(self, group: Group, partition: int, lease: Lease) -> int:
-        """Apply one batch of ``partition``; the number of events it covered."""
+        """Apply one batch of ``partition``; the number of events it covered.
+
+        The batch has a span (the current one while its handlers run) and is timed.
+        """
+        batch: list[RecordedEvent] = []
+        with BatchSpan() as span:
+            try:
+                return self._batch(group, partition, lease, batch)
+            finally:
+                span.done(group.name, partition, batch)
+
+    def _batch(self, group: Group, partition: int, lease: Lease, batch: list[RecordedEvent]) -> int:
+        """``batch``'s work, which fills ``batch`` with the events it read."""
         narrow = group.narrow_until.get(partition)
         size = 1 if narrow is not None and lease.position < narrow else group.projection.batch_size
         key = {**self.membership.key(group), "partition": partition, "token": lease.token}
-        batch: list[RecordedEvent] = []
         try:
             # Not translated: a handler's own SQL errors are its own (and may be poison).
             with self.store.engine.connect() as conn:
@@ -118,6 +132,7 @@ class Batches:
         except Exception as exc:  # a handler may raise anything: it may be a poison event
             if is_outage(exc) or self.source.is_outage(exc):
                 raise  # the database or the source, not the handler: the run loop waits it out
+            fail_current(exc)
             self._failed(group, partition, lease, batch, exc)
             return 0
         if queues:
@@ -225,6 +240,7 @@ class Batches:
             )
         lease.failed = True
         group.attempts.pop(partition, None)
+        partition_stopped(group.name, partition)
         self._log.error(
             "partition stopped on a poison event",
             projection=group.name,

@@ -33,6 +33,7 @@ from eventsource._internal import (
     check_int,
     check_name,
     close_thread_loop,
+    handler_failed,
     run_on_thread_loop,
 )
 
@@ -131,9 +132,13 @@ class Projection:
         handlers = self._handlers
         for record in records:
             for method in handlers.get(record.event_type, ()):
-                result = getattr(self, method)(record.event, record, tx)
-                if inspect.isawaitable(result):
-                    run_on_thread_loop(result)
+                try:
+                    result = getattr(self, method)(record.event, record, tx)
+                    if inspect.isawaitable(result):
+                        run_on_thread_loop(result)
+                except Exception as exc:
+                    handler_failed(self.name, method, record, exc)
+                    raise
 
 
 def check_projection_name(name: object) -> str:

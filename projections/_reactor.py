@@ -17,12 +17,20 @@ its beginning, so that deploying it does not react to history.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection
 
-from eventsource import Command, CommandQueue, Enqueued, EventStore, ReactorNotAttached
-from eventsource._internal import check_bool
+from eventsource import (
+    Command,
+    CommandQueue,
+    Enqueued,
+    EventStore,
+    ReactorNotAttached,
+    RecordedEvent,
+)
+from eventsource._internal import check_bool, linked
 from projections._projection import Projection
 
 __all__ = ["Reactor"]
@@ -33,6 +41,7 @@ class Reactor(Projection):
 
     start_at_head: ClassVar[bool] = False
     _queue: CommandQueue | None = None
+    _record: RecordedEvent | None = None  # the event whose handlers run now
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -52,4 +61,15 @@ class Reactor(Projection):
             raise ReactorNotAttached(self.name)
         if "tx" in options:
             raise TypeError("pass the batch's transaction as the second argument, not tx=")
-        return self._queue.enqueue(command, tx=tx, **options)
+        with linked(self._record):  # the enqueue's span links to the event's
+            return self._queue.enqueue(command, tx=tx, **options)
+
+    def handle_batch(self, records: Sequence[RecordedEvent], tx: Connection) -> None:
+        """Apply one batch as ``Projection.handle_batch`` does, one event after another, so
+        that each command's enqueue span links to the span that appended its event."""
+        try:
+            for record in records:
+                self._record = record
+                super().handle_batch((record,), tx)
+        finally:
+            self._record = None

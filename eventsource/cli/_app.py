@@ -154,6 +154,16 @@ def settings_for(database_url: str | None, schema: str, **extra: Any) -> Setting
     return settings
 
 
+def serve_worker_metrics(settings: Settings) -> None:
+    """Serve a worker process's metrics for Prometheus if ``EVENTSOURCE_METRICS_PORT`` is set."""
+    if settings.metrics_port is None:
+        return
+    from eventsource.telemetry import serve_metrics  # noqa: PLC0415
+
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    log.info("metrics served", host=settings.metrics_host, port=settings.metrics_port)
+
+
 def open_store(
     settings_or_url: Settings | str | None, schema: str = "eventsource", **extra: Any
 ) -> EventStore:

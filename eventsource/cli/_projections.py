@@ -21,6 +21,8 @@ from eventsource.cli._app import (
     fail,
     open_store,
     report_problems,
+    serve_worker_metrics,
+    settings_for,
     show,
 )
 from eventsource.cli._options import AsJson, DatabaseUrl, Schema
@@ -85,7 +87,9 @@ def projections_run(  # noqa: PLR0917 - typer maps parameters to options
             check_name(worker_id, "--worker-id")
         log_source = _jetstream_source(source, stream, subject_prefix)
         loaded = [_load_projection(t) for t in targets]
-        with open_store(database_url, schema) as store:
+        settings = settings_for(database_url, schema)
+        with open_store(settings) as store:
+            serve_worker_metrics(settings)
             worker = projections.ProjectionWorker(
                 store, loaded, worker_id=worker_id, source=log_source
             )

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from eventsource._checks import check_name, check_seconds
-from eventsource.cli._app import cli_errors, open_store, settings_for
+from eventsource.cli._app import cli_errors, open_store, serve_worker_metrics, settings_for
 from eventsource.cli._options import (
     MAX_LEASE,
     MAX_SECONDS,
@@ -117,6 +117,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
                 check_queues_served(store, queue or ["default"])
             except ValueError as exc:
                 raise ValueError(f"{exc} (--queue)") from None
+            serve_worker_metrics(settings)
             worker = CommandWorker(
                 store,
                 queue or ["default"],

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 
 from eventsource._context import correlation
 from eventsource._errors import EventSourceError
+from eventsource._instrumented import attempted, command_span, dead_lettered
+from eventsource._telemetry import fail_current
 from eventsource.commands._command import CommandContext, HandlerSpec
 from eventsource.commands._core import _Claimed, _Slot, _WorkerCore
 from eventsource.db import driver_connection, fetch
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
 __all__ = ["LeaseLost", "backoff", "storable", "timed_out"]
+
+# How an attempt ended (the ``eventsource.command.outcome`` of its span and metrics).
+SUCCEEDED, FAILED, DEAD, DROPPED = "succeeded", "failed", "dead", "dropped"
 
 ERROR_LIMIT = 4000  # characters of error text kept per command
 TRACEBACK_LIMIT = 20000
@@ -62,7 +67,33 @@ class _Attempts(_WorkerCore):
     """The worker's part that runs one attempt's handler and records how it ended."""
 
     def _run_one(self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed) -> bool:
-        """Run one attempt; True when it succeeded without a transaction (ack it in a batch)."""
+        """Run one attempt; True when it succeeded without a transaction (ack it in a batch).
+
+        The attempt has a span of its own, a child of the span that enqueued the command
+        (when one recorded), and is counted and timed by outcome.
+        """
+        started = time.perf_counter()
+        with command_span(command.trace_context) as span:
+            outcome, ack_later = self._attempt(conn, slot, command)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "eventsource.command.id": command.id,
+                        "eventsource.command.type": command.command_type,
+                        "eventsource.queue": command.queue,
+                        "eventsource.command.attempt": command.attempt,
+                        "eventsource.command.max_attempts": command.max_attempts,
+                        "eventsource.command.outcome": outcome,
+                    }
+                )
+        attempted(command.queue, command.command_type, outcome, started)
+        return ack_later
+
+    def _attempt(
+        self, conn: psycopg.Connection[Any], slot: _Slot, command: _Claimed
+    ) -> tuple[str, bool]:
+        """Run one attempt: its outcome (succeeded, failed, dead or dropped), and whether it
+        succeeded without a transaction (to be acked in a batch)."""
         spec = self.handlers[command.command_type]
         timeout = spec.timeout if spec.timeout is not None else self.default_timeout
         if timeout is not None:
@@ -119,7 +150,7 @@ class _Attempts(_WorkerCore):
         except LeaseLost as exc:
             bound.warning("lease lost; result dropped", error=str(exc))
             self._dropped(conn, slot, command)
-            return False
+            return DROPPED, False
         except Exception as exc:
             if command.timed_out:
                 bound.warning(
@@ -127,16 +158,15 @@ class _Attempts(_WorkerCore):
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 self._dropped(conn, slot, command)
-                return False
-            self._failed(conn, slot, command, exc, bound)
-            return False
+                return DROPPED, False
+            return self._failed(conn, slot, command, exc, bound), False
         if ctx._tx is not None:
             self._forget(slot, command)
             self._count(1)
             self._key_done(command)
             bound.debug("command done")
-            return False
-        return True
+            return SUCCEEDED, False
+        return SUCCEEDED, True
 
     def _handler_tx(self, stack: ExitStack) -> Transaction:
         """A handler's ``ctx.tx``: a store transaction that may not sit idle past a lease.
@@ -167,16 +197,19 @@ class _Attempts(_WorkerCore):
         command: _Claimed,
         exc: BaseException,
         bound: FilteringBoundLogger,
-    ) -> None:
-        """The handler raised ``exc``: record the failed attempt and free its key."""
+    ) -> str:
+        """The handler raised ``exc``: record the failed attempt and free its key; the
+        outcome (failed, dead, or dropped when the lease had run out)."""
+        fail_current(exc)
         if isinstance(exc, TimeoutError | asyncio.TimeoutError) and command.timeout is not None:
             error = timed_out(command.timeout)
         else:
             error = f"{type(exc).__name__}: {exc}"
         trace = "".join(traceback.format_exception(exc))
-        self._record_failure(conn, command, error, trace, bound)
+        outcome = self._record_failure(conn, command, error, trace, bound)
         self._forget(slot, command)
         self._key_done(command)
+        return outcome
 
     def _record_failure(
         self,
@@ -187,8 +220,9 @@ class _Attempts(_WorkerCore):
         bound: FilteringBoundLogger,
         *,
         keep_key: bool = False,
-    ) -> None:
-        """Fail the attempt in the table: retried after ``backoff``, or dead when none is left.
+    ) -> str:
+        """Fail the attempt in the table: retried after ``backoff``, or dead when none is left;
+        the outcome (failed, dead, or dropped when the lease had run out).
 
         ``keep_key`` keeps the command's ordering key taken (its handler may still run).
         """
@@ -209,14 +243,17 @@ class _Attempts(_WorkerCore):
         self._count(1)
         if not rows:
             bound.warning("attempt failed after its lease ran out; not recorded", error=error)
-        elif rows[0][0] == "dead":
+            return DROPPED
+        if rows[0][0] == "dead":
             bound.error("command dead: no attempts left", error=error, attempts=rows[0][1])
-        else:
-            bound.warning("attempt failed; will retry", error=error, retry_in=round(delay, 3))
-            if delay < self.poll_interval:  # wake a slot when the retry is due
-                timer = threading.Timer(delay, self._notify_slots)
-                timer.daemon = True
-                timer.start()
+            dead_lettered(command.queue, command.command_type)
+            return DEAD
+        bound.warning("attempt failed; will retry", error=error, retry_in=round(delay, 3))
+        if delay < self.poll_interval:  # wake a slot when the retry is due
+            timer = threading.Timer(delay, self._notify_slots)
+            timer.daemon = True
+            timer.start()
+        return FAILED
 
     def _ack(self, conn: psycopg.Connection[Any], slot: _Slot, acks: list[_Claimed]) -> None:
         """Ack finished commands in one statement; those whose leases ran out are not acked.

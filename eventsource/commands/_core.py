@@ -49,6 +49,7 @@ class _Claimed:
     priority: int
     run_at: datetime
     counted: bool  # its attempt is counted in the table (by the claim, for the first)
+    trace_context: dict[str, Any] | None  # W3C headers of the span that enqueued it, if any
     timeout: float | None = None  # seconds this attempt may run
     deadline: float | None = None  # monotonic time after which the attempt has timed out
     started: bool = False  # its handler has started

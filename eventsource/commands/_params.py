@@ -25,6 +25,7 @@ from eventsource._json import (
     object_depth,
     too_deep,
 )
+from eventsource._telemetry import stored_carrier
 from eventsource.commands._command import (
     MAX_DELAY,
     MAX_KEY_LENGTH,
@@ -36,7 +37,7 @@ from eventsource.commands._command import (
 from eventsource.commands._queries import command_queries
 from eventsource.store import AsyncEventStore, EventStore
 
-__all__ = ["CommandInfo", "Enqueued"]
+__all__ = ["CommandInfo", "Enqueued", "enqueued_attributes", "enqueued_many_attributes"]
 
 
 # -- input checks --------------------------------------------------------------------------
@@ -133,6 +134,7 @@ def enqueue_params(command: Command, options: _Options, default_attempts: int) -
         "ordering_key": _check_key(options.ordering_key, "ordering_key"),
         "correlation_id": correlation_id,
         "causation_id": causation_id,
+        "trace_context": stored_carrier(),  # None unless a span records
     }
 
 
@@ -149,6 +151,28 @@ def enqueue_many_params(
         for key, value in enqueue_params(command, options, default_attempts).items():
             columns.setdefault(key, []).append(value)
     return columns
+
+
+def enqueued_attributes(params: dict[str, Any], enqueued: Enqueued) -> dict[str, Any]:
+    """The attributes of an enqueue's span: the command, its queue, id and whether it was a
+    duplicate."""
+    attributes: dict[str, Any] = {
+        "eventsource.command.type": params["command_type"],
+        "eventsource.queue": params["queue"],
+        "eventsource.command.duplicate": enqueued.duplicate,
+    }
+    if enqueued.id is not None:
+        attributes["eventsource.command.id"] = enqueued.id
+    return attributes
+
+
+def enqueued_many_attributes(params: dict[str, list[Any]], ids: list[int]) -> dict[str, Any]:
+    """The attributes of an ``enqueue_many`` span: how many, of which types, to which queues."""
+    return {
+        "eventsource.command.count": len(ids),
+        "eventsource.command.type": sorted(set(params["command_type"])),
+        "eventsource.queue": sorted(set(params["queue"])),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventsource._errors import CommandNotFound
+from eventsource._telemetry import ENQUEUE, enqueue_span
 from eventsource.commands._command import ANNOUNCE_AFTER_COMMIT, DEFAULT_MAX_ATTEMPTS, Command
 from eventsource.commands._params import (
     CommandInfo,
@@ -32,6 +33,8 @@ from eventsource.commands._params import (
     _Options,
     _QueueCore,
     _why_not_dead,
+    enqueued_attributes,
+    enqueued_many_attributes,
 )
 from eventsource.db import driver_connection, driver_connection_async, fetch, fetch_async
 from eventsource.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
@@ -75,8 +78,12 @@ class AsyncCommandQueue(_QueueCore):
         enqueue order; ``max_attempts`` bounds the retries before the command is dead.
         """
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
-        sql, params = self._one(command, options)
-        return self._enqueued(await self._execute(sql, params, tx, params["queue"]))
+        with enqueue_span(ENQUEUE) as span:  # the command's row carries its context
+            sql, params = self._one(command, options)
+            enqueued = self._enqueued(await self._execute(sql, params, tx, params["queue"]))
+            if span.is_recording():
+                span.set_attributes(enqueued_attributes(params, enqueued))
+            return enqueued
 
     # enqueue_many's options are enqueue's but dedupe_key, spelled out on purpose: each is
     # part of the public signature (help(), IDEs, the API test), not hidden in **options.
@@ -94,11 +101,15 @@ class AsyncCommandQueue(_QueueCore):
     ) -> Ids:
         """Queue many commands in one statement (all checked before any is written); their ids."""
         options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
-        params = self._many(commands, options)
-        if not params:
-            return []
-        queues = set(params["queue"])
-        return self._ids(await self._execute(self._sql.enqueue_many, params, tx, *queues))
+        with enqueue_span(ENQUEUE) as span:
+            params = self._many(commands, options)
+            if not params:
+                return []
+            queues = set(params["queue"])
+            ids = self._ids(await self._execute(self._sql.enqueue_many, params, tx, *queues))
+            if span.is_recording():
+                span.set_attributes(enqueued_many_attributes(params, ids))
+            return ids
 
     async def _execute(
         self,
@@ -215,8 +226,12 @@ class CommandQueue(_QueueCore):
         enqueue order; ``max_attempts`` bounds the retries before the command is dead.
         """
         options = _Options(queue, delay, run_at, priority, dedupe_key, ordering_key, max_attempts)
-        sql, params = self._one(command, options)
-        return self._enqueued(self._execute(sql, params, tx, params["queue"]))
+        with enqueue_span(ENQUEUE) as span:  # the command's row carries its context
+            sql, params = self._one(command, options)
+            enqueued = self._enqueued(self._execute(sql, params, tx, params["queue"]))
+            if span.is_recording():
+                span.set_attributes(enqueued_attributes(params, enqueued))
+            return enqueued
 
     # enqueue_many's options are enqueue's but dedupe_key, spelled out on purpose: each is
     # part of the public signature (help(), IDEs, the API test), not hidden in **options.
@@ -234,11 +249,15 @@ class CommandQueue(_QueueCore):
     ) -> Ids:
         """Queue many commands in one statement (all checked before any is written); their ids."""
         options = _Options(queue, delay, run_at, priority, None, ordering_key, max_attempts)
-        params = self._many(commands, options)
-        if not params:
-            return []
-        queues = set(params["queue"])
-        return self._ids(self._execute(self._sql.enqueue_many, params, tx, *queues))
+        with enqueue_span(ENQUEUE) as span:
+            params = self._many(commands, options)
+            if not params:
+                return []
+            queues = set(params["queue"])
+            ids = self._ids(self._execute(self._sql.enqueue_many, params, tx, *queues))
+            if span.is_recording():
+                span.set_attributes(enqueued_many_attributes(params, ids))
+            return ids
 
     def _execute(
         self,

@@ -36,7 +36,7 @@ SELECT pg_notify(%(channel)s, %(payload)s)
 -- The insert of every enqueue: the queue's columns, in the order of the values that follow.
 INSERT INTO {schema}.commands (
     queue, command_type, payload, priority, max_attempts, run_at, dedupe_key,
-    ordering_key, correlation_id, causation_id
+    ordering_key, correlation_id, causation_id, trace_context
 )
 
 -- fragment: command_values
@@ -48,7 +48,8 @@ coalesce(
     %(run_at)s::timestamptz,
     CASE WHEN %(delay)s::float8 IS NULL THEN now() ELSE clock_timestamp() END
 ) + make_interval(secs => coalesce(%(delay)s::float8, 0)),
-%(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s
+%(dedupe_key)s, %(ordering_key)s, %(correlation_id)s, %(causation_id)s,
+%(trace_context)s::jsonb
 
 -- fragment: skip_pending_duplicate
 -- The end of an insert_command that dedupes: no insert when a pending command that has not
@@ -118,13 +119,13 @@ ins AS (
         u.q, u.t, u.p::jsonb, u.pr, u.ma,
         coalesce(u.ra, CASE WHEN u.d IS NULL THEN now() ELSE clock_timestamp() END)
             + make_interval(secs => coalesce(u.d, 0)),
-        u.dk, u.ok, u.ci, u.ca
+        u.dk, u.ok, u.ci, u.ca, u.tc::jsonb
     FROM lock, unnest(
         %(queue)b::text[], %(command_type)b::text[], %(payload)b::text[],
         %(priority)b::integer[], %(max_attempts)b::integer[], %(run_at)b::timestamptz[],
         %(delay)b::float8[], %(dedupe_key)b::text[], %(ordering_key)b::text[],
-        %(correlation_id)b::text[], %(causation_id)b::text[]
-    ) WITH ORDINALITY AS u(q, t, p, pr, ma, ra, d, dk, ok, ci, ca, n)
+        %(correlation_id)b::text[], %(causation_id)b::text[], %(trace_context)b::text[]
+    ) WITH ORDINALITY AS u(q, t, p, pr, ma, ra, d, dk, ok, ci, ca, tc, n)
     ORDER BY u.n
     -- include: skip_pending_duplicate
 )
@@ -177,7 +178,7 @@ WHERE t.id = taken.id
 RETURNING t.id, t.queue, t.command_type, t.payload::text,
     t.attempts + (t.id <> first.id)::integer, t.max_attempts, t.lease_token,
     t.correlation_id, t.causation_id, t.enqueued_at, t.ordering_key,
-    t.priority, t.run_at, t.id = first.id
+    t.priority, t.run_at, t.id = first.id, t.trace_context
 
 -- name: claim
 -- Lease ready commands of several queues and these types, best priority first, then oldest.

@@ -166,6 +166,9 @@ CREATE TABLE {schema}.commands (
     enqueued_at timestamp with time zone DEFAULT now() NOT NULL,
     started_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    -- The W3C trace context (a JSON object with traceparent) of the span that enqueued it, if
+    -- one was recording: each attempt's span continues that trace (migration 0007).
+    trace_context jsonb,
     CONSTRAINT commands_pkey PRIMARY KEY (id),
     CONSTRAINT commands_status_check CHECK (status IN ('pending', 'running', 'dead')),
     CONSTRAINT commands_max_attempts_check CHECK (max_attempts >= 1)

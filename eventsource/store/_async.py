@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventsource._errors import EventSourceError, SchemaNotReady
 from eventsource._events import Event
+from eventsource._instrumented import AppendSpan
 from eventsource.db import (
     RawPool,
     SchemaStatus,
@@ -156,10 +157,12 @@ class AsyncTransaction(TransactionCore):
         """Write the staged appends, then the statements that follow them, on ``conn``."""
         results: list[AppendResult] = []
         if self._staged:
-            self._written.extend(self._staged.pending())
+            self._written.extend(written := self._staged.pending())
             partitions = await self.store._partition_count_cached()
             plan = append_plan(self._staged, self.store._queries, partitions, autocommit=autocommit)
-            results = await drive_async(conn, plan)
+            with AppendSpan() as write:
+                results = await drive_async(conn, plan)
+                write.written(written)
         while self._after_flush:
             await fetch_async(conn, *self._after_flush.pop(0))
         return results
@@ -292,12 +295,14 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         if tx is not None:
             tx._check_open()
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
-        staged = StagedAppends()
-        pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        partitions = await self._partition_count_cached()
-        plan = append_plan(staged, self._queries, partitions, autocommit=True)
-        async with self._raw() as conn:
-            await drive_async(conn, plan)
+        with AppendSpan() as write:  # staged inside it: the events carry its context
+            staged = StagedAppends()
+            pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
+            partitions = await self._partition_count_cached()
+            plan = append_plan(staged, self._queries, partitions, autocommit=True)
+            async with self._raw() as conn:
+                await drive_async(conn, plan)
+            write.written((pending,))
         result = pending.result
         if not result.duplicate:
             self._announcer.announce((result.partition,))

@@ -24,6 +24,7 @@ from eventsource._aggregate import Aggregate
 from eventsource._checks import check_int
 from eventsource._errors import AggregateNotFound, ConcurrencyError
 from eventsource._logging import get_logger
+from eventsource._telemetry import traced
 from eventsource.store._types import AppendResult, PendingAppend, check_stream_id
 
 if TYPE_CHECKING:
@@ -68,15 +69,27 @@ class Repository(Generic[A]):
     def load(self, aggregate_id: str) -> A:
         """The aggregate rebuilt from its snapshot and events; ``AggregateNotFound`` if none."""
         check_stream_id(aggregate_id)
-        snapshot = None
-        if self.snapshot_every is not None:
-            snapshot = self.store.load_snapshot(aggregate_id, self.aggregate_type.aggregate_type)
-        aggregate = self._from_snapshot(aggregate_id, snapshot)
-        records = self.store.read_stream(aggregate_id, after_version=aggregate.version)
-        if aggregate.version == 0 and not records:
-            raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate_id)
-        aggregate._replay(record.event for record in records)
-        return aggregate
+        with traced("eventsource.repository.load") as span:
+            snapshot = None
+            if self.snapshot_every is not None:
+                snapshot = self.store.load_snapshot(
+                    aggregate_id, self.aggregate_type.aggregate_type
+                )
+            aggregate = self._from_snapshot(aggregate_id, snapshot)
+            from_snapshot = aggregate.version
+            records = self.store.read_stream(aggregate_id, after_version=from_snapshot)
+            if aggregate.version == 0 and not records:
+                raise AggregateNotFound(self.aggregate_type.aggregate_type, aggregate_id)
+            aggregate._replay(record.event for record in records)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        **self._attributes(aggregate),
+                        "eventsource.event.count": len(records),
+                        "eventsource.snapshot.version": from_snapshot,
+                    }
+                )
+            return aggregate
 
     def get(self, aggregate_id: str) -> A | None:
         """The aggregate, or None if it was never saved."""
@@ -120,22 +133,35 @@ class Repository(Generic[A]):
         count = len(aggregate._pending)
         if not count:
             return None
-        snapshot = self._snapshot_params(aggregate)
-        if tx is None and snapshot is None:
-            result = self.store.append(
-                aggregate.id,
-                aggregate._pending,
-                aggregate.version - count,
-                metadata=metadata,
-                partition_key=aggregate.partition_key(),
-            )
-            aggregate._mark_saved(count)
-            return result
-        if tx is None:
-            with self.store.transaction() as own:
-                pending = self._stage(aggregate, own, metadata, snapshot)
-            return pending.result if pending is not None else None
-        return self._stage(aggregate, tx, metadata, snapshot)
+        with traced("eventsource.repository.save") as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {**self._attributes(aggregate), "eventsource.event.count": count}
+                )
+            snapshot = self._snapshot_params(aggregate)
+            if tx is None and snapshot is None:
+                result = self.store.append(
+                    aggregate.id,
+                    aggregate._pending,
+                    aggregate.version - count,
+                    metadata=metadata,
+                    partition_key=aggregate.partition_key(),
+                )
+                aggregate._mark_saved(count)
+                return result
+            if tx is None:
+                with self.store.transaction() as own:
+                    pending = self._stage(aggregate, own, metadata, snapshot)
+                return pending.result if pending is not None else None
+            return self._stage(aggregate, tx, metadata, snapshot)
+
+    def _attributes(self, aggregate: A) -> dict[str, Any]:
+        """The span attributes naming ``aggregate``."""
+        return {
+            "eventsource.aggregate.type": self.aggregate_type.aggregate_type,
+            "eventsource.aggregate.id": aggregate.id,
+            "eventsource.aggregate.version": aggregate.version,
+        }
 
     def update(
         self,

@@ -29,6 +29,7 @@ from sqlalchemy.engine import URL, Result
 
 from eventsource._errors import SchemaNotReady
 from eventsource._events import Event
+from eventsource._instrumented import AppendSpan
 from eventsource.db import (
     RawPool,
     SchemaStatus,
@@ -148,10 +149,12 @@ class Transaction(TransactionCore):
         """Write the staged appends, then the statements that follow them, on ``conn``."""
         results: list[AppendResult] = []
         if self._staged:
-            self._written.extend(self._staged.pending())
+            self._written.extend(written := self._staged.pending())
             partitions = self.store._partition_count_cached()
             plan = append_plan(self._staged, self.store._queries, partitions, autocommit=autocommit)
-            results = drive(conn, plan)
+            with AppendSpan() as write:
+                results = drive(conn, plan)
+                write.written(written)
         while self._after_flush:
             fetch(conn, *self._after_flush.pop(0))
         return results
@@ -263,12 +266,14 @@ class EventStore(StoreBase[Engine]):
         if tx is not None:
             tx._check_open()
             return tx._staged.add(stream_id, events, expected_version, metadata, partition_key)
-        staged = StagedAppends()
-        pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
-        partitions = self._partition_count_cached()
-        plan = append_plan(staged, self._queries, partitions, autocommit=True)
-        with self._raw() as conn:
-            drive(conn, plan)
+        with AppendSpan() as write:  # staged inside it: the events carry its context
+            staged = StagedAppends()
+            pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
+            partitions = self._partition_count_cached()
+            plan = append_plan(staged, self._queries, partitions, autocommit=True)
+            with self._raw() as conn:
+                drive(conn, plan)
+            write.written((pending,))
         result = pending.result
         if not result.duplicate:
             self._announcer.announce((result.partition,))

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

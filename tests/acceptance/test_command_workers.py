@@ -7,9 +7,11 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -673,3 +675,32 @@ def test_commands_waiting_when_a_worker_starts_run_on_all_its_slots(
     assert {r.pid for r in runs} == {worker.pid}
     peak = max(sum(1 for b in runs if b.started_at <= a.started_at < b.ended_at) for a in runs)
     assert peak >= 3, f"at most {peak} of 4 slots ran at once"
+
+
+def test_a_worker_serves_its_metrics_when_asked(
+    queue: CommandQueue, env: dict[str, str], start_worker: StartWorker
+) -> None:
+    """With EVENTSOURCE_METRICS_PORT a worker process serves its metrics for Prometheus: the
+    attempts of the commands it ran, by queue, type and outcome."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env["EVENTSOURCE_METRICS_PORT"] = str(port)
+    queue.enqueue(Work(n=1))
+    worker = start_worker("metrics")
+    page: list[str] = []
+
+    def scraped() -> bool:
+        assert worker.alive(), worker.output()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                page[:] = r.read().decode().splitlines()
+        except OSError:
+            return False
+        return any(line.startswith("eventsource_command_attempts_total") for line in page)
+
+    wait_until(scraped, 30, "the worker's metrics")
+    (attempts,) = [line for line in page if line.startswith("eventsource_command_attempts_total")]
+    assert 'eventsource_command_outcome="succeeded"' in attempts
+    assert 'eventsource_command_type="acceptance.Work"' in attempts
+    assert attempts.endswith(" 1.0")

@@ -89,7 +89,9 @@ def test_releasing_a_command_whose_dedupe_key_was_enqueued_again(
     probe = probes()
     queue = CommandQueue(store)
     first = queue.enqueue(probe.job(n=1), dedupe_key="k")
-    ((claimed_id, *_, token, _corr, _cause, _at, _key, _prio, _run_at, _first),) = claim(store)
+    ((claimed_id, *_, token, _corr, _cause, _at, _key, _prio, _run_at, _first, _trace),) = claim(
+        store
+    )
     assert claimed_id == first.id
     second = queue.enqueue(probe.job(n=2), dedupe_key="k")
     assert not second.duplicate  # the key was free: the first had started

@@ -23,6 +23,8 @@ _ENV = (
     "EVENTSOURCE_COMMAND_BACKOFF_MAX",
     "EVENTSOURCE_LOG_FORMAT",
     "EVENTSOURCE_LOG_LEVEL",
+    "EVENTSOURCE_METRICS_PORT",
+    "EVENTSOURCE_METRICS_HOST",
     "DB_SCHEMA",
 )
 
@@ -48,6 +50,7 @@ def test_settings_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.log_format == "auto"
     assert settings.log_level == "info"
     assert settings.embedded_dir.name == "pgdata"
+    assert (settings.metrics_port, settings.metrics_host) == (None, "127.0.0.1")
 
 
 def test_settings_read_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,6 +70,17 @@ def test_settings_read_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path
     assert settings.pool_size == 3
     assert settings.log_format == "json"
     assert settings.log_level == "debug"
+
+
+def test_metrics_port_and_host(clean_env: pytest.MonkeyPatch) -> None:
+    """EVENTSOURCE_METRICS_PORT (1 to 65535) and _HOST say where workers serve metrics."""
+    clean_env.setenv("EVENTSOURCE_METRICS_PORT", "9464")
+    clean_env.setenv("EVENTSOURCE_METRICS_HOST", "0.0.0.0")
+    settings = Settings()
+    assert (settings.metrics_port, settings.metrics_host) == (9464, "0.0.0.0")
+    clean_env.setenv("EVENTSOURCE_METRICS_PORT", "0")
+    with pytest.raises(ValueError, match="EVENTSOURCE_METRICS_PORT"):
+        Settings()
 
 
 def test_blank_database_url_means_unset(clean_env: pytest.MonkeyPatch) -> None:
