@@ -127,6 +127,8 @@ class AppendSpan(Span):
 
     def written(self, appends: Sequence[_Written]) -> None:
         """Count the write of ``appends`` (written ``PendingAppend``s); describe it."""
+        if not metering() and not self.span.is_recording():
+            return  # no SDK: nothing would be recorded
         append_duration.record(time.perf_counter() - self.started)
         events = 0
         for pending in appends:
