@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import INVALID_SPAN, SpanKind
 
 from eventsource._telemetry import (
@@ -37,10 +38,23 @@ __all__ = [
     "command_span",
     "dead_lettered",
     "handler_failed",
+    "metering",
+    "observed",
     "partition_stopped",
 ]
 
 meter = metrics.get_meter(SCOPE)
+
+
+def metering() -> bool:
+    """Whether a meter provider (an SDK) may be set: if not, every instrument drops what it
+    is given, and the worker's hot paths skip even timing what they would record.
+
+    Like ``tracing`` it reads the API's own global, the one its proxy instruments follow;
+    should a later API rename it, the check says yes and the proxies decide, as before.
+    """
+    return getattr(_metrics_api, "_METER_PROVIDER", True) is not None
+
 
 # Seconds, from half a millisecond (an append, an enqueue) to a minute (a long handler).
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -113,6 +127,8 @@ class AppendSpan(Span):
 
     def written(self, appends: Sequence[_Written]) -> None:
         """Count the write of ``appends`` (written ``PendingAppend``s); describe it."""
+        if not metering() and not self.span.is_recording():
+            return  # no SDK: nothing would be recorded
         append_duration.record(time.perf_counter() - self.started)
         events = 0
         for pending in appends:
@@ -138,6 +154,11 @@ def _append_attributes(appends: Sequence[_Written], events: int) -> dict[str, An
         attributes["eventsource.stream.count"] = len(streams)
         attributes["eventsource.partitions"] = sorted({p.result.partition for p in appends})
     return attributes
+
+
+def observed() -> bool:
+    """Whether spans or metrics may record (an SDK provider of either is set)."""
+    return tracing() or metering()
 
 
 def command_span(headers: Mapping[str, Any] | None) -> Span | NoSpan:

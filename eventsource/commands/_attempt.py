@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from eventsource._context import correlation
 from eventsource._errors import EventSourceError
-from eventsource._instrumented import attempted, command_span, dead_lettered
+from eventsource._instrumented import attempted, command_span, dead_lettered, observed
 from eventsource._telemetry import fail_current
 from eventsource.commands._command import CommandContext, HandlerSpec
 from eventsource.commands._core import _Claimed, _Slot, _WorkerCore
@@ -72,6 +72,8 @@ class _Attempts(_WorkerCore):
         The attempt has a span of its own, a child of the span that enqueued the command
         (when one recorded), and is counted and timed by outcome.
         """
+        if not observed():  # no SDK: nothing to record, so nothing to measure either
+            return self._attempt(conn, slot, command)[1]
         started = time.perf_counter()
         with command_span(command.trace_context) as span:
             outcome, ack_later = self._attempt(conn, slot, command)

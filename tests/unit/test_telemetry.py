@@ -59,3 +59,10 @@ def test_the_no_sdk_check_reads_the_apis_own_global() -> None:
     """The check that skips no-op spans reads the global that OpenTelemetry's proxy tracer
     reads (if a new API renamed it, spans would still work, only cost a little more)."""
     assert hasattr(trace, "_TRACER_PROVIDER")
+
+
+def test_the_no_sdk_check_of_metrics_reads_the_apis_own_global() -> None:
+    """Likewise for metrics: the global that OpenTelemetry's proxy instruments follow."""
+    from opentelemetry.metrics import _internal  # noqa: PLC0415
+
+    assert hasattr(_internal, "_METER_PROVIDER")
