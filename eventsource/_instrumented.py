@@ -204,9 +204,10 @@ class BatchSpan(Span):
         """The batch of ``records`` (those read, whether applied or not) has ended."""
         if not records:
             return  # nothing was read: not a batch worth timing
-        batch_duration.record(
-            time.perf_counter() - self.started, {"eventsource.projection": projection}
-        )
+        if metering():
+            batch_duration.record(
+                time.perf_counter() - self.started, {"eventsource.projection": projection}
+            )
         span = self.span
         if not span.is_recording():
             return

@@ -18,7 +18,7 @@ from eventsource._checks import (
 )
 from eventsource._instrumented import BatchSpan, handler_failed, partition_stopped
 from eventsource._logging import configure_logging, get_logger
-from eventsource._telemetry import fail_current, linked
+from eventsource._telemetry import fail_current, linked, tracing
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.relay import (
@@ -87,4 +87,5 @@ __all__ = [
     "run_on_thread_loop",
     "subject_for",
     "sync_store",
+    "tracing",
 ]

@@ -30,7 +30,7 @@ from eventsource import (
     ReactorNotAttached,
     RecordedEvent,
 )
-from eventsource._internal import check_bool, linked
+from eventsource._internal import check_bool, linked, tracing
 from projections._projection import Projection
 
 __all__ = ["Reactor"]
@@ -66,7 +66,11 @@ class Reactor(Projection):
 
     def handle_batch(self, records: Sequence[RecordedEvent], tx: Connection) -> None:
         """Apply one batch as ``Projection.handle_batch`` does, one event after another, so
-        that each command's enqueue span links to the span that appended its event."""
+        that each command's enqueue span links to the span that appended its event (with no
+        tracer provider there is nothing to link: the batch is applied in one call)."""
+        if not tracing():
+            super().handle_batch(records, tx)
+            return
         try:
             for record in records:
                 self._record = record
