@@ -40,6 +40,7 @@ from eventsource.runtime import (
     default_worker_id,
     first_line,
     is_outage,
+    round_robin_share,
     run_on_thread_loop,
 )
 from eventsource.store import Queries, check_partition, parse_token, paused_gc, records
@@ -84,6 +85,7 @@ __all__ = [
     "quote_schema",
     "record_from_message",
     "records",
+    "round_robin_share",
     "run_on_thread_loop",
     "subject_for",
     "sync_store",

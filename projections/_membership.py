@@ -20,7 +20,7 @@ import psycopg
 import structlog
 
 from eventsource import EventStore
-from eventsource._internal import fetch, first_line, is_outage
+from eventsource._internal import fetch, first_line, is_outage, round_robin_share
 from projections._projection import Projection
 from projections._queries import ProjectionQueries
 
@@ -144,11 +144,7 @@ class Membership:
         if group.paused:
             return frozenset()
         rows = fetch(conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl})
-        live = [worker for (worker,) in rows]
-        if self.worker_id not in live:
-            live = sorted([*live, self.worker_id])
-        mine = live.index(self.worker_id)
-        return frozenset(p for p in range(partitions) if p % len(live) == mine)
+        return round_robin_share([worker for (worker,) in rows], self.worker_id, partitions)
 
     def _renew(self, conn: psycopg.Connection[Any], group: Group) -> None:
         """Extend the leases held; forget those taken over, take in operators' retries and skips."""

@@ -21,7 +21,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from eventsource._errors import EventSourceError
+from eventsource._errors import EventSourceError, first_line
 from eventsource.relay._errors import SinkUnavailable
 
 __all__ = ["INSTALL_HINT", "NatsClient", "check_nats_url", "nats_module", "safe_nats_url"]
@@ -191,17 +191,11 @@ class NatsClient:
 
     def unavailable(self, exc: BaseException) -> SinkUnavailable:
         """The one-line outage error for ``exc``."""
-        what = _line(exc)
+        what = first_line(exc)
         if self._last_error is not None and self._last_error is not exc:
-            what = f"{what} ({_line(self._last_error)})"
+            what = f"{what} ({first_line(self._last_error)})"
             self._last_error = None
         return SinkUnavailable(f"NATS at {safe_nats_url(self.url)} unavailable: {what}")
-
-
-def _line(exc: BaseException) -> str:
-    """The first line of an error's message, or its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _cancel_tasks() -> None:

@@ -17,6 +17,7 @@ import psycopg
 from eventsource._errors import first_line, is_outage
 from eventsource.db import fetch
 from eventsource.relay._queries import RelayQueries
+from eventsource.runtime import round_robin_share
 from eventsource.store import EventStore
 
 __all__ = ["Lease", "Leases"]
@@ -64,12 +65,7 @@ class Leases:
             fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
             rows = fetch(conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl})
             live = [worker for (worker,) in rows]
-            if self.worker_id not in live:
-                live = sorted([*live, self.worker_id])
-            mine = live.index(self.worker_id)
-            self.desired = frozenset(
-                p for p in range(self.store.partitions) if p % len(live) == mine
-            )
+            self.desired = round_robin_share(live, self.worker_id, self.store.partitions)
             self._renew(conn)
             self.release(conn, [p for p in self.held if p not in self.desired])
             self._claim(conn, sorted(self.desired - self.held.keys()))
@@ -109,7 +105,7 @@ class Leases:
                 "tokens": [self.held[p].token for p in partitions],
             },
         )
-        renewed = {partition for partition, _position in rows}
+        renewed = {partition for (partition,) in rows}
         for partition in set(self.held) - renewed:
             self.log.warning("lease lost", partition=partition)
             del self.held[partition]

@@ -52,13 +52,13 @@ WHERE (c.relay, c.partition) IN (
 RETURNING c.partition, c.lease_token, c.position
 
 -- name: renew
--- Extend the leases still held with these tokens; the renewed ones, where they are.
+-- Extend the leases still held with these tokens; the partitions renewed.
 UPDATE {schema}.relay_checkpoints c
 SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
 FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[]) AS t(partition, token)
 WHERE c.relay = %(relay)s AND c.partition = t.partition
   AND c.owner = %(worker)s AND c.lease_token = t.token
-RETURNING c.partition, c.position
+RETURNING c.partition
 
 -- name: release
 -- Give up this worker's leases of these partitions.

@@ -1,4 +1,4 @@
-"""Worker ids and reconnection backoff."""
+"""Worker ids, their share of the partitions, and reconnection backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import random
 import socket
 import uuid
 
-__all__ = ["Backoff", "default_worker_id"]
+__all__ = ["Backoff", "default_worker_id", "round_robin_share"]
+
+
+def round_robin_share(live: list[str], worker_id: str, partitions: int) -> frozenset[int]:
+    """The partitions ``worker_id`` takes among the ``live`` workers (sorted ids; it counts
+    itself in if missing): every partition ``p`` with ``p % len(live)`` its place."""
+    if worker_id not in live:
+        live = sorted([*live, worker_id])
+    mine = live.index(worker_id)
+    return frozenset(p for p in range(partitions) if p % len(live) == mine)
 
 
 def default_worker_id() -> str:
