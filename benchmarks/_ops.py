@@ -58,7 +58,7 @@ def _seed(store: EventStore, n: int) -> None:
         f"""INSERT INTO {s}.commands (queue, command_type, payload, status, attempts,
                max_attempts, run_at, lease_until, worker, last_error, error_traceback,
                enqueued_at, started_at, updated_at)
-            SELECT (ARRAY['default', 'mail', 'billing', 'reports'])[1 + i % 4], 'bench.Noop',
+            SELECT (ARRAY{list(QUEUES)!r})[1 + i % {len(QUEUES)}], 'bench.Noop',
                    jsonb_build_object('n', i), st,
                    CASE WHEN st = 'pending' THEN 0 ELSE 1 END, 1,
                    now() - make_interval(secs => i % 600),
@@ -100,6 +100,7 @@ def _seed(store: EventStore, n: int) -> None:
 def _statements(store: EventStore) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """Every statement the pages run, with parameters for EXPLAIN."""
     from eventsource.ops._queries import ops_queries  # noqa: PLC0415 - the ops extra
+    from eventsource.ops._snapshot import RATE_WINDOW, WORKER_TTL  # noqa: PLC0415
     from projections._queries import projection_queries  # noqa: PLC0415
 
     ops = ops_queries(store.schema)
@@ -108,9 +109,9 @@ def _statements(store: EventStore) -> dict[str, tuple[str, dict[str, Any] | None
     stream = {"stream_id": "bench-5-10", "after": 0, "limit": 100}
     return {
         "heads": (ops.heads, None),
-        "append_rate": (ops.append_rate, {"window": 1000}),
+        "append_rate": (ops.append_rate, {"window": RATE_WINDOW}),
         "lag_seconds": (ops.lag_seconds, None),
-        "live_workers": (ops.live_workers, {"ttl": 15.0}),
+        "live_workers": (ops.live_workers, {"ttl": WORKER_TTL}),
         "busy_command_workers": (ops.busy_command_workers, None),
         "command_figures": (ops.command_figures, None),
         "read_stream_page": (ops.read_stream_page, stream),

@@ -161,10 +161,10 @@ class _Actions:
 
         def act(form: dict[str, str]) -> str:
             replays = self.state.replays
-            known = {row.projection for row in projections.status(self.state.store)}
-            if name not in known and not replays.can_replay(name):
-                raise _Refused(404, f"no projection named {name!r}")
             if not replays.can_replay(name):
+                known = {row.projection for row in projections.status(self.state.store)}
+                if name not in known:
+                    raise _Refused(404, f"no projection named {name!r}")
                 raise _Refused(
                     409,
                     f"this server does not have the code of {name!r}: start it with"
