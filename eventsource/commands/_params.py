@@ -109,8 +109,11 @@ class _Options:
     max_attempts: int | None
 
 
-def enqueue_params(command: Command, options: _Options, default_attempts: int) -> dict[str, Any]:
-    """The checked parameters of one enqueue (everything before any I/O)."""
+def enqueue_params(
+    command: Command, options: _Options, default_attempts: int, *, carry: bool = True
+) -> dict[str, Any]:
+    """The checked parameters of one enqueue (everything before any I/O); ``carry``: with the
+    trace context of the current span (``enqueue_many`` takes it once for all)."""
     command_type, payload = _encode(command)
     cls = type(command)
     if options.delay is not None and options.run_at is not None:
@@ -134,7 +137,7 @@ def enqueue_params(command: Command, options: _Options, default_attempts: int) -
         "ordering_key": _check_key(options.ordering_key, "ordering_key"),
         "correlation_id": correlation_id,
         "causation_id": causation_id,
-        "trace_context": stored_carrier(),  # None unless a span records
+        "trace_context": stored_carrier() if carry else None,  # None unless a span records
     }
 
 
@@ -148,8 +151,10 @@ def enqueue_many_params(
         raise ValueError("enqueue_many takes no dedupe_key: one key would drop all but one")
     columns: dict[str, list[Any]] = {}
     for command in commands:
-        for key, value in enqueue_params(command, options, default_attempts).items():
+        for key, value in enqueue_params(command, options, default_attempts, carry=False).items():
             columns.setdefault(key, []).append(value)
+    if columns:  # one span enqueues them all: one trace context, computed once
+        columns["trace_context"] = [stored_carrier()] * len(commands)
     return columns
 
 
