@@ -45,10 +45,10 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, get_current_span
+from opentelemetry.trace import Link
 
 from eventsource._errors import EventSourceError
-from eventsource._telemetry import SCOPE, TRACEPARENT, extract
+from eventsource._telemetry import SCOPE, TRACEPARENT, extract, links_to
 
 __all__ = ["SCOPE", "TRACEPARENT", "event_link", "serve_metrics", "trace_context"]
 
@@ -69,11 +69,9 @@ def trace_context(record: Any) -> Context | None:
 def event_link(record: Any) -> Link | None:
     """A span link to the span that appended an event (``RecordedEvent`` or its metadata), or
     None when it was appended outside a recording span."""
-    context = trace_context(record)
-    if context is None:
-        return None
-    span_context = get_current_span(context).get_span_context()
-    return Link(span_context) if span_context.is_valid else None
+    metadata = record if isinstance(record, dict) else getattr(record, "metadata", None)
+    found = links_to([metadata]) if metadata else []
+    return found[0] if found else None
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
