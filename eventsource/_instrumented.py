@@ -59,31 +59,33 @@ def metering() -> bool:
 # Seconds, from half a millisecond (an append, an enqueue) to a minute (a long handler).
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+
+def _seconds(name: str, description: str) -> metrics.Histogram:
+    """A histogram of durations in seconds, with the framework's buckets."""
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=_BUCKETS
+    )
+
+
 events_appended = meter.create_counter(
     "eventsource.events.appended", unit="{event}", description="Events appended to the log."
 )
-append_duration = meter.create_histogram(
+append_duration = _seconds(
     "eventsource.append.duration",
-    unit="s",
-    description="Time to write an append (a store append, or a transaction's staged appends).",
-    explicit_bucket_boundaries_advisory=_BUCKETS,
+    "Time to write an append (a store append, or a transaction's staged appends).",
 )
-batch_duration = meter.create_histogram(
+batch_duration = _seconds(
     "eventsource.projection.batch.duration",
-    unit="s",
-    description="Time of one projection batch: lock, read, handle, checkpoint, commit.",
-    explicit_bucket_boundaries_advisory=_BUCKETS,
+    "Time of one projection batch: lock, read, handle, checkpoint, commit.",
 )
 partitions_stopped = meter.create_counter(
     "eventsource.projection.partitions.stopped",
     unit="{partition}",
     description="Partitions of a projection stopped on an event whose handler kept failing.",
 )
-command_duration = meter.create_histogram(
+command_duration = _seconds(
     "eventsource.command.duration",
-    unit="s",
-    description="Time of one attempt of a command: its handler, and its ack or failure.",
-    explicit_bucket_boundaries_advisory=_BUCKETS,
+    "Time of one attempt of a command: its handler, and its ack or failure.",
 )
 command_attempts = meter.create_counter(
     "eventsource.command.attempts",

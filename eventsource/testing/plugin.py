@@ -80,15 +80,18 @@ def eventsource_schema(eventsource_database_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+def _store_options(request: pytest.FixtureRequest, url: str, schema: str) -> dict[str, Any]:
+    """The arguments of ``from_url`` for either store fixture."""
+    return {"url": url, "schema": schema, "partitions": _partitions(request.config)}
+
+
 @pytest.fixture
 def event_store(
     request: pytest.FixtureRequest, eventsource_database_url: str, eventsource_schema: str
 ) -> Iterator[EventStore]:
     """An upgraded ``EventStore`` in a fresh schema, closed and dropped after the test."""
     store = EventStore.from_url(
-        eventsource_database_url,
-        schema=eventsource_schema,
-        partitions=_partitions(request.config),
+        **_store_options(request, eventsource_database_url, eventsource_schema)
     )
     try:
         store.upgrade()
@@ -112,9 +115,7 @@ async def async_event_store(
 ) -> AsyncIterator[AsyncEventStore]:
     """An upgraded ``AsyncEventStore`` in a fresh schema, closed and dropped afterwards."""
     store = AsyncEventStore.from_url(
-        eventsource_database_url,
-        schema=eventsource_schema,
-        partitions=_partitions(request.config),
+        **_store_options(request, eventsource_database_url, eventsource_schema)
     )
     try:
         await store.upgrade()
