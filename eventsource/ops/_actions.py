@@ -25,7 +25,7 @@ import projections
 from eventsource._checks import BIGINT_MAX, check_name
 from eventsource._errors import EventSourceError
 from eventsource.commands import MAX_DELAY, CommandQueue
-from eventsource.ops._app import OpsState, base_path, error_page, set_cookie
+from eventsource.ops._app import OpsState, base_path, error_page, path_int, set_cookie
 from eventsource.ops._security import SESSION_COOKIE, csrf_ok
 
 __all__ = ["MAX_FORM_BYTES", "action_routes"]
@@ -58,10 +58,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 def _path_int(request: Request, name: str, what: str, high: int) -> int:
     """Path parameter ``name`` as an integer from 0 to ``high`` (404 otherwise)."""
-    text = request.path_params[name]
-    if not (text.isdigit() and len(text) <= 19 and int(text) <= high):
-        raise _Refused(404, f"no {what} {text!r}")
-    return int(text)
+    value = path_int(request, name, 0, high)
+    if value is None:
+        raise _Refused(404, f"no {what} {request.path_params[name]!r}")
+    return value
 
 
 def _form_number(form: dict[str, str], name: str, default: float, low: float, high: float) -> float:

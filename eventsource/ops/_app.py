@@ -29,7 +29,16 @@ from eventsource.ops._replays import Replays
 from eventsource.ops._security import CSRF_COOKIE, Guard, new_csrf
 from eventsource.store import EventStore
 
-__all__ = ["OpsState", "base_path", "build_app", "error_page", "render", "set_cookie", "templates"]
+__all__ = [
+    "OpsState",
+    "base_path",
+    "build_app",
+    "error_page",
+    "path_int",
+    "render",
+    "set_cookie",
+    "templates",
+]
 
 _HEADERS = [
     (
@@ -87,6 +96,18 @@ def _secure_headers(app: ASGIApp) -> ASGIApp:
 def base_path(request: Request) -> str:
     """Where the app is mounted (``""`` at the root): every link starts with it."""
     return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def path_int(request: Request, name: str, low: int, high: int) -> int | None:
+    """Path parameter ``name`` as an integer from ``low`` to ``high``, or None if it is not one.
+
+    Only ASCII digits count: ``str.isdigit`` also accepts characters such as ``"²"`` that
+    ``int`` refuses.
+    """
+    text = request.path_params[name]
+    if text.isascii() and text.isdigit() and len(text) <= 19 and low <= int(text) <= high:
+        return int(text)
+    return None
 
 
 def render(

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from eventsource._checks import BIGINT_MAX, check_name
 from eventsource.commands import CommandQueue
 from eventsource.db import fetch
-from eventsource.ops._app import OpsState, error_page, render
+from eventsource.ops._app import OpsState, error_page, path_int, render
 from eventsource.ops._queries import ops_queries
 from eventsource.ops._snapshot import read_snapshot
 from eventsource.store import Queries
@@ -82,11 +82,6 @@ class EventRow:
         return cls(*values)
 
 
-def _path_int(text: str) -> int | None:
-    """A path segment as a non-negative integer, or None if it is not one."""
-    return int(text) if text.isdigit() and len(text) <= 19 else None
-
-
 class _Pages:
     """The page endpoints of one app."""
 
@@ -144,9 +139,9 @@ class _Pages:
 
     def command(self, request: Request) -> Response:
         """One command with its payload, error and traceback (404 once done or unknown)."""
-        command_id = _path_int(request.path_params["command_id"])
+        command_id = path_int(request, "command_id", 1, BIGINT_MAX)
         info = None
-        if command_id is not None and 1 <= command_id <= BIGINT_MAX:
+        if command_id is not None:
             info = CommandQueue(self.state.store).get(command_id)
         if info is None:
             message = f"no command {request.path_params['command_id']!r} (done ones are deleted)"
@@ -191,8 +186,8 @@ class _Pages:
     def partition(self, request: Request) -> Response:
         """A partition's events from a position on (``?after=N&limit=M``)."""
         store = self.state.store
-        partition = _path_int(request.path_params["partition"])
-        if partition is None or partition >= store.partitions:
+        partition = path_int(request, "partition", 0, store.partitions - 1)
+        if partition is None:
             message = (
                 f"no partition {request.path_params['partition']!r}:"
                 f" this log has partitions 0..{store.partitions - 1}"

@@ -273,6 +273,8 @@ def test_cookies_are_http_only_and_same_site_strict(client: TestClient) -> None:
         "/partitions/4",
         "/partitions/-1",
         "/partitions/x",
+        "/partitions/\u00b2",  # a digit to str.isdigit, not to int
+        "/commands/\u00b2",
         "/streams?stream=no-such-stream",
         "/no/such/page",
     ],
@@ -291,6 +293,8 @@ def test_unknown_targets_of_actions_are_404(operator: TestClient, trouble: Troub
         f"/projections/{Fragile.name}/partitions/0/explode",
         "/projections/no.such/replay",
         "/commands/999999/retry",
+        "/commands/\u00b2/retry",
+        f"/projections/{Fragile.name}/partitions/\u00b2/retry",
     ):
         assert post(operator, path).status_code == 404, path
 
