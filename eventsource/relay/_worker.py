@@ -29,11 +29,11 @@ from eventsource._logging import get_logger
 from eventsource.db import fetch
 from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._leases import Leases
-from eventsource.relay._messages import RelayMessage, relay_message
+from eventsource.relay._messages import RelayMessage, messages_from_rows
 from eventsource.relay._queries import RelayQueries
-from eventsource.relay._sink import Sink
+from eventsource.relay._sink import Sent, Sink
 from eventsource.runtime import Backoff, Listener, default_worker_id
-from eventsource.store import EventStore, records
+from eventsource.store import EventStore
 
 __all__ = ["RelayWorker"]
 
@@ -96,6 +96,9 @@ class RelayWorker:
             self._log,
         )
         self._attempts: dict[int, int] = {}
+        # The window sent and not yet settled: how to wait for it, its last position per
+        # partition, and its messages.
+        self._in_flight: tuple[Sent, dict[int, int], dict[int, list[RelayMessage]]] | None = None
         self._retry_at: dict[int, float] = {}
         self._prefix = sink.subject_prefix
         self._next_beat = 0.0
@@ -124,6 +127,7 @@ class RelayWorker:
                     break
                 if not worked and not self._stop.is_set():
                     listener.wait(self._idle_timeout(), self._stop)
+            self._settle_on_stop()
         finally:
             try:
                 self.leases.leave()
@@ -131,6 +135,15 @@ class RelayWorker:
                 listener.close()
                 self.sink.close()
                 self._log.info("relay stopped", relayed=self.relayed)
+
+    def _settle_on_stop(self) -> None:
+        """Settle the window in flight, if any (unless an outage is on: it is then sent
+        again by whichever worker takes its partitions, and dropped as a duplicate)."""
+        try:
+            self._settle()
+        except Exception as exc:
+            if not (isinstance(exc, SinkUnavailable) or is_outage(exc)):
+                raise
 
     def _step(self, stop_when_caught_up: bool) -> bool | None:
         """Heartbeat when due, then one window; whether anything moved (None: caught up).
@@ -177,30 +190,51 @@ class RelayWorker:
         return all(lease.position >= heads.get(p, 0) for p, lease in held.items())
 
     def work(self, heads: dict[int, int]) -> bool:
-        """Publish one window of every held partition behind its head; whether any moved."""
+        """Read the next window while the one in flight is acknowledged, then send it.
+
+        The next window of a partition starts after what is in flight of it; it is sent only
+        once the window in flight is settled, and its part of a partition whose messages were
+        refused is dropped, so that what the engine stores of a partition stays a prefix of
+        its log. Whether anything moved.
+        """
         now = time.monotonic()
         self._reconcile(heads)
-        behind = {
-            p: lease.position
-            for p, lease in self.leases.held.items()
-            if lease.position < heads.get(p, 0) and self._retry_at.get(p, 0.0) <= now
-        }
-        if not behind:
-            return False
-        window = self._read(behind)
-        if not window:
-            return False
-        acked = self.sink.publish(window)
+        sent_to = self._in_flight[1] if self._in_flight else {}
+        behind = {}
+        for p, lease in self.leases.held.items():
+            after = max(lease.position, sent_to.get(p, 0))
+            if after < heads.get(p, 0) and self._retry_at.get(p, 0.0) <= now:
+                behind[p] = after
+        window = self._read(behind) if behind else {}
+        moved, failed = self._settle()
+        for partition in list(window):
+            if partition in failed or partition not in self.leases.held:
+                del window[partition]
+        if window:
+            ends = {p: messages[-1].position for p, messages in window.items()}
+            self._in_flight = (self.sink.send(window), ends, window)
+        return moved or bool(window)
+
+    def _settle(self) -> tuple[bool, set[int]]:
+        """Wait for the acknowledgements of the window in flight and move the checkpoints to
+        them; whether any moved, and the partitions whose messages were refused."""
+        if self._in_flight is None:
+            return False, set()
+        sent, _, window = self._in_flight
+        self._in_flight = None
+        acked = sent.wait()
         moved = {p: a.position for p, a in acked.items() if a.position is not None}
         advanced = self.leases.advance(moved)
         self.relayed += sum(sum(1 for m in window[p] if m.position <= moved[p]) for p in advanced)
+        failed = set()
         for partition, ack in acked.items():
             if ack.error is None:
                 self._attempts.pop(partition, None)
                 self._retry_at.pop(partition, None)
             else:
+                failed.add(partition)
                 self._failed(partition, window[partition], ack.error)
-        return bool(advanced)
+        return bool(advanced), failed
 
     def _reconcile(self, heads: dict[int, int]) -> None:
         """Move freshly claimed checkpoints to what the engine already holds of them."""
@@ -249,8 +283,8 @@ class RelayWorker:
                 },
             )
         window: dict[int, list[RelayMessage]] = {}
-        for record in records(rows):
-            window.setdefault(record.partition, []).append(relay_message(record, self._prefix))
+        for message in messages_from_rows(rows, self._prefix):
+            window.setdefault(message.partition, []).append(message)
         return window
 
     def _failed(self, partition: int, messages: list[RelayMessage], error: BaseException) -> None:
