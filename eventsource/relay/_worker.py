@@ -23,9 +23,12 @@ import time
 import traceback
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
+from eventsource._telemetry import NO_SPAN, NoSpan, Span, links_to, traced, tracing
 from eventsource.db import fetch
 from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._leases import Leases
@@ -40,6 +43,8 @@ __all__ = ["RelayWorker"]
 log = get_logger("eventsource.relay")
 
 _RETRY_DELAYS = (0.2, 1.0, 5.0, 15.0)
+SEND = "eventsource.relay.send"  # the span of a window handed to the engine
+SETTLE = "eventsource.relay.settle"  # the span of its acknowledgements and checkpoints
 
 
 class RelayWorker:
@@ -212,8 +217,28 @@ class RelayWorker:
                 del window[partition]
         if window:
             ends = {p: messages[-1].position for p, messages in window.items()}
-            self._in_flight = (self.sink.send(window), ends, window)
+            with self._span(SEND, window) as span:
+                self._in_flight = (self.sink.send(window), ends, window)
+                if span.is_recording():
+                    span.set_attributes(self._attributes(window))
         return moved or bool(window)
+
+    def _span(self, name: str, window: dict[int, list[RelayMessage]]) -> Span | NoSpan:
+        """A producer span of a window, linked to the traces its events carry (only while
+        a tracer provider is set)."""
+        if not tracing():
+            return NO_SPAN
+        carried = [m.headers for ms in window.values() for m in ms if b"traceparent" in m.header]
+        return Span(name, SpanKind.PRODUCER, links=links_to(carried))
+
+    def _attributes(self, window: dict[int, list[RelayMessage]]) -> dict[str, Any]:
+        """The attributes of a window's spans."""
+        return {
+            "messaging.system": "nats",
+            "messaging.destination.name": self.sink.name,
+            "messaging.batch.message_count": sum(len(ms) for ms in window.values()),
+            "eventsource.relay.partitions": sorted(window),
+        }
 
     def _settle(self) -> tuple[bool, set[int]]:
         """Wait for the acknowledgements of the window in flight and move the checkpoints to
@@ -222,9 +247,15 @@ class RelayWorker:
             return False, set()
         sent, _, window = self._in_flight
         self._in_flight = None
-        acked = sent.wait()
-        moved = {p: a.position for p, a in acked.items() if a.position is not None}
-        advanced = self.leases.advance(moved)
+        with traced(SETTLE, SpanKind.PRODUCER) as span:
+            acked = sent.wait()
+            moved = {p: a.position for p, a in acked.items() if a.position is not None}
+            advanced = self.leases.advance(moved)
+            if span.is_recording():
+                span.set_attributes(self._attributes(window))
+                refused = sorted(p for p, a in acked.items() if a.error is not None)
+                if refused:
+                    span.set_status(Status(StatusCode.ERROR, f"refused in partitions {refused}"))
         self.relayed += sum(sum(1 for m in window[p] if m.position <= moved[p]) for p in advanced)
         failed = set()
         for partition, ack in acked.items():
