@@ -68,7 +68,7 @@ class RelayWorker:
         lease_ttl: float = 10.0,
         heartbeat_interval: float = 2.0,
         poll_interval: float = 1.0,
-        batch_size: int = 2000,
+        batch_size: int = 500,
     ) -> None:
         """A worker of the relay named after ``sink`` (nothing runs before ``run``)."""
         self.lease_ttl = check_seconds(lease_ttl, "lease_ttl", low=0.5, high=3600)
