@@ -20,7 +20,7 @@ from tests.acceptance._support import REPO_ROOT, cli_env, describe
 from tests.domain import Deposited, Opened
 from tests.integration.test_jetstream_projections import run_from_jetstream
 from tests.integration.test_relay import fill, relay
-from tests.nats_support import read_stream
+from tests.nats_support import free_port, read_stream
 
 pytestmark = pytest.mark.slow
 
@@ -354,3 +354,46 @@ def test_status_with_an_unreachable_source_fails_in_one_line(
     assert result.returncode == 1, describe(result)
     assert "nats://127.0.0.1:1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, describe(result)
+
+
+def test_relay_and_jetstream_worker_wait_for_an_unreachable_nats(
+    relay_store: EventStore, database_url: str, tmp_path: Path
+) -> None:
+    """No server at the URL: the relay and a JetStream-sourced worker each log one line naming
+    the server, keep retrying with backoff (no exit, no line per retry), and stop cleanly."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = relay_env(database_url)
+    relay_store.append("acc-1", [Opened(owner="o")], NO_STREAM)
+    relay = _start(["run", url, "--schema", relay_store.schema], env, tmp_path / "relay.log")
+    worker_args = ["projections", "run", "tests.projection_domain:Ledger", "--source", url]
+    with (tmp_path / "worker.log").open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "eventsource", *worker_args, "--schema", relay_store.schema],
+            env={**env, "TEST_READ_SCHEMA": relay_store.schema},
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        for process, log in ((relay, "relay.log"), (worker, "worker.log")):
+            while url not in (tmp_path / log).read_text():
+                assert process.poll() is None, (tmp_path / log).read_text()
+                assert time.monotonic() < deadline, (tmp_path / log).read_text()
+                time.sleep(0.05)
+        time.sleep(3.0)  # several retries, which log nothing more
+        for process in (relay, worker):
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+        for process, log in ((relay, "relay.log"), (worker, "worker.log")):
+            assert process.wait(30) == 0, (tmp_path / log).read_text()
+    finally:
+        for process in (relay, worker):
+            if process.poll() is None:
+                process.kill()
+    for log in ("relay.log", "worker.log"):
+        lines = [json.loads(line) for line in (tmp_path / log).read_text().splitlines()]
+        about = [line for line in lines if url in str(line.get("error", ""))]
+        assert len(about) == 1, lines
+        assert about[0]["level"] == "warning"
+        assert "\n" not in about[0]["error"]
