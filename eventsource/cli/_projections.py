@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -149,10 +150,13 @@ def projections_replay(  # noqa: PLR0917 - typer maps parameters to options
 
 
 @projections_app.command("status")
-def projections_status(
+def projections_status(  # noqa: PLR0917 - typer maps parameters to options
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
     as_json: AsJson = False,
+    source: SourceUrl = None,
+    stream: Stream = "EVENTS",
+    subject_prefix: SubjectPrefix = "events",
     check: Annotated[
         bool,
         typer.Option(
@@ -171,14 +175,26 @@ def projections_status(
         ),
     ] = None,
 ) -> None:
-    """Per projection and partition: position, head, lag, owner, last update, error."""
+    """Per projection and partition: position, head, lag, owner, last update, error.
+
+    With --source, the heads are those of the relayed log in JetStream (for a read model built
+    from it), read from the stream's last message of each partition.
+    """
     import projections  # noqa: PLC0415
     from eventsource.ops import projection_problems  # noqa: PLC0415
 
     with command_store(database_url, schema) as store:
         if max_lag is not None and not check:
             raise ValueError("--max-lag goes with --check")
+        log_source = _jetstream_source(source, stream, subject_prefix)
         rows = projections.status(store)
+        if log_source is not None:
+            try:
+                log_source.bind(store)
+                heads = log_source.heads()
+            finally:
+                log_source.close()
+            rows = [replace(r, head=heads.get(r.partition, 0)) for r in rows]
         show(as_json, [r.as_json() for r in rows], _status_table(rows))
         if check:
             report_problems(projection_problems(rows, max_lag))

@@ -42,8 +42,9 @@ def relay_run(  # noqa: PLR0917 - typer maps parameters to options
         ),
     ] = 120.0,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=100_000, help="Events per partition.")
-    ] = 2000,
+        int,
+        typer.Option("--batch-size", min=1, max=100_000, help="Events per partition per window."),
+    ] = 500,
     database_url: DatabaseUrl = None,
     schema: Schema = "eventsource",
 ) -> None:

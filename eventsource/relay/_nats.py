@@ -9,15 +9,12 @@ drops the re-publications by ``Nats-Msg-Id`` within the stream's duplicate windo
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
-from typing import Any
 
 from eventsource._logging import get_logger
+from eventsource.relay._acks import Acks
 from eventsource.relay._client import NatsClient, safe_nats_url
-from eventsource.relay._errors import MalformedMessage, SinkMisconfigured
+from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._messages import (
     RelayMessage,
     check_stream_name,
@@ -27,7 +24,7 @@ from eventsource.relay._messages import (
 )
 from eventsource.relay._sink import Acked
 
-__all__ = ["NatsSink", "last_message"]
+__all__ = ["NatsSink", "Sent", "last_message"]
 
 log = get_logger("eventsource.relay")
 
@@ -76,7 +73,8 @@ class NatsSink:
         )
         self.url = self.client.url
         self._max_payload = 1024 * 1024
-        self._acks: _Acks | None = None
+        self._acks: Acks | None = None
+        self._expected = f"Nats-Expected-Stream: {self.stream}\r\n\r\n".encode()
 
     @property
     def name(self) -> str:
@@ -136,56 +134,73 @@ class NatsSink:
 
     def publish(self, window: Mapping[int, Sequence[RelayMessage]]) -> dict[int, Acked]:
         """Publish each partition's messages in order; how far each was acknowledged."""
-        acked = self.client.call(lambda: self._publish(window), self.ack_timeout * 2 + 5)
-        if any(a.error is not None for a in acked.values()):
-            self.client.drop()  # nothing more may follow a failed message on this connection
-        return acked
+        return self.send(window).wait()
 
-    async def _publish(self, window: Mapping[int, Sequence[RelayMessage]]) -> dict[int, Acked]:
-        """Send the whole window, then wait for the acknowledgements of all of it.
+    def send(self, window: Mapping[int, Sequence[RelayMessage]]) -> Sent:
+        """Send the whole window without waiting for its acknowledgements (``Sent.wait``).
 
         The messages are framed here (HPUB with a reply subject per message, under one inbox
         of this connection) and handed to the client in one write, which is many times
-        faster than one ``publish`` call per message; the acknowledgements come back to one
-        subscription.
+        faster than one ``publish`` call per message.
         """
+        return self.client.call(lambda: self._send(window), self.ack_timeout + 5)
+
+    async def _send(self, window: Mapping[int, Sequence[RelayMessage]]) -> Sent:
+        """``send`` on the client's loop."""
+        nc = self.client.nc
         acks = self._acks
-        if acks is None or acks.nc is not self.client.nc:
-            acks = self._acks = await _Acks.start(self.client.nc)
-        sent: dict[int, list[tuple[RelayMessage, int]]] = {}
+        if acks is None or acks.nc is not nc:
+            acks = self._acks = await Acks.start(nc)
+        first = token = acks.begin()
+        reply, expected, limit = acks.reply, self._expected, self._max_payload
+        extra = len(expected)
+        sent: dict[int, tuple[Sequence[RelayMessage], int, int]] = {}
         refused: dict[int, BaseException] = {}
         frames: list[bytes] = []
-        expected = f"Nats-Expected-Stream: {self.stream}\r\n".encode()
+        append = frames.append
         for partition, messages in window.items():
-            tokens = sent[partition] = []
+            if not messages:
+                continue
+            start = token
+            subject = messages[0].subject.encode()
             for message in messages:
-                header = _header_block(message.headers, expected)
-                if len(header) + len(message.payload) > self._max_payload:
+                size = len(message.header) + extra
+                total = size + len(message.payload)
+                if total > limit:
                     refused[partition] = MalformedMessage(
                         f"event {message.msg_id} at {partition}:{message.position} is"
-                        f" {len(header) + len(message.payload)} bytes with its headers, over"
-                        f" the limit of {self._max_payload}"
+                        f" {total} bytes with its headers, over the limit of {limit}"
                     )
                     break
-                token = acks.expect()
-                frames.append(_hpub(message.subject, acks.reply(token), header, message.payload))
-                tokens.append((message, token))
+                line = b"HPUB %b %b%d %d %d\r\n" % (subject, reply, token, size, total)
+                append(line + message.header + expected + message.payload + b"\r\n")
+                token += 1
+            sent[partition] = (messages, start, token - start)
+        acks.expect(token - first)
         if frames:
-            await self.client.nc._send_command(b"".join(frames))
-            await self.client.nc.flush(timeout=self.ack_timeout)
-            await acks.wait(self.ack_timeout)
+            await nc._send_command(b"".join(frames))
+            await nc._flush_pending()
+        return Sent(self, acks, sent, refused)
+
+    async def _settle(self, sent: Sent) -> dict[int, Acked]:
+        """How far each partition of a sent window was acknowledged (waiting for them)."""
+        acks = sent.acks
+        if acks is not self._acks or acks.nc is not self.client.nc:
+            raise SinkUnavailable(
+                f"NATS at {safe_nats_url(self.url)} unavailable: the connection was lost"
+            )
+        await acks.wait(self.ack_timeout)
         result: dict[int, Acked] = {}
-        for partition, tokens in sent.items():
+        for partition, (messages, start, count) in sent.sent.items():
             position: int | None = None
-            error: BaseException | None = refused.get(partition)
-            for message, token in tokens:
-                exc = acks.outcome(token)
+            error: BaseException | None = sent.refused.get(partition)
+            for i in range(count):
+                exc = acks.outcome(start + i)
                 if exc is not None:
                     error = exc
                     break
-                position = message.position
+                position = messages[i].position
             result[partition] = Acked(position, error)
-        acks.clear()
         return result
 
     def last_position(self, partition: int) -> int:
@@ -212,89 +227,31 @@ async def _nothing() -> None:
     """A call that only connects."""
 
 
-def _header_block(headers: Mapping[str, str], extra: bytes) -> bytes:
-    """The NATS header block of ``headers`` (the relay's own: ASCII-safe, one line each)."""
-    lines = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
-    return b"NATS/1.0\r\n" + lines.encode() + extra + b"\r\n"
+class Sent:
+    """A window sent to the stream, its acknowledgements still to come (``wait``)."""
 
+    def __init__(
+        self,
+        sink: NatsSink,
+        acks: Acks,
+        sent: dict[int, tuple[Sequence[RelayMessage], int, int]],
+        refused: dict[int, BaseException],
+    ) -> None:
+        """The window's messages by partition, with their first token and count."""
+        self.sink = sink
+        self.acks = acks
+        self.sent = sent
+        self.refused = refused
 
-def _hpub(subject: str, reply: str, header: bytes, payload: bytes) -> bytes:
-    """One HPUB frame of the NATS protocol."""
-    size = len(header)
-    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-        subject.encode(),
-        reply.encode(),
-        size,
-        size + len(payload),
-        header,
-        payload,
-    )
-
-
-class _Acks:
-    """The acknowledgements of the published messages of one connection, by token."""
-
-    def __init__(self, nc: Any, inbox: str) -> None:
-        self.nc = nc
-        self.inbox = inbox
-        self._next = 0
-        self._first = 1  # the first token of the window in hand
-        self._waiting = 0
-        self._outcomes: dict[int, BaseException | None] = {}
-        self._done = asyncio.Event()
-
-    @classmethod
-    async def start(cls, nc: Any) -> _Acks:
-        """Subscribe to a fresh inbox of ``nc`` for acknowledgements."""
-        acks = cls(nc, nc.new_inbox())
-        await nc.subscribe(f"{acks.inbox}.*", cb=acks._received)
-        return acks
-
-    def expect(self) -> int:
-        """A token for one more message whose acknowledgement is awaited."""
-        self._next += 1
-        self._waiting += 1
-        self._done.clear()
-        return self._next
-
-    def reply(self, token: int) -> str:
-        """The reply subject of the message with ``token``."""
-        return f"{self.inbox}.{token}"
-
-    async def _received(self, msg: Any) -> None:
-        """An acknowledgement (or an error) from the stream."""
-        token = int(msg.subject.rsplit(".", 1)[1])
-        if token < self._first or token in self._outcomes:
-            return  # late: of an earlier window
-        error: BaseException | None = None
-        status = (msg.headers or {}).get("Status")
-        if status:
-            error = RuntimeError(f"no stream answered (status {status})")
-        else:
-            try:
-                answer = json.loads(msg.data)
-            except ValueError:
-                answer = {"error": {"description": repr(msg.data[:200])}}
-            if "error" in answer:
-                what = answer["error"].get("description") or answer["error"]
-                error = RuntimeError(f"JetStream refused the message: {what}")
-        self._outcomes[token] = error
-        if len(self._outcomes) >= self._waiting:
-            self._done.set()
-
-    async def wait(self, seconds: float) -> None:
-        """Until every expected acknowledgement came, or for ``seconds`` at most."""
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), seconds)
-
-    def outcome(self, token: int) -> BaseException | None:
-        """The error of the message with ``token`` (a timeout if no answer came)."""
-        if token not in self._outcomes:
-            return TimeoutError("no acknowledgement within the ack timeout")
-        return self._outcomes[token]
-
-    def clear(self) -> None:
-        """Forget this window's outcomes (later answers to it are ignored)."""
-        self._outcomes.clear()
-        self._waiting = 0
-        self._first = self._next + 1
+    def wait(self) -> dict[int, Acked]:
+        """How far each partition was acknowledged; ``SinkUnavailable`` if the connection
+        was lost (nothing of the window counts then)."""
+        sink = self.sink
+        if not sink.client.connected:
+            raise SinkUnavailable(
+                f"NATS at {safe_nats_url(sink.url)} unavailable: the connection was lost"
+            )
+        acked = sink.client.call(lambda: sink._settle(self), sink.ack_timeout + 5)
+        if any(a.error is not None for a in acked.values()):
+            sink.client.drop()  # nothing more may follow a failed message on this connection
+        return acked

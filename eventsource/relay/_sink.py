@@ -22,7 +22,7 @@ from typing import Protocol
 
 from eventsource.relay._messages import RelayMessage
 
-__all__ = ["Acked", "Sink"]
+__all__ = ["Acked", "Sent", "Sink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,14 @@ class Acked:
 
     position: int | None
     error: BaseException | None = None
+
+
+class Sent(Protocol):
+    """A window handed to the engine, its acknowledgements still to come."""
+
+    def wait(self) -> dict[int, Acked]:
+        """How far each partition was acknowledged; ``SinkUnavailable`` if the engine was
+        lost meanwhile (nothing of the window counts then)."""
 
 
 class Sink(Protocol):
@@ -61,6 +69,12 @@ class Sink(Protocol):
         """Publish each partition's messages in order; how far each was acknowledged.
 
         ``SinkUnavailable`` if the engine could not be reached at all (nothing acknowledged).
+        """
+
+    def send(self, window: Mapping[int, Sequence[RelayMessage]]) -> Sent:
+        """Start publishing a window (as ``publish``) and return without waiting for it.
+
+        The relay reads its next window meanwhile; it sends nothing more before ``wait``.
         """
 
     def last_position(self, partition: int) -> int:

@@ -23,23 +23,28 @@ import time
 import traceback
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
+from eventsource._telemetry import NO_SPAN, NoSpan, Span, links_to, traced, tracing
 from eventsource.db import fetch
 from eventsource.relay._errors import MalformedMessage, SinkMisconfigured, SinkUnavailable
 from eventsource.relay._leases import Leases
-from eventsource.relay._messages import RelayMessage, relay_message
+from eventsource.relay._messages import RelayMessage, messages_from_rows
 from eventsource.relay._queries import RelayQueries
-from eventsource.relay._sink import Sink
+from eventsource.relay._sink import Sent, Sink
 from eventsource.runtime import Backoff, Listener, default_worker_id
-from eventsource.store import EventStore, records
+from eventsource.store import EventStore
 
 __all__ = ["RelayWorker"]
 
 log = get_logger("eventsource.relay")
 
 _RETRY_DELAYS = (0.2, 1.0, 5.0, 15.0)
+SEND = "eventsource.relay.send"  # the span of a window handed to the engine
+SETTLE = "eventsource.relay.settle"  # the span of its acknowledgements and checkpoints
 
 
 class RelayWorker:
@@ -63,7 +68,7 @@ class RelayWorker:
         lease_ttl: float = 10.0,
         heartbeat_interval: float = 2.0,
         poll_interval: float = 1.0,
-        batch_size: int = 2000,
+        batch_size: int = 500,
     ) -> None:
         """A worker of the relay named after ``sink`` (nothing runs before ``run``)."""
         self.lease_ttl = check_seconds(lease_ttl, "lease_ttl", low=0.5, high=3600)
@@ -96,6 +101,9 @@ class RelayWorker:
             self._log,
         )
         self._attempts: dict[int, int] = {}
+        # The window sent and not yet settled: how to wait for it, its last position per
+        # partition, and its messages.
+        self._in_flight: tuple[Sent, dict[int, int], dict[int, list[RelayMessage]]] | None = None
         self._retry_at: dict[int, float] = {}
         self._prefix = sink.subject_prefix
         self._next_beat = 0.0
@@ -124,6 +132,7 @@ class RelayWorker:
                     break
                 if not worked and not self._stop.is_set():
                     listener.wait(self._idle_timeout(), self._stop)
+            self._settle_on_stop()
         finally:
             try:
                 self.leases.leave()
@@ -131,6 +140,15 @@ class RelayWorker:
                 listener.close()
                 self.sink.close()
                 self._log.info("relay stopped", relayed=self.relayed)
+
+    def _settle_on_stop(self) -> None:
+        """Settle the window in flight, if any (unless an outage is on: it is then sent
+        again by whichever worker takes its partitions, and dropped as a duplicate)."""
+        try:
+            self._settle()
+        except Exception as exc:
+            if not (isinstance(exc, SinkUnavailable) or is_outage(exc)):
+                raise
 
     def _step(self, stop_when_caught_up: bool) -> bool | None:
         """Heartbeat when due, then one window; whether anything moved (None: caught up).
@@ -177,30 +195,77 @@ class RelayWorker:
         return all(lease.position >= heads.get(p, 0) for p, lease in held.items())
 
     def work(self, heads: dict[int, int]) -> bool:
-        """Publish one window of every held partition behind its head; whether any moved."""
+        """Read the next window while the one in flight is acknowledged, then send it.
+
+        The next window of a partition starts after what is in flight of it; it is sent only
+        once the window in flight is settled, and its part of a partition whose messages were
+        refused is dropped, so that what the engine stores of a partition stays a prefix of
+        its log. Whether anything moved.
+        """
         now = time.monotonic()
         self._reconcile(heads)
-        behind = {
-            p: lease.position
-            for p, lease in self.leases.held.items()
-            if lease.position < heads.get(p, 0) and self._retry_at.get(p, 0.0) <= now
+        sent_to = self._in_flight[1] if self._in_flight else {}
+        behind = {}
+        for p, lease in self.leases.held.items():
+            after = max(lease.position, sent_to.get(p, 0))
+            if after < heads.get(p, 0) and self._retry_at.get(p, 0.0) <= now:
+                behind[p] = after
+        window = self._read(behind) if behind else {}
+        moved, failed = self._settle()
+        for partition in list(window):
+            if partition in failed or partition not in self.leases.held:
+                del window[partition]
+        if window:
+            ends = {p: messages[-1].position for p, messages in window.items()}
+            with self._span(SEND, window) as span:
+                self._in_flight = (self.sink.send(window), ends, window)
+                if span.is_recording():
+                    span.set_attributes(self._attributes(window))
+        return moved or bool(window)
+
+    def _span(self, name: str, window: dict[int, list[RelayMessage]]) -> Span | NoSpan:
+        """A producer span of a window, linked to the traces its events carry (only while
+        a tracer provider is set)."""
+        if not tracing():
+            return NO_SPAN
+        carried = [m.headers for ms in window.values() for m in ms if b"traceparent" in m.header]
+        return Span(name, SpanKind.PRODUCER, links=links_to(carried))
+
+    def _attributes(self, window: dict[int, list[RelayMessage]]) -> dict[str, Any]:
+        """The attributes of a window's spans."""
+        return {
+            "messaging.system": "nats",
+            "messaging.destination.name": self.sink.name,
+            "messaging.batch.message_count": sum(len(ms) for ms in window.values()),
+            "eventsource.relay.partitions": sorted(window),
         }
-        if not behind:
-            return False
-        window = self._read(behind)
-        if not window:
-            return False
-        acked = self.sink.publish(window)
-        moved = {p: a.position for p, a in acked.items() if a.position is not None}
-        advanced = self.leases.advance(moved)
+
+    def _settle(self) -> tuple[bool, set[int]]:
+        """Wait for the acknowledgements of the window in flight and move the checkpoints to
+        them; whether any moved, and the partitions whose messages were refused."""
+        if self._in_flight is None:
+            return False, set()
+        sent, _, window = self._in_flight
+        self._in_flight = None
+        with traced(SETTLE, SpanKind.PRODUCER) as span:
+            acked = sent.wait()
+            moved = {p: a.position for p, a in acked.items() if a.position is not None}
+            advanced = self.leases.advance(moved)
+            if span.is_recording():
+                span.set_attributes(self._attributes(window))
+                refused = sorted(p for p, a in acked.items() if a.error is not None)
+                if refused:
+                    span.set_status(Status(StatusCode.ERROR, f"refused in partitions {refused}"))
         self.relayed += sum(sum(1 for m in window[p] if m.position <= moved[p]) for p in advanced)
+        failed = set()
         for partition, ack in acked.items():
             if ack.error is None:
                 self._attempts.pop(partition, None)
                 self._retry_at.pop(partition, None)
             else:
+                failed.add(partition)
                 self._failed(partition, window[partition], ack.error)
-        return bool(advanced)
+        return bool(advanced), failed
 
     def _reconcile(self, heads: dict[int, int]) -> None:
         """Move freshly claimed checkpoints to what the engine already holds of them."""
@@ -249,8 +314,8 @@ class RelayWorker:
                 },
             )
         window: dict[int, list[RelayMessage]] = {}
-        for record in records(rows):
-            window.setdefault(record.partition, []).append(relay_message(record, self._prefix))
+        for message in messages_from_rows(rows, self._prefix):
+            window.setdefault(message.partition, []).append(message)
         return window
 
     def _failed(self, partition: int, messages: list[RelayMessage], error: BaseException) -> None:

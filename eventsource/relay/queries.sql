@@ -92,12 +92,22 @@ WHERE relay = %(relay)s AND partition = %(partition)s
   AND owner = %(worker)s AND lease_token = %(token)s
 
 -- name: read_partitions
--- Up to a limit of the events of each of several partitions after its position, in order.
-SELECT e.event_id::text, e.stream_id, e.stream_version, e.partition, e.position, e.event_type,
-    e.schema_version, e.data::text, e.metadata::text, e.recorded_at
+-- Up to a limit of the events of each of several partitions after its position, in order,
+-- as the relay makes its messages of them: the header lines that need no encoding are made
+-- here (ids, numbers, the time in UTC), the rest is left as text.
+SELECT e.partition, e.position, e.event_id::text, e.stream_id, e.event_type,
+    'Nats-Msg-Id: ' || e.event_id || E'\r\nEs-Event-Id: ' || e.event_id
+    || E'\r\nEs-Stream-Version: ' || e.stream_version || E'\r\nEs-Partition: ' || e.partition
+    || E'\r\nEs-Position: ' || e.position || E'\r\nEs-Schema-Version: ' || e.schema_version
+    || E'\r\nEs-Recorded-At: '
+    || to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+    || E'\r\n',
+    e.metadata::text, e.data::text
 FROM unnest(%(partitions)s::integer[], %(after)s::bigint[]) AS t(partition, after)
 CROSS JOIN LATERAL (
-    SELECT * FROM {schema}.events ev
+    SELECT ev.partition, ev.position, ev.event_id, ev.stream_id, ev.event_type,
+        ev.stream_version, ev.schema_version, ev.recorded_at, ev.metadata, ev.data
+    FROM {schema}.events ev
     WHERE ev.partition = t.partition AND ev.position > t.after
     ORDER BY ev.position LIMIT %(limit)s
 ) AS e

@@ -18,7 +18,9 @@ import pytest
 from eventsource import NO_STREAM, EventStore
 from tests.acceptance._support import REPO_ROOT, cli_env, describe
 from tests.domain import Deposited, Opened
-from tests.nats_support import read_stream
+from tests.integration.test_jetstream_projections import run_from_jetstream
+from tests.integration.test_relay import fill, relay
+from tests.nats_support import free_port, read_stream
 
 pytestmark = pytest.mark.slow
 
@@ -280,3 +282,118 @@ def test_projection_from_jetstream_in_a_second_database_equals_the_postgres_one(
     read_store.close()
     assert rows[read_store] == rows[relay_store]
     assert len(rows[relay_store]) == 1000
+
+
+def _status_from_jetstream(
+    database_url: str, nats_url: str, target: tuple[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`eventsource projections status --source nats_url ...` with the stream of ``target``."""
+    stream, prefix = target
+    source = ["--source", nats_url, "--stream", stream, "--subject-prefix", prefix]
+    return subprocess.run(
+        [sys.executable, "-m", "eventsource", "projections", "status", *source, *args],
+        env=relay_env(database_url),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_of_a_jetstream_read_model_shows_the_streams_heads_and_lag(
+    relay_store: EventStore,
+    database_url: str,
+    schema: str,
+    nats_url: str,
+    target: tuple[str, str],
+) -> None:
+    """With --source, the heads are the relayed log's in JetStream; --check --max-lag judges
+    the lag against them."""
+    stream, prefix = target
+    fill(relay_store, 16, 3)
+    relay(relay_store, nats_url, stream, prefix)
+    read_store = EventStore.from_url(database_url, schema=f"{schema}_rm", partitions=8)
+    read_store.upgrade()
+    try:
+        run_from_jetstream(read_store, nats_url, stream, prefix)
+        for i in range(16):
+            relay_store.append(f"acc-{i}", [Deposited(amount=1)])
+        relay(relay_store, nats_url, stream, prefix)
+        on_read_model = ["--schema", read_store.schema]
+        result = _status_from_jetstream(database_url, nats_url, target, "--json", *on_read_model)
+        assert result.returncode == 0, describe(result)
+        rows = json.loads(result.stdout)
+        assert {r["partition"]: r["head"] for r in rows} == relay_store.heads()
+        assert all(r["lag"] == r["head"] - r["position"] for r in rows)
+        assert sum(r["lag"] for r in rows) == 16
+        check = ["--check", "--max-lag", "0", *on_read_model]
+        lagging = _status_from_jetstream(database_url, nats_url, target, *check)
+        assert lagging.returncode == 1, describe(lagging)
+        run_from_jetstream(read_store, nats_url, stream, prefix)
+        caught_up = _status_from_jetstream(database_url, nats_url, target, *check)
+        assert caught_up.returncode == 0, describe(caught_up)
+    finally:
+        read_store.close()
+
+
+def test_status_with_an_unreachable_source_fails_in_one_line(
+    relay_store: EventStore, database_url: str, schema: str
+) -> None:
+    """No NATS server at --source: one line naming it, exit 1."""
+    args = ["status", "--source", "nats://127.0.0.1:1", "--schema", relay_store.schema]
+    result = subprocess.run(
+        [sys.executable, "-m", "eventsource", "projections", *args],
+        env=relay_env(database_url),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, describe(result)
+    assert "nats://127.0.0.1:1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, describe(result)
+
+
+def test_relay_and_jetstream_worker_wait_for_an_unreachable_nats(
+    relay_store: EventStore, database_url: str, tmp_path: Path
+) -> None:
+    """No server at the URL: the relay and a JetStream-sourced worker each log one line naming
+    the server, keep retrying with backoff (no exit, no line per retry), and stop cleanly."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = relay_env(database_url)
+    relay_store.append("acc-1", [Opened(owner="o")], NO_STREAM)
+    relay = _start(["run", url, "--schema", relay_store.schema], env, tmp_path / "relay.log")
+    worker_args = ["projections", "run", "tests.projection_domain:Ledger", "--source", url]
+    with (tmp_path / "worker.log").open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "eventsource", *worker_args, "--schema", relay_store.schema],
+            env={**env, "TEST_READ_SCHEMA": relay_store.schema},
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        for process, log in ((relay, "relay.log"), (worker, "worker.log")):
+            while url not in (tmp_path / log).read_text():
+                assert process.poll() is None, (tmp_path / log).read_text()
+                assert time.monotonic() < deadline, (tmp_path / log).read_text()
+                time.sleep(0.05)
+        time.sleep(3.0)  # several retries, which log nothing more
+        for process in (relay, worker):
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+        for process, log in ((relay, "relay.log"), (worker, "worker.log")):
+            assert process.wait(30) == 0, (tmp_path / log).read_text()
+    finally:
+        for process in (relay, worker):
+            if process.poll() is None:
+                process.kill()
+    for log in ("relay.log", "worker.log"):
+        lines = [json.loads(line) for line in (tmp_path / log).read_text().splitlines()]
+        about = [line for line in lines if url in str(line.get("error", ""))]
+        assert len(about) == 1, lines
+        assert about[0]["level"] == "warning"
+        assert "\n" not in about[0]["error"]

@@ -15,7 +15,7 @@ from eventsource.relay import SinkMisconfigured
 from tests.domain import Deposited, Opened
 from tests.integration._support import sql
 from tests.integration.test_relay import fill, relay
-from tests.nats_support import jetstream
+from tests.nats_support import jetstream, read_stream
 from tests.projection_domain import Ledger
 
 LEDGER = "SELECT stream_id, version, partition, position, amount FROM {s}.ledger_applied"
@@ -154,3 +154,28 @@ def test_a_store_with_fewer_partitions_than_the_stream_is_refused(
 def _partition(store: EventStore, stream_id: str) -> int:
     """The partition of ``stream_id`` in ``store``."""
     return partition_for(stream_id, store.partitions)
+
+
+def test_a_message_with_a_malformed_relay_header_stops_its_partition(
+    store: EventStore, read_store: EventStore, nats_url: str, target: tuple[str, str]
+) -> None:
+    """A message whose relay headers are all there but one is malformed is a poison message
+    of its partition, named in status, not skipped: what follows it waits."""
+    stream, prefix = target
+    store.append("a", [Opened(owner="a")], NO_STREAM)
+    relay(store, nats_url, stream, prefix)
+    (partition,) = [p for p, head in store.heads().items() if head]
+    (relayed,) = read_stream(nats_url, stream)
+    headers = {**relayed.headers, "Nats-Msg-Id": "other", "Es-Position": "2"}
+    headers["Es-Recorded-At"] = "yesterday"
+
+    async def intrude(js: Any) -> None:
+        await js.publish(f"{prefix}.{partition}", relayed.data, headers=headers)
+
+    jetstream(nats_url, intrude)
+    run_from_jetstream(read_store, nats_url, stream, prefix)
+    rows = {r.partition: r for r in projections.status(read_store)}
+    assert rows[partition].error is not None
+    assert "Es-Recorded-At" in rows[partition].error
+    assert rows[partition].position == 1
+    assert len(ledger(read_store)) == 1

@@ -180,6 +180,26 @@ def test_existing_stream_with_a_short_duplicate_window_is_refused(
     assert info.value.setting == "duplicate_window"
 
 
+def test_existing_stream_without_acknowledgements_is_refused(
+    store: EventStore, nats_url: str, target: tuple[str, str]
+) -> None:
+    """A stream that does not acknowledge is an error naming ``no_ack``; nothing relayed."""
+    stream, prefix = target
+    store.append("a", [Opened(owner="a")], NO_STREAM)
+
+    async def create(js: Any) -> None:
+        await js.add_stream(
+            name=stream, subjects=[f"{prefix}.*"], duplicate_window=300, no_ack=True
+        )
+
+    jetstream(nats_url, create)
+    sink = NatsSink(nats_url, stream=stream, subject_prefix=prefix)
+    with pytest.raises(SinkMisconfigured, match="no_ack") as info:
+        RelayWorker(store, sink).run()
+    assert info.value.setting == "no_ack"
+    assert read_stream(nats_url, stream) == []
+
+
 @pytest.mark.parametrize("name", ["", "a b", "a.b", "a*", "a>", "../x", "$SYS", "é"])
 def test_hostile_stream_names_are_refused(name: str) -> None:
     """Stream names that are not plain tokens are refused before anything connects."""

@@ -1,15 +1,19 @@
-"""The relay through NATS outages: a private nats-server killed and restarted mid-stream."""
+"""The relay and JetStream-sourced projections through NATS outages: a private nats-server
+killed and restarted."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import projections
 from eventsource import NO_STREAM, EventStore
 from eventsource.relay import NatsSink, RelayWorker, status_rows
 from tests.domain import Deposited, Opened
-from tests.integration.test_relay import check_log
+from tests.integration.test_jetstream_projections import ledger
+from tests.integration.test_relay import check_log, fill, relay
 from tests.nats_support import PrivateNats, read_stream
+from tests.projection_domain import Ledger
 
 
 def test_relay_waits_out_a_nats_restart_and_loses_nothing(
@@ -54,3 +58,51 @@ def test_relay_waits_out_a_nats_restart_and_loses_nothing(
         thread.join(15)
     assert not errors
     check_log(store, read_stream(private_nats.url, stream), prefix)
+
+
+def test_a_jetstream_sourced_worker_waits_for_nats_instead_of_exiting(
+    store: EventStore, database_url: str, schema: str, private_nats: PrivateNats
+) -> None:
+    """A JetStream-sourced projection worker started while NATS is down keeps retrying; once
+    the server is up and the log relayed, its read model equals the PostgreSQL one."""
+    stream, prefix = "OUTAGE_RM", "outagerm"
+    fill(store, 12, 3)
+    read_store = EventStore.from_url(database_url, schema=f"{schema}_rm", partitions=4)
+    read_store.upgrade()
+    source = projections.JetStreamSource(
+        private_nats.url, stream=stream, subject_prefix=prefix, read_timeout=0.5
+    )
+    worker = projections.ProjectionWorker(
+        read_store,
+        [Ledger(read_store.schema)],
+        source=source,
+        lease_ttl=2.0,
+        heartbeat_interval=0.2,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    private_nats.stop()
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        time.sleep(1.5)
+        assert thread.is_alive(), errors
+        private_nats.start()
+        relay(store, private_nats.url, stream, prefix)
+        projections.run(store, [Ledger(store.schema)], stop_when_caught_up=True)
+        deadline = time.monotonic() + 30
+        while ledger(read_store) != ledger(store):
+            assert thread.is_alive(), errors
+            assert time.monotonic() < deadline, projections.status(read_store)
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(15)
+        read_store.close()
+    assert not errors
