@@ -257,10 +257,13 @@ class _Attempts(_WorkerCore):
             timer.start()
         return FAILED
 
-    def _ack(self, conn: psycopg.Connection[Any], slot: _Slot, acks: list[_Claimed]) -> None:
+    def _ack(
+        self, conn: psycopg.Connection[Any], slot: _Slot, acks: list[_Claimed], *, wake: bool = True
+    ) -> None:
         """Ack finished commands in one statement; those whose leases ran out are not acked.
 
-        The first key among them that is freed wakes a slot to run that key's next command.
+        The first key among them that is freed wakes a slot to run that key's next command
+        (``wake=False``: the calling slot, done with its batch, claims next itself).
         """
         rows = fetch(
             conn,
@@ -280,7 +283,7 @@ class _Attempts(_WorkerCore):
         self._count(len(rows))
         for command in acks:
             if command.ordering_key is not None:
-                self._key_done(command)
+                self._key_done(command, wake=wake)
                 break
 
     def _release(

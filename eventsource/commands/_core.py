@@ -137,8 +137,13 @@ class _WorkerCore:
         with self._processed_lock:
             self.processed += n
 
-    def _key_done(self, command: _Claimed) -> None:
-        """The key of ``command`` is free: its next command may run now, here or elsewhere."""
+    def _key_done(self, command: _Claimed, *, wake: bool = True) -> None:
+        """The key of ``command`` is free: its next command may run now, here or elsewhere.
+
+        ``wake=False`` when the calling slot claims again next anyway: no idle slot is woken
+        to race it for the key's next command (other workers are told all the same).
+        """
         if command.ordering_key is not None:
-            self._wake_one()
+            if wake:
+                self._wake_one()
             self.store._announcer.announce([command.queue], channel=self._sql.channel)

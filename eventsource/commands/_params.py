@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import PydanticSerializationError
 
@@ -98,8 +99,9 @@ class Enqueued:
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Options:
+class _Options(NamedTuple):
+    """An enqueue's options as given (a tuple: a tenth of a frozen dataclass's cost to make)."""
+
     queue: str | None
     delay: float | timedelta | None
     run_at: datetime | None
@@ -231,6 +233,10 @@ Rows = list[tuple[Any, ...]]
 Infos = list["CommandInfo"]
 Ids = list[int]
 
+# Seconds after an enqueue that announced itself during which the next ones leave it to the
+# announcer (coalesced): at most one commit per spell waits on PostgreSQL's notify lock.
+QUIET = 0.005
+
 
 class _QueueCore:
     """What the sync and async queues share besides I/O: checks, statements, results."""
@@ -239,6 +245,7 @@ class _QueueCore:
         self.max_attempts = check_max_attempts(max_attempts)
         self._sql = command_queries(store.schema)
         self._announcer = store._announcer
+        self._notified_at = -QUIET  # monotonic time of the last enqueue that announced itself
 
     def _one(self, command: Command, options: _Options) -> tuple[str, dict[str, Any]]:
         params = enqueue_params(command, options, self.max_attempts)
@@ -283,6 +290,22 @@ class _QueueCore:
     @staticmethod
     def _counts(rows: Rows) -> list[tuple[str, str, int, datetime]]:
         return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
+
+    def _alone(self, sql: str, params: dict[str, Any]) -> tuple[str, bool]:
+        """The statement of an enqueue run alone, and whether it announces its queue itself.
+
+        After a quiet spell a plain enqueue carries its own NOTIFY, delivered when it commits:
+        an idle worker wakes without the hop through the announcer's thread and connection.
+        Within a burst the announcer coalesces the announcements after the commits instead.
+        """
+        if sql != self._sql.enqueue_plain:
+            return sql, False
+        now = time.monotonic()
+        if now - self._notified_at < QUIET:
+            return sql, False
+        self._notified_at = now
+        params["channel"] = self._sql.channel
+        return self._sql.enqueue_plain_notify, True
 
     def _announce(self, queues: Sequence[str]) -> None:
         """Wake idle workers of these queues once the enqueue has committed."""

@@ -26,6 +26,7 @@ class CommandQueries(Statements):
 
     notify: str
     enqueue_plain: str
+    enqueue_plain_notify: str
     enqueue: str
     enqueue_keyed: str
     enqueue_many: str

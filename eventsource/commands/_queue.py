@@ -120,9 +120,11 @@ class AsyncCommandQueue(_QueueCore):
     ) -> Rows:
         """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         if tx is None:
+            sql, announced = self._alone(sql, params)
             async with self.store._raw() as conn:
                 rows = await fetch_async(conn, sql, params)
-            self._announce(queues)
+            if not announced:
+                self._announce(queues)
             return rows
         with self.store._errors():
             if isinstance(tx, AsyncTransaction):
@@ -268,9 +270,11 @@ class CommandQueue(_QueueCore):
     ) -> Rows:
         """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         if tx is None:
+            sql, announced = self._alone(sql, params)
             with self.store._raw() as conn:
                 rows = fetch(conn, sql, params)
-            self._announce(queues)
+            if not announced:
+                self._announce(queues)
             return rows
         with self.store._errors():
             if isinstance(tx, Transaction):

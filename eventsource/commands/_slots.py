@@ -125,9 +125,10 @@ class _Slots(_Attempts):
                 avg = slot.avg_seconds
                 slot.avg_seconds = took if avg is None else (avg + took) / 2
                 # Ack finished work at least every 50 ms, and at once when a command of an
-                # ordering key is done: the key's next command waits for that ack.
+                # ordering key is done: the key's next command waits for that ack. After the
+                # batch's last command this slot claims again at once: no other is woken.
                 if acks and (now - flushed > 0.05 or acks[-1].ordering_key is not None):
-                    self._ack(conn, slot, acks)
+                    self._ack(conn, slot, acks, wake=index + 1 < len(claimed))
                     acks, flushed = [], now
         finally:
             if acks:

@@ -76,6 +76,19 @@ VALUES (
 )
 RETURNING id, false
 
+-- name: enqueue_plain_notify
+-- `enqueue_plain` that also announces its queue on the channel, delivered when it commits: the
+-- first enqueue after a quiet spell wakes an idle worker without a hop through the announcer.
+-- Its commit takes PostgreSQL's notify lock, so only the first of a burst is sent this way.
+WITH ins AS (
+    -- include: insert_command
+    VALUES (
+        -- include: command_values
+    )
+    RETURNING id
+)
+SELECT id, false, pg_notify(%(channel)s, %(queue)s) FROM ins
+
 -- name: enqueue
 -- One command with a dedupe key: its id, or the pending duplicate's id when the key is taken.
 WITH ins AS (
