@@ -176,6 +176,8 @@ class Batches:
         batch.extend(self.source.read(raw, key["partition"], position, size))
         if not batch:
             return position
+        if len(batch) == 1:
+            conn.queue_writes = False  # one event: nothing to gain, and its errors come at once
         with paused_gc():
             try:
                 projection.handle_batch(batch, conn)

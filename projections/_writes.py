@@ -128,28 +128,34 @@ class WriteResult:
 
 
 class BatchConnection(Connection):
-    """A SQLAlchemy ``Connection`` that queues a batch's plain text writes (``queue_writes``)
-    and sends them together before anything else runs on it."""
+    """A SQLAlchemy ``Connection`` that queues a batch's plain text writes (while
+    ``queue_writes``) and sends them together before anything else runs on it."""
 
     def __init__(self, engine: Engine, *, queue_writes: bool) -> None:
         """A connection of ``engine``'s pool; ``queue_writes`` unless statement listeners
         or echo are set up."""
         super().__init__(engine)
-        dispatch = self.dispatch
-        self._queueing = (
-            queue_writes
-            and not self._echo
-            and not (dispatch.before_execute or dispatch.after_execute)
-            and not (dispatch.before_cursor_execute or dispatch.after_cursor_execute)
-        )
+        self.queue_writes = queue_writes and not self._echo and not self._listened()
         self._queue: list[tuple[str, dict[str, Any], weakref.ref[WriteResult]]] = []
+
+    def _listened(self) -> bool:
+        """Whether statement-level listeners are set up (checked only where any event is)."""
+        if not (self._has_events or self.engine._has_events):
+            return False
+        dispatch = self.dispatch
+        return bool(
+            dispatch.before_execute
+            or dispatch.after_execute
+            or dispatch.before_cursor_execute
+            or dispatch.after_cursor_execute
+        )
 
     def execute(
         self, statement: Any, parameters: Any = None, *, execution_options: Any = None
     ) -> Any:
         """``Connection.execute``; a plain text write is queued (its result a ``WriteResult``)."""
         if (
-            self._queueing
+            self.queue_writes
             and type(statement) is TextClause
             and not execution_options
             and self._nested_transaction is None

@@ -193,11 +193,14 @@ def test_a_queued_write_has_no_rows(store: EventStore) -> None:
                 text(f"INSERT INTO {s}.x VALUES (:id) RETURNING id"), {"id": "r"}
             ).scalar_one()
             assert returned == "r" and result.rowcount == 1
+            types.add(type(result).__name__)
 
-    store.append("acc", [Opened(owner="o")])
+    types: set[str] = set()
+    store.append("acc", [Opened(owner="o"), Opened(owner="p")])  # one batch of two events
     worker = projections.run(store, [Reader()], stop_when_caught_up=True, **FAST)
     assert not [p for g in worker._groups for p, lease in g.leases.items() if lease.failed]
-    assert sorted(r.id for r in rows(store, "SELECT id FROM {s}.x")) == ["acc", "r"]
+    assert types == {"WriteResult"}
+    assert sorted(r.id for r in rows(store, "SELECT id FROM {s}.x")) == ["acc", "acc", "r", "r"]
 
 
 def test_a_handler_catching_its_error_in_a_savepoint_goes_on(store: EventStore) -> None:
@@ -230,8 +233,8 @@ def test_a_failing_write_stops_only_its_event(store: EventStore) -> None:
 
 
 def test_pipelined_false_runs_each_statement_when_executed(store: EventStore) -> None:
-    store.append("acc", [Opened(owner="o")])
+    store.append("acc", [Opened(owner="o"), Opened(owner="p")])
     immediate = Immediate(store.schema)
     projections.run(store, [immediate], stop_when_caught_up=True, **FAST)
-    assert immediate.results == ["CursorResult"]
+    assert immediate.results == ["CursorResult", "CursorResult"]
     assert Projection.pipelined is True
