@@ -33,7 +33,8 @@ from sqlalchemy.types import NullType
 
 __all__ = ["BatchConnection", "WriteResult"]
 
-# INSERT, UPDATE or DELETE (after comments), without RETURNING: a statement that returns no rows.
+# INSERT, UPDATE or DELETE (after comments), without RETURNING: a statement that returns no rows
+# (text that only might be one, a RETURNING in a string say, goes through SQLAlchemy: no harm).
 _WRITE = re.compile(
     r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:INSERT|UPDATE|DELETE)\b", re.I | re.S
 )
@@ -87,6 +88,7 @@ def _plan(statement: TextClause, dialect: Dialect) -> _Plan | None:
                 and not compiled.positiontup
                 and _WRITE.match(sql)
                 and not _RETURNING.search(sql)
+                and ";" not in sql.rstrip().rstrip(";")  # one statement (a prepared one)
             ):
                 plan = _Plan(sql, frozenset(compiled.binds))
             if len(_plans) >= _MAX_PLANS:
