@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError, ResourceClosedError
 
 import projections
@@ -238,3 +239,27 @@ def test_pipelined_false_runs_each_statement_when_executed(store: EventStore) ->
     projections.run(store, [immediate], stop_when_caught_up=True, **FAST)
     assert immediate.results == ["CursorResult", "CursorResult"]
     assert Projection.pipelined is True
+
+
+def test_statement_listeners_see_every_statement(store: EventStore) -> None:
+    """With a ``before_cursor_execute`` listener on the engine nothing is queued: it sees each
+    handler's statement, and the results are SQLAlchemy's own."""
+    seen: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "marks" in statement and statement.startswith("INSERT"):
+            seen.append(statement)
+
+    sa_event.listen(store.engine, "before_cursor_execute", listener)
+    store.append("acc", [Opened(owner="o"), Opened(owner="p")])
+    immediate = ListenedTo(store.schema)
+    projections.run(store, [immediate], stop_when_caught_up=True, **FAST)
+    assert immediate.results == ["CursorResult", "CursorResult"]
+    assert len(seen) == 2
+
+
+class ListenedTo(Immediate):
+    """``Immediate``'s handler, pipelined (the default)."""
+
+    name = "test.queued.listened"
+    pipelined = True
