@@ -198,7 +198,8 @@ class BatchConnection(Connection):
     @property
     def connection(self) -> PoolProxiedConnection:
         """The DB-API connection, once the queued writes are sent (``Connection.connection``)."""
-        self.flush()
+        if self._queue:
+            self.flush()
         return super().connection
 
     def discard(self) -> None:
