@@ -17,7 +17,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from sqlalchemy import Connection
 
 from eventsource import RecordedEvent
 from eventsource._internal import (
@@ -34,6 +33,7 @@ from eventsource._internal import (
 from projections._membership import Group, Lease, Membership
 from projections._projection import Projection
 from projections._sources import Source
+from projections._writes import BatchConnection
 
 __all__ = ["Batches"]
 
@@ -110,11 +110,17 @@ class Batches:
     def _batch(self, group: Group, partition: int, lease: Lease, batch: list[RecordedEvent]) -> int:
         """``batch``'s work, which fills ``batch`` with the events it read."""
         narrow = group.narrow_until.get(partition)
-        size = 1 if narrow is not None and lease.position < narrow else group.projection.batch_size
+        narrowing = narrow is not None and lease.position < narrow
+        size = 1 if narrowing else group.projection.batch_size
         key = {**self.membership.key(group), "partition": partition, "token": lease.token}
         try:
             # Not translated: a handler's own SQL errors are its own (and may be poison).
-            with self.store.engine.connect() as conn:
+            # A pipelined projection's plain writes are queued and sent together, except
+            # after a failure (narrowing, retrying): then handlers run as without a pipeline.
+            failed = narrowing or partition in group.attempts
+            queue_writes = group.projection.pipelined and not failed
+            conn = BatchConnection(self.store.engine, queue_writes=queue_writes)
+            with conn:
                 # Reactors' enqueues leave their queues here, announced after the commit.
                 queues: set[str] = set()
                 conn.info[ANNOUNCE_AFTER_COMMIT] = queues
@@ -148,7 +154,7 @@ class Batches:
 
     def _apply(
         self,
-        conn: Connection,
+        conn: BatchConnection,
         projection: Projection,
         key: dict[str, Any],
         size: int,
@@ -170,13 +176,15 @@ class Batches:
         batch.extend(self.source.read(raw, key["partition"], position, size))
         if not batch:
             return position
+        if len(batch) == 1:
+            conn.queue_writes = False  # one event: nothing to gain, and its errors come at once
         with paused_gc():
-            if projection.pipelined:
-                # Statements go out back to back; errors surface when the pipeline syncs.
-                with raw.pipeline():
-                    projection.handle_batch(batch, conn)
-            else:
+            try:
                 projection.handle_batch(batch, conn)
+                conn.flush()  # the queued writes, if any: their errors are the batch's
+            except BaseException:
+                conn.discard()  # nothing more is sent: the transaction rolls back
+                raise
         last = batch[-1].position
         with raw.cursor() as cursor:
             cursor.execute(self.queries.advance, {**key, "position": last, "ttl": self.lease_ttl})
