@@ -283,6 +283,8 @@ def is_outage(exc: BaseException | None) -> bool:
                 return True
             exc = exc.orig
             continue
+        if isinstance(exc, psycopg.errors.PipelineAborted):
+            return False  # a statement before it failed in the pipeline: not the connection
         if isinstance(exc, psycopg.OperationalError):
             state = exc.sqlstate
             # No SQLSTATE: libpq itself failed (refused, reset, closed by the server).

@@ -143,11 +143,13 @@ class ProjectionWorker:
                         break
                     worked = self.work(heads)
                 except Exception as exc:
-                    if not (is_outage(exc) or self.source.is_outage(exc)):
+                    source_down = not is_outage(exc) and self.source.is_outage(exc)
+                    if not (source_down or is_outage(exc)):
                         raise
                     delay = backoff.next()
                     if backoff.failures == 1:
-                        self._log.warning("database unavailable; waiting", error=first_line(exc))
+                        what = "source" if source_down else "database"
+                        self._log.warning(f"{what} unavailable; waiting", error=first_line(exc))
                     self._stop.wait(delay)
                     next_beat = 0.0  # renew the leases first thing once it is back
                     continue
