@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ from eventsource.relay import (
     record_from_message,
     status_rows,
 )
+from tests.background import Background
 from tests.domain import Deposited, Opened
 from tests.integration._support import sql
 from tests.nats_support import (
@@ -235,22 +235,11 @@ def test_unreachable_nats_is_waited_out(store: EventStore) -> None:
         sink.open()
     assert "\n" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)
-    worker = RelayWorker(store, sink, lease_ttl=2.0, heartbeat_interval=0.2)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    running = Background(RelayWorker(store, sink, lease_ttl=2.0, heartbeat_interval=0.2))
     time.sleep(1.5)
-    assert thread.is_alive()
-    worker.stop()
-    thread.join(10)
-    assert not thread.is_alive() and not errors
+    assert running.alive()
+    running.stop(10)
+    assert not running.alive() and not running.errors
     sink.close()
 
 

@@ -3,12 +3,12 @@ killed and restarted."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import projections
 from eventsource import NO_STREAM, EventStore
 from eventsource.relay import NatsSink, RelayWorker, status_rows
+from tests.background import Background
 from tests.domain import Deposited, Opened
 from tests.integration.test_jetstream_projections import ledger
 from tests.integration.test_relay import check_log, fill, relay
@@ -26,17 +26,7 @@ def test_relay_waits_out_a_nats_restart_and_loses_nothing(
         store.append(f"acc-{i}", [Opened(owner="o")], NO_STREAM)
     sink = NatsSink(private_nats.url, stream=stream, subject_prefix=prefix, connect_timeout=0.5)
     worker = RelayWorker(store, sink, lease_ttl=2.0, heartbeat_interval=0.2, batch_size=50)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
+    with Background(worker) as running:
         for round_ in range(3):
             for i in range(40):
                 store.append(f"acc-{i}", [Deposited(amount=n + 1) for n in range(5)])
@@ -45,18 +35,15 @@ def test_relay_waits_out_a_nats_restart_and_loses_nothing(
                 for i in range(40):  # appended while NATS is down
                     store.append(f"acc-{i}", [Deposited(amount=1)])
                 time.sleep(1.0)
-                assert thread.is_alive(), errors
+                assert running.alive(), running.errors
                 private_nats.start()
         heads = store.heads()
         deadline = time.monotonic() + 30
         while any(r["position"] < heads[r["partition"]] for r in status_rows(store)):
-            assert thread.is_alive(), errors
+            assert running.alive(), running.errors
             assert time.monotonic() < deadline, status_rows(store)
             time.sleep(0.05)
-    finally:
-        worker.stop()
-        thread.join(15)
-    assert not errors
+    assert not running.errors
     check_log(store, read_stream(private_nats.url, stream), prefix)
 
 
@@ -79,30 +66,20 @@ def test_a_jetstream_sourced_worker_waits_for_nats_instead_of_exiting(
         lease_ttl=2.0,
         heartbeat_interval=0.2,
     )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
-
     private_nats.stop()
-    thread = threading.Thread(target=run)
-    thread.start()
+    running = Background(worker)
     try:
         time.sleep(1.5)
-        assert thread.is_alive(), errors
+        assert running.alive(), running.errors
         private_nats.start()
         relay(store, private_nats.url, stream, prefix)
         projections.run(store, [Ledger(store.schema)], stop_when_caught_up=True)
         deadline = time.monotonic() + 30
         while ledger(read_store) != ledger(store):
-            assert thread.is_alive(), errors
+            assert running.alive(), running.errors
             assert time.monotonic() < deadline, projections.status(read_store)
             time.sleep(0.05)
     finally:
-        worker.stop()
-        thread.join(15)
+        running.stop()
         read_store.close()
-    assert not errors
+    assert not running.errors

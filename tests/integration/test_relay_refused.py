@@ -3,12 +3,12 @@ prefix of its log, checkpoints go no further, the errors show, nothing is skippe
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 from eventsource import NO_STREAM, EventStore, partition_for
 from eventsource.relay import NatsSink, RelayWorker, status_rows
+from tests.background import Background
 from tests.domain import Deposited, Opened
 from tests.nats_support import jetstream, nats, read_stream
 
@@ -18,31 +18,18 @@ LIMIT = 25  # messages the stream takes before it refuses the rest
 def _relay_until_refused(store: EventStore, sink: NatsSink, batch_size: int) -> None:
     """Run a relay until every partition is relayed or refused, then stop it."""
     worker = RelayWorker(store, sink, lease_ttl=2.0, heartbeat_interval=0.2, batch_size=batch_size)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
     heads = store.heads()
-    try:
+    with Background(worker) as running:
         deadline = time.monotonic() + 30
         while not all(
             r["error"] is not None or r["position"] == heads[r["partition"]]
             for r in status_rows(store)
             if r["relay"] == sink.stream
         ):
-            assert thread.is_alive(), errors
+            assert running.alive(), running.errors
             assert time.monotonic() < deadline, status_rows(store)
             time.sleep(0.05)
-    finally:
-        worker.stop()
-        thread.join(15)
-    assert not errors
+    assert not running.errors
 
 
 def test_refused_messages_leave_a_dense_prefix_of_each_partition(
@@ -97,24 +84,15 @@ def test_a_message_refused_by_the_server_holds_back_what_follows_it(
     store.append("small", [Opened(owner="o")], NO_STREAM)
     sink = NatsSink(nats_url, stream=stream, subject_prefix=prefix)
     worker = RelayWorker(store, sink, lease_ttl=2.0, heartbeat_interval=0.2, batch_size=1)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
 
     def row() -> dict[str, Any]:
         (found,) = [r for r in status_rows(store) if r["partition"] == partition]
         return found
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
+    with Background(worker) as running:
         deadline = time.monotonic() + 30
         while row()["position"] < 1:
-            assert thread.is_alive() and time.monotonic() < deadline, errors
+            assert running.alive() and time.monotonic() < deadline, running.errors
             time.sleep(0.05)
 
         async def shrink(js: Any) -> None:
@@ -127,13 +105,10 @@ def test_a_message_refused_by_the_server_holds_back_what_follows_it(
             store.append(big, [Opened(owner="x" * 3000)], NO_STREAM, tx=tx)
             store.append("small", [Deposited(amount=1)], 1, tx=tx)
         while row()["error"] is None:
-            assert thread.is_alive() and time.monotonic() < deadline, errors
+            assert running.alive() and time.monotonic() < deadline, running.errors
             time.sleep(0.05)
         time.sleep(0.5)  # a retry or two
-    finally:
-        worker.stop()
-        thread.join(15)
-    assert not errors
+    assert not running.errors
     positions = [int(m.headers["Es-Position"]) for m in read_stream(nats_url, stream)]
     assert positions == [1]
     assert row()["position"] == 1
