@@ -27,6 +27,13 @@ pytestmark = pytest.mark.slow
 TOTAL = 20_000
 
 
+def _cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a CLI command of this checkout to its end (at most a minute), output captured."""
+    return subprocess.run(
+        argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def relay_command(*args: str) -> list[str]:
     """`eventsource relay ARGS` run from this tree (not whatever is installed)."""
     return [sys.executable, "-m", "eventsource", "relay", *args]
@@ -157,15 +164,7 @@ def test_relay_killed_mid_stream_and_restarted_relays_each_event_once_in_order(
     for subject, positions in by_subject.items():
         assert positions == list(range(1, len(positions) + 1)), subject
 
-    status = subprocess.run(
-        relay_command("status", "--json", "--schema", relay_store.schema),
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status = _cli(relay_command("status", "--json", "--schema", relay_store.schema), env)
     assert status.returncode == 0, describe(status)
     rows = json.loads(status.stdout)
     assert {r["partition"] for r in rows} == set(range(8))
@@ -188,15 +187,7 @@ def test_bad_relay_arguments_exit_2_and_write_nothing(
     relay_store: EventStore, database_url: str, args: list[str], message: str
 ) -> None:
     """Bad arguments: one line naming what is wrong, exit 2, no checkpoint created."""
-    result = subprocess.run(
-        relay_command(*args, "--schema", relay_store.schema),
-        env=relay_env(database_url),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _cli(relay_command(*args, "--schema", relay_store.schema), relay_env(database_url))
     assert result.returncode == 2, describe(result)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, describe(result)
@@ -290,14 +281,9 @@ def _status_from_jetstream(
     """`eventsource projections status --source nats_url ...` with the stream of ``target``."""
     stream, prefix = target
     source = ["--source", nats_url, "--stream", stream, "--subject-prefix", prefix]
-    return subprocess.run(
+    return _cli(
         [sys.executable, "-m", "eventsource", "projections", "status", *source, *args],
-        env=relay_env(database_url),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        relay_env(database_url),
     )
 
 
@@ -342,14 +328,8 @@ def test_status_with_an_unreachable_source_fails_in_one_line(
 ) -> None:
     """No NATS server at --source: one line naming it, exit 1."""
     args = ["status", "--source", "nats://127.0.0.1:1", "--schema", relay_store.schema]
-    result = subprocess.run(
-        [sys.executable, "-m", "eventsource", "projections", *args],
-        env=relay_env(database_url),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = _cli(
+        [sys.executable, "-m", "eventsource", "projections", *args], relay_env(database_url)
     )
     assert result.returncode == 1, describe(result)
     assert "nats://127.0.0.1:1" in result.stderr

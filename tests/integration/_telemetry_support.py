@@ -10,9 +10,10 @@ events and commands they store carry no trace context, as without an SDK.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
@@ -117,3 +118,12 @@ def installed() -> Telemetry:
     if _installed is None:
         _installed = Telemetry()
     return _installed
+
+
+@pytest.fixture
+def otel() -> Iterator[Telemetry]:
+    """The in-memory SDK, recording for this test only."""
+    telemetry = installed()
+    telemetry.start()
+    yield telemetry
+    telemetry.stop()

@@ -3,24 +3,12 @@ traces that appended its events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from opentelemetry.trace import SpanKind
 
 from eventsource import NO_STREAM, EventStore
 from tests.domain import Opened
-from tests.integration._telemetry_support import Telemetry, installed
+from tests.integration._telemetry_support import Telemetry
 from tests.integration.test_relay import relay
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    """The in-memory SDK, recording for this test only."""
-    telemetry = installed()
-    telemetry.start()
-    yield telemetry
-    telemetry.stop()
 
 
 def test_a_window_is_sent_and_settled_in_producer_spans_linked_to_its_events(

@@ -10,10 +10,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -41,15 +39,6 @@ from tests.domain import Counter, Deposited, Opened
 from tests.integration._telemetry_support import Telemetry, installed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    """The in-memory SDK, recording for this test only."""
-    telemetry = installed()
-    telemetry.start()
-    yield telemetry
-    telemetry.stop()
 
 
 def parent_of(span: ReadableSpan) -> int | None:
