@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, TypeVar, overload
 from uuid import UUID
 
@@ -21,7 +21,7 @@ from eventsource._checks import (
 from eventsource._errors import (
     EventSourceError,
 )
-from eventsource._events import Event, EventDecodeError, decode_event, is_registered
+from eventsource._events import Event, EventDecodeError, decode_event, json_decoder
 from eventsource._versions import ANY, NO_STREAM, ExpectedVersion
 from eventsource.store._token import make_token
 
@@ -38,6 +38,9 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_PARTITIONS = 4096
+
+# PostgreSQL's binary timestamptz: microseconds since this moment.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def partition_for(partition_key: str, partitions: int) -> int:
@@ -146,10 +149,11 @@ class RecordedEvent:
         "_event_id",
         "_metadata",
         "_metadata_text",
+        "_recorded_at",
+        "_timezone",
         "event_type",
         "partition",
         "position",
-        "recorded_at",
         "schema_version",
         "stream_id",
         "stream_version",
@@ -166,9 +170,14 @@ class RecordedEvent:
         schema_version: int,
         data: str,
         metadata: str,
-        recorded_at: datetime,
+        recorded_at: datetime | int,
+        tz: tzinfo | None = None,
     ) -> None:
-        """A stored event from its row; the payload is decoded on first access."""
+        """A stored event from its row; the payload is decoded on first access.
+
+        ``recorded_at`` may be PostgreSQL's binary timestamptz (microseconds since 2000), made
+        a datetime in ``tz`` (the connection's time zone) when it is first read.
+        """
         self._event_id = event_id
         self.stream_id = stream_id
         self.stream_version = stream_version
@@ -180,12 +189,22 @@ class RecordedEvent:
         self._metadata_text = metadata
         self._metadata: dict[str, Any] | None = None
         self._event: Event | None = None
-        self.recorded_at = recorded_at
+        self._recorded_at = recorded_at
+        self._timezone = tz
 
     @property
     def event_id(self) -> UUID:
         """The event's id."""
         return UUID(self._event_id)
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the event was stored (the database's clock), in the connection's time zone."""
+        value = self._recorded_at
+        if isinstance(value, int):
+            value = (_PG_EPOCH + timedelta(microseconds=value)).astimezone(self._timezone)
+            self._recorded_at = value
+        return value
 
     @property
     def event(self) -> Event:
@@ -248,18 +267,48 @@ def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[Reco
     with paused_gc():
         result = [RecordedEvent(*row) for row in rows]
         if decode:
-            try:
-                for record in result:
-                    if is_registered(record.event_type):
-                        record._event = decode_event(
-                            record.event_type,
-                            record.schema_version,
-                            record._data,
-                            record._event_id,
-                        )
-            except EventDecodeError as exc:
-                raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
+            _decode(result)
         return result
+
+
+def decode_records(batch: Sequence[RecordedEvent]) -> None:
+    """Decode the events of loaded types in ``batch``, in order; the first failure is raised.
+
+    Payloads stored at their class's schema version go straight from their JSON text to the
+    model (one validator call each); the others, and any that fail, take ``decode_event``'s
+    way, which upcasts them or raises the error naming the event.
+    """
+    with paused_gc():  # a model is several objects, none of them cyclic
+        _decode(batch)
+
+
+def _decode(batch: Sequence[RecordedEvent]) -> None:
+    """``decode_records`` with the collector paused."""
+    decoders: dict[str, tuple[int, Any]] = {}
+    for record in batch:
+        event_type = record.event_type
+        decoder = decoders.get(event_type)
+        if decoder is None:
+            decoder = decoders[event_type] = json_decoder(event_type)
+        version, validate = decoder
+        if validate is None:
+            continue  # not loaded: ``record.event`` says so when it is read
+        if record.schema_version == version:
+            data = record._data
+            try:
+                if data == "{}":
+                    record._event = validate('{"event_id":"' + record._event_id + '"}')
+                else:
+                    record._event = validate('{"event_id":"' + record._event_id + '",' + data[1:])
+                continue
+            except (ValueError, RecursionError):
+                pass  # decode_event raises it again, with the event named
+        try:
+            record._event = decode_event(
+                event_type, record.schema_version, record._data, record._event_id
+            )
+        except EventDecodeError as exc:
+            raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
 
 
 def check_stream_id(stream_id: object, what: str = "stream id") -> str:
