@@ -45,7 +45,7 @@ class _PageReader:
         try:
             with self._store._raw() as conn:
                 while not self._stop.is_set():
-                    page = fetch_page(conn, self._store._queries.read_partition, params)
+                    page = fetch_page(conn, self._store._queries.read_partition_page, params)
                     if not self._put(page) or len(page) < params["limit"]:
                         return
                     params["after"] = page[-1].position

@@ -362,7 +362,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         async with self._raw() as conn:
-            return await fetch_page_async(conn, self._queries.read_partition, params)
+            return await fetch_page_async(conn, self._queries.read_partition_page, params)
 
     async def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True

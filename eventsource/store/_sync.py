@@ -333,7 +333,7 @@ class EventStore(StoreBase[Engine]):
     def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         with self._raw() as conn:
-            return fetch_page(conn, self._queries.read_partition, params)
+            return fetch_page(conn, self._queries.read_partition_page, params)
 
     def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True

@@ -42,6 +42,10 @@ MAX_PARTITIONS = 4096
 # PostgreSQL's binary timestamptz: microseconds since this moment.
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
+# A payload with its event id spliced in: '{"event_id":"<36 characters>",' + the payload's fields.
+_DOCUMENT_HEAD = '{"event_id":"'
+_ID_END = len(_DOCUMENT_HEAD) + 36
+
 
 def partition_for(partition_key: str, partitions: int) -> int:
     """The partition of a new stream: CRC-32 (IEEE, of the key's UTF-8 bytes) modulo the count.
@@ -175,8 +179,10 @@ class RecordedEvent:
     ) -> None:
         """A stored event from its row; the payload is decoded on first access.
 
-        ``recorded_at`` may be PostgreSQL's binary timestamptz (microseconds since 2000), made
-        a datetime in ``tz`` (the connection's time zone) when it is first read.
+        Rows of the store's own readers (``event_pages`` of ``queries.sql``) have an empty
+        ``event_id``: it is spliced into ``data``, ready for the model's validator; their
+        ``recorded_at`` is PostgreSQL's binary timestamptz (microseconds since 2000), made a
+        datetime in ``tz`` (the connection's time zone) when it is first read.
         """
         self._event_id = event_id
         self.stream_id = stream_id
@@ -195,7 +201,17 @@ class RecordedEvent:
     @property
     def event_id(self) -> UUID:
         """The event's id."""
-        return UUID(self._event_id)
+        return UUID(self._id())
+
+    def _id(self) -> str:
+        """The event id's text."""
+        return self._event_id or self._data[len(_DOCUMENT_HEAD) : _ID_END]
+
+    def _payload(self) -> str:
+        """The stored payload's JSON text."""
+        if self._event_id:
+            return self._data
+        return "{" + self._data[_ID_END + 2 :] if len(self._data) > _ID_END + 2 else "{}"
 
     @property
     def recorded_at(self) -> datetime:
@@ -216,7 +232,7 @@ class RecordedEvent:
         if self._event is None:
             try:
                 self._event = decode_event(
-                    self.event_type, self.schema_version, self._data, self._event_id
+                    self.event_type, self.schema_version, self._payload(), self._id()
                 )
             except EventDecodeError as exc:
                 raise exc.at(self.stream_id, self.stream_version) from exc.__cause__
@@ -225,7 +241,7 @@ class RecordedEvent:
     @property
     def data(self) -> dict[str, Any]:
         """The stored payload as a dict, without decoding it to its model."""
-        result: dict[str, Any] = json.loads(self._data)
+        result: dict[str, Any] = json.loads(self._payload())
         return result
 
     @property
@@ -294,18 +310,18 @@ def _decode(batch: Sequence[RecordedEvent]) -> None:
         if validate is None:
             continue  # not loaded: ``record.event`` says so when it is read
         if record.schema_version == version:
-            data = record._data
+            document = record._data
+            if record._event_id:  # a plain row's payload: splice the id in
+                head = _DOCUMENT_HEAD + record._event_id
+                document = head + '"}' if document == "{}" else head + '",' + document[1:]
             try:
-                if data == "{}":
-                    record._event = validate('{"event_id":"' + record._event_id + '"}')
-                else:
-                    record._event = validate('{"event_id":"' + record._event_id + '",' + data[1:])
+                record._event = validate(document)
                 continue
             except (ValueError, RecursionError):
                 pass  # decode_event raises it again, with the event named
         try:
             record._event = decode_event(
-                event_type, record.schema_version, record._data, record._event_id
+                event_type, record.schema_version, record._payload(), record._id()
             )
         except EventDecodeError as exc:
             raise exc.at(record.stream_id, record.stream_version) from exc.__cause__

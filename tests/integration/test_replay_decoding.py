@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -98,6 +99,8 @@ def test_pages_hold_the_values_a_plain_read_gives(store: EventStore) -> None:
         assert isinstance(record.event_id, UUID) and str(record.event_id) == row[0]
         assert type(record.recorded_at) is datetime
         assert record.recorded_at == row[9]
+        assert record.data == json.loads(row[7])
+        assert record.metadata == json.loads(row[8])
         assert record.recorded_at.tzinfo == row[9].tzinfo
         assert record.recorded_at.utcoffset() == row[9].utcoffset()
     assert [r.metadata for r in paged] == [{"by": "test", "n": [1, 2]}] * 10 + [{}]
@@ -115,7 +118,7 @@ def test_recording_times_keep_the_connection_time_zone(store: EventStore) -> Non
     with psycopg.connect(conninfo(store.url), autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'Asia/Kathmandu'")
         (row,) = fetch(conn, store._queries.read_partition, params)
-        (record,) = fetch_page(conn, store._queries.read_partition, params)
+        (record,) = fetch_page(conn, store._queries.read_partition_page, params)
     assert record.recorded_at == row[9]
     assert str(record.recorded_at.tzinfo) == str(row[9].tzinfo) == "Asia/Kathmandu"
     assert record.recorded_at.isoformat() == row[9].isoformat()
