@@ -1,10 +1,11 @@
 """Pages of stored events as records, fetched with as little client work per row as possible.
 
-A page's rows come in PostgreSQL's binary format. The recording time is loaded as the integer
-it is sent as (microseconds since 2000) and made a ``datetime`` only when a record's
-``recorded_at`` is read: building one per row is a third of the cost of loading the row.
-Records are built while the garbage collector is paused; their payloads are left as JSON text
-for the reader (``decode_records``) to validate straight into their models.
+The store's readers select ``event_pages`` rows (``queries.sql``): each payload comes with its
+event id already spliced in, the JSON document that ``decode_records`` validates straight into
+its model, and the row has no id column to load. Rows come in PostgreSQL's binary format; the
+recording time is kept as the integer it is sent as (microseconds since 2000) and made a
+``datetime`` only when a record's ``recorded_at`` is read (building one per row costs a third
+of loading the row). Records are built while the garbage collector is paused.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from typing import Any
 
 import psycopg
 from psycopg import postgres
-from psycopg.pq import ExecStatus
 from psycopg.types.numeric import Int8BinaryLoader
 
 from eventsource.store._types import RecordedEvent, decode_records, paused_gc
 
 __all__ = ["decoded", "fetch_page", "fetch_page_async", "whole_stream"]
 
-# A row of ``event_rows``, its recording time in microseconds (``RecordedEvent``'s arguments).
+# A row of ``event_pages``, its recording time in microseconds (``RecordedEvent``'s arguments).
 EventRow = tuple[str, str, int, int, int, str, int, str, str, int]
 
 _TIMESTAMPTZ = postgres.types["timestamptz"].oid
-_TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 def _cursor(conn: Any) -> Any:
@@ -40,18 +39,15 @@ def _records(rows: list[EventRow], conn: Any) -> list[RecordedEvent]:
     """The records of event rows whose recording time is in microseconds."""
     timezone = conn.info.timezone
     with paused_gc():
-        return [RecordedEvent(*row, tz=timezone) for row in rows]
+        return [RecordedEvent(*row, timezone) for row in rows]
 
 
 def fetch_page(
     conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
 ) -> list[RecordedEvent]:
-    """The records of a statement returning event rows (``event_rows`` of ``queries.sql``)."""
+    """The records of a query selecting ``event_pages`` rows."""
     with _cursor(conn) as cursor:
         cursor.execute(sql, params)
-        result = cursor.pgresult
-        if result is None or result.status != _TUPLES_OK:
-            return []
         return _records(cursor.fetchall(), conn)
 
 
@@ -61,9 +57,6 @@ async def fetch_page_async(
     """``fetch_page`` on an asyncio connection."""
     async with _cursor(conn) as cursor:
         await cursor.execute(sql, params)
-        result = cursor.pgresult
-        if result is None or result.status != _TUPLES_OK:
-            return []
         return _records(await cursor.fetchall(), conn)
 
 
