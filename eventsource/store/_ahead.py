@@ -13,10 +13,11 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Final
 
-from eventsource.store._reading import fetch_page
-from eventsource.store._types import RecordedEvent, decode_records
+from eventsource.store._reading import EventRow, fetch_rows, fetch_rows_async, handed_out
+from eventsource.store._types import RecordedEvent
 
 if TYPE_CHECKING:
     from eventsource.store._async import AsyncEventStore
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["read_ahead", "read_ahead_async"]
 
-Page = list[RecordedEvent]
+Page = tuple[list[EventRow], tzinfo]  # a page's rows, and the time zone of their times
+POSITION: Final = 4  # the position column of a page's rows
 
 
 class _PageReader:
@@ -45,10 +47,11 @@ class _PageReader:
         try:
             with self._store._raw() as conn:
                 while not self._stop.is_set():
-                    page = fetch_page(conn, self._store._queries.read_partition_page, params)
-                    if not self._put(page) or len(page) < params["limit"]:
+                    page = fetch_rows(conn, self._store._queries.read_partition_page, params)
+                    rows = page[0]
+                    if not self._put(page) or len(rows) < params["limit"]:
                         return
-                    params["after"] = page[-1].position
+                    params["after"] = rows[-1][POSITION]
         except BaseException as exc:  # handed to the caller, raised there
             self._put(exc)
 
@@ -80,22 +83,27 @@ def read_ahead(
     store: EventStore, partition: int, after: int, batch: int, decode: bool
 ) -> Iterator[RecordedEvent]:
     """Every event of a partition after ``after``; pages after the first read on a thread."""
-    page = store._partition_rows(partition, after, batch)
-    if decode:
-        decode_records(page)
-    yield from page
-    if len(page) < batch:
+    params = {"partition": partition, "after": after, "limit": batch}
+    with store._raw() as conn:
+        rows, timezone = fetch_rows(conn, store._queries.read_partition_page, params)
+    yield from handed_out(rows, timezone, decode)
+    if len(rows) < batch:
         return
-    reader = _PageReader(store, partition, page[-1].position, batch)
+    reader = _PageReader(store, partition, rows[-1][POSITION], batch)
     try:
-        while page := reader.next_page():
-            if decode:
-                decode_records(page)
-            yield from page
-            if len(page) < batch:
+        while True:
+            rows, timezone = reader.next_page()
+            yield from handed_out(rows, timezone, decode)
+            if len(rows) < batch:
                 return
     finally:
         reader.close()
+
+
+async def _page(store: AsyncEventStore, partition: int, after: int, batch: int) -> Page:
+    params = {"partition": partition, "after": after, "limit": batch}
+    async with store._raw() as conn:
+        return await fetch_rows_async(conn, store._queries.read_partition_page, params)
 
 
 async def read_ahead_async(
@@ -103,18 +111,14 @@ async def read_ahead_async(
 ) -> AsyncIterator[RecordedEvent]:
     """Every event of a partition after ``after``; each next page's query is sent (as a task)
     before the current page is decoded and handed out."""
-    page = await store._partition_rows(partition, after, batch)
+    rows, timezone = await _page(store, partition, after, batch)
     while True:
         ahead = None
         try:
-            if len(page) == batch:
-                ahead = asyncio.ensure_future(
-                    store._partition_rows(partition, page[-1].position, batch)
-                )
+            if len(rows) == batch:
+                ahead = asyncio.ensure_future(_page(store, partition, rows[-1][POSITION], batch))
                 await asyncio.sleep(0)  # let it send its query
-            if decode:
-                decode_records(page)
-            for record in page:
+            for record in handed_out(rows, timezone, decode):
                 yield record
         except BaseException:  # the caller stopped early (or failed): drop the next page
             if ahead is not None:
@@ -124,4 +128,4 @@ async def read_ahead_async(
             raise
         if ahead is None:
             return
-        page = await ahead
+        rows, timezone = await ahead

@@ -10,15 +10,25 @@ of loading the row). Records are built while the garbage collector is paused.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import tzinfo
 from typing import Any
 
 import psycopg
 from psycopg import postgres
 from psycopg.types.numeric import Int8BinaryLoader
 
-from eventsource.store._types import RecordedEvent, decode_records, paused_gc
+from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
 
-__all__ = ["decoded", "fetch_page", "fetch_page_async", "whole_stream"]
+__all__ = [
+    "decoded",
+    "fetch_page",
+    "fetch_page_async",
+    "fetch_rows",
+    "fetch_rows_async",
+    "handed_out",
+    "whole_stream",
+]
 
 # A row of ``event_pages``, its recording time in microseconds (``RecordedEvent``'s arguments).
 EventRow = tuple[str, str, int, int, int, str, int, str, str, int]
@@ -35,29 +45,50 @@ def _cursor(conn: Any) -> Any:
     return cursor
 
 
-def _records(rows: list[EventRow], conn: Any) -> list[RecordedEvent]:
-    """The records of event rows whose recording time is in microseconds."""
-    timezone = conn.info.timezone
-    with paused_gc():
-        return [RecordedEvent(*row, timezone) for row in rows]
+def fetch_rows(
+    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+) -> tuple[list[EventRow], tzinfo]:
+    """The rows of a query selecting ``event_pages`` rows, and the time zone of their times."""
+    with _cursor(conn) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall(), conn.info.timezone
+
+
+async def fetch_rows_async(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+) -> tuple[list[EventRow], tzinfo]:
+    """``fetch_rows`` on an asyncio connection."""
+    async with _cursor(conn) as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall(), conn.info.timezone
 
 
 def fetch_page(
     conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
 ) -> list[RecordedEvent]:
     """The records of a query selecting ``event_pages`` rows."""
-    with _cursor(conn) as cursor:
-        cursor.execute(sql, params)
-        return _records(cursor.fetchall(), conn)
+    return page_records(*fetch_rows(conn, sql, params))
 
 
 async def fetch_page_async(
     conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
 ) -> list[RecordedEvent]:
     """``fetch_page`` on an asyncio connection."""
-    async with _cursor(conn) as cursor:
-        await cursor.execute(sql, params)
-        return _records(await cursor.fetchall(), conn)
+    return page_records(*await fetch_rows_async(conn, sql, params))
+
+
+def page_records(rows: list[EventRow], timezone: tzinfo) -> list[RecordedEvent]:
+    """The records of ``event_pages`` rows, built with the collector paused."""
+    with paused_gc():
+        return [RecordedEvent(*row, timezone) for row in rows]
+
+
+def handed_out(rows: list[EventRow], timezone: tzinfo, decode: bool) -> Iterator[RecordedEvent]:
+    """The records of ``event_pages`` rows, each built (and its event decoded, with
+    ``decode``) as it is handed out: a caller that is done with each record in turn leaves
+    the collector only young objects to look at, as in a loop over plain rows."""
+    built = (RecordedEvent(*row, timezone) for row in rows)
+    return decoding(built) if decode else built
 
 
 def decoded(page: list[RecordedEvent], decode: bool) -> list[RecordedEvent]:

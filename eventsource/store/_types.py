@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -283,48 +284,45 @@ def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[Reco
     with paused_gc():
         result = [RecordedEvent(*row) for row in rows]
         if decode:
-            _decode(result)
+            deque(decoding(result), maxlen=0)
         return result
 
 
 def decode_records(batch: Sequence[RecordedEvent]) -> None:
-    """Decode the events of loaded types in ``batch``, in order; the first failure is raised.
+    """Decode the events of loaded types in ``batch``, in order; the first failure is raised."""
+    with paused_gc():  # a model is several objects, none of them cyclic
+        deque(decoding(batch), maxlen=0)
+
+
+def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
+    """``records``, each with its event decoded (if its class is loaded) as it is handed out;
+    a record whose event fails raises instead, naming the event.
 
     Payloads stored at their class's schema version go straight from their JSON text to the
     model (one validator call each); the others, and any that fail, take ``decode_event``'s
     way, which upcasts them or raises the error naming the event.
     """
-    with paused_gc():  # a model is several objects, none of them cyclic
-        _decode(batch)
-
-
-def _decode(batch: Sequence[RecordedEvent]) -> None:
-    """``decode_records`` with the collector paused."""
     decoders: dict[str, tuple[int, Any]] = {}
-    for record in batch:
+    for record in records:
         event_type = record.event_type
         decoder = decoders.get(event_type)
         if decoder is None:
             decoder = decoders[event_type] = json_decoder(event_type)
         version, validate = decoder
         if validate is None:
-            continue  # not loaded: ``record.event`` says so when it is read
-        if record.schema_version == version:
+            pass  # not loaded: ``record.event`` says so when it is read
+        elif record.schema_version == version:
             document = record._data
             if record._event_id:  # a plain row's payload: splice the id in
                 head = _DOCUMENT_HEAD + record._event_id
                 document = head + '"}' if document == "{}" else head + '",' + document[1:]
             try:
                 record._event = validate(document)
-                continue
             except (ValueError, RecursionError):
-                pass  # decode_event raises it again, with the event named
-        try:
-            record._event = decode_event(
-                event_type, record.schema_version, record._payload(), record._id()
-            )
-        except EventDecodeError as exc:
-            raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
+                _ = record.event  # decode_event raises it again, naming the event
+        else:
+            _ = record.event  # upcast by decode_event (or its error, naming the event)
+        yield record
 
 
 def check_stream_id(stream_id: object, what: str = "stream id") -> str:
