@@ -1,11 +1,12 @@
 """Pages of stored events as records, fetched with as little client work per row as possible.
 
 The store's readers select ``event_pages`` rows (``queries.sql``): each payload comes with its
-event id already spliced in, the JSON document that ``decode_records`` validates straight into
-its model, and the row has no id column to load. Rows come in PostgreSQL's binary format; the
+event id already spliced in, the JSON document that ``decoding`` validates straight into its
+model, and the row has no id column to load. Rows come in PostgreSQL's binary format; the
 recording time is kept as the integer it is sent as (microseconds since 2000) and made a
 ``datetime`` only when a record's ``recorded_at`` is read (building one per row costs a third
-of loading the row). Records are built while the garbage collector is paused.
+of loading the row). A page returned whole is built with the collector paused; one handed out
+record by record (``iter_partition``) is built as it goes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
 
 __all__ = [
+    "EventRow",
     "decoded",
     "fetch_page",
     "fetch_page_async",
