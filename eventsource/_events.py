@@ -119,6 +119,16 @@ def is_registered(event_type: str) -> bool:
     return event_type in _registry
 
 
+def json_decoder(event_type: str) -> tuple[int, Callable[[str], Event] | None]:
+    """The schema version of the class loaded for ``event_type`` and its JSON validator
+    (``(0, None)`` if none is loaded): ``validator(text)`` is the model of a JSON document
+    holding the payload's fields and the ``event_id``, built in one pass without a dict."""
+    cls = _registry.get(event_type)
+    if cls is None:
+        return 0, None
+    return cls.schema_version, cls.__pydantic_validator__.validate_json
+
+
 def upcaster(event: type[Event] | str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
     """Register a function that turns a payload of ``from_version`` into ``from_version + 1``."""
     if isinstance(event, str):

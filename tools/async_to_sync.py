@@ -58,6 +58,7 @@ NAMES = {
     "drive_async": "drive",
     "driver_connection_async": "driver_connection",
     "fetch_async": "fetch",
+    "fetch_page_async": "fetch_page",
     "read_ahead_async": "read_ahead",
     "schema_status_async": "schema_status",
     "upgrade_schema_async": "upgrade_schema",

@@ -13,10 +13,11 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Final
 
-from eventsource.db import fetch
-from eventsource.store._types import RecordedEvent, records
+from eventsource.store._reading import EventRow, fetch_rows, fetch_rows_async, handed_out
+from eventsource.store._types import RecordedEvent
 
 if TYPE_CHECKING:
     from eventsource.store._async import AsyncEventStore
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["read_ahead", "read_ahead_async"]
 
-Rows = list[tuple[Any, ...]]
-POSITION = 4  # the position column of a partition's rows
+Page = tuple[list[EventRow], tzinfo]  # a page's rows, and the time zone of their times
+POSITION: Final = 4  # the position column of a page's rows
 
 
 class _PageReader:
@@ -34,7 +35,7 @@ class _PageReader:
     def __init__(self, store: EventStore, partition: int, after: int, batch: int) -> None:
         self._store = store
         self._params = {"partition": partition, "after": after, "limit": batch}
-        self._pages: queue.Queue[Rows | BaseException] = queue.Queue(maxsize=1)
+        self._pages: queue.Queue[Page | BaseException] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"eventsource-pages-{partition}", daemon=True
@@ -46,14 +47,15 @@ class _PageReader:
         try:
             with self._store._raw() as conn:
                 while not self._stop.is_set():
-                    rows = fetch(conn, self._store._queries.read_partition, params)
-                    if not self._put(rows) or len(rows) < params["limit"]:
+                    page = fetch_rows(conn, self._store._queries.read_partition_page, params)
+                    rows = page[0]
+                    if not self._put(page) or len(rows) < params["limit"]:
                         return
                     params["after"] = rows[-1][POSITION]
         except BaseException as exc:  # handed to the caller, raised there
             self._put(exc)
 
-    def _put(self, item: Rows | BaseException) -> bool:
+    def _put(self, item: Page | BaseException) -> bool:
         while not self._stop.is_set():
             try:
                 self._pages.put(item, timeout=0.1)
@@ -62,8 +64,8 @@ class _PageReader:
             return True
         return False
 
-    def next_rows(self) -> Rows:
-        """The next page's rows (fewer than a batch at the end); the reader's error, raised."""
+    def next_page(self) -> Page:
+        """The next page (shorter than a batch at the end); the reader's error, raised."""
         item = self._pages.get()
         if isinstance(item, BaseException):
             raise item
@@ -81,18 +83,27 @@ def read_ahead(
     store: EventStore, partition: int, after: int, batch: int, decode: bool
 ) -> Iterator[RecordedEvent]:
     """Every event of a partition after ``after``; pages after the first read on a thread."""
-    page = store._partition_rows(partition, after, batch)
-    yield from records(page, decode=decode)
-    if len(page) < batch:
+    params = {"partition": partition, "after": after, "limit": batch}
+    with store._raw() as conn:
+        rows, timezone = fetch_rows(conn, store._queries.read_partition_page, params)
+    yield from handed_out(rows, timezone, decode)
+    if len(rows) < batch:
         return
-    reader = _PageReader(store, partition, page[-1][POSITION], batch)
+    reader = _PageReader(store, partition, rows[-1][POSITION], batch)
     try:
-        while rows := reader.next_rows():
-            yield from records(rows, decode=decode)
+        while True:
+            rows, timezone = reader.next_page()
+            yield from handed_out(rows, timezone, decode)
             if len(rows) < batch:
                 return
     finally:
         reader.close()
+
+
+async def _page(store: AsyncEventStore, partition: int, after: int, batch: int) -> Page:
+    params = {"partition": partition, "after": after, "limit": batch}
+    async with store._raw() as conn:
+        return await fetch_rows_async(conn, store._queries.read_partition_page, params)
 
 
 async def read_ahead_async(
@@ -100,16 +111,14 @@ async def read_ahead_async(
 ) -> AsyncIterator[RecordedEvent]:
     """Every event of a partition after ``after``; each next page's query is sent (as a task)
     before the current page is decoded and handed out."""
-    rows = await store._partition_rows(partition, after, batch)
+    rows, timezone = await _page(store, partition, after, batch)
     while True:
         ahead = None
         try:
             if len(rows) == batch:
-                ahead = asyncio.ensure_future(
-                    store._partition_rows(partition, rows[-1][POSITION], batch)
-                )
+                ahead = asyncio.ensure_future(_page(store, partition, rows[-1][POSITION], batch))
                 await asyncio.sleep(0)  # let it send its query
-            for record in records(rows, decode=decode):
+            for record in handed_out(rows, timezone, decode):
                 yield record
         except BaseException:  # the caller stopped early (or failed): drop the next page
             if ahead is not None:
@@ -119,4 +128,4 @@ async def read_ahead_async(
             raise
         if ahead is None:
             return
-        rows = await ahead
+        rows, timezone = await ahead

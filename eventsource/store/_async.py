@@ -41,6 +41,7 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead_async
 from eventsource.store._base import StoreBase
+from eventsource.store._reading import decoded, fetch_page_async, whole_stream
 from eventsource.store._staging import (
     Plan,
     StagedAppends,
@@ -58,12 +59,9 @@ from eventsource.store._types import (
     check_range,
     check_stream_id,
     check_version,
-    records,
 )
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
-
-Rows = list[tuple[Any, ...]]
 
 
 async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[AppendResult]:
@@ -338,11 +336,8 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         check_version(after_version)
         params = {"stream_id": stream_id, "after": after_version}
         async with self._raw() as conn:
-            rows = await fetch_async(conn, self._queries.read_stream, params)
-        result = records(rows, decode=True)
-        for record in result:
-            _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
-        return result
+            page = await fetch_page_async(conn, self._queries.read_stream, params)
+        return whole_stream(page)
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 if it has no events)."""
@@ -362,12 +357,12 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         """
         check_partition(partition, await self._partition_count_cached())
         check_range(after, limit)
-        return records(await self._partition_rows(partition, after, limit), decode=decode)
+        return decoded(await self._partition_rows(partition, after, limit), decode)
 
-    async def _partition_rows(self, partition: int, after: int, limit: int) -> Rows:
+    async def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         async with self._raw() as conn:
-            return await fetch_async(conn, self._queries.read_partition, params)
+            return await fetch_page_async(conn, self._queries.read_partition_page, params)
 
     async def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True

@@ -30,6 +30,7 @@ class Queries(Statements):
     append_one_event_any: str
     read_stream: str
     read_partition: str
+    read_partition_page: str
     stream_version: str
     heads: str
     load_snapshot: str

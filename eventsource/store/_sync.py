@@ -41,6 +41,7 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead
 from eventsource.store._base import StoreBase
+from eventsource.store._reading import decoded, fetch_page, whole_stream
 from eventsource.store._staging import (
     Plan,
     StagedAppends,
@@ -58,12 +59,9 @@ from eventsource.store._types import (
     check_range,
     check_stream_id,
     check_version,
-    records,
 )
 
 __all__ = ["EventStore", "Transaction"]
-
-Rows = list[tuple[Any, ...]]
 
 
 def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
@@ -309,11 +307,8 @@ class EventStore(StoreBase[Engine]):
         check_version(after_version)
         params = {"stream_id": stream_id, "after": after_version}
         with self._raw() as conn:
-            rows = fetch(conn, self._queries.read_stream, params)
-        result = records(rows, decode=True)
-        for record in result:
-            _ = record.event  # a stream's reader needs every class: UnknownEventType otherwise
-        return result
+            page = fetch_page(conn, self._queries.read_stream, params)
+        return whole_stream(page)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 if it has no events)."""
@@ -333,12 +328,12 @@ class EventStore(StoreBase[Engine]):
         """
         check_partition(partition, self._partition_count_cached())
         check_range(after, limit)
-        return records(self._partition_rows(partition, after, limit), decode=decode)
+        return decoded(self._partition_rows(partition, after, limit), decode)
 
-    def _partition_rows(self, partition: int, after: int, limit: int) -> Rows:
+    def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         with self._raw() as conn:
-            return fetch(conn, self._queries.read_partition, params)
+            return fetch_page(conn, self._queries.read_partition_page, params)
 
     def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True

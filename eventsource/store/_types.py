@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, TypeVar, overload
 from uuid import UUID
 
@@ -21,7 +22,7 @@ from eventsource._checks import (
 from eventsource._errors import (
     EventSourceError,
 )
-from eventsource._events import Event, EventDecodeError, decode_event, is_registered
+from eventsource._events import Event, EventDecodeError, decode_event, json_decoder
 from eventsource._versions import ANY, NO_STREAM, ExpectedVersion
 from eventsource.store._token import make_token
 
@@ -38,6 +39,13 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_PARTITIONS = 4096
+
+# PostgreSQL's binary timestamptz: microseconds since this moment.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+# A payload with its event id spliced in: '{"event_id":"<36 characters>",' + the payload's fields.
+_DOCUMENT_HEAD = '{"event_id":"'
+_ID_END = len(_DOCUMENT_HEAD) + 36
 
 
 def partition_for(partition_key: str, partitions: int) -> int:
@@ -146,10 +154,11 @@ class RecordedEvent:
         "_event_id",
         "_metadata",
         "_metadata_text",
+        "_recorded_at",
+        "_timezone",
         "event_type",
         "partition",
         "position",
-        "recorded_at",
         "schema_version",
         "stream_id",
         "stream_version",
@@ -166,9 +175,16 @@ class RecordedEvent:
         schema_version: int,
         data: str,
         metadata: str,
-        recorded_at: datetime,
+        recorded_at: datetime | int,
+        tz: tzinfo | None = None,
     ) -> None:
-        """A stored event from its row; the payload is decoded on first access."""
+        """A stored event from its row; the payload is decoded on first access.
+
+        Rows of the store's own readers (``event_pages`` of ``queries.sql``) have an empty
+        ``event_id``: it is spliced into ``data``, ready for the model's validator; their
+        ``recorded_at`` is PostgreSQL's binary timestamptz (microseconds since 2000), made a
+        datetime in ``tz`` (the connection's time zone) when it is first read.
+        """
         self._event_id = event_id
         self.stream_id = stream_id
         self.stream_version = stream_version
@@ -180,12 +196,32 @@ class RecordedEvent:
         self._metadata_text = metadata
         self._metadata: dict[str, Any] | None = None
         self._event: Event | None = None
-        self.recorded_at = recorded_at
+        self._recorded_at = recorded_at
+        self._timezone = tz
 
     @property
     def event_id(self) -> UUID:
         """The event's id."""
-        return UUID(self._event_id)
+        return UUID(self._id())
+
+    def _id(self) -> str:
+        """The event id's text."""
+        return self._event_id or self._data[len(_DOCUMENT_HEAD) : _ID_END]
+
+    def _payload(self) -> str:
+        """The stored payload's JSON text."""
+        if self._event_id:
+            return self._data
+        return "{" + self._data[_ID_END + 2 :] if len(self._data) > _ID_END + 2 else "{}"
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the event was stored (the database's clock), in the connection's time zone."""
+        value = self._recorded_at
+        if isinstance(value, int):
+            value = (_PG_EPOCH + timedelta(microseconds=value)).astimezone(self._timezone)
+            self._recorded_at = value
+        return value
 
     @property
     def event(self) -> Event:
@@ -197,7 +233,7 @@ class RecordedEvent:
         if self._event is None:
             try:
                 self._event = decode_event(
-                    self.event_type, self.schema_version, self._data, self._event_id
+                    self.event_type, self.schema_version, self._payload(), self._id()
                 )
             except EventDecodeError as exc:
                 raise exc.at(self.stream_id, self.stream_version) from exc.__cause__
@@ -206,7 +242,7 @@ class RecordedEvent:
     @property
     def data(self) -> dict[str, Any]:
         """The stored payload as a dict, without decoding it to its model."""
-        result: dict[str, Any] = json.loads(self._data)
+        result: dict[str, Any] = json.loads(self._payload())
         return result
 
     @property
@@ -248,18 +284,45 @@ def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[Reco
     with paused_gc():
         result = [RecordedEvent(*row) for row in rows]
         if decode:
-            try:
-                for record in result:
-                    if is_registered(record.event_type):
-                        record._event = decode_event(
-                            record.event_type,
-                            record.schema_version,
-                            record._data,
-                            record._event_id,
-                        )
-            except EventDecodeError as exc:
-                raise exc.at(record.stream_id, record.stream_version) from exc.__cause__
+            deque(decoding(result), maxlen=0)
         return result
+
+
+def decode_records(batch: Sequence[RecordedEvent]) -> None:
+    """Decode the events of loaded types in ``batch``, in order; the first failure is raised."""
+    with paused_gc():  # a model is several objects, none of them cyclic
+        deque(decoding(batch), maxlen=0)
+
+
+def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
+    """``records``, each with its event decoded (if its class is loaded) as it is handed out;
+    a record whose event fails raises instead, naming the event.
+
+    Payloads stored at their class's schema version go straight from their JSON text to the
+    model (one validator call each); the others, and any that fail, take ``decode_event``'s
+    way, which upcasts them or raises the error naming the event.
+    """
+    decoders: dict[str, tuple[int, Any]] = {}
+    for record in records:
+        event_type = record.event_type
+        decoder = decoders.get(event_type)
+        if decoder is None:
+            decoder = decoders[event_type] = json_decoder(event_type)
+        version, validate = decoder
+        if validate is None:
+            pass  # not loaded: ``record.event`` says so when it is read
+        elif record.schema_version == version:
+            document = record._data
+            if record._event_id:  # a plain row's payload: splice the id in
+                head = _DOCUMENT_HEAD + record._event_id
+                document = head + '"}' if document == "{}" else head + '",' + document[1:]
+            try:
+                record._event = validate(document)
+            except (ValueError, RecursionError):
+                _ = record.event  # decode_event raises it again, naming the event
+        else:
+            _ = record.event  # upcast by decode_event (or its error, naming the event)
+        yield record
 
 
 def check_stream_id(stream_id: object, what: str = "stream id") -> str:

@@ -144,15 +144,32 @@ SELECT event_id::text, stream_id, stream_version, partition, position, event_typ
     schema_version, data::text, metadata::text, recorded_at
 FROM {schema}.events
 
+-- fragment: event_pages
+-- Stored events as the store's readers take them (store/_reading.py): event_rows, but with the
+-- event id (empty in its own column) spliced into the payload as its first field, making the
+-- JSON document the event's model is validated from: {"event_id":"<id>", then the payload's
+-- own fields.
+SELECT ''::text, stream_id, stream_version, partition, position, event_type, schema_version,
+    '{{"event_id":"' || event_id::text
+        || CASE WHEN data = '{{}}'::jsonb THEN '"}}' ELSE '",' || substr(data::text, 2) END,
+    metadata::text, recorded_at
+FROM {schema}.events
+
 -- name: read_stream
 -- The events of one stream after a version, in version order.
--- include: event_rows
+-- include: event_pages
 WHERE stream_id = %(stream_id)s AND stream_version > %(after)s
 ORDER BY stream_version
 
 -- name: read_partition
 -- Up to a limit of the events of one partition after a position, in position order.
 -- include: event_rows
+WHERE partition = %(partition)s AND position > %(after)s
+ORDER BY position LIMIT %(limit)s
+
+-- name: read_partition_page
+-- read_partition as the store's readers take it (the fragment event_pages).
+-- include: event_pages
 WHERE partition = %(partition)s AND position > %(after)s
 ORDER BY position LIMIT %(limit)s
 

@@ -1,0 +1,109 @@
+"""Pages of stored events as records, fetched with as little client work per row as possible.
+
+The store's readers select ``event_pages`` rows (``queries.sql``): each payload comes with its
+event id already spliced in, the JSON document that ``decoding`` validates straight into its
+model, and the row has no id column to load. Rows come in PostgreSQL's binary format; the
+recording time is kept as the integer it is sent as (microseconds since 2000) and made a
+``datetime`` only when a record's ``recorded_at`` is read (building one per row costs a third
+of loading the row). A page returned whole is built with the collector paused; one handed out
+record by record (``iter_partition``) is built as it goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import tzinfo
+from typing import Any
+
+import psycopg
+from psycopg import postgres
+from psycopg.types.numeric import Int8BinaryLoader
+
+from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
+
+__all__ = [
+    "EventRow",
+    "decoded",
+    "fetch_page",
+    "fetch_page_async",
+    "fetch_rows",
+    "fetch_rows_async",
+    "handed_out",
+    "whole_stream",
+]
+
+# A row of ``event_pages``, its recording time in microseconds (``RecordedEvent``'s arguments).
+EventRow = tuple[str, str, int, int, int, str, int, str, str, int]
+
+_TIMESTAMPTZ = postgres.types["timestamptz"].oid
+
+
+def _cursor(conn: Any) -> Any:
+    """A binary cursor of ``conn`` that loads timestamptz values as microseconds."""
+    cursor = conn.cursor(binary=True)
+    # A binary timestamptz is an int8 of microseconds: the int8 loader (psycopg's C one, when
+    # it has it) reads it as it is.
+    cursor.adapters.register_loader(_TIMESTAMPTZ, Int8BinaryLoader)
+    return cursor
+
+
+def fetch_rows(
+    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+) -> tuple[list[EventRow], tzinfo]:
+    """The rows of a query selecting ``event_pages`` rows, and the time zone of their times."""
+    with _cursor(conn) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall(), conn.info.timezone
+
+
+async def fetch_rows_async(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+) -> tuple[list[EventRow], tzinfo]:
+    """``fetch_rows`` on an asyncio connection."""
+    async with _cursor(conn) as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall(), conn.info.timezone
+
+
+def fetch_page(
+    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+) -> list[RecordedEvent]:
+    """The records of a query selecting ``event_pages`` rows."""
+    return page_records(*fetch_rows(conn, sql, params))
+
+
+async def fetch_page_async(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+) -> list[RecordedEvent]:
+    """``fetch_page`` on an asyncio connection."""
+    return page_records(*await fetch_rows_async(conn, sql, params))
+
+
+def page_records(rows: list[EventRow], timezone: tzinfo) -> list[RecordedEvent]:
+    """The records of ``event_pages`` rows, built with the collector paused."""
+    with paused_gc():
+        return [RecordedEvent(*row, timezone) for row in rows]
+
+
+def handed_out(rows: list[EventRow], timezone: tzinfo, decode: bool) -> Iterator[RecordedEvent]:
+    """The records of ``event_pages`` rows, each built (and its event decoded, with
+    ``decode``) as it is handed out: a caller that is done with each record in turn leaves
+    the collector only young objects to look at, as in a loop over plain rows."""
+    built = (RecordedEvent(*row, timezone) for row in rows)
+    return decoding(built) if decode else built
+
+
+def decoded(page: list[RecordedEvent], decode: bool) -> list[RecordedEvent]:
+    """``page`` with the events of loaded types decoded (if ``decode``)."""
+    if decode:
+        decode_records(page)
+    return page
+
+
+def whole_stream(page: list[RecordedEvent]) -> list[RecordedEvent]:
+    """A stream's records, every event decoded: a stream's reader needs every class, so an
+    event whose class is not loaded is an ``UnknownEventType`` here."""
+    decode_records(page)
+    for record in page:
+        _ = record.event
+    return page
