@@ -63,6 +63,8 @@ def take(queue: list[_Entry], group: list[_Entry]) -> list[_Entry]:
     """Move the oldest appends of ``queue`` to ``group`` (which may hold some already) and
     return it: up to ``MAX_GROUP``, no two of them to one stream (a later append to a stream
     of the group waits for the next one, so appends to one stream keep their order)."""
+    if not queue:
+        return group
     rest: list[_Entry] = []
     streams: set[str] = {name for entry in group for name in entry.staged.stream_ids()}
     for entry in queue:
