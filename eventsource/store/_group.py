@@ -2,9 +2,10 @@
 
 An append outside a transaction is one autocommit statement, and its commit (a WAL flush) is
 most of its cost. When several threads (``EventStore``) or tasks (``AsyncEventStore``) of one
-process append at the same moment, the first writes at once; those that arrive while it is
-under way queue up, and the next writer takes all of them (one append per stream, in arrival
-order) into one ``append_group`` statement: one statement, one commit, one WAL flush. The
+process append at the same moment, the first ``WRITERS`` write at once; those that arrive
+while they are under way queue up, and the next writer takes all of them (one append per
+stream, in arrival order) into one ``append_group`` statement: one statement, one commit, one
+WAL flush. The
 ordering contract is that of a transaction appending to several streams: the partitions'
 heads are locked in ascending order and every append's events get consecutive positions.
 
