@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     ``EVENTSOURCE_EMBEDDED_DIR``: the embedded server's data directory.
     ``EVENTSOURCE_PREPARED_STATEMENTS``: ``false`` behind a PgBouncer older than 1.21 in
     transaction mode (hot statements are otherwise prepared server-side).
+    ``EVENTSOURCE_GROUP_COMMIT``: ``false`` to write every standalone append on its own (by
+    default, appends that threads or tasks make at the same moment share one commit).
     ``EVENTSOURCE_COMMAND_LEASE``: seconds a claimed command stays leased without a heartbeat;
     ``EVENTSOURCE_COMMAND_BACKOFF_BASE`` / ``_MAX``: the retry delay after the first failed
     attempt, doubled per attempt up to the maximum (with jitter).
@@ -59,6 +61,7 @@ class Settings(BaseSettings):
     embedded_dir: Path = Field(default_factory=_default_embedded_dir)
     pool_size: int = Field(default=10, ge=1, le=MAX_POOL_SIZE)
     prepared_statements: bool = True
+    group_commit: bool = True
     command_lease: float = Field(default=10.0, ge=0.5, le=3600, allow_inf_nan=False)
     command_backoff_base: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     command_backoff_max: float = Field(default=300.0, ge=0, le=86400, allow_inf_nan=False)

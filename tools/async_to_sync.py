@@ -47,6 +47,7 @@ NAMES = {
     "AsyncConnectionPool": "ConnectionPool",
     "AsyncEngine": "Engine",
     "AsyncEventStore": "EventStore",
+    "AsyncGroupCommit": "GroupCommit",
     "AsyncIterator": "Iterator",
     "AsyncRawPool": "RawPool",
     "AsyncRepository": "Repository",

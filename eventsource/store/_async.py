@@ -41,13 +41,12 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead_async
 from eventsource.store._base import StoreBase
+from eventsource.store._group import AsyncGroupCommit, drive_async
 from eventsource.store._reading import decoded, fetch_page_async, whole_stream
 from eventsource.store._staging import (
-    Plan,
     StagedAppends,
     TransactionCore,
     append_plan,
-    for_the_plan,
 )
 from eventsource.store._types import (
     ANY,
@@ -62,24 +61,6 @@ from eventsource.store._types import (
 )
 
 __all__ = ["AsyncEventStore", "AsyncTransaction"]
-
-
-async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
-    it the errors that it answers)."""
-    try:
-        step = next(plan)
-        while True:
-            try:
-                rows = await fetch_async(conn, *step)
-            except psycopg.Error as exc:
-                if not for_the_plan(exc):
-                    raise
-                step = plan.throw(exc)
-            else:
-                step = plan.send(rows)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 class AsyncTransaction(TransactionCore):
@@ -195,8 +176,10 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         return async_engine(url, pool_size, prepared)
 
     def __init__(self, engine: AsyncEngine, **options: Any) -> None:
-        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
+        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements,
+        group_commit)."""
         super().__init__(engine, **options)
+        self._group = AsyncGroupCommit(self) if self.group_commit else None
         if True:  # ASYNC
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
@@ -297,9 +280,12 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
             staged = StagedAppends()
             pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
             partitions = await self._partition_count_cached()
-            plan = append_plan(staged, self._queries, partitions, autocommit=True)
-            async with self._raw() as conn:
-                await drive_async(conn, plan)
+            if self._group is not None:
+                await self._group.append(staged, partitions)
+            else:
+                plan = append_plan(staged, self._queries, partitions, autocommit=True)
+                async with self._raw() as conn:
+                    await drive_async(conn, plan)
             write.written((pending,))
         result = pending.result
         if not result.duplicate:

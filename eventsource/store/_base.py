@@ -31,8 +31,13 @@ class StoreBase(Generic[EngineT]):
         schema: str = "eventsource",
         partitions: int = 16,
         prepared_statements: bool = True,
+        group_commit: bool = True,
     ) -> None:
-        """Bind the store to ``engine`` and ``schema``; nothing is sent to the server yet."""
+        """Bind the store to ``engine`` and ``schema``; nothing is sent to the server yet.
+
+        ``group_commit``: standalone appends that threads (tasks) of this store make at the
+        same moment are written together, in one statement and one commit (``_group``).
+        """
         self._engine = engine
         self.schema = schema
         # A hostile or malformed name is a ValueError here, before any SQL is built or sent.
@@ -40,6 +45,9 @@ class StoreBase(Generic[EngineT]):
         self._initial_partitions = check_partitions(partitions)
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
         self.prepared_statements = prepared_statements
+        if not isinstance(group_commit, bool):
+            raise TypeError(f"group_commit must be True or False, got {group_commit!r}")
+        self.group_commit = group_commit
         self._announcer = Announcer(
             conninfo(self.url),
             self._queries.channel,
@@ -91,13 +99,14 @@ class StoreBase(Generic[EngineT]):
         partitions: int | None = None,
         pool_size: int | None = None,
         prepared_statements: bool | None = None,
+        group_commit: bool | None = None,
     ) -> Self:
         """A store on ``url``; ``None`` reads ``EVENTSOURCE_DATABASE_URL``, else embedded.
 
         Each setting left out (``None``) comes from its ``EVENTSOURCE_*`` variable, else its
         default, exactly as ``from_env`` reads it: arguments win over the environment, and the
         environment over the defaults (schema ``eventsource``, 16 partitions, a pool of 10,
-        prepared statements on)::
+        prepared statements and group commit on)::
 
             store = EventStore.from_url(url, schema="bank")   # EVENTSOURCE_POOL_SIZE applies
         """
@@ -119,6 +128,10 @@ class StoreBase(Generic[EngineT]):
                     f"prepared_statements must be True or False, got {prepared_statements!r}"
                 )
             given["prepared_statements"] = prepared_statements
+        if group_commit is not None:
+            if not isinstance(group_commit, bool):
+                raise TypeError(f"group_commit must be True or False, got {group_commit!r}")
+            given["group_commit"] = group_commit
         return cls._from_settings(url, Settings(**given))
 
     @classmethod
@@ -139,6 +152,7 @@ class StoreBase(Generic[EngineT]):
             schema=settings.db_schema,
             partitions=settings.partitions,
             prepared_statements=settings.prepared_statements,
+            group_commit=settings.group_commit,
         )
 
     @property

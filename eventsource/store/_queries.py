@@ -28,6 +28,7 @@ class Queries(Statements):
     append_one_event_new: str
     append_one_event_at: str
     append_one_event_any: str
+    append_group: str
     read_stream: str
     read_partition: str
     read_partition_page: str

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,6 +34,15 @@ from eventsource.store._types import (
     check_stream_id,
     partition_for,
 )
+
+# Joins JSON texts for the append_group statement: JSON escapes every control character, so
+# no JSON text holds one.
+SEPARATOR = "\x1e"
+
+
+def _literal(values: Iterable[object]) -> str:
+    """An array literal of numbers or UUIDs (whose text needs no quoting)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _encode(event: Event) -> str:
@@ -90,6 +99,19 @@ class StagedAppends:
 
     def __bool__(self) -> bool:
         return bool(self._streams)
+
+    @classmethod
+    def joined(cls, parts: Sequence[StagedAppends]) -> StagedAppends:
+        """The appends of ``parts`` (no stream in two of them) as one flush; resolving it fills
+        the pending results of every part."""
+        joined = cls()
+        for part in parts:
+            joined._streams.update(part._streams)
+        return joined
+
+    def stream_ids(self) -> Iterable[str]:
+        """The streams staged."""
+        return self._streams.keys()
 
     def pending(self) -> list[PendingAppend]:
         """The pending results of every staged append, in staging order."""
@@ -167,6 +189,39 @@ class StagedAppends:
             "data": [d for s in streams for d in s.data],
             "metadata": [m for s in streams for m in s.metadata],
         }
+
+    def group_params(self, partitions: int, *, all_or_none: bool) -> dict[str, Any]:
+        """The parameters of the ``append_group`` statement for everything staged (see it):
+        array literals, the event types once each, texts joined by ``SEPARATOR``."""
+        streams = list(self._streams.values())
+        events = [e for s in streams for e in s.events]
+        types: dict[str, int] = {}
+        for event in events:
+            types.setdefault(event.event_type, len(types) + 1)
+        metadata = [m for s in streams for m in s.metadata]
+        return {
+            "stream_ids": [s.stream_id for s in streams],
+            "partitions": _literal(partition_for(s.partition_key, partitions) for s in streams),
+            "expected": _literal(s.expected for s in streams),
+            "counts": _literal(len(s.events) for s in streams),
+            "event_ids": _literal(e.event_id for e in events),
+            "types": list(types),
+            "type_index": _literal(types[e.event_type] for e in events),
+            "schema_versions": _literal(e.schema_version for e in events),
+            "data": SEPARATOR.join(d for s in streams for d in s.data),
+            "metadata": ""
+            if metadata.count("{}") == len(metadata)
+            else SEPARATOR.join("" if m == "{}" else m for m in metadata),
+            "all_or_none": all_or_none,
+        }
+
+    def written(self, rows: Sequence[Sequence[Any]], schema: str) -> list[AppendResult] | None:
+        """Fill the pending appends from ``append_group``'s rows and return ``resolve``'s
+        results, if the rows hold every stream staged (else change nothing: None)."""
+        by_stream = {row[0]: row for row in rows}
+        if not all(stream_id in by_stream for stream_id in self._streams):
+            return None
+        return self.resolve([(s, "ok", *by_stream[s][1:]) for s in self._streams], schema)
 
     def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
         """For exactly one staged stream: the fast statement and its parameters."""
@@ -271,6 +326,17 @@ def append_plan(
             return staged.resolve(
                 [(params["stream_id"], "ok", version, partition, position)], queries.schema
             )
+    if autocommit:
+        # Several streams, all claims checked and written by one plain statement; if one does
+        # not hold (or a racing writer made the insert fail), nothing is written and the
+        # append function finds out what happened.
+        try:
+            rows = yield queries.append_group, staged.group_params(partitions, all_or_none=True)
+        except psycopg.errors.UniqueViolation:
+            rows = []
+        results = staged.written(rows, queries.schema)
+        if results is not None:
+            return results
     params = staged.params(partitions)
     try:
         rows = yield queries.append, params

@@ -41,13 +41,12 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead
 from eventsource.store._base import StoreBase
+from eventsource.store._group import GroupCommit, drive
 from eventsource.store._reading import decoded, fetch_page, whole_stream
 from eventsource.store._staging import (
-    Plan,
     StagedAppends,
     TransactionCore,
     append_plan,
-    for_the_plan,
 )
 from eventsource.store._types import (
     ANY,
@@ -62,24 +61,6 @@ from eventsource.store._types import (
 )
 
 __all__ = ["EventStore", "Transaction"]
-
-
-def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
-    it the errors that it answers)."""
-    try:
-        step = next(plan)
-        while True:
-            try:
-                rows = fetch(conn, *step)
-            except psycopg.Error as exc:
-                if not for_the_plan(exc):
-                    raise
-                step = plan.throw(exc)
-            else:
-                step = plan.send(rows)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 class Transaction(TransactionCore):
@@ -187,8 +168,10 @@ class EventStore(StoreBase[Engine]):
         return sync_engine(url, pool_size, prepared)
 
     def __init__(self, engine: Engine, **options: Any) -> None:
-        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements)."""
+        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements,
+        group_commit)."""
         super().__init__(engine, **options)
+        self._group = GroupCommit(self) if self.group_commit else None
         # Connections open on first use.
         self._raw_pool = RawPool(conninfo(self.url), self._pool_size, self._prepare_threshold)
 
@@ -268,9 +251,12 @@ class EventStore(StoreBase[Engine]):
             staged = StagedAppends()
             pending = staged.add(stream_id, events, expected_version, metadata, partition_key)
             partitions = self._partition_count_cached()
-            plan = append_plan(staged, self._queries, partitions, autocommit=True)
-            with self._raw() as conn:
-                drive(conn, plan)
+            if self._group is not None:
+                self._group.append(staged, partitions)
+            else:
+                plan = append_plan(staged, self._queries, partitions, autocommit=True)
+                with self._raw() as conn:
+                    drive(conn, plan)
             write.written((pending,))
         result = pending.result
         if not result.duplicate:

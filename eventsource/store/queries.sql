@@ -138,6 +138,78 @@ WITH s AS (
 ),
 -- include: write_event
 
+-- name: append_group
+-- Append to several streams (each at most once) in one statement, without the append function:
+-- the claims of append_one_* for every stream (its version from its latest event), the heads of
+-- the claimed partitions locked in ascending order and moved past their new events, the events
+-- inserted at the positions after each head (streams in the given order) and versions after
+-- each stream's. One row per stream written: (stream_id, version, partition, position). With
+-- all_or_none, nothing is written unless every claim holds; otherwise the streams whose claims
+-- hold are written and the others left out (the caller then asks the append function about
+-- them). Parameters are cheap to build: numbers and event ids as array literals, the event
+-- types once each (types) and an index into them per event (type_index), payloads and metadata
+-- as one text each, joined by the record separator U+001E (JSON text holds none: it escapes
+-- control characters), an empty metadata as ''. The arrays are read through scalar subqueries,
+-- whose sizes the planner does not know: then its generic plan costs what a custom one would,
+-- and the statement is not planned again on every call. A writer that got to a stream first between the read and
+-- the insert makes the insert fail on the unique (stream_id, stream_version) key.
+WITH u AS (
+    SELECT u.sid, u.part, u.expected, u.cnt, u.ord,
+        sum(u.cnt) OVER (ORDER BY u.ord) - u.cnt AS f0
+    FROM unnest((SELECT %(stream_ids)b::text[]), (SELECT %(partitions)s::integer[]),
+        (SELECT %(expected)s::bigint[]), (SELECT %(counts)s::integer[]))
+        WITH ORDINALITY AS u(sid, part, expected, cnt, ord)
+),
+ev AS (
+    SELECT ev.id, (SELECT %(types)b::text[])[ev.ti] AS t, ev.v, ev.d, ev.m, ev.k
+    FROM unnest((SELECT %(event_ids)s::uuid[]), (SELECT %(type_index)s::integer[]),
+        (SELECT %(schema_versions)s::integer[]),
+        string_to_array((SELECT %(data)s::text), E'\x1e'),
+        string_to_array((SELECT %(metadata)s::text), E'\x1e'))
+        WITH ORDINALITY AS ev(id, ti, v, d, m, k)
+),
+c AS (
+    SELECT u.ord, u.sid, u.cnt, u.f0, coalesce(l.partition, u.part) AS partition,
+        coalesce(l.version, 0::bigint) AS version,
+        CASE WHEN u.expected = -2 THEN NOT EXISTS (
+                SELECT 1 FROM {schema}.events e, ev
+                WHERE ev.k = u.f0 + 1 AND e.event_id = ev.id)
+            WHEN u.expected IN (-1, 0) THEN l.version IS NULL
+            ELSE coalesce(l.version = u.expected, false) END AS ok
+    FROM u LEFT JOIN LATERAL (
+        SELECT partition, stream_version AS version FROM {schema}.events
+        WHERE stream_id = u.sid ORDER BY stream_version DESC LIMIT 1) l ON true
+),
+s AS (
+    SELECT * FROM c
+    WHERE c.ok AND (NOT (SELECT %(all_or_none)b::boolean) OR (SELECT bool_and(c.ok) FROM c))
+),
+n AS (
+    SELECT s.partition, sum(s.cnt) AS cnt FROM s GROUP BY s.partition
+),
+lk AS MATERIALIZED (
+    SELECT p.partition FROM {schema}.partitions p
+    WHERE p.partition IN (SELECT n.partition FROM n) ORDER BY p.partition FOR UPDATE
+),
+h AS (
+    UPDATE {schema}.partitions p SET head = p.head + n.cnt FROM n, lk
+    WHERE p.partition = n.partition AND lk.partition = n.partition
+    RETURNING p.partition, p.head - n.cnt AS base
+),
+placed AS (
+    SELECT s.*, h.base + sum(s.cnt) OVER (PARTITION BY s.partition ORDER BY s.ord) - s.cnt AS pos0
+    FROM s JOIN h ON h.partition = s.partition
+),
+e AS (
+    INSERT INTO {schema}.events (partition, position, event_id, stream_id, stream_version,
+        event_type, schema_version, data, metadata)
+    SELECT x.partition, x.pos0 + g.i, ev.id, x.sid, x.version + g.i, ev.t, ev.v, ev.d::jsonb,
+        coalesce(nullif(ev.m, '')::jsonb, '{{}}'::jsonb)
+    FROM placed x CROSS JOIN LATERAL generate_series(1, x.cnt) AS g(i)
+    JOIN ev ON ev.k = x.f0 + g.i
+)
+SELECT x.sid, x.version + x.cnt, x.partition, x.pos0 + x.cnt FROM placed x
+
 -- fragment: event_rows
 -- Stored events as RecordedEvent rows: its fields, in their order (the readers build one a row).
 SELECT event_id::text, stream_id, stream_version, partition, position, event_type,
