@@ -260,8 +260,7 @@ class EventDecodeError(EventSourceError):
 
 # -- translation of driver errors ------------------------------------------------------------
 
-# Server states that mean the connection, not the statement, failed: the server is shutting
-# down or starting up, or has no connection slot left.
+# Server states of a failed connection, not statement: shutdown, start-up, no free slot.
 _OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
@@ -283,11 +282,10 @@ def is_outage(exc: BaseException | None) -> bool:
                 return True
             exc = exc.orig
             continue
-        if isinstance(exc, psycopg.errors.PipelineAborted):
-            return False  # a statement before it failed in the pipeline: not the connection
-        if isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, psycopg.errors.PipelineAborted):  # an earlier statement failed
+            return False
+        if isinstance(exc, psycopg.OperationalError):  # without SQLSTATE: libpq itself failed
             state = exc.sqlstate
-            # No SQLSTATE: libpq itself failed (refused, reset, closed by the server).
             return state is None or state.startswith("08") or state in _OUTAGE_STATES
         if isinstance(exc, psycopg.Error):
             return False
