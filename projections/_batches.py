@@ -32,7 +32,7 @@ from eventsource._internal import (
 )
 from projections._membership import Group, Lease, Membership
 from projections._projection import Projection
-from projections._sources import Source
+from projections._sources import Source, StoreSource
 from projections._writes import BatchConnection
 
 __all__ = ["Batches"]
@@ -166,14 +166,15 @@ class Batches:
         checkpoint's position afterwards.
         """
         raw = driver_connection(conn)
-        try:
-            locked = fetch(raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms})
-        except psycopg.errors.LockNotAvailable:
-            locked = []  # another session holds the checkpoint: not ours
-        if not locked:
+        params = {**key, "ms": self._timeout_ms, "limit": size}
+        if isinstance(self.source, StoreSource):
+            read = self.source.lock_read(raw, params)
+        else:
+            read = self._lock_then_read(raw, params)
+        if read is None:
             raise _LeaseLost
-        position: int = locked[0][0]
-        batch.extend(self.source.read(raw, key["partition"], position, size))
+        position, events = read
+        batch.extend(events)
         if not batch:
             return position
         if len(batch) == 1:
@@ -191,6 +192,20 @@ class Batches:
             if cursor.rowcount != 1:
                 raise _LeaseLost
         return last
+
+    def _lock_then_read(
+        self, raw: psycopg.Connection[Any], params: dict[str, Any]
+    ) -> tuple[int, list[RecordedEvent]] | None:
+        """Lock the checkpoint, then read the source after it (a source other than the
+        store); None when the checkpoint is not ours (or another session holds it)."""
+        try:
+            locked = fetch(raw, self.queries.lock_checkpoint, params)
+        except psycopg.errors.LockNotAvailable:
+            return None
+        if not locked:
+            return None
+        position: int = locked[0][0]
+        return position, self.source.read(raw, params["partition"], position, params["limit"])
 
     def _failed(
         self,

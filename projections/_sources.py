@@ -87,6 +87,21 @@ class StoreSource:
         )
         return records(rows, decode=False)
 
+    def lock_read(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any]
+    ) -> tuple[int, list[RecordedEvent]] | None:
+        """Lock the batch's checkpoint and read the events after it in one statement; the
+        checkpoint's position and the events (up to ``params["limit"]``), or None when the
+        checkpoint is not ours (or another session holds it)."""
+        try:
+            rows = fetch(conn, self.queries.lock_read, params)
+        except psycopg.errors.LockNotAvailable:
+            return None
+        if not rows:
+            return None
+        position: int = rows[0][0]
+        return position, records([row[1:] for row in rows if row[1] is not None], decode=False)
+
     def waiter(self, log: Any) -> Listener:
         """LISTEN on the store's channel."""
         return Listener(self.store.url, [self.store._queries.listen], log)
