@@ -95,6 +95,21 @@ class Batches:
                 worked |= self.batch(group, partition, group.leases[partition]) > 0
         return worked
 
+    def work_announced(self, groups: Sequence[Group], partitions: set[int]) -> bool:
+        """One batch for every announced partition this worker holds (without reading the
+        heads: the announcement says it moved); whether one may have more than a batch."""
+        more = False
+        now = time.monotonic()
+        for group in groups:
+            for partition in sorted(partitions & group.leases.keys()):
+                lease = group.leases[partition]
+                if self._stop.is_set():
+                    return more
+                if lease.failed or group.retry_at.get(partition, 0.0) > now:
+                    continue
+                more |= self.batch(group, partition, lease) >= group.projection.batch_size
+        return more
+
     def batch(self, group: Group, partition: int, lease: Lease) -> int:
         """Apply one batch of ``partition``; the number of events it covered.
 
