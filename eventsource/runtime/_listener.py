@@ -94,12 +94,17 @@ class Listener:
             if left <= 0:
                 return False
             assert self._conn is not None
+            heard = False
             try:
+                # Not left early: the rest of the notifications read with the first would be
+                # lost with the generator.
                 for notify in self._conn.notifies(timeout=left, stop_after=1):
                     self._keep_payload(notify.payload)
-                    return True
+                    heard = True
             except psycopg.Error as exc:
                 self._drop(exc)
+            if heard:
+                return True
         return False
 
     def heard(self) -> list[str] | None:

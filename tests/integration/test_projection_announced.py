@@ -86,6 +86,21 @@ def test_the_listener_keeps_the_payloads_only_when_asked(store: EventStore) -> N
         plain.close()
 
 
+def test_notifications_read_together_are_all_kept(store: EventStore) -> None:
+    """Notifications that arrive together (one commit's) are kept, not only the first."""
+    listener = Listener(store.url, [store._queries.listen], get_logger("test"), keep_payloads=True)
+    try:
+        assert listener.open()
+        with psycopg.connect(conninfo(store.url), autocommit=True) as conn:
+            channel = store._queries.channel
+            conn.execute("SELECT pg_notify(%s, '1'), pg_notify(%s, '2')", (channel, channel))
+        time.sleep(0.1)  # both are in the socket's buffer
+        assert listener.wait(5, STOP)
+        assert listener.heard() == ["1", "2"]
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize(
     ("payloads", "partitions"),
     [(["3,1", "2"], {1, 2, 3}), (["3,x"], None), ([""], None), ([], None)],
