@@ -32,7 +32,7 @@ from eventsource._internal import (
 )
 from projections._membership import Group, Lease, Membership
 from projections._projection import Projection
-from projections._sources import Source
+from projections._sources import Source, StoreSource
 from projections._writes import BatchConnection
 
 __all__ = ["Batches"]
@@ -94,6 +94,21 @@ class Batches:
                     continue
                 worked |= self.batch(group, partition, group.leases[partition]) > 0
         return worked
+
+    def work_announced(self, groups: Sequence[Group], partitions: set[int]) -> bool:
+        """One batch for every announced partition this worker holds (without reading the
+        heads: the announcement says it moved); whether one may have more than a batch."""
+        more = False
+        now = time.monotonic()
+        for group in groups:
+            for partition in sorted(partitions & group.leases.keys()):
+                lease = group.leases[partition]
+                if self._stop.is_set():
+                    return more
+                if lease.failed or group.retry_at.get(partition, 0.0) > now:
+                    continue
+                more |= self.batch(group, partition, lease) >= group.projection.batch_size
+        return more
 
     def batch(self, group: Group, partition: int, lease: Lease) -> int:
         """Apply one batch of ``partition``; the number of events it covered.
@@ -166,14 +181,15 @@ class Batches:
         checkpoint's position afterwards.
         """
         raw = driver_connection(conn)
-        try:
-            locked = fetch(raw, self.queries.lock_checkpoint, {**key, "ms": self._timeout_ms})
-        except psycopg.errors.LockNotAvailable:
-            locked = []  # another session holds the checkpoint: not ours
-        if not locked:
+        params = {**key, "ms": self._timeout_ms, "limit": size}
+        if isinstance(self.source, StoreSource):
+            read = self.source.lock_read(raw, params)
+        else:
+            read = self._lock_then_read(raw, params)
+        if read is None:
             raise _LeaseLost
-        position: int = locked[0][0]
-        batch.extend(self.source.read(raw, key["partition"], position, size))
+        position, events = read
+        batch.extend(events)
         if not batch:
             return position
         if len(batch) == 1:
@@ -191,6 +207,20 @@ class Batches:
             if cursor.rowcount != 1:
                 raise _LeaseLost
         return last
+
+    def _lock_then_read(
+        self, raw: psycopg.Connection[Any], params: dict[str, Any]
+    ) -> tuple[int, list[RecordedEvent]] | None:
+        """Lock the checkpoint, then read the source after it (a source other than the
+        store); None when the checkpoint is not ours (or another session holds it)."""
+        try:
+            locked = fetch(raw, self.queries.lock_checkpoint, params)
+        except psycopg.errors.LockNotAvailable:
+            return None
+        if not locked:
+            return None
+        position: int = locked[0][0]
+        return position, self.source.read(raw, params["partition"], position, params["limit"])
 
     def _failed(
         self,

@@ -41,6 +41,7 @@ class ProjectionQueries(Statements):
     renew: str
     release: str
     lock_checkpoint: str
+    lock_read: str
     advance: str
     record_error: str
     retry: str

@@ -10,7 +10,7 @@ the worker's own store (the default); ``JetStreamSource`` reads what the relay p
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import psycopg
 
@@ -18,7 +18,7 @@ from eventsource import EventStore, RecordedEvent
 from eventsource._internal import Listener, fetch, records
 from projections._queries import ProjectionQueries
 
-__all__ = ["Source", "StoreSource", "Waiter"]
+__all__ = ["Source", "StoreSource", "Waiter", "announced"]
 
 
 class Waiter(Protocol):
@@ -32,6 +32,27 @@ class Waiter(Protocol):
 
     def close(self) -> None:
         """Stop listening."""
+
+
+@runtime_checkable
+class _Telling(Protocol):
+    """A waiter that tells what its announcements said (the ``Listener``)."""
+
+    def heard(self) -> list[str] | None:
+        """The payloads since the last call; None if some may have been missed."""
+
+
+def announced(waiter: Waiter) -> set[int] | None:
+    """The partitions announced to ``waiter`` since the last look, or None when that is not
+    known (a waiter that does not tell, a missed or unreadable announcement): then the
+    heads of every partition are to be read."""
+    heard = waiter.heard() if isinstance(waiter, _Telling) else None
+    if not heard:
+        return None
+    try:
+        return {int(item) for payload in heard for item in payload.split(",")}
+    except ValueError:
+        return None
 
 
 class Source(Protocol):
@@ -87,9 +108,24 @@ class StoreSource:
         )
         return records(rows, decode=False)
 
+    def lock_read(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any]
+    ) -> tuple[int, list[RecordedEvent]] | None:
+        """Lock the batch's checkpoint and read the events after it in one statement; the
+        checkpoint's position and the events (up to ``params["limit"]``), or None when the
+        checkpoint is not ours (or another session holds it)."""
+        try:
+            rows = fetch(conn, self.queries.lock_read, params)
+        except psycopg.errors.LockNotAvailable:
+            return None
+        if not rows:
+            return None
+        position: int = rows[0][0]
+        return position, records([row[1:] for row in rows if row[1] is not None], decode=False)
+
     def waiter(self, log: Any) -> Listener:
-        """LISTEN on the store's channel."""
-        return Listener(self.store.url, [self.store._queries.listen], log)
+        """LISTEN on the store's channel; the announcements name the written partitions."""
+        return Listener(self.store.url, [self.store._queries.listen], log, keep_payloads=True)
 
     def is_outage(self, exc: BaseException) -> bool:
         """Outages of the store are the worker's own (``is_outage``)."""

@@ -29,7 +29,7 @@ from projections._membership import Group, Lease, Membership
 from projections._projection import Projection, check_unique, close_thread_loop
 from projections._queries import projection_queries
 from projections._reactor import Reactor
-from projections._sources import Source, StoreSource
+from projections._sources import Source, StoreSource, announced
 
 __all__ = ["ProjectionWorker", "run"]
 
@@ -90,6 +90,7 @@ class ProjectionWorker:
             if isinstance(projection, Reactor):
                 projection.attach(store)
         self._stop = threading.Event()
+        self._next_poll = 0.0  # when the heads of every partition are read again at the latest
         self._log = log.bind(worker=self.worker_id)
         self._membership = Membership(
             store,
@@ -133,15 +134,18 @@ class ProjectionWorker:
         self._log.info("worker started", projections=[g.name for g in self._groups])
         try:
             next_beat = 0.0
+            self._next_poll = 0.0
+            # Partitions an announcement named, worked at once; None: read every head.
+            partitions: set[int] | None = None
             while not self._stop.is_set():
                 try:
                     if time.monotonic() >= next_beat:
                         self.heartbeat()
                         next_beat = time.monotonic() + self.heartbeat_interval
-                    heads = self.source.heads()
-                    if stop_when_caught_up and self.caught_up(heads):
+                        partitions = None  # leases may have changed hands
+                    worked = self._pass(partitions, stop_when_caught_up)
+                    if worked is None:
                         break
-                    worked = self.work(heads)
                 except Exception as exc:
                     source_down = not is_outage(exc) and self.source.is_outage(exc)
                     if not (source_down or is_outage(exc)):
@@ -152,11 +156,17 @@ class ProjectionWorker:
                         self._log.warning(f"{what} unavailable; waiting", error=first_line(exc))
                     self._stop.wait(delay)
                     next_beat = 0.0  # renew the leases first thing once it is back
+                    partitions = None
                     continue
                 if backoff.reset():
                     self._log.info("database available again")
-                if not worked and not self._stop.is_set():
-                    listener.wait(self._idle_timeout(next_beat), self._stop)
+                partitions = None
+                if (
+                    not worked
+                    and not self._stop.is_set()
+                    and listener.wait(self._idle_timeout(next_beat), self._stop)
+                ):
+                    partitions = announced(listener)
         finally:
             try:
                 self.shutdown()  # may fail (the database is gone): the rest still runs
@@ -165,6 +175,20 @@ class ProjectionWorker:
                 listener.close()
                 self.source.close()
                 self._log.info("worker stopped")
+
+    def _pass(self, partitions: set[int] | None, stop_when_caught_up: bool) -> bool | None:
+        """Work the announced ``partitions`` at once or, without them or when a poll is due,
+        every held partition behind its head; whether to look again without waiting (None:
+        caught up, with ``stop_when_caught_up``)."""
+        if partitions is not None and time.monotonic() < self._next_poll:
+            # The heads of the rest are read on the next poll at the latest.
+            return self._batches.work_announced(self._groups, partitions)
+        heads = self.source.heads()
+        if stop_when_caught_up and self.caught_up(heads):
+            return None
+        worked = self.work(heads)
+        self._next_poll = time.monotonic() + self.poll_interval
+        return worked
 
     def setup(self) -> None:
         """Register the projections, create their checkpoints and call their ``setup``."""

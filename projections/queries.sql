@@ -115,6 +115,28 @@ WHERE c.projection = %(projection)s AND c.partition = %(partition)s
   AND c.owner = %(worker)s AND c.lease_token = %(token)s AND c.error IS NULL
 FOR UPDATE OF c NOWAIT
 
+-- name: lock_read
+-- lock_checkpoint and the partition's next events after it, in one statement: one row per
+-- event (position order) after the checkpoint's position, or a row of NULLs when there is
+-- none; no row when the checkpoint is not ours.
+WITH c AS (
+    SELECT c.position
+    FROM {schema}.projection_checkpoints c,
+         (SELECT set_config('statement_timeout', %(ms)s, true),
+                 set_config('idle_in_transaction_session_timeout', %(ms)s, true)) AS t
+    WHERE c.projection = %(projection)s AND c.partition = %(partition)s
+      AND c.owner = %(worker)s AND c.lease_token = %(token)s AND c.error IS NULL
+    FOR UPDATE OF c NOWAIT
+)
+SELECT c.position, e.event_id::text, e.stream_id, e.stream_version, e.partition, e.position,
+    e.event_type, e.schema_version, e.data::text, e.metadata::text, e.recorded_at
+FROM c LEFT JOIN LATERAL (
+    SELECT * FROM {schema}.events
+    WHERE partition = %(partition)s AND position > c.position
+    ORDER BY position LIMIT %(limit)s
+) e ON true
+ORDER BY e.position
+
 -- name: advance
 -- Move a batch's checkpoint to its last event and renew its lease, while the lease is ours.
 UPDATE {schema}.projection_checkpoints

@@ -24,12 +24,21 @@ class Listener:
     ``wait`` returns True when a notification arrived or the connection was (re-)established,
     since anything announced while it was down was missed: the caller reads once to catch up.
     While the server is unreachable, ``wait`` sleeps its timeout and tries again with backoff.
+    With ``keep_payloads``, the payloads of the notifications are kept for ``heard``.
     """
 
-    def __init__(self, url: URL, statements: Iterable[str], log: Any) -> None:
+    # Payloads kept between two ``heard`` calls; beyond, they count as missed.
+    MAX_KEPT = 1000
+
+    def __init__(
+        self, url: URL, statements: Iterable[str], log: Any, *, keep_payloads: bool = False
+    ) -> None:
         self._url = url
         self._statements = list(statements)
         self._log = log
+        self._keep = keep_payloads
+        self._payloads: list[str] = []
+        self._missed = False
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = Backoff(0.05, 2.0)
         self._retry_at = 0.0
@@ -74,6 +83,7 @@ class Listener:
         while not stop.is_set():
             if not self.listening:
                 if self.open():
+                    self._missed = True
                     return True  # catch up on what was announced while deaf
                 now = time.monotonic()
                 if now >= deadline:
@@ -84,12 +94,35 @@ class Listener:
             if left <= 0:
                 return False
             assert self._conn is not None
+            heard = False
             try:
-                for _ in self._conn.notifies(timeout=left, stop_after=1):
-                    return True
+                # Not left early: the rest of the notifications read with the first would be
+                # lost with the generator.
+                for notify in self._conn.notifies(timeout=left, stop_after=1):
+                    self._keep_payload(notify.payload)
+                    heard = True
             except psycopg.Error as exc:
                 self._drop(exc)
+            if heard:
+                return True
         return False
+
+    def heard(self) -> list[str] | None:
+        """The payloads heard since the last call (with ``keep_payloads``), then forgotten;
+        None if some may have been missed: a reconnection in ``wait``, too many, or none
+        kept."""
+        payloads, self._payloads = self._payloads, []
+        missed, self._missed = self._missed or not self._keep, False
+        return None if missed else payloads
+
+    def _keep_payload(self, payload: str) -> None:
+        if not self._keep:
+            return
+        if len(self._payloads) >= self.MAX_KEPT:
+            self._missed = True
+            self._payloads.clear()
+        if not self._missed:
+            self._payloads.append(payload)
 
     def _drop(self, exc: BaseException) -> None:
         self._log.warning("LISTEN connection lost; reconnecting", error=first_line(exc))
