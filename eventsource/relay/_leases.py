@@ -94,21 +94,20 @@ class Leases:
         """Extend the leases held; forget those taken over."""
         if not self.held:
             return
-        partitions = sorted(self.held)
-        rows = fetch(
-            conn,
-            self.queries.renew,
-            {
-                **self.key(),
-                "ttl": self.lease_ttl,
-                "partitions": partitions,
-                "tokens": [self.held[p].token for p in partitions],
-            },
-        )
+        rows = fetch(conn, self.queries.renew, self._with_tokens(sorted(self.held)))
         renewed = {partition for (partition,) in rows}
         for partition in set(self.held) - renewed:
             self.log.warning("lease lost", partition=partition)
             del self.held[partition]
+
+    def _with_tokens(self, partitions: list[int]) -> dict[str, Any]:
+        """The parameters naming held ``partitions`` with their lease tokens."""
+        return {
+            **self.key(),
+            "ttl": self.lease_ttl,
+            "partitions": partitions,
+            "tokens": [self.held[p].token for p in partitions],
+        }
 
     def _claim(self, conn: psycopg.Connection[Any], partitions: list[int]) -> None:
         """Take the leases of ``partitions`` that are free, expired or already this worker's."""
@@ -129,18 +128,10 @@ class Leases:
         if not positions:
             return set()
         partitions = sorted(positions)
+        params = self._with_tokens(partitions)
+        params["positions"] = [positions[p] for p in partitions]
         with self.store._raw() as conn:
-            rows = fetch(
-                conn,
-                self.queries.advance,
-                {
-                    **self.key(),
-                    "ttl": self.lease_ttl,
-                    "partitions": partitions,
-                    "tokens": [self.held[p].token for p in partitions],
-                    "positions": [positions[p] for p in partitions],
-                },
-            )
+            rows = fetch(conn, self.queries.advance, params)
         moved = {partition for (partition,) in rows}
         for partition in partitions:
             if partition in moved:
