@@ -105,8 +105,8 @@ SET owner = NULL, lease_until = NULL
 WHERE projection = %(projection)s AND owner = %(worker)s
   AND partition = ANY(%(partitions)s)
 
--- name: lock_checkpoint
--- Lock a batch's checkpoint while its lease is ours (NOWAIT), with TTL timeouts for the batch.
+-- fragment: locked_checkpoint
+-- A batch's checkpoint, locked while its lease is ours (NOWAIT), with TTL timeouts for the batch.
 SELECT c.position
 FROM {schema}.projection_checkpoints c,
      (SELECT set_config('statement_timeout', %(ms)s, true),
@@ -115,18 +115,16 @@ WHERE c.projection = %(projection)s AND c.partition = %(partition)s
   AND c.owner = %(worker)s AND c.lease_token = %(token)s AND c.error IS NULL
 FOR UPDATE OF c NOWAIT
 
+-- name: lock_checkpoint
+-- Lock a batch's checkpoint while its lease is ours (NOWAIT), with TTL timeouts for the batch.
+-- include: locked_checkpoint
+
 -- name: lock_read
 -- lock_checkpoint and the partition's next events after it, in one statement: one row per
 -- event (position order) after the checkpoint's position, or a row of NULLs when there is
 -- none; no row when the checkpoint is not ours.
 WITH c AS (
-    SELECT c.position
-    FROM {schema}.projection_checkpoints c,
-         (SELECT set_config('statement_timeout', %(ms)s, true),
-                 set_config('idle_in_transaction_session_timeout', %(ms)s, true)) AS t
-    WHERE c.projection = %(projection)s AND c.partition = %(partition)s
-      AND c.owner = %(worker)s AND c.lease_token = %(token)s AND c.error IS NULL
-    FOR UPDATE OF c NOWAIT
+    -- include: locked_checkpoint
 )
 SELECT c.position, e.event_id::text, e.stream_id, e.stream_version, e.partition, e.position,
     e.event_type, e.schema_version, e.data::text, e.metadata::text, e.recorded_at
