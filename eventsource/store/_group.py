@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg.errors
-from psycopg.pq import ExecStatus
 
+from eventsource.db import fetch, fetch_async
 from eventsource.store._staging import Plan, StagedAppends, append_plan, for_the_plan
 from eventsource.store._types import AppendResult
 
@@ -101,38 +101,6 @@ def _each_alone(
             yield entry, append_plan(entry.staged, queries, partitions, autocommit=True)
 
 
-# The attribute of a driver connection that holds its cursor for appends: a cursor kept from
-# one append to the next keeps its adapters, which a new cursor looks up again (a fifth of
-# psycopg's work for an append statement).
-_CURSOR = "_eventsource_append_cursor"
-
-
-def _fetch(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> list[Any]:
-    """Run an append statement on ``conn`` with its kept cursor; its rows (binary)."""
-    cursor: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor(binary=True)
-        setattr(conn, _CURSOR, cursor)
-    cursor.execute(sql, params)
-    result = cursor.pgresult
-    return cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []
-
-
-async def _fetch_async(
-    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
-) -> list[Any]:
-    """``_fetch`` for an asyncio driver connection."""
-    cursor: psycopg.AsyncCursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor(binary=True)
-        setattr(conn, _CURSOR, cursor)
-    await cursor.execute(sql, params)
-    result = cursor.pgresult
-    if result is None or result.status != ExecStatus.TUPLES_OK:
-        return []
-    return await cursor.fetchall()
-
-
 def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
     """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
     it the errors that it answers)."""
@@ -140,7 +108,7 @@ def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
         step = next(plan)
         while True:
             try:
-                rows = _fetch(conn, *step)
+                rows = fetch(conn, *step)
             except psycopg.Error as exc:
                 if not for_the_plan(exc):
                     raise
@@ -158,7 +126,7 @@ async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[Ap
         step = next(plan)
         while True:
             try:
-                rows = await _fetch_async(conn, *step)
+                rows = await fetch_async(conn, *step)
             except psycopg.Error as exc:
                 if not for_the_plan(exc):
                     raise
