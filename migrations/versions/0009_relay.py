@@ -7,7 +7,7 @@ partition (owner, token, expiry) and the last error that held it up. ``relay_wor
 the live workers of each relay, with their heartbeats: they share the partitions.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-30
 """
 
