@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from eventsource._checks import check_name
+
 __all__ = [
     "MAX_LEASE",
     "MAX_SECONDS",
@@ -14,6 +16,8 @@ __all__ = [
     "AsJson",
     "DatabaseUrl",
     "Schema",
+    "WorkerId",
+    "check_worker_id",
 ]
 
 # Bounds of the worker options: a day at most, so that no wait overflows a thread's timer.
@@ -36,3 +40,12 @@ Schema = Annotated[
     typer.Option("--schema", envvar="EVENTSOURCE_SCHEMA", help="Schema of the framework's tables."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+WorkerId = Annotated[
+    str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
+]
+
+
+def check_worker_id(worker_id: str | None) -> None:
+    """A given ``--worker-id`` is a valid name (ValueError naming the option otherwise)."""
+    if worker_id is not None:
+        check_name(worker_id, "--worker-id")

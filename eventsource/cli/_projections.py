@@ -26,7 +26,7 @@ from eventsource.cli._app import (
     settings_for,
     show,
 )
-from eventsource.cli._options import AsJson, DatabaseUrl, Schema
+from eventsource.cli._options import AsJson, DatabaseUrl, Schema, WorkerId, check_worker_id
 from eventsource.cli._worker import _freeze_startup_objects
 
 SourceUrl = Annotated[
@@ -71,9 +71,7 @@ def _load_projection(target: str) -> Any:
 @projections_app.command("run")
 def projections_run(  # noqa: PLR0917 - typer maps parameters to options
     targets: Annotated[list[str], typer.Argument(help="Projections as MODULE:CLASS.")],
-    worker_id: Annotated[
-        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
-    ] = None,
+    worker_id: WorkerId = None,
     source: SourceUrl = None,
     stream: Stream = "EVENTS",
     subject_prefix: SubjectPrefix = "events",
@@ -84,8 +82,7 @@ def projections_run(  # noqa: PLR0917 - typer maps parameters to options
     import projections  # noqa: PLC0415
 
     with cli_errors():
-        if worker_id is not None:
-            check_name(worker_id, "--worker-id")
+        check_worker_id(worker_id)
         log_source = _jetstream_source(source, stream, subject_prefix)
         loaded = [_load_projection(t) for t in targets]
         settings = settings_for(database_url, schema)

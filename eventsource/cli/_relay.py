@@ -8,9 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from eventsource._checks import check_name, check_seconds
+from eventsource._checks import check_seconds
 from eventsource.cli._app import cli_errors, command_store, fail, open_store, show
-from eventsource.cli._options import MAX_LEASE, MIN_LEASE, AsJson, DatabaseUrl, Schema
+from eventsource.cli._options import (
+    MAX_LEASE,
+    MIN_LEASE,
+    AsJson,
+    DatabaseUrl,
+    Schema,
+    WorkerId,
+    check_worker_id,
+)
 from eventsource.cli._worker import _freeze_startup_objects
 
 relay_app = typer.Typer(
@@ -28,9 +36,7 @@ def relay_run(  # noqa: PLR0917 - typer maps parameters to options
     nats_url: Annotated[str, typer.Argument(help="The NATS server, e.g. nats://127.0.0.1:4222.")],
     stream: Stream = "EVENTS",
     subject_prefix: SubjectPrefix = "events",
-    worker_id: Annotated[
-        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
-    ] = None,
+    worker_id: WorkerId = None,
     lease_ttl: Annotated[
         float, typer.Option("--lease-ttl", help="Seconds a lease outlives its heartbeat.")
     ] = 10.0,
@@ -52,8 +58,7 @@ def relay_run(  # noqa: PLR0917 - typer maps parameters to options
     from eventsource import relay  # noqa: PLC0415 - only this command needs it
 
     with cli_errors():
-        if worker_id is not None:
-            check_name(worker_id, "--worker-id")
+        check_worker_id(worker_id)
         check_seconds(lease_ttl, "--lease-ttl", low=MIN_LEASE, high=MAX_LEASE)
         check_seconds(duplicate_window, "--duplicate-window", low=1, high=86400 * 7)
         relay.check_nats_url(nats_url)

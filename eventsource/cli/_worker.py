@@ -20,6 +20,8 @@ from eventsource.cli._options import (
     MIN_POLL_INTERVAL,
     DatabaseUrl,
     Schema,
+    WorkerId,
+    check_worker_id,
 )
 
 worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
@@ -59,9 +61,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, max=256, help="Handler threads.")
     ] = 4,
-    worker_id: Annotated[
-        str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
-    ] = None,
+    worker_id: WorkerId = None,
     lease: Annotated[
         float | None,
         typer.Option(
@@ -103,8 +103,7 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
         # Checked here too, so that errors name the options (the worker checks its arguments).
         for name in queue or ():
             check_name(name, "--queue")
-        if worker_id is not None:
-            check_name(worker_id, "--worker-id")
+        check_worker_id(worker_id)
         if lease is not None:
             check_seconds(lease, "--lease", low=MIN_LEASE, high=MAX_LEASE)
         check_seconds(grace, "--grace", high=MAX_SECONDS)
