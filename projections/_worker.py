@@ -147,12 +147,12 @@ class ProjectionWorker:
                     if worked is None:
                         break
                 except Exception as exc:
-                    source_down = not is_outage(exc) and self.source.is_outage(exc)
-                    if not (source_down or is_outage(exc)):
+                    database_down = is_outage(exc)
+                    if not (database_down or self.source.is_outage(exc)):
                         raise
                     delay = backoff.next()
                     if backoff.failures == 1:
-                        what = "source" if source_down else "database"
+                        what = "database" if database_down else "source"
                         self._log.warning(f"{what} unavailable; waiting", error=first_line(exc))
                     self._stop.wait(delay)
                     next_beat = 0.0  # renew the leases first thing once it is back
