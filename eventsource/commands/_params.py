@@ -36,7 +36,7 @@ from eventsource.commands._command import (
     check_max_attempts,
 )
 from eventsource.commands._queries import command_queries
-from eventsource.store import AsyncEventStore, EventStore
+from eventsource.store import Announcer, AsyncEventStore, EventStore
 
 __all__ = ["CommandInfo", "Enqueued", "enqueued_attributes", "enqueued_many_attributes"]
 
@@ -234,8 +234,9 @@ Infos = list["CommandInfo"]
 Ids = list[int]
 
 # Seconds after an enqueue that announced itself during which the next ones leave it to the
-# announcer (coalesced): at most one commit per spell waits on PostgreSQL's notify lock.
-QUIET = 0.005
+# announcer (which coalesces over the same spell): at most one commit per spell waits on
+# PostgreSQL's notify lock.
+QUIET = Announcer.LINGER
 
 
 class _QueueCore:
