@@ -8,11 +8,8 @@
     await store.read_stream("acc-1")
     await store.read_partition(result.partition, after=0, limit=1000)
 
-What does no I/O is shared in ``_base`` (configuration), ``_staging`` (appends and the plan
-that writes them) and ``_types``; page-ahead reading is in ``_ahead``.
-
-Async source: the sync store (``_sync``: ``EventStore``, ``Transaction``) is generated from this
-module by ``tools/async_to_sync.py``.
+The parts without I/O are in ``_base``, ``_staging`` (the plans that write) and ``_types``.
+The sync store (``_sync``) is generated from this module by ``tools/async_to_sync.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from eventsource._instrumented import AppendSpan
 from eventsource.db import (
     RawPool,
     SchemaStatus,
+    async_engine,
     conninfo,
     driver_connection_async,
     fetch_async,
@@ -41,12 +39,14 @@ from eventsource.db import (
 )
 from eventsource.store._ahead import read_ahead_async
 from eventsource.store._base import StoreBase
-from eventsource.store._group import AsyncGroupCommit, drive_async
+from eventsource.store._group import AsyncGroupCommit, Entry, each_alone, group_plan
 from eventsource.store._reading import decoded, fetch_page_async, whole_stream
 from eventsource.store._staging import (
+    Plan,
     StagedAppends,
     TransactionCore,
     append_plan,
+    for_the_plan,
 )
 from eventsource.store._types import (
     ANY,
@@ -60,7 +60,24 @@ from eventsource.store._types import (
     check_version,
 )
 
-__all__ = ["AsyncEventStore", "AsyncTransaction"]
+__all__ = ["AsyncEventStore", "AsyncTransaction", "drive_async"]
+
+
+async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[AppendResult]:
+    """Run an append plan on ``conn``: execute its steps, send it their rows or errors."""
+    try:
+        step = next(plan)
+        while True:
+            try:
+                rows = await fetch_async(conn, *step)
+            except psycopg.Error as exc:
+                if not for_the_plan(exc):
+                    raise
+                step = plan.throw(exc)
+            else:
+                step = plan.send(rows)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class AsyncTransaction(TransactionCore):
@@ -82,11 +99,8 @@ class AsyncTransaction(TransactionCore):
 
     @property
     def connection(self) -> AsyncConnection:
-        """The SQLAlchemy connection of this transaction.
-
-        A sync transaction begins on first use of this property; an async one must have begun
-        first (awaiting ``tx.begin()`` returns the connection), since a property cannot wait.
-        """
+        """The SQLAlchemy connection of this transaction. A sync one begins on first use; an
+        async one must have begun first (``await tx.begin()``): a property cannot wait."""
         self._check_open()
         if self._connection is None:
             if True:  # ASYNC
@@ -171,19 +185,15 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> AsyncEngine:
-        from eventsource.db import async_engine  # noqa: PLC0415
-
         return async_engine(url, pool_size, prepared)
 
     def __init__(self, engine: AsyncEngine, **options: Any) -> None:
-        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements,
-        group_commit)."""
+        """``options``: ``StoreBase``'s (schema, partitions, prepared_statements, group_commit)."""
         super().__init__(engine, **options)
         self._group = AsyncGroupCommit(self) if self.group_commit else None
         if True:  # ASYNC
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            # Connections open on first use.
+        else:  # its connections open on first use
             self._raw_pool = RawPool(conninfo(self.url), self._pool_size, self._prepare_threshold)
 
     async def close(self) -> None:
@@ -203,12 +213,8 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
     @asynccontextmanager
     async def _raw(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled driver connection in autocommit mode, for single statements on hot paths.
-
-        Statements on it skip SQLAlchemy's result layer (and in the sync store, its connection
-        layer too: a psycopg pool, a few tens of microseconds less per call); errors are
-        translated, and a broken connection is dropped from the pool.
-        """
+        """A pooled driver connection in autocommit mode for hot paths' single statements,
+        without SQLAlchemy's layers; errors are translated, a broken connection is dropped."""
         with self._errors():
             if True:  # ASYNC
                 async with self._autocommit.connect() as conn:
@@ -221,24 +227,20 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
     async def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent, safe to run from several processes)."""
-        with self._errors():
-            async with self._engine.connect() as conn:
-                if True:  # ASYNC
-                    partitions = await conn.run_sync(
-                        upgrade_schema, self.schema, self._initial_partitions
-                    )
-                else:
-                    partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
-        self._partitions = partitions
+        self._partitions = await self._run(upgrade_schema, self.schema, self._initial_partitions)
 
     async def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
+        return await self._run(schema_status, self.schema)  # type: ignore[no-any-return]
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        """``function(connection, *args)``: sync SQLAlchemy code, on a connection of its own."""
         with self._errors():
             async with self._engine.connect() as conn:
                 if True:  # ASYNC
-                    return await conn.run_sync(schema_status, self.schema)
+                    return await conn.run_sync(function, *args)
                 else:
-                    return schema_status(conn, self.schema)
+                    return function(conn, *args)
 
     async def partition_count(self) -> int:
         """Read the number of partitions from the database (``partitions`` caches it)."""
@@ -283,14 +285,31 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
             if self._group is not None:
                 await self._group.append(staged, partitions)
             else:
-                plan = append_plan(staged, self._queries, partitions, autocommit=True)
-                async with self._raw() as conn:
-                    await drive_async(conn, plan)
+                await self._write_alone(staged, partitions)
             write.written((pending,))
         result = pending.result
         if not result.duplicate:
             self._announcer.announce((result.partition,))
         return result
+
+    async def _write_alone(self, staged: StagedAppends, partitions: int) -> None:
+        """Write ``staged`` (a standalone append) with no other, on a pooled connection."""
+        plan = append_plan(staged, self._queries, partitions, autocommit=True)
+        async with self._raw() as conn:
+            await drive_async(conn, plan)
+
+    async def _write_group(self, group: list[Entry], partitions: int) -> None:
+        """Write a group: its appends whose claims hold in one statement, then each other alone."""
+        async with self._raw() as conn:
+            if len(group) > 1:
+                await drive_async(conn, group_plan(group, self._queries, partitions))
+            for entry, plan in each_alone(group, self._queries, partitions):
+                try:
+                    with self._errors():
+                        await drive_async(conn, plan)
+                except Exception as exc:
+                    entry.error = exc
+                entry.done = True
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncTransaction]:

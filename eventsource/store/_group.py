@@ -30,15 +30,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import psycopg.errors
 
-from eventsource.db import fetch, fetch_async
-from eventsource.store._staging import Plan, StagedAppends, append_plan, for_the_plan
-from eventsource.store._types import AppendResult
+from eventsource.store._staging import Plan, StagedAppends, append_plan
 
 if TYPE_CHECKING:
     from eventsource.store._async import AsyncEventStore
     from eventsource.store._sync import EventStore
 
-__all__ = ["AsyncGroupCommit", "GroupCommit", "drive", "drive_async"]
+__all__ = ["AsyncGroupCommit", "Entry", "GroupCommit", "each_alone", "group_plan"]
 
 # Appends written by one statement at most (the rest wait for the next one).
 MAX_GROUP = 256
@@ -47,7 +45,7 @@ MAX_GROUP = 256
 WRITERS = 2
 
 
-class _Entry:
+class Entry:
     """One append waiting in the queue: its staged events, then its error (if any)."""
 
     __slots__ = ("done", "error", "lead", "staged", "wake")
@@ -60,13 +58,13 @@ class _Entry:
         self.wake: Any = None  # how the writer that takes it wakes its caller
 
 
-def take(queue: list[_Entry], group: list[_Entry]) -> list[_Entry]:
+def take(queue: list[Entry], group: list[Entry]) -> list[Entry]:
     """Move the oldest appends of ``queue`` to ``group`` (which may hold some already) and
     return it: up to ``MAX_GROUP``, no two of them to one stream (a later append to a stream
     of the group waits for the next one, so appends to one stream keep their order)."""
     if not queue:
         return group
-    rest: list[_Entry] = []
+    rest: list[Entry] = []
     streams: set[str] = {name for entry in group for name in entry.staged.stream_ids()}
     for entry in queue:
         names = entry.staged.stream_ids()
@@ -79,7 +77,15 @@ def take(queue: list[_Entry], group: list[_Entry]) -> list[_Entry]:
     return group
 
 
-def group_plan(group: list[_Entry], queries: Any, partitions: int) -> Plan:
+def failed(group: list[Entry], error: BaseException) -> None:
+    """``group``'s write failed with ``error``: it is the error of each append not written."""
+    for entry in group:
+        if not entry.done:
+            entry.error = error
+            entry.done = True
+
+
+def group_plan(group: list[Entry], queries: Any, partitions: int) -> Plan:
     """The one statement that writes the appends of ``group`` (each its own streams) whose
     claims hold; those it writes are done, the others are left to be written one by one."""
     joined = StagedAppends.joined([entry.staged for entry in group])
@@ -92,49 +98,11 @@ def group_plan(group: list[_Entry], queries: Any, partitions: int) -> Plan:
     return []
 
 
-def _each_alone(
-    group: list[_Entry], queries: Any, partitions: int
-) -> Iterator[tuple[_Entry, Plan]]:
+def each_alone(group: list[Entry], queries: Any, partitions: int) -> Iterator[tuple[Entry, Plan]]:
     """The plans that write the appends of ``group`` not yet written, one by one."""
     for entry in group:
         if not entry.done:
             yield entry, append_plan(entry.staged, queries, partitions, autocommit=True)
-
-
-def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
-    it the errors that it answers)."""
-    try:
-        step = next(plan)
-        while True:
-            try:
-                rows = fetch(conn, *step)
-            except psycopg.Error as exc:
-                if not for_the_plan(exc):
-                    raise
-                step = plan.throw(exc)
-            else:
-                step = plan.send(rows)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> list[AppendResult]:
-    """Run an append plan on ``conn``: execute what it yields, send back the rows (or throw
-    it the errors that it answers)."""
-    try:
-        step = next(plan)
-        while True:
-            try:
-                rows = await fetch_async(conn, *step)
-            except psycopg.Error as exc:
-                if not for_the_plan(exc):
-                    raise
-                step = plan.throw(exc)
-            else:
-                step = plan.send(rows)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 class GroupCommit:
@@ -148,13 +116,13 @@ class GroupCommit:
     def __init__(self, store: EventStore) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._queue: list[_Entry] = []
+        self._queue: list[Entry] = []
         self._writers = 0
 
     def append(self, staged: StagedAppends, partitions: int) -> None:
         """Write ``staged`` (one standalone append), alone or with others; its pending
         results are filled, or its own error is raised."""
-        entry = _Entry(staged)
+        entry = Entry(staged)
         with self._lock:
             if self._writers < WRITERS:
                 self._writers += 1
@@ -170,19 +138,15 @@ class GroupCommit:
         if entry.error is not None:
             raise entry.error
 
-    def _lead(self, entry: _Entry, partitions: int) -> None:
+    def _lead(self, entry: Entry, partitions: int) -> None:
         """Write ``entry`` with the appends queued, then wake the next writer (or stop)."""
         with self._lock:
             group = take(self._queue, [entry])
         try:
-            self._write(group, partitions)
+            self._store._write_group(group, partitions)
         except BaseException as exc:  # not an append's own error: every one of the group's
-            for member in group:
-                if not member.done:
-                    member.error = exc
+            failed(group, exc)
         finally:
-            for member in group:
-                member.done = True
             with self._lock:
                 following = self._queue.pop(0) if self._queue else None
                 if following is None:
@@ -193,20 +157,6 @@ class GroupCommit:
                 member.wake.release()
             if following is not None:
                 following.wake.release()
-
-    def _write(self, group: list[_Entry], partitions: int) -> None:
-        store = self._store
-        queries = store._queries
-        with store._raw() as conn:
-            if len(group) > 1:
-                drive(conn, group_plan(group, queries, partitions))
-            for entry, plan in _each_alone(group, queries, partitions):
-                try:
-                    with store._errors():
-                        drive(conn, plan)
-                except Exception as exc:
-                    entry.error = exc
-                entry.done = True
 
 
 class AsyncGroupCommit:
@@ -221,18 +171,18 @@ class AsyncGroupCommit:
 
     def __init__(self, store: AsyncEventStore) -> None:
         self._store = store
-        self._queue: list[_Entry] = []
+        self._queue: list[Entry] = []
         self._writers = 0
         self._flushers: set[asyncio.Task[None]] = set()
 
     async def append(self, staged: StagedAppends, partitions: int) -> None:
         """Write ``staged`` (one standalone append), alone or with others; its pending
         results are filled, or its own error is raised."""
-        entry = _Entry(staged)
+        entry = Entry(staged)
         if self._writers < WRITERS:
             self._writers += 1
             try:
-                await self._write_alone(entry, partitions)
+                await self._store._write_alone(staged, partitions)
             finally:
                 self._next(partitions)
             return
@@ -246,12 +196,6 @@ class AsyncGroupCommit:
             raise
         if entry.error is not None:
             raise entry.error
-
-    async def _write_alone(self, entry: _Entry, partitions: int) -> None:
-        store = self._store
-        plan = append_plan(entry.staged, store._queries, partitions, autocommit=True)
-        async with store._raw() as conn:
-            await drive_async(conn, plan)
 
     def _next(self, partitions: int) -> None:
         """After a write: start a task that writes the queue, or stop writing."""
@@ -268,14 +212,13 @@ class AsyncGroupCommit:
             while self._queue:
                 group = take(self._queue, [])
                 try:
-                    await self._write(group, partitions)
-                except Exception as exc:  # not an append's own error: every one of the group's
-                    for entry in group:
-                        if not entry.done:
-                            entry.error = exc
+                    await self._store._write_group(group, partitions)
+                except BaseException as exc:  # not an append's own error: every one of the group's
+                    failed(group, exc)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the loop is closing
                 finally:
                     for entry in group:
-                        entry.done = True
                         if not entry.wake.done():
                             entry.wake.set_result(None)
         except BaseException as exc:  # cancelled (the loop is closing): nothing more is written
@@ -286,17 +229,3 @@ class AsyncGroupCommit:
             raise
         finally:
             self._writers -= 1
-
-    async def _write(self, group: list[_Entry], partitions: int) -> None:
-        store = self._store
-        queries = store._queries
-        async with store._raw() as conn:
-            if len(group) > 1:
-                await drive_async(conn, group_plan(group, queries, partitions))
-            for entry, plan in _each_alone(group, queries, partitions):
-                try:
-                    with store._errors():
-                        await drive_async(conn, plan)
-                except Exception as exc:
-                    entry.error = exc
-                entry.done = True

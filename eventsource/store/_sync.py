@@ -8,8 +8,8 @@
     store.read_stream("acc-1")
     store.read_partition(result.partition, after=0, limit=1000)
 
-What does no I/O is shared in ``_base`` (configuration), ``_staging`` (appends and the plan
-that writes them) and ``_types``; page-ahead reading is in ``_ahead``.
+The parts without I/O are in ``_base``, ``_staging`` (the plans that write) and ``_types``.
+The sync store (``_sync``) is generated from this module by ``tools/async_to_sync.py``.
 """
 
 # Generated from eventsource/store/_async.py
@@ -37,16 +37,19 @@ from eventsource.db import (
     driver_connection,
     fetch,
     schema_status,
+    sync_engine,
     upgrade_schema,
 )
 from eventsource.store._ahead import read_ahead
 from eventsource.store._base import StoreBase
-from eventsource.store._group import GroupCommit, drive
+from eventsource.store._group import Entry, GroupCommit, each_alone, group_plan
 from eventsource.store._reading import decoded, fetch_page, whole_stream
 from eventsource.store._staging import (
+    Plan,
     StagedAppends,
     TransactionCore,
     append_plan,
+    for_the_plan,
 )
 from eventsource.store._types import (
     ANY,
@@ -60,7 +63,24 @@ from eventsource.store._types import (
     check_version,
 )
 
-__all__ = ["EventStore", "Transaction"]
+__all__ = ["EventStore", "Transaction", "drive"]
+
+
+def drive(conn: psycopg.Connection[Any], plan: Plan) -> list[AppendResult]:
+    """Run an append plan on ``conn``: execute its steps, send it their rows or errors."""
+    try:
+        step = next(plan)
+        while True:
+            try:
+                rows = fetch(conn, *step)
+            except psycopg.Error as exc:
+                if not for_the_plan(exc):
+                    raise
+                step = plan.throw(exc)
+            else:
+                step = plan.send(rows)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class Transaction(TransactionCore):
@@ -82,11 +102,8 @@ class Transaction(TransactionCore):
 
     @property
     def connection(self) -> Connection:
-        """The SQLAlchemy connection of this transaction.
-
-        A sync transaction begins on first use of this property; an async one must have begun
-        first (awaiting ``tx.begin()`` returns the connection), since a property cannot wait.
-        """
+        """The SQLAlchemy connection of this transaction. A sync one begins on first use; an
+        async one must have begun first (``tx.begin()``): a property cannot wait."""
         self._check_open()
         if self._connection is None:
             return self.begin()
@@ -163,16 +180,12 @@ class EventStore(StoreBase[Engine]):
 
     @classmethod
     def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> Engine:
-        from eventsource.db import sync_engine  # noqa: PLC0415
-
         return sync_engine(url, pool_size, prepared)
 
     def __init__(self, engine: Engine, **options: Any) -> None:
-        """``options``: those of ``StoreBase`` (schema, partitions, prepared_statements,
-        group_commit)."""
+        """``options``: ``StoreBase``'s (schema, partitions, prepared_statements, group_commit)."""
         super().__init__(engine, **options)
         self._group = GroupCommit(self) if self.group_commit else None
-        # Connections open on first use.
         self._raw_pool = RawPool(conninfo(self.url), self._pool_size, self._prepare_threshold)
 
     def close(self) -> None:
@@ -189,12 +202,8 @@ class EventStore(StoreBase[Engine]):
 
     @contextmanager
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled driver connection in autocommit mode, for single statements on hot paths.
-
-        Statements on it skip SQLAlchemy's result layer (and in the sync store, its connection
-        layer too: a psycopg pool, a few tens of microseconds less per call); errors are
-        translated, and a broken connection is dropped from the pool.
-        """
+        """A pooled driver connection in autocommit mode for hot paths' single statements,
+        without SQLAlchemy's layers; errors are translated, a broken connection is dropped."""
         with self._errors(), self._raw_pool.connection() as conn:
             yield conn
 
@@ -202,14 +211,16 @@ class EventStore(StoreBase[Engine]):
 
     def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent, safe to run from several processes)."""
-        with self._errors(), self._engine.connect() as conn:
-            partitions = upgrade_schema(conn, self.schema, self._initial_partitions)
-        self._partitions = partitions
+        self._partitions = self._run(upgrade_schema, self.schema, self._initial_partitions)
 
     def status(self) -> SchemaStatus:
         """The schema's migration revision and partition count."""
+        return self._run(schema_status, self.schema)  # type: ignore[no-any-return]
+
+    def _run(self, function: Any, *args: Any) -> Any:
+        """``function(connection, *args)``: sync SQLAlchemy code, on a connection of its own."""
         with self._errors(), self._engine.connect() as conn:
-            return schema_status(conn, self.schema)
+            return function(conn, *args)
 
     def partition_count(self) -> int:
         """Read the number of partitions from the database (``partitions`` caches it)."""
@@ -254,14 +265,31 @@ class EventStore(StoreBase[Engine]):
             if self._group is not None:
                 self._group.append(staged, partitions)
             else:
-                plan = append_plan(staged, self._queries, partitions, autocommit=True)
-                with self._raw() as conn:
-                    drive(conn, plan)
+                self._write_alone(staged, partitions)
             write.written((pending,))
         result = pending.result
         if not result.duplicate:
             self._announcer.announce((result.partition,))
         return result
+
+    def _write_alone(self, staged: StagedAppends, partitions: int) -> None:
+        """Write ``staged`` (a standalone append) with no other, on a pooled connection."""
+        plan = append_plan(staged, self._queries, partitions, autocommit=True)
+        with self._raw() as conn:
+            drive(conn, plan)
+
+    def _write_group(self, group: list[Entry], partitions: int) -> None:
+        """Write a group: its appends whose claims hold in one statement, then each other alone."""
+        with self._raw() as conn:
+            if len(group) > 1:
+                drive(conn, group_plan(group, self._queries, partitions))
+            for entry, plan in each_alone(group, self._queries, partitions):
+                try:
+                    with self._errors():
+                        drive(conn, plan)
+                except Exception as exc:
+                    entry.error = exc
+                entry.done = True
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
