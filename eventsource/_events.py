@@ -36,6 +36,7 @@ from eventsource._json import (
     object_depth,
     too_deep,
 )
+from eventsource._registry import Registry
 
 __all__ = [
     "Event",
@@ -50,7 +51,9 @@ __all__ = [
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 E = TypeVar("E", bound="Event")
 
-_registry: dict[str, type[Event]] = {}
+_registry: Registry[type[Event]] = Registry(
+    "event type name", "choose another with `class {cls}(Event, name=...)`", UnknownEventType
+)
 _upcasters: dict[tuple[str, int], Upcaster] = {}
 
 
@@ -84,34 +87,16 @@ class Event(BaseModel):
         super().__init_subclass__(**kwargs)
         if abstract:
             return
-        type_name = name if name is not None else cls.__name__
-        if not isinstance(type_name, str):
-            raise ValueError(f"event type name must be a non-empty string, got {type_name!r}")
-        check_name(type_name, "event type name")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"event type name must be a non-empty string, got {name!r}")
         check_int(version, "event schema version", low=1, high=INT_MAX)
-        existing = _registry.get(type_name)
-        if existing is not None and not _same_definition(existing, cls):
-            raise TypeError(
-                f"event type name {type_name!r} is already registered by"
-                f" {existing.__module__}.{existing.__qualname__}; choose another with"
-                f" `class {cls.__name__}(Event, name=...)`"
-            )
-        cls.event_type = type_name
+        cls.event_type = _registry.add(cls, name)
         cls.schema_version = version
-        _registry[type_name] = cls
-
-
-def _same_definition(a: type, b: type) -> bool:
-    # A module imported twice (e.g. as __main__ and by name) defines the "same" class again.
-    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
 
 
 def event_class(event_type: str) -> type[Event]:
     """The registered class for a stored type name; ``UnknownEventType`` if none is loaded."""
-    try:
-        return _registry[event_type]
-    except KeyError:
-        raise UnknownEventType(event_type) from None
+    return _registry.find(event_type)
 
 
 def is_registered(event_type: str) -> bool:

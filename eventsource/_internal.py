@@ -18,20 +18,10 @@ from eventsource._checks import (
 )
 from eventsource._instrumented import BatchSpan, handler_failed, partition_stopped
 from eventsource._logging import configure_logging, get_logger
+from eventsource._registry import Registry
 from eventsource._telemetry import fail_current, linked, tracing
 from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_store
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
-from eventsource.relay import (
-    MalformedMessage,
-    NatsClient,
-    SinkMisconfigured,
-    SinkUnavailable,
-    check_stream_name,
-    check_subject_prefix,
-    last_message,
-    record_from_message,
-    subject_for,
-)
 from eventsource.runtime import (
     Backoff,
     Listener,
@@ -51,11 +41,8 @@ __all__ = [
     "Backoff",
     "BatchSpan",
     "Listener",
-    "MalformedMessage",
-    "NatsClient",
     "Queries",
-    "SinkMisconfigured",
-    "SinkUnavailable",
+    "Registry",
     "Statements",
     "WorkerThread",
     "check_bool",
@@ -63,8 +50,6 @@ __all__ = [
     "check_name",
     "check_partition",
     "check_seconds",
-    "check_stream_name",
-    "check_subject_prefix",
     "close_thread_loop",
     "command_queries",
     "configure_logging",
@@ -77,17 +62,14 @@ __all__ = [
     "get_logger",
     "handler_failed",
     "is_outage",
-    "last_message",
     "linked",
     "parse_token",
     "partition_stopped",
     "paused_gc",
     "quote_schema",
-    "record_from_message",
     "records",
     "round_robin_share",
     "run_on_thread_loop",
-    "subject_for",
     "sync_store",
     "tracing",
 ]

@@ -32,7 +32,7 @@ from eventsource._internal import (
 )
 from projections._membership import Group, Lease, Membership
 from projections._projection import Projection
-from projections._sources import Source, StoreSource
+from projections._sources import Source, StoreSource, lock_checkpoint
 from projections._writes import BatchConnection
 
 __all__ = ["Batches"]
@@ -213,11 +213,8 @@ class Batches:
     ) -> tuple[int, list[RecordedEvent]] | None:
         """Lock the checkpoint, then read the source after it (a source other than the
         store); None when the checkpoint is not ours (or another session holds it)."""
-        try:
-            locked = fetch(raw, self.queries.lock_checkpoint, params)
-        except psycopg.errors.LockNotAvailable:
-            return None
-        if not locked:
+        locked = lock_checkpoint(raw, self.queries.lock_checkpoint, params)
+        if locked is None:
             return None
         position: int = locked[0][0]
         return position, self.source.read(raw, params["partition"], position, params["limit"])

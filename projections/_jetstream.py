@@ -26,18 +26,7 @@ from typing import Any
 
 import psycopg
 
-from eventsource import RecordedEvent
-from eventsource._internal import (
-    MalformedMessage,
-    NatsClient,
-    SinkMisconfigured,
-    SinkUnavailable,
-    check_stream_name,
-    check_subject_prefix,
-    last_message,
-    record_from_message,
-    subject_for,
-)
+from eventsource import RecordedEvent, relay
 
 __all__ = ["JetStreamSource"]
 
@@ -71,11 +60,11 @@ class JetStreamSource:
     ) -> None:
         """A source on the server at ``url``; ``partitions``: how many to read (default: the
         worker's store's count, which must equal the relayed store's)."""
-        self.stream = check_stream_name(stream)
-        self.subject_prefix = check_subject_prefix(subject_prefix)
+        self.stream = relay.check_stream_name(stream)
+        self.subject_prefix = relay.check_subject_prefix(subject_prefix)
         self.partitions = partitions
         self.read_timeout = float(read_timeout)
-        self.client = NatsClient(url, name="projections", request_timeout=5.0)
+        self.client = relay.NatsClient(url, name="projections", request_timeout=5.0)
         self._cursors: dict[int, _Cursor] = {}
         self._heads_seen: dict[int, int] = {}
         self._live: Any = None  # the connection the waiter listens on
@@ -128,7 +117,7 @@ class JetStreamSource:
             if subject.rsplit(".", 1)[1].isdigit()
         )
         if partitions and self.partitions is not None and partitions[-1] >= self.partitions:
-            raise SinkMisconfigured(
+            raise relay.SinkMisconfigured(
                 f"stream {self.stream} holds partition {partitions[-1]}, but the read model's"
                 f" store has {self.partitions} partitions: create it with as many partitions as"
                 " the relayed store (eventsource db upgrade --partitions N)",
@@ -136,7 +125,9 @@ class JetStreamSource:
             )
         tails = await asyncio.gather(
             *(
-                last_message(self.client, self.stream, subject_for(self.subject_prefix, p))
+                relay.last_message(
+                    self.client, self.stream, relay.subject_for(self.subject_prefix, p)
+                )
                 for p in partitions
             )
         )
@@ -145,8 +136,8 @@ class JetStreamSource:
             if tail is None:
                 continue
             try:
-                heads[partition] = record_from_message(*tail).position
-            except MalformedMessage:
+                heads[partition] = relay.record_from_message(*tail).position
+            except relay.MalformedMessage:
                 heads[partition] = _UNKNOWN_HEAD
         return heads
 
@@ -164,7 +155,7 @@ class JetStreamSource:
 
     async def _read(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         """Read from the partition's consumer, (re)created where ``after`` says."""
-        subject = subject_for(self.subject_prefix, partition)
+        subject = relay.subject_for(self.subject_prefix, partition)
         cursor = self._cursors.get(partition)
         if cursor is not None and (cursor.after != after or cursor.sub._conn is not self.client.nc):
             await self._forget(partition)
@@ -204,8 +195,8 @@ class JetStreamSource:
                 break
             timeout = 0.25  # the rest of a batch follows at once
             try:
-                record = record_from_message(msg.headers, msg.data)
-            except MalformedMessage:
+                record = relay.record_from_message(msg.headers, msg.data)
+            except relay.MalformedMessage:
                 if not out:
                     raise
                 # Apply what came before it; the next batch starts with it, and fails.
@@ -213,13 +204,13 @@ class JetStreamSource:
                 await cursor.sub.unsubscribe()
                 break
             if record.partition != partition:
-                raise MalformedMessage(
+                raise relay.MalformedMessage(
                     f"a message on {msg.subject} is of partition {record.partition}"
                 )
             if record.position < expected:
                 continue  # published twice (after the duplicate window): applied once
             if record.position > expected:
-                raise MalformedMessage(
+                raise relay.MalformedMessage(
                     f"positions {expected} to {record.position - 1} of partition {partition}"
                     f" are missing from stream {self.stream}"
                 )
@@ -247,8 +238,8 @@ class JetStreamSource:
                 high = middle
                 continue
             try:
-                found = record_from_message(dict(msg.headers or {}), bytes(msg.data or b""))
-            except MalformedMessage:
+                found = relay.record_from_message(dict(msg.headers or {}), bytes(msg.data or b""))
+            except relay.MalformedMessage:
                 high = middle  # not the relay's: start before it (the batch will say so)
                 continue
             if found.position > after:
@@ -273,7 +264,7 @@ class JetStreamSource:
     def is_outage(self, exc: BaseException) -> bool:
         """Whether NATS could not be reached (waited out like a database outage)."""
         while exc is not None:
-            if isinstance(exc, SinkUnavailable):
+            if isinstance(exc, relay.SinkUnavailable):
                 return True
             exc = exc.__cause__  # type: ignore[assignment]
         return False
@@ -310,7 +301,7 @@ class _Waiter:
 
         try:
             client.call(subscribe, 5.0)
-        except SinkUnavailable:
+        except relay.SinkUnavailable:
             self._nc = None
             return False
         self._nc = client.nc

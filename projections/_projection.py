@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 from eventsource import Event, RecordedEvent
 from eventsource._internal import (
     MAX_NAME_LENGTH,
+    Registry,
     check_bool,
     check_int,
     check_name,
@@ -43,7 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_BATCH_SIZE = 100_000  # events per transaction; more only makes each one slower to retry
 
-_registry: dict[str, type[Projection]] = {}
+_registry: Registry[type[Projection]] = Registry("projection name", "choose another `name`")
 
 
 def handles(*event_types: type[Event] | str) -> Callable[[F], F]:
@@ -105,16 +106,7 @@ class Projection:
         if name is None:
             return  # an intermediate base class
         check_projection_name(name)
-        existing = _registry.get(name)
-        if existing is not None and (existing.__module__, existing.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
-            raise TypeError(
-                f"projection name {name!r} is already used by"
-                f" {existing.__module__}.{existing.__qualname__}"
-            )
-        _registry[name] = cls
+        _registry.add(cls, name)
 
     def setup(self, tx: Connection) -> None:
         """Create the read model's tables (idempotent); called when a worker starts."""

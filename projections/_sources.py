@@ -18,7 +18,7 @@ from eventsource import EventStore, RecordedEvent
 from eventsource._internal import Listener, fetch, records
 from projections._queries import ProjectionQueries
 
-__all__ = ["Source", "StoreSource", "Waiter", "announced"]
+__all__ = ["Source", "StoreSource", "Waiter", "announced", "lock_checkpoint"]
 
 
 class Waiter(Protocol):
@@ -53,6 +53,19 @@ def announced(waiter: Waiter) -> set[int] | None:
         return {int(item) for payload in heard for item in payload.split(",")}
     except ValueError:
         return None
+
+
+def lock_checkpoint(
+    conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]] | None:
+    """Run ``statement``, which locks a batch's checkpoint (without waiting) and returns its
+    position first; its rows, or None when the checkpoint is not ours (or another session
+    holds it)."""
+    try:
+        rows = fetch(conn, statement, params)
+    except psycopg.errors.LockNotAvailable:
+        return None
+    return rows or None
 
 
 class Source(Protocol):
@@ -114,11 +127,8 @@ class StoreSource:
         """Lock the batch's checkpoint and read the events after it in one statement; the
         checkpoint's position and the events (up to ``params["limit"]``), or None when the
         checkpoint is not ours (or another session holds it)."""
-        try:
-            rows = fetch(conn, self.queries.lock_read, params)
-        except psycopg.errors.LockNotAvailable:
-            return None
-        if not rows:
+        rows = lock_checkpoint(conn, self.queries.lock_read, params)
+        if rows is None:
             return None
         position: int = rows[0][0]
         return position, records([row[1:] for row in rows if row[1] is not None], decode=False)

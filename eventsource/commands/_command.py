@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from eventsource._checks import check_int, check_name, check_seconds
 from eventsource._errors import EventSourceError, UnknownCommandType
+from eventsource._registry import Registry
 from eventsource.store import Transaction
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ STATUSES = ("pending", "running", "dead")
 # connection's transaction leave their queues for its owner to announce after the commit.
 ANNOUNCE_AFTER_COMMIT = "eventsource.announce_after_commit"
 
-_registry: dict[str, type[Command]] = {}
+_registry: Registry[type[Command]] = Registry(
+    "command type name", "choose another with `class {cls}(Command, name=...)`", UnknownCommandType
+)
 _handlers: dict[str, HandlerSpec] = {}
 
 
@@ -76,28 +79,12 @@ class Command(BaseModel):
             cls.default_max_attempts = check_max_attempts(max_attempts)
         if abstract:
             return
-        type_name = name if name is not None else cls.__name__
-        check_name(type_name, "command type name")
-        existing = _registry.get(type_name)
-        if existing is not None and (existing.__module__, existing.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
-            raise TypeError(
-                f"command type name {type_name!r} is already registered by"
-                f" {existing.__module__}.{existing.__qualname__}; choose another with"
-                f" `class {cls.__name__}(Command, name=...)`"
-            )
-        cls.command_type = type_name
-        _registry[type_name] = cls
+        cls.command_type = _registry.add(cls, name)
 
 
 def command_class(command_type: str) -> type[Command]:
     """The registered class for a stored type name; ``UnknownCommandType`` if none is loaded."""
-    try:
-        return _registry[command_type]
-    except KeyError:
-        raise UnknownCommandType(command_type) from None
+    return _registry.find(command_type)
 
 
 # -- handlers ------------------------------------------------------------------------------

@@ -60,9 +60,10 @@ class NatsSink:
         connect_timeout: float = 2.0,
     ) -> None:
         """A sink to ``stream`` on the server at ``url`` (nothing connects before ``open``)."""
-        self.stream = check_stream_name(stream)
+        # As a Sink: its name is the stream's, its dedupe window the stream's duplicate window.
+        self.name = self.stream = check_stream_name(stream)
         self.subject_prefix = check_subject_prefix(subject_prefix)
-        self.duplicate_window = float(duplicate_window)
+        self.min_dedupe_window = self.duplicate_window = float(duplicate_window)
         self.ack_timeout = float(ack_timeout)
         self.client = NatsClient(
             url,
@@ -75,16 +76,6 @@ class NatsSink:
         self._max_payload = 1024 * 1024
         self._acks: Acks | None = None
         self._expected = f"Nats-Expected-Stream: {self.stream}\r\n\r\n".encode()
-
-    @property
-    def name(self) -> str:
-        """The stream's name."""
-        return self.stream
-
-    @property
-    def min_dedupe_window(self) -> float:
-        """The duplicate window that the stream must have at least (seconds)."""
-        return self.duplicate_window
 
     def __repr__(self) -> str:
         return f"<NatsSink {safe_nats_url(self.url)} stream={self.stream}>"

@@ -22,17 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from eventsource import commands
 from eventsource._checks import check_seconds
-from eventsource.commands import (
-    AsyncCommandQueue,
-    Command,
-    CommandContext,
-    CommandInfo,
-    CommandQueue,
-    CommandWorker,
-    HandlerSpec,
-    registered_handlers,
-)
 from eventsource.store import AsyncEventStore, EventStore
 from projections import PartitionStatus, Projection, ProjectionWorker
 from projections import status as projection_status
@@ -45,6 +36,9 @@ __all__ = [
     "run_projections",
     "run_projections_async",
 ]
+
+# The handlers a drain runs: a function per command class.
+Handlers = Mapping[type[commands.Command], Callable[[Any, commands.CommandContext], Any]]
 
 MAX_DEAD = 100_000  # dead commands looked at to tell those that died during a drain
 
@@ -84,7 +78,7 @@ class DrainResult:
     ran: int
     succeeded: int
     failed: int
-    dead: list[CommandInfo] = field(default_factory=list)
+    dead: list[commands.CommandInfo] = field(default_factory=list)
 
     @property
     def died(self) -> int:
@@ -172,20 +166,20 @@ def run_projections(
 
 
 def _handler_specs(
-    handlers: Mapping[type[Command], Callable[[Any, CommandContext], Any]] | None,
-) -> dict[str, HandlerSpec]:
+    handlers: Handlers | None,
+) -> dict[str, commands.HandlerSpec]:
     """The handlers to run: the registered ones, or ``{CommandClass: function}``."""
     if handlers is None:
-        return registered_handlers()
+        return commands.registered_handlers()
     if not isinstance(handlers, Mapping):
         raise TypeError(f"handlers must be a dict of Command class to function, got {handlers!r}")
     specs = {}
     for command, fn in handlers.items():
-        if not (isinstance(command, type) and issubclass(command, Command)):
+        if not (isinstance(command, type) and issubclass(command, commands.Command)):
             raise TypeError(f"handlers keys must be Command classes, got {command!r}")
         if not callable(fn):
             raise TypeError(f"handlers[{command.__name__}] must be a function, got {fn!r}")
-        specs[command.command_type] = HandlerSpec(
+        specs[command.command_type] = commands.HandlerSpec(
             command, fn, inspect.iscoroutinefunction(fn), None
         )
     return specs
@@ -204,33 +198,33 @@ class _Counter:
             self.value += 1
 
 
-def _counted(spec: HandlerSpec, done: _Counter) -> HandlerSpec:
+def _counted(spec: commands.HandlerSpec, done: _Counter) -> commands.HandlerSpec:
     """``spec`` whose function counts, in ``done``, the attempts whose handler returned."""
     fn = spec.fn
     if spec.is_async:
 
         @functools.wraps(fn)
-        async def counted_async(command: Any, ctx: CommandContext) -> Any:
+        async def counted_async(command: Any, ctx: commands.CommandContext) -> Any:
             result = await fn(command, ctx)
             done.add()
             return result
 
-        return HandlerSpec(spec.command, counted_async, True, spec.timeout)
+        return commands.HandlerSpec(spec.command, counted_async, True, spec.timeout)
 
     @functools.wraps(fn)
-    def counted(command: Any, ctx: CommandContext) -> Any:
+    def counted(command: Any, ctx: commands.CommandContext) -> Any:
         result = fn(command, ctx)
         done.add()
         return result
 
-    return HandlerSpec(spec.command, counted, False, spec.timeout)
+    return commands.HandlerSpec(spec.command, counted, False, spec.timeout)
 
 
 def drain(
-    queue: CommandQueue,
+    queue: commands.CommandQueue,
     *,
     timeout: float = 10.0,
-    handlers: Mapping[type[Command], Callable[[Any, CommandContext], Any]] | None = None,
+    handlers: Handlers | None = None,
     queues: Sequence[str] | None = None,
     **options: Any,
 ) -> DrainResult:
@@ -248,7 +242,7 @@ def drain(
         assert (result.ran, result.failed, result.died) == (1, 0, 0)
     """
     timeout = check_seconds(timeout, "timeout", low=0.01)
-    if not isinstance(queue, CommandQueue):
+    if not isinstance(queue, commands.CommandQueue):
         raise TypeError(f"queue must be a CommandQueue, got {queue!r}")
     if queues is None:
         names = [
@@ -262,7 +256,7 @@ def drain(
     done = _Counter()
     specs = {name: _counted(spec, done) for name, spec in _handler_specs(handlers).items()}
     dead_before = {info.id for info in queue.dead(limit=MAX_DEAD)}
-    worker = CommandWorker(
+    worker = commands.CommandWorker(
         queue.store,
         list(dict.fromkeys(names)),
         handlers=specs,
@@ -319,10 +313,10 @@ async def run_projections_async(
 
 
 async def drain_async(
-    queue: AsyncCommandQueue,
+    queue: commands.AsyncCommandQueue,
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - the workers' deadline, as in the sync twin
-    handlers: Mapping[type[Command], Callable[[Any, CommandContext], Any]] | None = None,
+    handlers: Handlers | None = None,
     queues: Sequence[str] | None = None,
     **options: Any,
 ) -> DrainResult:
@@ -331,12 +325,12 @@ async def drain_async(
     await queue.enqueue(SendStatement(account_id="acc-1"))
     assert (await drain_async(queue)).succeeded == 1
     """
-    if not isinstance(queue, AsyncCommandQueue):
+    if not isinstance(queue, commands.AsyncCommandQueue):
         raise TypeError(f"queue must be an AsyncCommandQueue, got {queue!r}")
 
     def body() -> DrainResult:
         with _sync_twin(queue.store) as twin:
-            sync_queue = CommandQueue(twin)
+            sync_queue = commands.CommandQueue(twin)
             return drain(sync_queue, timeout=timeout, handlers=handlers, queues=queues, **options)
 
     return await asyncio.to_thread(body)

@@ -935,7 +935,7 @@ def test_two_projections_with_one_name_in_one_run_are_refused(store: EventStore)
 
 def test_two_projection_classes_with_one_name_are_refused() -> None:
     """Defining a second Projection class under a name already taken raises TypeError."""
-    with pytest.raises(TypeError, match=r"projection name 'it\.taken' is already used by"):
+    with pytest.raises(TypeError, match=r"projection name 'it\.taken' is already registered by"):
 
         class Impostor(Projection):
             name = "it.taken"
