@@ -6,6 +6,7 @@ import zlib
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import ClassVar
 
 from alembic import command
 from alembic.config import Config
@@ -61,28 +62,23 @@ def head_revision() -> str:
 
 
 class MigrateStatements(Statements):
-    """The statements of ``migrate.sql`` for one schema.
-
-    ``deferred_constraints`` maps each constraint that migrations add NOT VALID (so as not to
-    scan a big table under an exclusive lock) to the statement that validates it afterwards.
-    """
+    """The statements of ``migrate.sql`` for one schema."""
 
     package = "eventsource.db"
     filename = "migrate.sql"
 
     migrate_lock: str
     create_schema: str
-    init_partition_count: str
     partition_count: str
     init_partitions: str
     constraint_not_valid: str
     validate_events_stream_id_length: str
 
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        self.deferred_constraints = {
-            "events_stream_id_length": self.validate_events_stream_id_length,
-        }
+    # The constraints that migrations add NOT VALID (not to scan a big table under an exclusive
+    # lock), each with the statement that validates it afterwards.
+    deferred_constraints: ClassVar[dict[str, str]] = {
+        "events_stream_id_length": "validate_events_stream_id_length",
+    }
 
 
 migrate_statements = MigrateStatements.for_schema  # the migration statements for a schema
@@ -110,12 +106,11 @@ def upgrade_schema(
     cfg = _config()
     cfg.attributes.update(connection=connection, schema=schema, version_table=VERSION_TABLE)
     command.upgrade(cfg, revision)
-    connection.exec_driver_sql(statements.init_partition_count, {"n": str(partitions)})
-    stored = int(connection.exec_driver_sql(statements.partition_count).scalar_one())
-    connection.exec_driver_sql(statements.init_partitions, {"n": stored})
+    stored = connection.exec_driver_sql(statements.init_partitions, {"n": str(partitions)})
+    count = int(stored.scalar_one())
     connection.commit()
     validate_constraints(connection, schema)
-    return stored
+    return count
 
 
 def validate_constraints(connection: Connection, schema: str) -> None:
@@ -126,13 +121,13 @@ def validate_constraints(connection: Connection, schema: str) -> None:
     turns; a no-op once validated.
     """
     statements = migrate_statements(schema)
-    for constraint, validate in statements.deferred_constraints.items():
+    for constraint, validation in statements.deferred_constraints.items():
         connection.exec_driver_sql(statements.migrate_lock, {"key": _lock_key(schema)})
         pending = connection.exec_driver_sql(
             statements.constraint_not_valid, {"schema": schema, "name": constraint}
         ).scalar()
         if pending:
-            connection.exec_driver_sql(validate)
+            connection.exec_driver_sql(getattr(statements, validation))
         connection.commit()
 
 

@@ -10,19 +10,28 @@ SELECT pg_advisory_xact_lock(%(key)s)
 -- Create the schema if it does not exist.
 CREATE SCHEMA IF NOT EXISTS {schema}
 
--- name: init_partition_count
--- Store the partition count on first creation; a schema keeps the count it was created with.
-INSERT INTO {schema}.meta (key, value) VALUES ('partitions', %(n)s)
-ON CONFLICT (key) DO NOTHING
-
 -- name: partition_count
 -- The stored partition count.
 SELECT value FROM {schema}.meta WHERE key = 'partitions'
 
 -- name: init_partitions
--- One row (its head) for every partition, those that exist already left alone.
-INSERT INTO {schema}.partitions (partition) SELECT generate_series(0, %(n)s - 1)
-ON CONFLICT (partition) DO NOTHING
+-- Store the partition count n on first creation (a schema keeps the count it was created
+-- with), give every partition its row (its head; those that exist are left alone) and return
+-- the stored count. The SELECTs do not see the CTE's insert: one of the two has the row.
+WITH created AS (
+    INSERT INTO {schema}.meta (key, value) VALUES ('partitions', %(n)s)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING value
+), stored AS (
+    SELECT value::integer AS n FROM created
+    UNION ALL
+    SELECT value::integer FROM {schema}.meta WHERE key = 'partitions'
+), heads AS (
+    INSERT INTO {schema}.partitions (partition)
+    SELECT generate_series(0, (SELECT n FROM stored) - 1)
+    ON CONFLICT (partition) DO NOTHING
+)
+SELECT n FROM stored
 
 -- name: constraint_not_valid
 -- Whether a constraint of the schema was added NOT VALID and is not validated yet.
