@@ -34,7 +34,9 @@ from eventsource.relay import (
 )
 from eventsource.runtime import (
     Backoff,
+    GroupMembership,
     Listener,
+    MembershipQueries,
     WorkerThread,
     close_thread_loop,
     default_worker_id,
@@ -50,8 +52,10 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "Backoff",
     "BatchSpan",
+    "GroupMembership",
     "Listener",
     "MalformedMessage",
+    "MembershipQueries",
     "NatsClient",
     "Queries",
     "SinkMisconfigured",

@@ -20,11 +20,23 @@ import psycopg
 import structlog
 
 from eventsource import EventStore
-from eventsource._internal import fetch, first_line, is_outage, round_robin_share
+from eventsource._internal import (
+    GroupMembership,
+    MembershipQueries,
+    fetch,
+    first_line,
+    is_outage,
+)
 from projections._projection import Projection
 from projections._queries import ProjectionQueries
 
-__all__ = ["Group", "Lease", "Membership"]
+__all__ = ["Group", "Lease", "Membership", "ProjectionMembers"]
+
+
+class ProjectionMembers(MembershipQueries):
+    """The membership of the projections' groups (a group per projection) in one schema."""
+
+    identifiers = {"table": "projection_workers", "group": "projection"}
 
 
 @dataclass
@@ -82,6 +94,8 @@ class Membership:
         self.lease_ttl = lease_ttl
         self.exclusive = exclusive
         self._log = log
+        members = ProjectionMembers.for_schema(store.schema)
+        self.members = GroupMembership(members, worker_id, lease_ttl)
 
     def key(self, group: Group) -> dict[str, Any]:
         """The parameters naming ``group``'s projection and this worker."""
@@ -92,10 +106,8 @@ class Membership:
         partitions = self.store.partitions
         with self.store._raw() as conn:
             for group in groups:
-                key = self.key(group)
-                fetch(conn, self.queries.heartbeat, key)
-                fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
-                group.desired = self._share(conn, group, partitions)
+                share = self.members.heartbeat(conn, group.name, partitions)
+                group.desired = self._share(conn, group, share)
                 if group.paused:
                     # A replay holds the projection: step aside until it is done.
                     self.release(conn, group, list(group.leases))
@@ -110,7 +122,7 @@ class Membership:
             with self.store._raw() as conn:
                 for group in groups:
                     self.release(conn, group, list(group.leases))
-                    fetch(conn, self.queries.leave, self.key(group))
+                    self.members.leave(conn, group.name)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -127,24 +139,21 @@ class Membership:
         self._log.info("partitions released", projection=group.name, partitions=partitions)
 
     def _share(
-        self, conn: psycopg.Connection[Any], group: Group, partitions: int
+        self, conn: psycopg.Connection[Any], group: Group, share: frozenset[int]
     ) -> frozenset[int]:
         """The partitions of ``group`` that are this worker's to hold.
 
         Every partition for an exclusive worker (which renews its pause of the projection),
-        none while a replay holds the projection paused (``group.paused``), else the
-        round-robin share of this worker's place among the live members.
+        none while a replay holds the projection paused (``group.paused``), else ``share``,
+        the round-robin share of this worker's place among the live members.
         """
         key = self.key(group)
         if self.exclusive:
             fetch(conn, self.queries.pause, {**key, "ttl": self.lease_ttl})
-            return frozenset(range(partitions))
+            return frozenset(range(self.store.partitions))
         paused = fetch(conn, self.queries.paused, key)
         group.paused = bool(paused) and paused[0][0] != self.worker_id
-        if group.paused:
-            return frozenset()
-        rows = fetch(conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl})
-        return round_robin_share([worker for (worker,) in rows], self.worker_id, partitions)
+        return frozenset() if group.paused else share
 
     def _renew(self, conn: psycopg.Connection[Any], group: Group) -> None:
         """Extend the leases held; forget those taken over, take in operators' retries and skips."""
