@@ -13,7 +13,7 @@ partition; the other workers release theirs at their next heartbeat until it is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import psycopg
@@ -74,28 +74,25 @@ class Group:
         ]
 
 
+@dataclass
 class Membership:
-    """One worker's side of its groups: heartbeats, its share, claims, renewals, releases."""
+    """One worker's side of its groups: heartbeats, its share, claims, renewals, releases.
 
-    def __init__(
-        self,
-        store: EventStore,
-        queries: ProjectionQueries,
-        worker_id: str,
-        *,
-        lease_ttl: float,
-        exclusive: bool,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        """The membership of ``worker_id``; ``exclusive``: a replay's (every partition)."""
-        self.store = store
-        self.queries = queries
-        self.worker_id = worker_id
-        self.lease_ttl = lease_ttl
-        self.exclusive = exclusive
-        self._log = log
-        members = ProjectionMembers.for_schema(store.schema)
-        self.members = GroupMembership(members, worker_id, lease_ttl)
+    ``exclusive``: a replay's membership (every partition, the projection held paused).
+    """
+
+    store: EventStore
+    queries: ProjectionQueries
+    worker_id: str
+    _: KW_ONLY
+    lease_ttl: float
+    exclusive: bool
+    log: structlog.typing.FilteringBoundLogger
+    members: GroupMembership = field(init=False)
+
+    def __post_init__(self) -> None:
+        queries = ProjectionMembers.for_schema(self.store.schema)
+        self.members = GroupMembership(queries, self.worker_id, self.lease_ttl)
 
     def key(self, group: Group) -> dict[str, Any]:
         """The parameters naming ``group``'s projection and this worker."""
@@ -127,7 +124,7 @@ class Membership:
             if not is_outage(exc):
                 raise
             # They expire by themselves within one lease TTL.
-            self._log.warning("could not release leases", error=first_line(exc))
+            self.log.warning("could not release leases", error=first_line(exc))
 
     def release(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
         """Give up the leases of ``partitions`` (for other workers to claim)."""
@@ -136,7 +133,7 @@ class Membership:
         fetch(conn, self.queries.release, {**self.key(group), "partitions": partitions})
         for partition in partitions:
             group.leases.pop(partition, None)
-        self._log.info("partitions released", projection=group.name, partitions=partitions)
+        self.log.info("partitions released", projection=group.name, partitions=partitions)
 
     def _share(
         self, conn: psycopg.Connection[Any], group: Group, share: frozenset[int]
@@ -178,7 +175,7 @@ class Membership:
             lease.position, lease.failed = position, failed
             renewed[partition] = lease
         for partition in set(group.leases) - renewed.keys():
-            self._log.warning("lease lost", projection=group.name, partition=partition)
+            self.log.warning("lease lost", projection=group.name, partition=partition)
         group.leases = renewed
 
     def _claim(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
@@ -192,6 +189,6 @@ class Membership:
         )
         for partition, token, position, failed in rows:
             group.leases[partition] = Lease(token, position, failed)
-            self._log.info(
+            self.log.info(
                 "partition claimed", projection=group.name, partition=partition, position=position
             )
