@@ -44,6 +44,7 @@ from eventsource.runtime import (
     is_outage,
     round_robin_share,
     run_on_thread_loop,
+    worker_thread_running,
 )
 from eventsource.store import Queries, check_partition, parse_token, paused_gc, records
 
@@ -94,4 +95,5 @@ __all__ = [
     "subject_for",
     "sync_store",
     "tracing",
+    "worker_thread_running",
 ]
