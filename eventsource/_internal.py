@@ -24,7 +24,9 @@ from eventsource.commands import ANNOUNCE_AFTER_COMMIT, command_queries, sync_st
 from eventsource.db import Statements, driver_connection, fetch, fetch_async, quote_schema
 from eventsource.runtime import (
     Backoff,
+    GroupMembership,
     Listener,
+    MembershipQueries,
     WorkerThread,
     close_thread_loop,
     default_worker_id,
@@ -32,6 +34,7 @@ from eventsource.runtime import (
     is_outage,
     round_robin_share,
     run_on_thread_loop,
+    worker_thread_running,
 )
 from eventsource.store import Queries, check_partition, parse_token, paused_gc, records
 
@@ -40,7 +43,9 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "Backoff",
     "BatchSpan",
+    "GroupMembership",
     "Listener",
+    "MembershipQueries",
     "Queries",
     "Registry",
     "Statements",
@@ -72,4 +77,5 @@ __all__ = [
     "run_on_thread_loop",
     "sync_store",
     "tracing",
+    "worker_thread_running",
 ]

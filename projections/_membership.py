@@ -13,18 +13,30 @@ partition; the other workers release theirs at their next heartbeat until it is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
 
 from eventsource import EventStore
-from eventsource._internal import fetch, first_line, is_outage, round_robin_share
+from eventsource._internal import (
+    GroupMembership,
+    MembershipQueries,
+    fetch,
+    first_line,
+    is_outage,
+)
 from projections._projection import Projection
 from projections._queries import ProjectionQueries
 
-__all__ = ["Group", "Lease", "Membership"]
+__all__ = ["Group", "Lease", "Membership", "ProjectionMembers"]
+
+
+class ProjectionMembers(MembershipQueries):
+    """The membership of the projections' groups (a group per projection) in one schema."""
+
+    identifiers = {"table": "projection_workers", "group": "projection"}
 
 
 @dataclass
@@ -62,26 +74,25 @@ class Group:
         ]
 
 
+@dataclass
 class Membership:
-    """One worker's side of its groups: heartbeats, its share, claims, renewals, releases."""
+    """One worker's side of its groups: heartbeats, its share, claims, renewals, releases.
 
-    def __init__(
-        self,
-        store: EventStore,
-        queries: ProjectionQueries,
-        worker_id: str,
-        *,
-        lease_ttl: float,
-        exclusive: bool,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        """The membership of ``worker_id``; ``exclusive``: a replay's (every partition)."""
-        self.store = store
-        self.queries = queries
-        self.worker_id = worker_id
-        self.lease_ttl = lease_ttl
-        self.exclusive = exclusive
-        self._log = log
+    ``exclusive``: a replay's membership (every partition, the projection held paused).
+    """
+
+    store: EventStore
+    queries: ProjectionQueries
+    worker_id: str
+    _: KW_ONLY
+    lease_ttl: float
+    exclusive: bool
+    log: structlog.typing.FilteringBoundLogger
+    members: GroupMembership = field(init=False)
+
+    def __post_init__(self) -> None:
+        queries = ProjectionMembers.for_schema(self.store.schema)
+        self.members = GroupMembership(queries, self.worker_id, self.lease_ttl)
 
     def key(self, group: Group) -> dict[str, Any]:
         """The parameters naming ``group``'s projection and this worker."""
@@ -92,10 +103,8 @@ class Membership:
         partitions = self.store.partitions
         with self.store._raw() as conn:
             for group in groups:
-                key = self.key(group)
-                fetch(conn, self.queries.heartbeat, key)
-                fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
-                group.desired = self._share(conn, group, partitions)
+                share = self.members.heartbeat(conn, group.name, partitions)
+                group.desired = self._share(conn, group, share)
                 if group.paused:
                     # A replay holds the projection: step aside until it is done.
                     self.release(conn, group, list(group.leases))
@@ -110,12 +119,12 @@ class Membership:
             with self.store._raw() as conn:
                 for group in groups:
                     self.release(conn, group, list(group.leases))
-                    fetch(conn, self.queries.leave, self.key(group))
+                    self.members.leave(conn, group.name)
         except Exception as exc:
             if not is_outage(exc):
                 raise
             # They expire by themselves within one lease TTL.
-            self._log.warning("could not release leases", error=first_line(exc))
+            self.log.warning("could not release leases", error=first_line(exc))
 
     def release(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
         """Give up the leases of ``partitions`` (for other workers to claim)."""
@@ -124,27 +133,24 @@ class Membership:
         fetch(conn, self.queries.release, {**self.key(group), "partitions": partitions})
         for partition in partitions:
             group.leases.pop(partition, None)
-        self._log.info("partitions released", projection=group.name, partitions=partitions)
+        self.log.info("partitions released", projection=group.name, partitions=partitions)
 
     def _share(
-        self, conn: psycopg.Connection[Any], group: Group, partitions: int
+        self, conn: psycopg.Connection[Any], group: Group, share: frozenset[int]
     ) -> frozenset[int]:
         """The partitions of ``group`` that are this worker's to hold.
 
         Every partition for an exclusive worker (which renews its pause of the projection),
-        none while a replay holds the projection paused (``group.paused``), else the
-        round-robin share of this worker's place among the live members.
+        none while a replay holds the projection paused (``group.paused``), else ``share``,
+        the round-robin share of this worker's place among the live members.
         """
         key = self.key(group)
         if self.exclusive:
             fetch(conn, self.queries.pause, {**key, "ttl": self.lease_ttl})
-            return frozenset(range(partitions))
+            return frozenset(range(self.store.partitions))
         paused = fetch(conn, self.queries.paused, key)
         group.paused = bool(paused) and paused[0][0] != self.worker_id
-        if group.paused:
-            return frozenset()
-        rows = fetch(conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl})
-        return round_robin_share([worker for (worker,) in rows], self.worker_id, partitions)
+        return frozenset() if group.paused else share
 
     def _renew(self, conn: psycopg.Connection[Any], group: Group) -> None:
         """Extend the leases held; forget those taken over, take in operators' retries and skips."""
@@ -169,7 +175,7 @@ class Membership:
             lease.position, lease.failed = position, failed
             renewed[partition] = lease
         for partition in set(group.leases) - renewed.keys():
-            self._log.warning("lease lost", projection=group.name, partition=partition)
+            self.log.warning("lease lost", projection=group.name, partition=partition)
         group.leases = renewed
 
     def _claim(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
@@ -183,6 +189,6 @@ class Membership:
         )
         for partition, token, position, failed in rows:
             group.leases[partition] = Lease(token, position, failed)
-            self._log.info(
+            self.log.info(
                 "partition claimed", projection=group.name, partition=partition, position=position
             )

@@ -30,10 +30,6 @@ class ProjectionQueries(Statements):
     init_checkpoints: str
     init_checkpoints_at_head: str
     setup_lock: str
-    heartbeat: str
-    live_workers: str
-    leave: str
-    forget_dead: str
     paused: str
     pause: str
     unpause: str

@@ -16,7 +16,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from eventsource import AsyncEventStore
-from eventsource._internal import WorkerThread, check_seconds, is_outage, sync_store
+from eventsource._internal import (
+    WorkerThread,
+    check_seconds,
+    is_outage,
+    sync_store,
+    worker_thread_running,
+)
 from projections._projection import Projection
 from projections._worker import ProjectionWorker
 
@@ -71,12 +77,5 @@ async def running(
     except BaseException:
         store.close()
         raise
-    thread = WorkerThread(worker, store, name="projections-running", stop_timeout=grace)
-    worker.thread = thread
-    await thread.start()
-    try:
+    async with worker_thread_running(worker, store, name="projections-running", stop_timeout=grace):
         yield worker
-    except BaseException:
-        await thread.stop(raise_error=False)
-        raise
-    await thread.stop()

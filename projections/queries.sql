@@ -1,5 +1,7 @@
--- The projection runtime's statements: checkpoints, leases, membership and replay state of
--- the projections in one schema (see eventsource/db/_sql.py for the format).
+-- The projection runtime's statements: checkpoints, leases and replay state of the
+-- projections in one schema (see eventsource/db/_sql.py for the format). Its workers'
+-- membership of a projection's group is kept by the worker runtime's statements
+-- (eventsource/runtime/membership.sql).
 --
 -- Names of projections and workers are always parameters, never SQL text. Lease times come
 -- from the database clock at the moment of the statement (clock_timestamp()), never from the
@@ -27,30 +29,6 @@ ON CONFLICT (projection, partition) DO NOTHING
 -- name: setup_lock
 -- Serialize the setup of one projection among the workers starting together.
 SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))
-
--- name: heartbeat
--- Join a projection's group, or renew this worker's membership.
-INSERT INTO {schema}.projection_workers AS w (projection, worker_id)
-VALUES (%(projection)s, %(worker)s)
-ON CONFLICT (projection, worker_id) DO UPDATE SET heartbeat_at = clock_timestamp()
-
--- name: live_workers
--- The workers of a projection's group that heartbeat within the TTL, by id.
-SELECT worker_id FROM {schema}.projection_workers
-WHERE projection = %(projection)s
-  AND heartbeat_at > clock_timestamp() - make_interval(secs => %(ttl)s)
-ORDER BY worker_id
-
--- name: leave
--- Leave a projection's group.
-DELETE FROM {schema}.projection_workers
-WHERE projection = %(projection)s AND worker_id = %(worker)s
-
--- name: forget_dead
--- Remove the members of a projection's group silent for ten TTLs.
-DELETE FROM {schema}.projection_workers
-WHERE projection = %(projection)s
-  AND heartbeat_at < clock_timestamp() - make_interval(secs => %(ttl)s * 10)
 
 -- name: paused
 -- The worker (a replay) holding a projection paused, if any.

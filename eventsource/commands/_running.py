@@ -22,7 +22,7 @@ from typing import Any
 from eventsource._logging import get_logger
 from eventsource.commands._served import check_queues_served
 from eventsource.commands._worker import CommandWorker
-from eventsource.runtime import WorkerThread
+from eventsource.runtime import WorkerThread, worker_thread_running
 from eventsource.store import AsyncEventStore, EventStore
 
 __all__ = ["commands_running", "sync_store"]
@@ -89,14 +89,8 @@ async def commands_running(
         store.close()
         raise
     worker.handler_loop = asyncio.get_running_loop()
-    thread = WorkerThread(
-        worker, store, name="commands-running", stop_timeout=worker.grace + SETTLE_SECONDS
-    )
-    worker.thread = thread
-    await thread.start()
-    try:
+    stop_timeout = worker.grace + SETTLE_SECONDS
+    async with worker_thread_running(
+        worker, store, name="commands-running", stop_timeout=stop_timeout
+    ):
         yield worker
-    except BaseException:
-        await thread.stop(raise_error=False)
-        raise
-    await thread.stop()

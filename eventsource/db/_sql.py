@@ -34,12 +34,20 @@ stand alone on its line and a fragment that no statement uses are refused when t
 checks that the file has exactly those blocks, so that a typo fails at import of the schema,
 not at the first call. A subclass whose part announces work with LISTEN/NOTIFY sets
 ``channel_suffix``; its instances then have the schema's ``channel`` and ``listen`` too.
+
+A file that serves several tables of the same shape names them with further placeholders
+(``{table}``); a subclass per table gives their values in ``identifiers``, and each is
+quoted as an identifier by ``psycopg.sql``, as the schema is::
+
+    class RelayMembers(MembershipQueries):
+        identifiers = {"table": "relay_workers", "group": "relay"}
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from importlib.resources import files
 from typing import ClassVar, Self
 
@@ -153,21 +161,28 @@ class _Includes:
         return out
 
 
-def render(template: str, schema: str) -> str:
-    """``template`` with ``{schema}`` replaced by the quoted schema name."""
-    return sql.SQL(template).format(schema=sql.Identifier(check_schema_name(schema))).as_string()
+def render(template: str, schema: str, identifiers: Mapping[str, str] | None = None) -> str:
+    """``template`` with ``{schema}`` replaced by the quoted schema name, and each further
+    placeholder named in ``identifiers`` by its value, quoted as an identifier too."""
+    names = {name: sql.Identifier(value) for name, value in (identifiers or {}).items()}
+    if "schema" in names:
+        raise ValueError("the schema is an argument of its own, not one of the identifiers")
+    names["schema"] = sql.Identifier(check_schema_name(schema))
+    return sql.SQL(template).format(**names).as_string()
 
 
 class Statements:
     """The statements of one ``.sql`` file, rendered for one schema.
 
     A subclass names its file (``package``, ``filename``) and declares each statement as a
-    ``str`` annotation; instances have them as attributes.
+    ``str`` annotation; instances have them as attributes. ``identifiers`` gives the values of
+    the file's placeholders other than ``{schema}`` (table and column names, quoted).
     """
 
     package: ClassVar[str]
     filename: ClassVar[str]
     channel_suffix: ClassVar[str | None] = None  # set: the part has a LISTEN/NOTIFY channel
+    identifiers: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def for_schema(cls, schema: str) -> Self:
@@ -192,7 +207,7 @@ class Statements:
                 f" declared but not in the file {missing}, in the file but not declared {extra}"
             )
         for name, template in blocks.items():
-            setattr(self, name, render(template, schema))
+            setattr(self, name, render(template, schema, self.identifiers))
         if self.channel_suffix is not None:
             self.channel = channel_name(schema, self.channel_suffix)
             self.listen = listen_statement(self.channel)

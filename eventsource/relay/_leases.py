@@ -1,10 +1,11 @@
 """A relay worker's membership of its relay's group, and the leases of its partitions.
 
-The same scheme as the projection workers': every worker heartbeats its membership; the live
-members (sorted by id) split the partitions round-robin; a worker claims its share when a
-lease is free or expired, renews its leases with each heartbeat and releases what is no longer
-its share. A worker that dies stops renewing; its leases expire after ``lease_ttl`` and the
-survivors take them. A claim bumps the lease's token; a checkpoint moves only with it.
+The same scheme as the projection workers' (the worker runtime's ``GroupMembership``, in a
+table of the relay's own): every worker heartbeats its membership; the live members (sorted by
+id) split the partitions round-robin; a worker claims its share when a lease is free or
+expired, renews its leases with each heartbeat and releases what is no longer its share. A
+worker that dies stops renewing; its leases expire after ``lease_ttl`` and the survivors take
+them. A claim bumps the lease's token; a checkpoint moves only with it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ import psycopg
 from eventsource._errors import first_line, is_outage
 from eventsource.db import fetch
 from eventsource.relay._queries import RelayQueries
-from eventsource.runtime import round_robin_share
+from eventsource.runtime import GroupMembership, MembershipQueries
 from eventsource.store import EventStore
 
-__all__ = ["Lease", "Leases"]
+__all__ = ["Lease", "Leases", "RelayMembers"]
+
+
+class RelayMembers(MembershipQueries):
+    """The membership of the relays' groups (a group per relay) in one schema."""
+
+    identifiers = {"table": "relay_workers", "group": "relay"}
 
 
 @dataclass
@@ -47,6 +54,11 @@ class Leases:
     log: Any
     held: dict[int, Lease] = field(default_factory=dict)
     desired: frozenset[int] = frozenset()
+    members: GroupMembership = field(init=False)
+
+    def __post_init__(self) -> None:
+        queries = RelayMembers.for_schema(self.store.schema)
+        self.members = GroupMembership(queries, self.worker_id, self.lease_ttl)
 
     def key(self) -> dict[str, Any]:
         """The parameters naming the relay and this worker."""
@@ -59,13 +71,8 @@ class Leases:
 
     def heartbeat(self) -> None:
         """Renew membership and leases, then claim or release partitions to match the share."""
-        key = self.key()
         with self.store._raw() as conn:
-            fetch(conn, self.queries.heartbeat, key)
-            fetch(conn, self.queries.forget_dead, {**key, "ttl": self.lease_ttl})
-            rows = fetch(conn, self.queries.live_workers, {**key, "ttl": self.lease_ttl})
-            live = [worker for (worker,) in rows]
-            self.desired = round_robin_share(live, self.worker_id, self.store.partitions)
+            self.desired = self.members.heartbeat(conn, self.relay, self.store.partitions)
             self._renew(conn)
             self.release(conn, [p for p in self.held if p not in self.desired])
             self._claim(conn, sorted(self.desired - self.held.keys()))
@@ -75,7 +82,7 @@ class Leases:
         try:
             with self.store._raw() as conn:
                 self.release(conn, list(self.held))
-                fetch(conn, self.queries.leave, self.key())
+                self.members.leave(conn, self.relay)
         except Exception as exc:
             if not is_outage(exc):
                 raise

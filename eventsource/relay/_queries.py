@@ -8,16 +8,12 @@ __all__ = ["RelayQueries"]
 
 
 class RelayQueries(Statements):
-    """Checkpoints, leases and membership of the relays in one schema."""
+    """Checkpoints and leases of the relays in one schema (membership: ``RelayMembers``)."""
 
     package = "eventsource.relay"
     filename = "queries.sql"
 
     init_checkpoints: str
-    heartbeat: str
-    live_workers: str
-    leave: str
-    forget_dead: str
     claim: str
     renew: str
     release: str

@@ -1,5 +1,6 @@
--- The relay's statements: its checkpoints, leases and membership in one schema (see
--- eventsource/db/_sql.py for the format).
+-- The relay's statements: its checkpoints and leases in one schema (see
+-- eventsource/db/_sql.py for the format). Its workers' membership of a relay's group is kept
+-- by the worker runtime's statements (eventsource/runtime/membership.sql).
 --
 -- A relay is named after the stream it publishes to; names of relays and workers are always
 -- parameters, never SQL text. Lease times come from the database clock at the moment of the
@@ -11,30 +12,6 @@
 INSERT INTO {schema}.relay_checkpoints (relay, partition)
 SELECT %(relay)s, p.partition FROM {schema}.partitions p
 ON CONFLICT (relay, partition) DO NOTHING
-
--- name: heartbeat
--- Join a relay's group, or renew this worker's membership.
-INSERT INTO {schema}.relay_workers AS w (relay, worker_id)
-VALUES (%(relay)s, %(worker)s)
-ON CONFLICT (relay, worker_id) DO UPDATE SET heartbeat_at = clock_timestamp()
-
--- name: live_workers
--- The workers of a relay's group that heartbeat within the TTL, by id.
-SELECT worker_id FROM {schema}.relay_workers
-WHERE relay = %(relay)s
-  AND heartbeat_at > clock_timestamp() - make_interval(secs => %(ttl)s)
-ORDER BY worker_id
-
--- name: leave
--- Leave a relay's group.
-DELETE FROM {schema}.relay_workers
-WHERE relay = %(relay)s AND worker_id = %(worker)s
-
--- name: forget_dead
--- Remove the members of a relay's group silent for ten TTLs.
-DELETE FROM {schema}.relay_workers
-WHERE relay = %(relay)s
-  AND heartbeat_at < clock_timestamp() - make_interval(secs => %(ttl)s * 10)
 
 -- name: claim
 -- Take the free, expired or own leases of these partitions, bumping their tokens.

@@ -9,6 +9,10 @@ its loop body and takes the rest from here:
 - ``Supervisor``: threads whose unexpected death stops the worker and makes ``run`` raise
   ``WorkerCrashed`` (the CLI then exits non-zero), so that no worker lives on as a zombie;
 - ``run_on_thread_loop``: async handlers run from worker threads, one event loop per thread;
+- ``worker_thread_running``: a worker on a thread of its own while an ``async with`` block of
+  an application's event loop runs;
+- ``GroupMembership``: a worker's membership of the groups that split partitions round-robin
+  (relays, projections), one statement per heartbeat;
 - ``is_outage``: the one rule for what counts as an outage.
 
 An outage is waited out, never fatal: only connection-class failures count as one, and
@@ -21,12 +25,15 @@ from eventsource._errors import WorkerCrashed, first_line, is_outage
 from eventsource.runtime._backoff import Backoff, default_worker_id, round_robin_share
 from eventsource.runtime._listener import Listener
 from eventsource.runtime._loop import close_thread_loop, run_on_thread_loop
+from eventsource.runtime._membership import GroupMembership, MembershipQueries
 from eventsource.runtime._supervisor import Supervisor
-from eventsource.runtime._thread import WorkerThread
+from eventsource.runtime._thread import WorkerThread, worker_thread_running
 
 __all__ = [
     "Backoff",
+    "GroupMembership",
     "Listener",
+    "MembershipQueries",
     "Supervisor",
     "WorkerCrashed",
     "WorkerThread",
@@ -36,4 +43,5 @@ __all__ = [
     "is_outage",
     "round_robin_share",
     "run_on_thread_loop",
+    "worker_thread_running",
 ]

@@ -1,19 +1,20 @@
 """A worker's ``run()`` on a thread of its own, started and stopped from an event loop.
 
 ``projections.running`` and ``commands_running`` run the process workers this way inside an
-application's event loop.
+application's event loop, each with ``worker_thread_running`` around its block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from contextlib import suppress
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Protocol, TypeVar
 
 from eventsource._logging import get_logger
 
-__all__ = ["WorkerThread"]
+__all__ = ["WorkerThread", "worker_thread_running"]
 
 log = get_logger("eventsource.running")
 
@@ -26,6 +27,15 @@ class _Worker(Protocol):
 
     def stop(self) -> None:
         """Ask the worker to stop; callable from any thread."""
+
+
+class _Embeddable(_Worker, Protocol):
+    """A worker that tells its ``thread`` (set before it runs) when it has started."""
+
+    thread: WorkerThread | None
+
+
+_W = TypeVar("_W", bound=_Embeddable)
 
 
 class _Closable(Protocol):
@@ -131,3 +141,24 @@ class WorkerThread:
     def _end(self) -> None:
         """Join the thread, which has finished its work (only its return is left)."""
         self.thread.join(1.0)
+
+
+@asynccontextmanager
+async def worker_thread_running(
+    worker: _W, store: _Closable, *, name: str, stop_timeout: float
+) -> AsyncIterator[_W]:
+    """Run ``worker`` on a ``WorkerThread`` while the ``async with`` block runs; the worker.
+
+    Entering returns once the worker has started (it calls ``worker.thread.started()``), or
+    raises why it could not. Leaving stops it and raises the error that ended it, if any; when
+    the block raised, that error is raised and the worker's is only logged.
+    """
+    thread = WorkerThread(worker, store, name=name, stop_timeout=stop_timeout)
+    worker.thread = thread
+    await thread.start()
+    try:
+        yield worker
+    except BaseException:
+        await thread.stop(raise_error=False)
+        raise
+    await thread.stop()

@@ -117,6 +117,7 @@ def test_the_wheel_installs_only_the_framework_packages(wheel: Path) -> None:
     assert "eventsource/_migrations/versions/0001_initial.py" in files
     assert "eventsource/_examples/bank/demo.py" in files
     assert "eventsource/db/schema.sql" in files
+    assert "eventsource/runtime/membership.sql" in files
     assert wheel.name.startswith("eventsource_pg-")
 
 

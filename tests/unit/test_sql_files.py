@@ -116,3 +116,35 @@ def test_a_part_with_a_channel_gets_its_channel_and_listen(package: tuple[str, P
     assert loud.channel == "eventsource.shop.jobs"
     assert loud.listen == 'LISTEN "eventsource.shop.jobs"'
     assert not hasattr(Quiet("shop"), "channel")
+
+
+def test_further_identifiers_are_quoted_as_the_schema_is() -> None:
+    """A placeholder named in ``identifiers`` becomes its value, quoted as an identifier."""
+    template = "DELETE FROM {schema}.{table} WHERE {group} = %(group)s"
+    assert render(template, "s1", {"table": "relay_workers", "group": 'odd"name'}) == (
+        'DELETE FROM "s1"."relay_workers" WHERE "odd""name" = %(group)s'
+    )
+    with pytest.raises(ValueError, match="the schema is an argument of its own"):
+        render(template, "s1", {"schema": "other", "table": "t", "group": "g"})
+
+
+def test_a_subclass_names_its_tables_in_identifiers(package: tuple[str, Path]) -> None:
+    """One file serves tables of the same shape: each subclass gives its own identifiers."""
+    name, path = package
+    (path / "m.sql").write_text("-- name: one\nSELECT {group} FROM {schema}.{table}\n")
+
+    class Members(Statements):
+        package = name
+        filename = "m.sql"
+        one: str
+
+    class Relays(Members):
+        identifiers = {"table": "relay_workers", "group": "relay"}
+
+    class Projections(Members):
+        identifiers = {"table": "projection_workers", "group": "projection"}
+
+    assert Relays("s1").one == 'SELECT "relay" FROM "s1"."relay_workers"'
+    assert Projections.for_schema("s1").one == (
+        'SELECT "projection" FROM "s1"."projection_workers"'
+    )
