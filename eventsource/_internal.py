@@ -32,7 +32,6 @@ from eventsource.runtime import (
     default_worker_id,
     first_line,
     is_outage,
-    round_robin_share,
     run_on_thread_loop,
     worker_thread_running,
 )
@@ -73,7 +72,6 @@ __all__ = [
     "paused_gc",
     "quote_schema",
     "records",
-    "round_robin_share",
     "run_on_thread_loop",
     "sync_store",
     "tracing",

@@ -36,7 +36,11 @@ __all__ = ["Group", "Lease", "Membership", "ProjectionMembers"]
 class ProjectionMembers(MembershipQueries):
     """The membership of the projections' groups (a group per projection) in one schema."""
 
-    identifiers = {"table": "projection_workers", "group": "projection"}
+    identifiers = {
+        "table": "projection_workers",
+        "group": "projection",
+        "checkpoints": "projection_checkpoints",
+    }
 
 
 @dataclass
@@ -130,7 +134,7 @@ class Membership:
         """Give up the leases of ``partitions`` (for other workers to claim)."""
         if not partitions:
             return
-        fetch(conn, self.queries.release, {**self.key(group), "partitions": partitions})
+        self.members.release(conn, group.name, partitions)
         for partition in partitions:
             group.leases.pop(partition, None)
         self.log.info("partitions released", projection=group.name, partitions=partitions)
@@ -156,19 +160,9 @@ class Membership:
         """Extend the leases held; forget those taken over, take in operators' retries and skips."""
         if not group.leases:
             return
-        held = sorted(group.leases)
-        rows = fetch(
-            conn,
-            self.queries.renew,
-            {
-                **self.key(group),
-                "ttl": self.lease_ttl,
-                "partitions": held,
-                "tokens": [group.leases[p].token for p in held],
-            },
-        )
+        tokens = {partition: lease.token for partition, lease in group.leases.items()}
         renewed = {}
-        for partition, position, failed in rows:
+        for partition, position, failed in self.members.renew(conn, group.name, tokens):
             lease = group.leases[partition]
             if lease.failed and not failed:  # an operator retried or skipped it
                 group.attempts.pop(partition, None)
@@ -182,12 +176,7 @@ class Membership:
         """Take the leases of ``partitions`` that are free, expired or already this worker's."""
         if not partitions:
             return
-        rows = fetch(
-            conn,
-            self.queries.claim,
-            {**self.key(group), "ttl": self.lease_ttl, "partitions": partitions},
-        )
-        for partition, token, position, failed in rows:
+        for partition, token, position, failed in self.members.claim(conn, group.name, partitions):
             group.leases[partition] = Lease(token, position, failed)
             self.log.info(
                 "partition claimed", projection=group.name, partition=partition, position=position

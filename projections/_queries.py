@@ -33,9 +33,6 @@ class ProjectionQueries(Statements):
     paused: str
     pause: str
     unpause: str
-    claim: str
-    renew: str
-    release: str
     lock_checkpoint: str
     lock_read: str
     advance: str

@@ -52,37 +52,6 @@ SET paused_by = NULL,
     replayed_at = CASE WHEN %(replayed)s THEN clock_timestamp() ELSE replayed_at END
 WHERE projection = %(projection)s AND paused_by = %(worker)s
 
--- name: claim
--- Take the free, expired or own leases of these partitions, bumping their tokens.
-UPDATE {schema}.projection_checkpoints c
-SET owner = %(worker)s,
-    lease_token = c.lease_token + 1,
-    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
-WHERE (c.projection, c.partition) IN (
-    SELECT projection, partition FROM {schema}.projection_checkpoints
-    WHERE projection = %(projection)s
-      AND partition = ANY(%(partitions)s)
-      AND (owner IS NULL OR owner = %(worker)s OR lease_until < clock_timestamp())
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING c.partition, c.lease_token, c.position, c.error IS NOT NULL
-
--- name: renew
--- Extend the leases still held with these tokens; the renewed ones, where they are.
-UPDATE {schema}.projection_checkpoints c
-SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
-FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[]) AS t(partition, token)
-WHERE c.projection = %(projection)s AND c.partition = t.partition
-  AND c.owner = %(worker)s AND c.lease_token = t.token
-RETURNING c.partition, c.position, c.error IS NOT NULL
-
--- name: release
--- Give up this worker's leases of these partitions.
-UPDATE {schema}.projection_checkpoints
-SET owner = NULL, lease_until = NULL
-WHERE projection = %(projection)s AND owner = %(worker)s
-  AND partition = ANY(%(partitions)s)
-
 -- fragment: locked_checkpoint
 -- A batch's checkpoint, locked while its lease is ours (NOWAIT), with TTL timeouts for the batch.
 SELECT c.position

@@ -27,7 +27,7 @@ __all__ = ["Lease", "Leases", "RelayMembers"]
 class RelayMembers(MembershipQueries):
     """The membership of the relays' groups (a group per relay) in one schema."""
 
-    identifiers = {"table": "relay_workers", "group": "relay"}
+    identifiers = {"table": "relay_workers", "group": "relay", "checkpoints": "relay_checkpoints"}
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Leases:
         """Give up the leases of ``partitions`` (for other workers to claim)."""
         if not partitions:
             return
-        fetch(conn, self.queries.release, {**self.key(), "partitions": partitions})
+        self.members.release(conn, self.relay, partitions)
         for partition in partitions:
             self.held.pop(partition, None)
         self.log.info("partitions released", partitions=partitions)
@@ -101,8 +101,10 @@ class Leases:
         """Extend the leases held; forget those taken over."""
         if not self.held:
             return
-        rows = fetch(conn, self.queries.renew, self._with_tokens(sorted(self.held)))
-        renewed = {partition for (partition,) in rows}
+        rows = self.members.renew(
+            conn, self.relay, {p: lease.token for p, lease in self.held.items()}
+        )
+        renewed = {partition for partition, _, _ in rows}
         for partition in set(self.held) - renewed:
             self.log.warning("lease lost", partition=partition)
             del self.held[partition]
@@ -120,12 +122,7 @@ class Leases:
         """Take the leases of ``partitions`` that are free, expired or already this worker's."""
         if not partitions:
             return
-        rows = fetch(
-            conn,
-            self.queries.claim,
-            {**self.key(), "ttl": self.lease_ttl, "partitions": partitions},
-        )
-        for partition, token, position in rows:
+        for partition, token, position, _ in self.members.claim(conn, self.relay, partitions):
             self.held[partition] = Lease(token, position)
             self.log.info("partition claimed", partition=partition, position=position)
 

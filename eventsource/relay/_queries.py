@@ -14,9 +14,6 @@ class RelayQueries(Statements):
     filename = "queries.sql"
 
     init_checkpoints: str
-    claim: str
-    renew: str
-    release: str
     advance: str
     record_error: str
     read_partitions: str

@@ -13,37 +13,6 @@ INSERT INTO {schema}.relay_checkpoints (relay, partition)
 SELECT %(relay)s, p.partition FROM {schema}.partitions p
 ON CONFLICT (relay, partition) DO NOTHING
 
--- name: claim
--- Take the free, expired or own leases of these partitions, bumping their tokens.
-UPDATE {schema}.relay_checkpoints c
-SET owner = %(worker)s,
-    lease_token = c.lease_token + 1,
-    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
-WHERE (c.relay, c.partition) IN (
-    SELECT relay, partition FROM {schema}.relay_checkpoints
-    WHERE relay = %(relay)s
-      AND partition = ANY(%(partitions)s)
-      AND (owner IS NULL OR owner = %(worker)s OR lease_until < clock_timestamp())
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING c.partition, c.lease_token, c.position
-
--- name: renew
--- Extend the leases still held with these tokens; the partitions renewed.
-UPDATE {schema}.relay_checkpoints c
-SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
-FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[]) AS t(partition, token)
-WHERE c.relay = %(relay)s AND c.partition = t.partition
-  AND c.owner = %(worker)s AND c.lease_token = t.token
-RETURNING c.partition
-
--- name: release
--- Give up this worker's leases of these partitions.
-UPDATE {schema}.relay_checkpoints
-SET owner = NULL, lease_until = NULL
-WHERE relay = %(relay)s AND owner = %(worker)s
-  AND partition = ANY(%(partitions)s)
-
 -- name: advance
 -- Move checkpoints forward (never back) to what the engine acknowledged, renewing their
 -- leases, while the leases are ours; the partitions moved.

@@ -7,10 +7,15 @@ others; a member silent for ten TTLs is removed. Each kind keeps its members in 
 own, named with the column that names the group by a ``MembershipQueries`` subclass::
 
     class RelayMembers(MembershipQueries):
-        identifiers = {"table": "relay_workers", "group": "relay"}
+        identifiers = {
+            "table": "relay_workers",
+            "group": "relay",
+            "checkpoints": "relay_checkpoints",
+        }
 
 One heartbeat is one statement (``membership.sql``): join or renew, remove the dead, read
-the live members.
+the live members. The leases of the partitions are claimed, renewed and released here too; a
+claim bumps a lease's token, and a worker's checkpoint writes hold only with its token.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ __all__ = ["GroupMembership", "MembershipQueries"]
 
 
 class MembershipQueries(Statements):
-    """The membership statements for one kind of group; a subclass names its table and the
-    table's column that names the group in ``identifiers`` (``table``, ``group``)."""
+    """The membership and lease statements for one kind of group; a subclass names in
+    ``identifiers`` its members' ``table``, the column that names the ``group`` in it, and its
+    ``checkpoints`` table (which holds the leases)."""
 
     package = "eventsource.runtime"
     filename = "membership.sql"
 
     heartbeat: str
     leave: str
+    claim: str
+    renew: str
+    release: str
 
 
 @dataclass(frozen=True)
@@ -62,3 +71,27 @@ class GroupMembership:
     def leave(self, conn: psycopg.Connection[Any], group: str) -> None:
         """Leave ``group`` (its share goes to the others at their next heartbeat)."""
         fetch(conn, self.queries.leave, {"group": group, "worker": self.worker_id})
+
+    def claim(
+        self, conn: psycopg.Connection[Any], group: str, partitions: list[int]
+    ) -> list[tuple[int, int, int, bool]]:
+        """Take the leases of ``partitions`` that are free, expired or already this worker's:
+        each taken one as (partition, token, position, stopped by an error)."""
+        params = {"group": group, "partitions": partitions}
+        return fetch(conn, self.queries.claim, self._params(params))
+
+    def renew(
+        self, conn: psycopg.Connection[Any], group: str, tokens: dict[int, int]
+    ) -> list[tuple[int, int, bool]]:
+        """Extend the leases held (partition: token); each renewed one as (partition,
+        position, stopped by an error). Those missing were taken over."""
+        held = sorted(tokens)
+        params = {"group": group, "partitions": held, "tokens": [tokens[p] for p in held]}
+        return fetch(conn, self.queries.renew, self._params(params))
+
+    def release(self, conn: psycopg.Connection[Any], group: str, partitions: list[int]) -> None:
+        """Give up the leases of ``partitions`` (for other workers to claim)."""
+        fetch(conn, self.queries.release, self._params({"group": group, "partitions": partitions}))
+
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**params, "worker": self.worker_id, "ttl": self.ttl}

@@ -3,6 +3,9 @@
 --
 -- Each kind of group keeps its members in a table of its own: {table}, where the column {group}
 -- names the group (a relay, a projection) and worker_id the member, with its heartbeat_at.
+-- Its partitions' leases are held in its checkpoints table, {checkpoints}: a row per group and
+-- partition with the lease's owner, lease_token and lease_until, the position and any error.
+-- A claim bumps the lease's token; a checkpoint moves only while the token is the worker's own.
 -- Names of groups and workers are always parameters, never SQL text. Heartbeat times come
 -- from the database clock at the moment of the statement (clock_timestamp()), never from the
 -- worker's clock.
@@ -33,3 +36,36 @@ ORDER BY worker_id
 -- Leave a group.
 DELETE FROM {schema}.{table}
 WHERE {group} = %(group)s AND worker_id = %(worker)s
+
+-- name: claim
+-- Take the free, expired or own leases of these partitions, bumping their tokens; each with
+-- its token, its position and whether an error stops it.
+UPDATE {schema}.{checkpoints} c
+SET owner = %(worker)s,
+    lease_token = c.lease_token + 1,
+    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE (c.{group}, c.partition) IN (
+    SELECT {group}, partition FROM {schema}.{checkpoints}
+    WHERE {group} = %(group)s
+      AND partition = ANY(%(partitions)s)
+      AND (owner IS NULL OR owner = %(worker)s OR lease_until < clock_timestamp())
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING c.partition, c.lease_token, c.position, c.error IS NOT NULL
+
+-- name: renew
+-- Extend the leases still held with these tokens; the renewed ones, where they are and
+-- whether an error stops them.
+UPDATE {schema}.{checkpoints} c
+SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s)
+FROM unnest(%(partitions)s::integer[], %(tokens)s::bigint[]) AS t(partition, token)
+WHERE c.{group} = %(group)s AND c.partition = t.partition
+  AND c.owner = %(worker)s AND c.lease_token = t.token
+RETURNING c.partition, c.position, c.error IS NOT NULL
+
+-- name: release
+-- Give up this worker's leases of these partitions.
+UPDATE {schema}.{checkpoints}
+SET owner = NULL, lease_until = NULL
+WHERE {group} = %(group)s AND owner = %(worker)s
+  AND partition = ANY(%(partitions)s)
