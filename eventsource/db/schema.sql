@@ -133,6 +133,9 @@ CREATE TABLE {schema}.relay_checkpoints (
 );
 
 -- The live workers of each relay, with their heartbeats: the partitions are shared among them.
+-- Its columns and those of relay_checkpoints mirror the projections' tables on purpose: the
+-- worker runtime's statements (eventsource/runtime/membership.sql) serve both kinds of group,
+-- each in tables of its own.
 CREATE TABLE {schema}.relay_workers (
     relay text NOT NULL,
     worker_id text NOT NULL,

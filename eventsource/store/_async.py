@@ -8,8 +8,8 @@
     await store.read_stream("acc-1")
     await store.read_partition(result.partition, after=0, limit=1000)
 
-The parts without I/O are in ``_base``, ``_staging`` (the plans that write) and ``_types``.
-The sync store (``_sync``) is generated from this module by ``tools/async_to_sync.py``.
+Async source: the sync store (``_sync``) is generated from this module by
+``tools/async_to_sync.py``. Both use ``_base``, ``_staging`` (write plans) and ``_types``.
 """
 
 from __future__ import annotations

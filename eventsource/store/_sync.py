@@ -1,15 +1,12 @@
 """The event store: append to streams, read streams and partitions, share transactions.
 
-    store = EventStore.from_url("postgresql://localhost/app")
-    store.upgrade()
-    result = store.append("acc-1", [AccountOpened(owner="ann")], NO_STREAM)
-    with store.transaction() as tx:
-        store.append("acc-2", [AccountOpened(owner="bob")], NO_STREAM, tx=tx)
-    store.read_stream("acc-1")
-    store.read_partition(result.partition, after=0, limit=1000)
-
-The parts without I/O are in ``_base``, ``_staging`` (the plans that write) and ``_types``.
-The sync store (``_sync``) is generated from this module by ``tools/async_to_sync.py``.
+store = EventStore.from_url("postgresql://localhost/app")
+store.upgrade()
+result = store.append("acc-1", [AccountOpened(owner="ann")], NO_STREAM)
+with store.transaction() as tx:
+    store.append("acc-2", [AccountOpened(owner="bob")], NO_STREAM, tx=tx)
+store.read_stream("acc-1")
+store.read_partition(result.partition, after=0, limit=1000)
 """
 
 # Generated from eventsource/store/_async.py
