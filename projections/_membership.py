@@ -181,3 +181,25 @@ class Membership:
             self.log.info(
                 "partition claimed", projection=group.name, partition=partition, position=position
             )
+        locked = [p for p in partitions if p not in group.leases]
+        if locked:
+            self._fence(conn, group, locked)
+
+    def _fence(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
+        """End the sessions that keep ``partitions`` locked past their leases (``fence`` in
+        ``queries.sql``); the next heartbeat claims the partitions. A database role that may
+        not end them leaves them (a warning): they are taken when the frozen worker wakes."""
+        params = {**self.key(group), "partitions": partitions, "ttl": self.lease_ttl}
+        try:
+            ended = fetch(conn, self.queries.fence, params)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self.log.warning("could not end a frozen session", error=first_line(exc))
+            return
+        if ended:
+            pids = [pid for (pid,) in ended]
+            self.log.warning(
+                "ended sessions that held partitions past their leases",
+                projection=group.name,
+                partitions=partitions,
+                pids=pids,
+            )
