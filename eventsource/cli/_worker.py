@@ -12,16 +12,16 @@ from typing import Annotated
 import typer
 
 from eventsource._checks import check_name, check_seconds
-from eventsource.cli._app import cli_errors, open_store, serve_worker_metrics, settings_for
+from eventsource._config import Settings
+from eventsource.cli._app import open_store, serve_worker_metrics
 from eventsource.cli._options import (
     MAX_LEASE,
     MAX_SECONDS,
     MIN_LEASE,
     MIN_POLL_INTERVAL,
-    DatabaseUrl,
-    Schema,
     WorkerId,
     check_worker_id,
+    with_settings,
 )
 
 worker_app = typer.Typer(help="Run command workers.", no_args_is_help=True)
@@ -50,7 +50,9 @@ def _import_handlers(module_name: str) -> None:
 
 
 @worker_app.command("run")
+@with_settings()
 def worker_run(  # noqa: PLR0917 - typer maps parameters to options
+    settings: Settings,
     modules: Annotated[
         list[str], typer.Argument(help="Modules whose @handler functions this worker runs.")
     ],
@@ -93,43 +95,39 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
             help="Seconds between polls.",
         ),
     ] = 1.0,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
 ) -> None:
     """Run command handlers until SIGTERM/SIGINT; workers compete for commands."""
     from eventsource.commands import CommandWorker, check_queues_served  # noqa: PLC0415
 
-    with cli_errors():
-        # Checked here too, so that errors name the options (the worker checks its arguments).
-        for name in queue or ():
-            check_name(name, "--queue")
-        check_worker_id(worker_id)
-        if lease is not None:
-            check_seconds(lease, "--lease", low=MIN_LEASE, high=MAX_LEASE)
-        check_seconds(grace, "--grace", high=MAX_SECONDS)
-        check_seconds(poll_interval, "--poll-interval", low=MIN_POLL_INTERVAL, high=MAX_SECONDS)
-        for module_name in modules:
-            _import_handlers(module_name)
-        settings = settings_for(database_url, schema)
-        with open_store(settings) as store:
-            try:
-                check_queues_served(store, queue or ["default"])
-            except ValueError as exc:
-                raise ValueError(f"{exc} (--queue)") from None
-            serve_worker_metrics(settings)
-            worker = CommandWorker(
-                store,
-                queue or ["default"],
-                concurrency=concurrency,
-                worker_id=worker_id,
-                lease=lease if lease is not None else settings.command_lease,
-                grace=grace,
-                listen=not poll_only,
-                poll_interval=poll_interval,
-                backoff_base=settings.command_backoff_base,
-                backoff_max=settings.command_backoff_max,
-            )
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: worker.stop())
-            _freeze_startup_objects()
-            worker.run()
+    # Checked here too, so that errors name the options (the worker checks its arguments).
+    for name in queue or ():
+        check_name(name, "--queue")
+    check_worker_id(worker_id)
+    if lease is not None:
+        check_seconds(lease, "--lease", low=MIN_LEASE, high=MAX_LEASE)
+    check_seconds(grace, "--grace", high=MAX_SECONDS)
+    check_seconds(poll_interval, "--poll-interval", low=MIN_POLL_INTERVAL, high=MAX_SECONDS)
+    for module_name in modules:
+        _import_handlers(module_name)
+    with open_store(settings) as store:
+        try:
+            check_queues_served(store, queue or ["default"])
+        except ValueError as exc:
+            raise ValueError(f"{exc} (--queue)") from None
+        serve_worker_metrics(settings)
+        worker = CommandWorker(
+            store,
+            queue or ["default"],
+            concurrency=concurrency,
+            worker_id=worker_id,
+            lease=lease if lease is not None else settings.command_lease,
+            grace=grace,
+            listen=not poll_only,
+            poll_interval=poll_interval,
+            backoff_base=settings.command_backoff_base,
+            backoff_max=settings.command_backoff_max,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        _freeze_startup_objects()
+        worker.run()
