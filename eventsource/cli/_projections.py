@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,12 +28,13 @@ from eventsource.cli._options import (
     AsJson,
     Command,
     WorkerId,
+    Yes,
     check_worker_id,
     keyword_option,
     option_set,
     with_settings,
 )
-from eventsource.cli._worker import _freeze_startup_objects
+from eventsource.cli._worker import _freeze_startup_objects, run_until_stopped
 
 SourceUrl = Annotated[
     str | None,
@@ -125,10 +125,7 @@ def projections_run(
     with open_store(settings) as store:
         serve_worker_metrics(settings)
         worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id, source=log_source)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: worker.stop())
-        _freeze_startup_objects()
-        worker.run()
+        run_until_stopped(worker)
 
 
 @projections_app.command("replay")

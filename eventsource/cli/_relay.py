@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +18,7 @@ from eventsource.cli._options import (
     check_worker_id,
     with_settings,
 )
-from eventsource.cli._worker import _freeze_startup_objects
+from eventsource.cli._worker import run_until_stopped
 
 relay_app = typer.Typer(
     help="Relay the partitioned log to NATS JetStream, in order, once.", no_args_is_help=True
@@ -81,10 +80,7 @@ def relay_run(  # noqa: PLR0917 - typer maps parameters to options
             heartbeat_interval=min(2.0, lease_ttl / 3),
             batch_size=batch_size,
         )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: worker.stop())
-        _freeze_startup_objects()
-        worker.run()
+        run_until_stopped(worker)
 
 
 @relay_app.command("status")

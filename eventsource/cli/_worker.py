@@ -7,7 +7,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -35,6 +35,25 @@ def _freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class _Worker(Protocol):
+    """A worker process's loop: ``run`` until ``stop`` is called (from a signal handler)."""
+
+    def run(self) -> object:
+        """Work until stopped."""
+
+    def stop(self) -> object:
+        """Ask ``run`` to return."""
+
+
+def run_until_stopped(worker: _Worker) -> None:
+    """Run ``worker`` until SIGTERM or SIGINT stops it, what start-up loaded frozen first:
+    the end of every `run` command (command, projection and relay workers)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    _freeze_startup_objects()
+    worker.run()
 
 
 def _import_handlers(module_name: str) -> None:
@@ -127,7 +146,4 @@ def worker_run(  # noqa: PLR0917 - typer maps parameters to options
             backoff_base=settings.command_backoff_base,
             backoff_max=settings.command_backoff_max,
         )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: worker.stop())
-        _freeze_startup_objects()
-        worker.run()
+        run_until_stopped(worker)
