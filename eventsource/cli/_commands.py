@@ -12,7 +12,7 @@ from rich.table import Table
 from eventsource._checks import BIGINT_MAX, check_name
 from eventsource._config import Settings
 from eventsource.cli._app import confirm, open_store, report_problems, show
-from eventsource.cli._options import AsJson, with_settings
+from eventsource.cli._options import AsJson, Yes, with_settings
 from eventsource.commands import MAX_DELAY
 
 commands_app = typer.Typer(
@@ -187,7 +187,7 @@ def commands_purge(
         str, typer.Option("--older-than", help="Only dead commands older than this (e.g. 7d).")
     ] = "0s",
     queue: QueueFilter = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
     """Delete dead commands (done ones are deleted by their ack already)."""

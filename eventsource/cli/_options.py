@@ -26,6 +26,7 @@ __all__ = [
     "DatabaseUrl",
     "Schema",
     "WorkerId",
+    "Yes",
     "check_worker_id",
     "keyword_option",
     "option_set",
@@ -52,6 +53,7 @@ Schema = Annotated[
     typer.Option("--schema", envvar="EVENTSOURCE_SCHEMA", help="Schema of the framework's tables."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 WorkerId = Annotated[
     str | None, typer.Option("--worker-id", help="This worker's id (default host:pid).")
 ]

@@ -135,7 +135,7 @@ def projections_replay(
     settings: Settings,
     log_source: Any,
     target: Annotated[str, typer.Argument(help="The projection as MODULE:CLASS.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Yes = False,
 ) -> None:
     """Rebuild a read model from offset 0 (live workers step aside meanwhile)."""
     import projections  # noqa: PLC0415
