@@ -6,9 +6,10 @@ one line that says what to do. Bad usage (an option out of range, a bad name, a 
 ``EVENTSOURCE_*`` variable) names the option or variable at fault, and nothing is written.
 
 One module per command group (``_db``, ``_projections``, ``_worker``, ``_commands``,
-``_ops``, ``_relay``, ``_demo``), on what ``_app`` shares: the application, the common
-options, the settings and the store, the one-line error reporting, ``--json`` output and
-``--yes`` confirmation. The groups are registered here, in the order of ``--help``.
+``_ops``, ``_relay``, ``_demo``), on what ``_app`` shares (the application, the settings and
+the store, the one-line error reporting, ``--json`` output and ``--yes`` confirmation) and on
+``_options``: the common options, which ``with_settings`` gives every command. The groups are
+registered here, in the order of ``--help``.
 """
 
 from __future__ import annotations

@@ -164,29 +164,12 @@ def serve_worker_metrics(settings: Settings) -> None:
     log.info("metrics served", host=settings.metrics_host, port=settings.metrics_port)
 
 
-def open_store(
-    settings_or_url: Settings | str | None, schema: str = "eventsource", **extra: Any
-) -> EventStore:
-    """The store of a command: from its settings, or from its ``--database-url``, ``--schema``
-    and other options over the environment (see ``settings_for``). Use it as a context manager."""
-    settings = (
-        settings_or_url
-        if isinstance(settings_or_url, Settings)
-        else settings_for(settings_or_url, schema, **extra)
-    )
+def open_store(settings: Settings) -> EventStore:
+    """The store of a command, from its settings (see ``settings_for``). Use it as a context
+    manager."""
     store = EventStore.from_env(settings)
     log.debug("store opened", url=safe_url(store.url), schema=store.schema)
     return store
-
-
-@contextmanager
-def command_store(
-    database_url: str | None, schema: str = "eventsource", **extra: Any
-) -> Iterator[EventStore]:
-    """The store of a command that checks nothing before opening it: ``open_store`` with its
-    options, and errors on one line as ``cli_errors`` reports them."""
-    with cli_errors(), open_store(database_url, schema, **extra) as store:
-        yield store
 
 
 def show(as_json: bool, data: Any, text: RenderableType) -> None:

@@ -10,15 +10,9 @@ import typer
 from rich.table import Table
 
 from eventsource._checks import BIGINT_MAX, check_name
-from eventsource.cli._app import (
-    cli_errors,
-    command_store,
-    confirm,
-    open_store,
-    report_problems,
-    show,
-)
-from eventsource.cli._options import AsJson, DatabaseUrl, Schema
+from eventsource._config import Settings
+from eventsource.cli._app import confirm, open_store, report_problems, show
+from eventsource.cli._options import AsJson, Yes, with_settings
 from eventsource.commands import MAX_DELAY
 
 commands_app = typer.Typer(
@@ -72,8 +66,7 @@ def _list_commands(
     *,
     queue: str | None,
     limit: int,
-    database_url: str | None,
-    schema: str,
+    settings: Settings,
     as_json: bool,
     max_age: str | None = None,
     check: bool = False,
@@ -82,27 +75,26 @@ def _list_commands(
     from eventsource.commands import CommandQueue  # noqa: PLC0415
     from eventsource.ops import command_problems  # noqa: PLC0415
 
-    with cli_errors():
-        if queue is not None:
-            check_name(queue, "--queue")
-        if max_age is not None and not check:
-            raise ValueError("--max-age goes with --check")
-        age = None if max_age is None else parse_duration(max_age, "--max-age")
-        with open_store(database_url, schema) as store:
-            commands = CommandQueue(store)
-            rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
-            title = "dead commands" if dead else "commands"
-            show(as_json, [r.as_json() for r in rows], _command_table(title, rows, dead=dead))
-            if check:
-                report_problems(command_problems(store, age))
+    if queue is not None:
+        check_name(queue, "--queue")
+    if max_age is not None and not check:
+        raise ValueError("--max-age goes with --check")
+    age = None if max_age is None else parse_duration(max_age, "--max-age")
+    with open_store(settings) as store:
+        commands = CommandQueue(store)
+        rows = (commands.dead if dead else commands.list)(queue=queue, limit=limit)
+        title = "dead commands" if dead else "commands"
+        show(as_json, [r.as_json() for r in rows], _command_table(title, rows, dead=dead))
+        if check:
+            report_problems(command_problems(store, age))
 
 
 @commands_app.command("list")
+@with_settings(before="as_json")
 def commands_list(  # noqa: PLR0917 - typer maps parameters to options
+    settings: Settings,
     queue: QueueFilter = None,
     limit: Limit = 100,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
     as_json: AsJson = False,
     check: Annotated[
         bool,
@@ -125,8 +117,7 @@ def commands_list(  # noqa: PLR0917 - typer maps parameters to options
         False,
         queue=queue,
         limit=limit,
-        database_url=database_url,
-        schema=schema,
+        settings=settings,
         as_json=as_json,
         max_age=max_age,
         check=check,
@@ -134,35 +125,30 @@ def commands_list(  # noqa: PLR0917 - typer maps parameters to options
 
 
 @commands_app.command("dead")
+@with_settings(before="as_json")
 def commands_dead(
-    queue: QueueFilter = None,
-    limit: Limit = 100,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
-    as_json: AsJson = False,
+    settings: Settings, queue: QueueFilter = None, limit: Limit = 100, as_json: AsJson = False
 ) -> None:
     """Dead commands (no attempts left) with their last error; --json adds tracebacks."""
-    _list_commands(
-        True, queue=queue, limit=limit, database_url=database_url, schema=schema, as_json=as_json
-    )
+    _list_commands(True, queue=queue, limit=limit, settings=settings, as_json=as_json)
 
 
 @commands_app.command("retry")
+@with_settings(before="as_json")
 def commands_retry(
+    settings: Settings,
     command_id: Annotated[
         int, typer.Argument(min=1, max=BIGINT_MAX, help="The dead command's id.")
     ],
     attempts: Annotated[
         int, typer.Option("--attempts", min=1, max=100, help="Attempts to give it.")
     ] = 1,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
     as_json: AsJson = False,
 ) -> None:
     """Run a dead command again (after fixing its handler)."""
     from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-    with command_store(database_url, schema) as store:
+    with open_store(settings) as store:
         CommandQueue(store).retry(command_id, attempts=attempts)
         show(
             as_json,
@@ -194,28 +180,27 @@ def parse_duration(text: str, what: str = "duration") -> float:
 
 
 @commands_app.command("purge")
-def commands_purge(  # noqa: PLR0917 - typer maps parameters to options
+@with_settings(before="as_json")
+def commands_purge(
+    settings: Settings,
     older_than: Annotated[
         str, typer.Option("--older-than", help="Only dead commands older than this (e.g. 7d).")
     ] = "0s",
     queue: QueueFilter = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
+    yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
     """Delete dead commands (done ones are deleted by their ack already)."""
     from eventsource.commands import CommandQueue  # noqa: PLC0415
 
-    with cli_errors():
-        age = parse_duration(older_than, "--older-than")
-        if queue is not None:
-            check_name(queue, "--queue")
-        confirm(
-            yes,
-            f"Delete dead commands older than {older_than}?",
-            "purge deletes dead commands for good: pass --yes to confirm",
-        )
-        with open_store(database_url, schema) as store:
-            purged = CommandQueue(store).purge(older_than=age, queue=queue)
-        show(as_json, {"purged": purged}, f"purged {purged} dead command(s)")
+    age = parse_duration(older_than, "--older-than")
+    if queue is not None:
+        check_name(queue, "--queue")
+    confirm(
+        yes,
+        f"Delete dead commands older than {older_than}?",
+        "purge deletes dead commands for good: pass --yes to confirm",
+    )
+    with open_store(settings) as store:
+        purged = CommandQueue(store).purge(older_than=age, queue=queue)
+    show(as_json, {"purged": purged}, f"purged {purged} dead command(s)")

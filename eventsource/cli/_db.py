@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from eventsource.cli._app import _origin, command_store, console, err_console, fail, show
-from eventsource.cli._options import AsJson, DatabaseUrl, Schema
+from eventsource._config import Settings
+from eventsource.cli._app import _origin, console, err_console, fail, open_store, show
+from eventsource.cli._options import AsJson, with_settings
 from eventsource.db import safe_url
 
 db_app = typer.Typer(
@@ -16,9 +17,9 @@ db_app = typer.Typer(
 
 
 @db_app.command("upgrade")
+@with_settings(before="partitions", reads=("partitions",))
 def db_upgrade(
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
+    settings: Settings,
     partitions: Annotated[
         int | None,
         typer.Option(
@@ -30,7 +31,7 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Create the schema or upgrade it to this version (idempotent; safe to run concurrently)."""
-    with command_store(database_url, schema, partitions=partitions) as store:
+    with open_store(settings) as store:
         existing = store.status().partitions
         if partitions is not None and existing is not None and partitions != existing:
             given = _origin("partitions", "--partitions")
@@ -52,11 +53,10 @@ def db_upgrade(
 
 
 @db_app.command("status")
-def db_status(
-    database_url: DatabaseUrl = None, schema: Schema = "eventsource", as_json: AsJson = False
-) -> None:
+@with_settings(before="as_json")
+def db_status(settings: Settings, as_json: AsJson = False) -> None:
     """Show the schema's revision, the code's head revision and the partition count."""
-    with command_store(database_url, schema) as store:
+    with open_store(settings) as store:
         status = store.status()
         heads = store.heads() if status.revision is not None else {}
         info = {

@@ -7,15 +7,17 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
 
+from eventsource._config import Settings
 from eventsource._errors import EventSourceError
-from eventsource.cli._app import command_store, console
-from eventsource.cli._options import DatabaseUrl, Schema
+from eventsource.cli._app import console, open_store
+from eventsource.cli._options import with_settings
 
 
-def demo(database_url: DatabaseUrl = None, schema: Schema = "eventsource") -> None:
+@with_settings()
+def demo(settings: Settings) -> None:
     """Run the bank example end to end and print what it did."""
     bank_demo = _bank_demo()  # before anything is written
-    with command_store(database_url, schema) as store:
+    with open_store(settings) as store:
         store.upgrade()
         bank_demo.run_demo(store, console)
 

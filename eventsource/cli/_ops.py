@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from eventsource.cli._app import cli_errors, console, fail, open_store, settings_for
-from eventsource.cli._options import DatabaseUrl, Schema
+from eventsource._config import Settings
+from eventsource.cli._app import console, fail, open_store
+from eventsource.cli._options import with_settings
 from eventsource.cli._projections import _load_projection
 
 ops_app_cli = typer.Typer(
@@ -20,7 +21,9 @@ ops_app_cli = typer.Typer(
 
 
 @ops_app_cli.command("serve")
-def ops_serve(  # noqa: PLR0917 - typer maps parameters to options
+@with_settings()
+def ops_serve(
+    settings: Settings,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (other hosts: 0.0.0.0, at your risk).")
     ] = "127.0.0.1",
@@ -37,40 +40,35 @@ def ops_serve(  # noqa: PLR0917 - typer maps parameters to options
         float,
         typer.Option("--refresh", min=0, max=3600, help="Seconds between refreshes (0: never)."),
     ] = 5.0,
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
 ) -> None:
     """Serve the operations page, /metrics, /healthz and /readyz until SIGTERM/SIGINT.
 
     Actions (retry, skip, replay, purge) need EVENTSOURCE_OPS_TOKEN; without it, read-only.
     """
-    with cli_errors():
-        try:
-            import uvicorn  # noqa: PLC0415 - the ops extra
+    try:
+        import uvicorn  # noqa: PLC0415 - the ops extra
 
-            from eventsource.ops import ops_app  # noqa: PLC0415
-        except ImportError as exc:
-            fail(
-                "the operations page needs the ops extra:"
-                f" pip install 'eventsource-pg[ops]' ({exc})",
-                1,
-            )
-        if 0 < refresh < 1:
-            raise ValueError(f"--refresh: must be 0 (never) or from 1 to 3600, got {refresh:g}")
-        loaded = [_load_projection(target) for target in projection or []]
-        settings = settings_for(database_url, schema)
-        token = settings.ops_token.get_secret_value() if settings.ops_token else None
-        store = open_store(settings)
-        try:
-            app = ops_app(
-                store, token=token, read_only=token is None, projections=loaded, refresh=refresh
-            )
-            mode = "actions need the token" if token else "read-only (no EVENTSOURCE_OPS_TOKEN)"
-            console.print(f"eventsource ops on http://{host}:{port}/ ({mode})", highlight=False)
-            config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-            _server(uvicorn.Server)(config).run()
-        finally:
-            store.close()
+        from eventsource.ops import ops_app  # noqa: PLC0415
+    except ImportError as exc:
+        fail(
+            f"the operations page needs the ops extra: pip install 'eventsource-pg[ops]' ({exc})",
+            1,
+        )
+    if 0 < refresh < 1:
+        raise ValueError(f"--refresh: must be 0 (never) or from 1 to 3600, got {refresh:g}")
+    loaded = [_load_projection(target) for target in projection or []]
+    token = settings.ops_token.get_secret_value() if settings.ops_token else None
+    store = open_store(settings)
+    try:
+        app = ops_app(
+            store, token=token, read_only=token is None, projections=loaded, refresh=refresh
+        )
+        mode = "actions need the token" if token else "read-only (no EVENTSOURCE_OPS_TOKEN)"
+        console.print(f"eventsource ops on http://{host}:{port}/ ({mode})", highlight=False)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        _server(uvicorn.Server)(config).run()
+    finally:
+        store.close()
 
 
 def _server(base: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -13,9 +13,8 @@ import typer
 from rich.table import Table
 
 from eventsource._checks import BIGINT_MAX, INT_MAX, check_name
+from eventsource._config import Settings
 from eventsource.cli._app import (
-    cli_errors,
-    command_store,
     confirm,
     console,
     err_console,
@@ -23,11 +22,19 @@ from eventsource.cli._app import (
     open_store,
     report_problems,
     serve_worker_metrics,
-    settings_for,
     show,
 )
-from eventsource.cli._options import AsJson, DatabaseUrl, Schema, WorkerId, check_worker_id
-from eventsource.cli._worker import _freeze_startup_objects
+from eventsource.cli._options import (
+    AsJson,
+    Command,
+    WorkerId,
+    Yes,
+    check_worker_id,
+    keyword_option,
+    option_set,
+    with_settings,
+)
+from eventsource.cli._worker import _freeze_startup_objects, run_until_stopped
 
 SourceUrl = Annotated[
     str | None,
@@ -41,6 +48,39 @@ Stream = Annotated[str, typer.Option("--stream", help="With --source: the stream
 SubjectPrefix = Annotated[
     str, typer.Option("--subject-prefix", help="With --source: the subjects' prefix.")
 ]
+
+
+def _jetstream_source(source: str | None, stream: str, subject_prefix: str) -> Any:
+    """The JetStream source of ``--source`` (None without it); ValueError for bad options."""
+    if source is None:
+        return None
+    from eventsource import relay  # noqa: PLC0415
+    from projections import JetStreamSource  # noqa: PLC0415
+
+    relay.check_nats_url(source)
+    relay.check_stream_name(stream)
+    relay.check_subject_prefix(subject_prefix)
+    try:
+        return JetStreamSource(source, stream=stream, subject_prefix=subject_prefix)
+    except ImportError as exc:
+        fail(str(exc), 1)
+
+
+def with_log_source(*, before: str | None = None) -> Callable[[Command], Command]:
+    """A decorator giving a command ``--source``, ``--stream`` and ``--subject-prefix`` (before
+    its option ``before``, else after its last) and its parameter ``log_source`` the JetStream
+    source they name (None without ``--source``), as ``option_set`` does."""
+    return option_set(
+        "log_source",
+        [
+            keyword_option("source", SourceUrl, None),
+            keyword_option("stream", Stream, "EVENTS"),
+            keyword_option("subject_prefix", SubjectPrefix, "events"),
+        ],
+        _jetstream_source,
+        before=before,
+    )
+
 
 projections_app = typer.Typer(
     help="Run, replay and inspect projections (read models).", no_args_is_help=True
@@ -69,91 +109,60 @@ def _load_projection(target: str) -> Any:
 
 
 @projections_app.command("run")
-def projections_run(  # noqa: PLR0917 - typer maps parameters to options
+@with_settings()
+@with_log_source()
+def projections_run(
+    settings: Settings,
+    log_source: Any,
     targets: Annotated[list[str], typer.Argument(help="Projections as MODULE:CLASS.")],
     worker_id: WorkerId = None,
-    source: SourceUrl = None,
-    stream: Stream = "EVENTS",
-    subject_prefix: SubjectPrefix = "events",
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
 ) -> None:
     """Run projection workers until SIGTERM/SIGINT; processes share partitions via leases."""
     import projections  # noqa: PLC0415
 
-    with cli_errors():
-        check_worker_id(worker_id)
-        log_source = _jetstream_source(source, stream, subject_prefix)
-        loaded = [_load_projection(t) for t in targets]
-        settings = settings_for(database_url, schema)
-        with open_store(settings) as store:
-            serve_worker_metrics(settings)
-            worker = projections.ProjectionWorker(
-                store, loaded, worker_id=worker_id, source=log_source
-            )
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: worker.stop())
-            _freeze_startup_objects()
-            worker.run()
-
-
-def _jetstream_source(url: str | None, stream: str, subject_prefix: str) -> Any:
-    """The JetStream source of ``--source`` (None without it); ValueError for bad options."""
-    if url is None:
-        return None
-    from eventsource import relay  # noqa: PLC0415
-    from projections import JetStreamSource  # noqa: PLC0415
-
-    relay.check_nats_url(url)
-    relay.check_stream_name(stream)
-    relay.check_subject_prefix(subject_prefix)
-    try:
-        return JetStreamSource(url, stream=stream, subject_prefix=subject_prefix)
-    except ImportError as exc:
-        fail(str(exc), 1)
+    check_worker_id(worker_id)
+    loaded = [_load_projection(t) for t in targets]
+    with open_store(settings) as store:
+        serve_worker_metrics(settings)
+        worker = projections.ProjectionWorker(store, loaded, worker_id=worker_id, source=log_source)
+        run_until_stopped(worker)
 
 
 @projections_app.command("replay")
-def projections_replay(  # noqa: PLR0917 - typer maps parameters to options
+@with_settings()
+@with_log_source()
+def projections_replay(
+    settings: Settings,
+    log_source: Any,
     target: Annotated[str, typer.Argument(help="The projection as MODULE:CLASS.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    source: SourceUrl = None,
-    stream: Stream = "EVENTS",
-    subject_prefix: SubjectPrefix = "events",
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
+    yes: Yes = False,
 ) -> None:
     """Rebuild a read model from offset 0 (live workers step aside meanwhile)."""
     import projections  # noqa: PLC0415
 
-    with cli_errors():
-        log_source = _jetstream_source(source, stream, subject_prefix)
-        projection = _load_projection(target)
-        confirm(
-            yes,
-            f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
-            "replay empties the read model first: pass --yes to confirm",
-        )
-        with open_store(database_url, schema) as store:
-            _freeze_startup_objects()
-            try:
-                applied = projections.replay(
-                    store, projection, console=err_console, source=log_source
-                )
-            finally:
-                if log_source is not None:
-                    log_source.close()
-        console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
+    projection = _load_projection(target)
+    confirm(
+        yes,
+        f"Replay {projection.name!r}: its read model is reset and rebuilt. Continue?",
+        "replay empties the read model first: pass --yes to confirm",
+    )
+    with open_store(settings) as store:
+        _freeze_startup_objects()
+        try:
+            applied = projections.replay(store, projection, console=err_console, source=log_source)
+        finally:
+            if log_source is not None:
+                log_source.close()
+    console.print(f"replayed {projection.name}: {applied} events applied", highlight=False)
 
 
 @projections_app.command("status")
-def projections_status(  # noqa: PLR0917 - typer maps parameters to options
-    database_url: DatabaseUrl = None,
-    schema: Schema = "eventsource",
+@with_settings(before="as_json")
+@with_log_source(before="check")
+def projections_status(
+    settings: Settings,
+    log_source: Any,
     as_json: AsJson = False,
-    source: SourceUrl = None,
-    stream: Stream = "EVENTS",
-    subject_prefix: SubjectPrefix = "events",
     check: Annotated[
         bool,
         typer.Option(
@@ -180,10 +189,9 @@ def projections_status(  # noqa: PLR0917 - typer maps parameters to options
     import projections  # noqa: PLC0415
     from eventsource.ops import projection_problems  # noqa: PLC0415
 
-    with command_store(database_url, schema) as store:
-        if max_lag is not None and not check:
-            raise ValueError("--max-lag goes with --check")
-        log_source = _jetstream_source(source, stream, subject_prefix)
+    if max_lag is not None and not check:
+        raise ValueError("--max-lag goes with --check")
+    with open_store(settings) as store:
         rows = projections.status(store)
         if log_source is not None:
             try:
@@ -233,26 +241,25 @@ def _status_table(rows: list[Any]) -> Table:
 def _partition_command(action: str) -> Any:
     """The `projections retry` or `projections skip` command for a stopped partition."""
 
+    @with_settings()
     def command(
+        settings: Settings,
         name: Annotated[str, typer.Argument(help="The projection's name.")],
         partition: Annotated[int, typer.Option("--partition", "-p", min=0, max=INT_MAX)],
-        database_url: DatabaseUrl = None,
-        schema: Schema = "eventsource",
     ) -> None:
         import projections  # noqa: PLC0415
 
-        with cli_errors():
-            check_name(name, "NAME (the projection's name)")
-            with open_store(database_url, schema) as store:
-                if action == "retry":
-                    position = projections.retry(store, name, partition)
-                    console.print(f"{name} partition {partition}: retrying after {position}")
-                else:
-                    position, event_type = projections.skip(store, name, partition)
-                    console.print(
-                        f"{name} partition {partition}: skipped the {event_type} event at"
-                        f" {position} (recorded in projection_skips)"
-                    )
+        check_name(name, "NAME (the projection's name)")
+        with open_store(settings) as store:
+            if action == "retry":
+                position = projections.retry(store, name, partition)
+                console.print(f"{name} partition {partition}: retrying after {position}")
+            else:
+                position, event_type = projections.skip(store, name, partition)
+                console.print(
+                    f"{name} partition {partition}: skipped the {event_type} event at"
+                    f" {position} (recorded in projection_skips)"
+                )
 
     return command
 
