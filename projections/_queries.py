@@ -16,7 +16,8 @@ __all__ = ["ProjectionQueries", "projection_queries"]
 
 
 class ProjectionQueries(Statements):
-    """Checkpoints, leases, membership and replay state of the projections in one schema.
+    """Checkpoints, pauses and replay state of the projections in one schema (membership and
+    leases: ``ProjectionMembers``).
 
     ``store`` holds the event store's statements for the same schema (a batch reads the
     partition with them).

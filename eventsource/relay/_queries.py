@@ -8,7 +8,7 @@ __all__ = ["RelayQueries"]
 
 
 class RelayQueries(Statements):
-    """Checkpoints and leases of the relays in one schema (membership: ``RelayMembers``)."""
+    """Checkpoints of the relays in one schema (membership and leases: ``RelayMembers``)."""
 
     package = "eventsource.relay"
     filename = "queries.sql"
