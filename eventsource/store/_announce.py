@@ -21,7 +21,7 @@ import psycopg
 
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
-from eventsource.db import connect, gone
+from eventsource.db import Direct, connect, fetch, gone
 
 __all__ = ["Announcer"]
 
@@ -48,7 +48,7 @@ class Announcer:
         self._conninfo = conninfo
         self._prepare_threshold = prepare_threshold
         self._channel = channel
-        self._statement = statement
+        self._statement = Direct(statement)  # sent through libpq: the cheapest send
         self._dirty: dict[str, set[str]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -121,7 +121,7 @@ class Announcer:
                 if conn is None:
                     conn = connect(self._conninfo, prepare_threshold=self._prepare_threshold)
                     conn.execute("SET synchronous_commit TO off")
-                conn.execute(self._statement, {"channel": channel, "payload": payload})
+                fetch(conn, self._statement, {"channel": channel, "payload": payload})
                 return conn
             except psycopg.Error as exc:
                 if conn is not None:
