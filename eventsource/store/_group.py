@@ -198,8 +198,10 @@ class GroupCommit:
         store = self._store
         queries = store._queries
         with store._raw() as conn:
-            if len(group) > 1:
-                drive(conn, group_plan(group, queries, partitions))
+            if len(group) == 1:  # alone (a quiet spell): its error is the block's
+                drive(conn, append_plan(group[0].staged, queries, partitions, autocommit=True))
+                return
+            drive(conn, group_plan(group, queries, partitions))
             for entry, plan in _each_alone(group, queries, partitions):
                 try:
                     with store._errors():
