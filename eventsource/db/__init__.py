@@ -3,7 +3,8 @@
 - ``_url``: psycopg connection strings from SQLAlchemy URLs (parameters kept, keepalives);
 - ``_engine``: URL resolution (environment, embedded server) and SQLAlchemy engines;
 - ``_pool``: autocommit connections for single statements, checked on reuse;
-- ``_driver``: statements sent on psycopg connections directly (binary rows);
+- ``_driver``: statements sent on psycopg connections directly (binary rows), or through
+  libpq itself for the hottest (``Direct``);
 - ``_names``: quoted schema names and LISTEN/NOTIFY channel names;
 - ``_embedded``: the embedded server; ``_migrate``: migrations; ``_schema``: the version
   table's name (``schema.sql`` describes the whole schema the migrations make).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from eventsource._errors import describe_target
 from eventsource.db._driver import (
+    Direct,
     connect,
     driver_connection,
     driver_connection_async,
@@ -32,6 +34,7 @@ from eventsource.db._url import conninfo, safe_url
 __all__ = [
     "PREPARE_THRESHOLD",
     "VERSION_TABLE",
+    "Direct",
     "RawPool",
     "SchemaStatus",
     "Statements",

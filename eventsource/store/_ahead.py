@@ -86,11 +86,12 @@ def read_ahead(
     params = {"partition": partition, "after": after, "limit": batch}
     with store._raw() as conn:
         rows, timezone = fetch_rows(conn, store._queries.read_partition_page, params)
-    yield from handed_out(rows, timezone, decode)
     if len(rows) < batch:
+        yield from handed_out(rows, timezone, decode)
         return
-    reader = _PageReader(store, partition, rows[-1][POSITION], batch)
+    reader = _PageReader(store, partition, rows[-1][POSITION], batch)  # the second page's on
     try:
+        yield from handed_out(rows, timezone, decode)
         while True:
             rows, timezone = reader.next_page()
             yield from handed_out(rows, timezone, decode)

@@ -21,7 +21,7 @@ import psycopg
 
 from eventsource._errors import first_line, is_outage
 from eventsource._logging import get_logger
-from eventsource.db import connect, gone
+from eventsource.db import Direct, connect, fetch, gone
 
 __all__ = ["Announcer"]
 
@@ -48,12 +48,11 @@ class Announcer:
         self._conninfo = conninfo
         self._prepare_threshold = prepare_threshold
         self._channel = channel
-        self._statement = statement
+        self._statement = Direct(statement)  # sent through libpq: the cheapest send
         self._dirty: dict[str, set[str]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._last_sent = 0.0
 
     def announce(self, items: Iterable[object], channel: str | None = None) -> None:
         """Queue items (partitions by default) to announce on ``channel``; returns at once."""
@@ -87,18 +86,17 @@ class Announcer:
             with self._cond:
                 while not self._dirty and not self._closed:
                     self._cond.wait()
-            # Within a burst of commits, linger a moment so that they make one announcement.
-            quiet = time.monotonic() - self._last_sent
-            if quiet < self.LINGER:
-                time.sleep(self.LINGER - quiet)
-            with self._cond:
                 dirty, self._dirty = self._dirty, {}
                 closing = self._closed
             for channel, items in dirty.items():
                 conn = self._send(conn, channel, items)
-            self._last_sent = time.monotonic()
             if closing:
                 break
+            # Linger after each send, so that the commits of a burst make one announcement
+            # when it ends. (Waiting for the next one instead would wake this thread for each
+            # burst's first commit only to put it to sleep again: a thread switch, and the
+            # writer's GIL, for nothing.)
+            time.sleep(self.LINGER)
         if conn is not None:
             conn.close()
 
@@ -121,7 +119,7 @@ class Announcer:
                 if conn is None:
                     conn = connect(self._conninfo, prepare_threshold=self._prepare_threshold)
                     conn.execute("SET synchronous_commit TO off")
-                conn.execute(self._statement, {"channel": channel, "payload": payload})
+                fetch(conn, self._statement, {"channel": channel, "payload": payload})
                 return conn
             except psycopg.Error as exc:
                 if conn is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Executable
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Result
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventsource._errors import EventSourceError, SchemaNotReady
@@ -183,9 +183,7 @@ class AsyncTransaction(TransactionCore):
 class AsyncEventStore(StoreBase[AsyncEngine]):
     """A partitioned, append-only event log in one PostgreSQL schema."""
 
-    @classmethod
-    def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> AsyncEngine:
-        return async_engine(url, pool_size, prepared)
+    _make_engine = staticmethod(async_engine)
 
     def __init__(self, engine: AsyncEngine, **options: Any) -> None:
         """``options``: ``StoreBase``'s (schema, partitions, prepared_statements, group_commit)."""
@@ -300,9 +298,11 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
 
     async def _write_group(self, group: list[Entry], partitions: int) -> None:
         """Write a group: its appends whose claims hold in one statement, then each other alone."""
+        if len(group) == 1:  # alone (a quiet spell): its error is the caller's
+            await self._write_alone(group[0].staged, partitions)
+            return
         async with self._raw() as conn:
-            if len(group) > 1:
-                await drive_async(conn, group_plan(group, self._queries, partitions))
+            await drive_async(conn, group_plan(group, self._queries, partitions))
             for entry, plan in each_alone(group, self._queries, partitions):
                 try:
                     with self._errors():

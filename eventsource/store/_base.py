@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Generic, Self, TypeVar
 
 from sqlalchemy.engine import URL
@@ -166,7 +165,6 @@ class StoreBase(Generic[EngineT]):
         url: URL = self._engine.url  # type: ignore[attr-defined]
         return url
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        with translate_errors(self.url, self.schema):
-            yield
+    def _errors(self) -> AbstractContextManager[None]:
+        """A block whose driver errors become this store's errors (``translate_errors``)."""
+        return translate_errors(self.url, self.schema)

@@ -23,6 +23,7 @@ from eventsource._json import (
     object_depth,
     too_deep,
 )
+from eventsource.db import Direct
 from eventsource.store._queries import Queries
 from eventsource.store._types import (
     ANY,
@@ -223,7 +224,9 @@ class StagedAppends:
             return None
         return self.resolve([(s, "ok", *by_stream[s][1:]) for s in self._streams], schema)
 
-    def single(self, partitions: int, queries: Queries) -> tuple[str, dict[str, Any]] | None:
+    def single(
+        self, partitions: int, queries: Queries
+    ) -> tuple[str | Direct, dict[str, Any]] | None:
         """For exactly one staged stream: the fast statement and its parameters."""
         if len(self._streams) != 1:
             return None
@@ -233,11 +236,14 @@ class StagedAppends:
         one = len(events) == 1
         # The claim on the stream: any version, a new stream, or the expected version.
         if expected == ANY.value:
-            sql = queries.append_one_event_any if one else queries.append_one_any
+            claim = "any"
         elif expected in (0, NO_STREAM.value):
-            sql = queries.append_one_event_new if one else queries.append_one_new
+            claim = "new"
         else:
-            sql = queries.append_one_event_at if one else queries.append_one_at
+            claim = "at"
+        sql: str | Direct = (
+            queries.direct_event[claim] if one else getattr(queries, f"append_one_{claim}")
+        )
         params = {
             "stream_id": staged.stream_id,
             "partition": partition_for(staged.partition_key, partitions),
@@ -283,7 +289,7 @@ class StagedAppends:
         return results
 
 
-Plan = Generator[tuple[str, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
+Plan = Generator[tuple[str | Direct, dict[str, Any]], list[tuple[Any, ...]], list[AppendResult]]
 
 
 def for_the_plan(exc: psycopg.Error) -> bool:

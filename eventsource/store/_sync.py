@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Engine, Executable
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Result
+from sqlalchemy.engine import Result
 
 from eventsource._errors import SchemaNotReady
 from eventsource._events import Event
@@ -175,9 +175,7 @@ class Transaction(TransactionCore):
 class EventStore(StoreBase[Engine]):
     """A partitioned, append-only event log in one PostgreSQL schema."""
 
-    @classmethod
-    def _make_engine(cls, url: URL, pool_size: int, prepared: bool = True) -> Engine:
-        return sync_engine(url, pool_size, prepared)
+    _make_engine = staticmethod(sync_engine)
 
     def __init__(self, engine: Engine, **options: Any) -> None:
         """``options``: ``StoreBase``'s (schema, partitions, prepared_statements, group_commit)."""
@@ -277,9 +275,11 @@ class EventStore(StoreBase[Engine]):
 
     def _write_group(self, group: list[Entry], partitions: int) -> None:
         """Write a group: its appends whose claims hold in one statement, then each other alone."""
+        if len(group) == 1:  # alone (a quiet spell): its error is the caller's
+            self._write_alone(group[0].staged, partitions)
+            return
         with self._raw() as conn:
-            if len(group) > 1:
-                drive(conn, group_plan(group, self._queries, partitions))
+            drive(conn, group_plan(group, self._queries, partitions))
             for entry, plan in each_alone(group, self._queries, partitions):
                 try:
                     with self._errors():
