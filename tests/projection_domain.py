@@ -26,6 +26,20 @@ READ_SCHEMA_ENV = "TEST_READ_SCHEMA"
 POISON = 666_666  # a deposit of this amount is rejected by the Ledger's handler
 
 
+class StreamsSeen(Projection):
+    """Notes the streams of the ``Opened`` events it gets, in memory; a subclass names it."""
+
+    def __init__(self) -> None:
+        self.streams: list[str] = []
+
+    def setup(self, tx: Connection) -> None:
+        """Nothing to create."""
+
+    @handles(Opened)
+    def on_opened(self, event: Opened, record: RecordedEvent, tx: Connection) -> None:
+        self.streams.append(record.stream_id)
+
+
 class PoisonError(Exception):
     """The Ledger rejects this event (a deposit of the POISON amount)."""
 

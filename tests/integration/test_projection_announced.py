@@ -9,34 +9,24 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Connection
 
-from eventsource import EventStore, RecordedEvent
+from eventsource import EventStore
 from eventsource._logging import get_logger
 from eventsource.db import conninfo
 from eventsource.runtime import Listener
-from projections import Projection, ProjectionWorker, handles
+from projections import ProjectionWorker
 from projections._queries import projection_queries
 from projections._sources import StoreSource, announced
 from tests.domain import Opened
+from tests.projection_domain import StreamsSeen
 
 STOP = threading.Event()
 
 
-class Seen(Projection):
+class Seen(StreamsSeen):
     """Notes the streams it got, in memory."""
 
     name = "test.announced"
-
-    def __init__(self) -> None:
-        self.streams: list[str] = []
-
-    def setup(self, tx: Connection) -> None:
-        """Nothing to create."""
-
-    @handles(Opened)
-    def on_opened(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
-        self.streams.append(record.stream_id)
 
 
 class CountingSource(StoreSource):

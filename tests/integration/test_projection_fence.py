@@ -9,32 +9,21 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Connection
 
-from eventsource import EventStore, RecordedEvent, partition_for
+from eventsource import EventStore, partition_for
 from eventsource.db import conninfo
 from eventsource.testing import run_projections
-from projections import Projection, handles
 from tests.domain import Opened
 from tests.integration._support import sql
+from tests.projection_domain import StreamsSeen
 
 TTL = 0.5
 
 
-class Seen(Projection):
+class Seen(StreamsSeen):
     """Notes the streams it got, in memory."""
 
     name = "test.fence"
-
-    def __init__(self) -> None:
-        self.streams: list[str] = []
-
-    def setup(self, tx: Connection) -> None:
-        """Nothing to create."""
-
-    @handles(Opened)
-    def on_opened(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
-        self.streams.append(record.stream_id)
 
 
 def zombie(store: EventStore, partition: int, lease: float = -60) -> psycopg.Connection[Any]:

@@ -6,6 +6,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,17 +75,19 @@ def test_a_hostile_or_invalid_schema_name_is_refused(schema: str) -> None:
         render("SELECT 1 FROM {schema}.t", schema)
 
 
+def statements(package: tuple[str, Path], filename: str, text: str, **attributes: Any) -> Any:
+    """A ``Statements`` class declaring ``one``, over a file of ``text`` in the test package."""
+    name, path = package
+    (path / filename).write_text(text)
+    namespace = {"package": name, "filename": filename, "__annotations__": {"one": "str"}}
+    return type("Part", (Statements,), {**namespace, **attributes})
+
+
 def test_statements_must_match_the_file(package: tuple[str, Path]) -> None:
     """A statement declared but missing from the file (or the reverse) fails at once."""
-    name, path = package
-    (path / "s.sql").write_text("-- name: one\nSELECT 1 FROM {schema}.t\n")
-
-    class Good(Statements):
-        package = name
-        filename = "s.sql"
-        one: str
-
-    assert Good("s1").one == 'SELECT 1 FROM "s1".t'
+    name, _ = package
+    good = statements(package, "s.sql", "-- name: one\nSELECT 1 FROM {schema}.t\n")
+    assert good("s1").one == 'SELECT 1 FROM "s1".t'
 
     class Bad(Statements):
         package = name
@@ -98,24 +101,14 @@ def test_statements_must_match_the_file(package: tuple[str, Path]) -> None:
 
 def test_a_part_with_a_channel_gets_its_channel_and_listen(package: tuple[str, Path]) -> None:
     """``channel_suffix`` gives the instances the schema's channel and its LISTEN statement."""
-    name, path = package
-    (path / "c.sql").write_text("-- name: one\nSELECT 1\n")
+    text = "-- name: one\nSELECT 1\n"
+    announcing = statements(package, "c.sql", text, channel_suffix=".jobs")
+    quiet = statements(package, "c.sql", text)
 
-    class Announcing(Statements):
-        package = name
-        filename = "c.sql"
-        channel_suffix = ".jobs"
-        one: str
-
-    class Quiet(Statements):
-        package = name
-        filename = "c.sql"
-        one: str
-
-    loud = Announcing("shop")
+    loud = announcing("shop")
     assert loud.channel == "eventsource.shop.jobs"
     assert loud.listen == 'LISTEN "eventsource.shop.jobs"'
-    assert not hasattr(Quiet("shop"), "channel")
+    assert not hasattr(quiet("shop"), "channel")
 
 
 def test_further_identifiers_are_quoted_as_the_schema_is() -> None:
@@ -130,18 +123,12 @@ def test_further_identifiers_are_quoted_as_the_schema_is() -> None:
 
 def test_a_subclass_names_its_tables_in_identifiers(package: tuple[str, Path]) -> None:
     """One file serves tables of the same shape: each subclass gives its own identifiers."""
-    name, path = package
-    (path / "m.sql").write_text("-- name: one\nSELECT {group} FROM {schema}.{table}\n")
+    members = statements(package, "m.sql", "-- name: one\nSELECT {group} FROM {schema}.{table}\n")
 
-    class Members(Statements):
-        package = name
-        filename = "m.sql"
-        one: str
-
-    class Relays(Members):
+    class Relays(members):
         identifiers = {"table": "relay_workers", "group": "relay"}
 
-    class Projections(Members):
+    class Projections(members):
         identifiers = {"table": "projection_workers", "group": "projection"}
 
     assert Relays("s1").one == 'SELECT "relay" FROM "s1"."relay_workers"'
