@@ -36,6 +36,7 @@ from eventsource.commands._command import (
     check_max_attempts,
 )
 from eventsource.commands._queries import command_queries
+from eventsource.db import Direct
 from eventsource.store import Announcer, AsyncEventStore, EventStore
 
 __all__ = ["CommandInfo", "Enqueued", "enqueued_attributes", "enqueued_many_attributes"]
@@ -292,7 +293,7 @@ class _QueueCore:
     def _counts(rows: Rows) -> list[tuple[str, str, int, datetime]]:
         return [(str(q), str(status), int(n), oldest) for q, status, n, oldest in rows]
 
-    def _alone(self, sql: str, params: dict[str, Any]) -> tuple[str, bool]:
+    def _alone(self, sql: str, params: dict[str, Any]) -> tuple[str | Direct, bool]:
         """The statement of an enqueue run alone, and whether it announces its queue itself.
 
         After a quiet spell a plain enqueue carries its own NOTIFY, delivered when it commits:
@@ -303,10 +304,10 @@ class _QueueCore:
             return sql, False
         now = time.monotonic()
         if now - self._notified_at < QUIET:
-            return sql, False
+            return self._sql.direct[sql], False
         self._notified_at = now
         params["channel"] = self._sql.channel
-        return self._sql.enqueue_plain_notify, True
+        return self._sql.direct[self._sql.enqueue_plain_notify], True
 
     def _announce(self, queues: Sequence[str]) -> None:
         """Wake idle workers of these queues once the enqueue has committed."""

@@ -8,7 +8,7 @@ the top of ``queries.sql``.
 
 from __future__ import annotations
 
-from eventsource.db import Statements
+from eventsource.db import Direct, Statements
 
 __all__ = ["CommandQueries", "command_queries"]
 
@@ -48,6 +48,14 @@ class CommandQueries(Statements):
     purge: str
     counts: str
     idle_timeout: str
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        # The plain enqueues run alone, the hottest statements: sent through libpq directly.
+        self.direct = {
+            self.enqueue_plain: Direct(self.enqueue_plain),
+            self.enqueue_plain_notify: Direct(self.enqueue_plain_notify),
+        }
 
     def enqueue_for(self, params: dict[str, object]) -> str:
         """The enqueue statement for one command's parameters."""

@@ -120,9 +120,9 @@ class AsyncCommandQueue(_QueueCore):
     ) -> Rows:
         """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         if tx is None:
-            sql, announced = self._alone(sql, params)
+            alone, announced = self._alone(sql, params)
             async with self.store._raw() as conn:
-                rows = await fetch_async(conn, sql, params)
+                rows = await fetch_async(conn, alone, params)
             if not announced:
                 self._announce(queues)
             return rows
@@ -270,9 +270,9 @@ class CommandQueue(_QueueCore):
     ) -> Rows:
         """Run an enqueue alone or in ``tx``; announce ``queues`` once it has committed."""
         if tx is None:
-            sql, announced = self._alone(sql, params)
+            alone, announced = self._alone(sql, params)
             with self.store._raw() as conn:
-                rows = fetch(conn, sql, params)
+                rows = fetch(conn, alone, params)
             if not announced:
                 self._announce(queues)
             return rows

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -102,6 +103,7 @@ async def fetch_async(
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)[sb]")
 _INTEGERS = frozenset((20, 21, 23))  # int8, int2, int4: the result columns read as int
+_BOOLEAN = 16  # bool: the result columns read as bool
 _PREPARED = "_eventsource_prepared"  # the Direct statements prepared on a driver connection
 
 
@@ -109,30 +111,38 @@ def _text(value: object, encoding: str) -> bytes | None:
     """A parameter in PostgreSQL's text format (the server infers its type from the query)."""
     if isinstance(value, str):
         return value.encode(encoding)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int | float | UUID) and not isinstance(value, bool):
         return str(value).encode("ascii")
-    if isinstance(value, UUID):
-        return str(value).encode("ascii")
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.isoformat().encode("ascii")
     if value is None:
         return None
-    raise TypeError(f"a Direct statement takes str, int, UUID or None, got {type(value).__name__}")
+    raise TypeError(
+        "a Direct statement takes str, int, float, UUID, an aware datetime or None,"
+        f" got {type(value).__name__}"
+    )
 
 
 def _rows(result: PGresult, encoding: str) -> list[tuple[Any, ...]]:
-    """The rows of a text-format result: integer columns as int, the others as str."""
+    """The rows of a text-format result: integer columns as int, booleans as bool, the others
+    as str."""
     if result.status != TUPLES_OK:
         return []
     columns = range(result.nfields)
-    ints = [result.ftype(c) in _INTEGERS for c in columns]
+    types = [result.ftype(c) for c in columns]
     rows = []
     for r in range(result.ntuples):
-        row: list[int | str | None] = []
+        row: list[int | bool | str | None] = []
         for c in columns:
             value = result.get_value(r, c)
-            if value is not None:
-                row.append(int(value) if ints[c] else value.decode(encoding))
-            else:
+            if value is None:
                 row.append(None)
+            elif types[c] in _INTEGERS:
+                row.append(int(value))
+            elif types[c] == _BOOLEAN:
+                row.append(value == b"t")
+            else:
+                row.append(value.decode(encoding))
         rows.append(tuple(row))
     return rows
 

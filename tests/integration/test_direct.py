@@ -4,17 +4,31 @@ and the announcer's NOTIFY."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
-from eventsource import NO_STREAM, AsyncEventStore, ConcurrencyError, EventStore
+from eventsource import (
+    NO_STREAM,
+    AsyncEventStore,
+    Command,
+    CommandQueue,
+    ConcurrencyError,
+    EventStore,
+)
 from eventsource.db import Direct, connect, conninfo, fetch, fetch_async, resolve_url
 from tests.domain import Opened
 
 STATEMENT = "SELECT %(n)s::bigint + 1, %(n)b::integer, %(word)s::text, %(id)s::uuid, %(none)s::text"
 PARAMS = {"n": 41, "word": "héllo", "id": uuid.UUID(int=7), "none": None}
 ROW = (42, 41, "héllo", str(uuid.UUID(int=7)), None)
+
+
+class Ping(Command, name="test.direct.Ping"):
+    """A command to enqueue."""
+
+    n: int
 
 
 def _dsn(database_url: str) -> str:
@@ -62,9 +76,10 @@ def test_errors_are_psycopg_errors_of_their_sqlstate(database_url: str) -> None:
 
 
 def test_parameters_of_other_types_are_refused(database_url: str) -> None:
-    """Only str, int, UUID and None are sent: anything else is a TypeError, nothing is sent."""
-    with connect(_dsn(database_url)) as conn, pytest.raises(TypeError, match="float"):
-        fetch(conn, Direct("SELECT %(x)s"), {"x": 1.5})
+    """Only str, int, float, UUID, aware datetimes and None are sent: anything else is a
+    TypeError, and nothing is sent."""
+    with connect(_dsn(database_url)) as conn, pytest.raises(TypeError, match="got bytes"):
+        fetch(conn, Direct("SELECT %(x)s"), {"x": b"1.5"})
 
 
 async def test_the_async_twin_runs_the_same_statement(database_url: str) -> None:
@@ -107,3 +122,30 @@ async def test_async_one_event_appends(async_store: AsyncEventStore) -> None:
     assert (await async_store.append("s-1", [Opened(owner="b")], 1)).stream_version == 2
     with pytest.raises(ConcurrencyError):
         await async_store.append("s-1", [Opened(owner="c")], NO_STREAM)
+
+
+def test_floats_aware_datetimes_and_booleans_round_trip(database_url: str) -> None:
+    """Floats and aware datetimes go as their text; boolean columns come back as bool. A naive
+    datetime (its time zone unknown) and a bool parameter are refused before anything is sent."""
+    statement = Direct(
+        "SELECT %(at)s::timestamptz = '2026-01-02 03:04:05.5+00'::timestamptz,"
+        " %(seconds)s::float8 * 2, %(seconds)s::float8 > 1"
+    )
+    at = datetime(2026, 1, 2, 4, 4, 5, 500000, tzinfo=timezone(timedelta(hours=1)))
+    with connect(_dsn(database_url), prepare_threshold=2) as conn:
+        assert fetch(conn, statement, {"at": at, "seconds": 0.25}) == [(True, "0.5", False)]
+        with pytest.raises(TypeError, match="an aware datetime"):
+            fetch(conn, statement, {"at": at.replace(tzinfo=None), "seconds": 1.0})
+        with pytest.raises(TypeError, match="got bool"):
+            fetch(conn, statement, {"at": at, "seconds": True})
+
+
+def test_a_plain_enqueue_goes_direct_and_reports_its_id(store: EventStore) -> None:
+    """The plain enqueue (alone, the most common one) runs as a Direct statement: its id comes
+    back as an int and it is not a duplicate, with or without its own NOTIFY."""
+    queue = CommandQueue(store)
+    first = queue.enqueue(Ping(n=1), delay=0.5)
+    second = queue.enqueue(Ping(n=2), run_at=datetime.now(UTC))
+    assert isinstance(first.id, int) and isinstance(second.id, int)
+    assert (first.duplicate, second.duplicate) == (False, False)
+    assert second.id > first.id
