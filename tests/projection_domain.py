@@ -14,6 +14,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sqlalchemy import Connection, Engine, text
 
@@ -24,6 +25,20 @@ from tests.domain import Deposited, Opened
 
 READ_SCHEMA_ENV = "TEST_READ_SCHEMA"
 POISON = 666_666  # a deposit of this amount is rejected by the Ledger's handler
+
+
+class InSchema(Projection):
+    """A test projection whose read model lives in ``schema`` (``self.s``, quoted); ``setup``
+    creates each of its ``tables`` (name: column list) if it is not there."""
+
+    tables: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, schema: str) -> None:
+        self.s = quote_schema(schema)
+
+    def setup(self, tx: Connection) -> None:
+        for table, columns in self.tables.items():
+            tx.execute(text(f"CREATE TABLE IF NOT EXISTS {self.s}.{table} ({columns})"))
 
 
 class StreamsSeen(Projection):

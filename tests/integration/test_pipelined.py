@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Connection, text
 
 import projections
 from eventsource import EventStore, RecordedEvent
-from eventsource.db import quote_schema
-from projections import Projection, handles
+from projections import handles
 from tests.domain import Deposited, Opened
+from tests.projection_domain import InSchema
 
 FAST: dict[str, Any] = {"heartbeat_interval": 0.05, "lease_ttl": 1.0, "retry_delays": (0.01,)}
 POISON = 13
 
 
-class Totals(Projection):
+class Totals(InSchema):
     """Per-stream sums, one upsert per event; a deposit of POISON violates a CHECK constraint."""
 
     name = "test.pipelined.totals"
     pipelined = True
     batch_size = 50
-
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {self.s}.totals (stream_id text PRIMARY KEY,"
-                f" total bigint NOT NULL, events integer NOT NULL, CHECK (total <> {POISON}))"
-            )
-        )
+    tables: ClassVar[dict[str, str]] = {
+        "totals": "stream_id text PRIMARY KEY, total bigint NOT NULL, events integer NOT NULL,"
+        f" CHECK (total <> {POISON})"
+    }
 
     @handles(Opened, Deposited)
     def on_event(self, event: Any, record: RecordedEvent, tx: Connection) -> None:

@@ -6,7 +6,7 @@ an exact ``rowcount``; a failing write still stops the partition at its own even
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Connection, text
@@ -18,12 +18,13 @@ from eventsource import EventStore, RecordedEvent
 from eventsource.db import quote_schema
 from projections import Projection, handles
 from tests.domain import Deposited, Opened
+from tests.projection_domain import InSchema
 
 FAST: dict[str, Any] = {"heartbeat_interval": 0.05, "lease_ttl": 1.0, "retry_delays": (0.01,)}
 POISON = 13
 
 
-class Ledger(Projection):
+class Ledger(InSchema):
     """Every event's amount in ``ledger``; each handler reads the ledger after its write.
 
     ``seen`` records, per event, what the handler's reads returned: the rows of its stream
@@ -32,23 +33,12 @@ class Ledger(Projection):
 
     name = "test.queued.ledger"
     batch_size = 100
-
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {self.s}.ledger (stream_id text, version int, amount"
-                f" int NOT NULL CHECK (amount <> {POISON}), PRIMARY KEY (stream_id, version))"
-            )
-        )
-        tx.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {self.s}.seen (stream_id text, version int,"
-                " rows int, total int, PRIMARY KEY (stream_id, version))"
-            )
-        )
+    tables: ClassVar[dict[str, str]] = {
+        "ledger": "stream_id text, version int,"
+        f" amount int NOT NULL CHECK (amount <> {POISON}), PRIMARY KEY (stream_id, version)",
+        "seen": "stream_id text, version int, rows int, total int,"
+        " PRIMARY KEY (stream_id, version)",
+    }
 
     @handles(Opened, Deposited)
     def on_event(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
@@ -69,20 +59,19 @@ class Ledger(Projection):
         )
 
 
-class Upserts(Projection):
+class Upserts(InSchema):
     """Totals kept with UPDATE, then INSERT when the UPDATE's ``rowcount`` is 0; the result of
     the first write of each batch is read only at its end (after later writes were queued)."""
 
     name = "test.queued.upserts"
     batch_size = 50
 
+    tables: ClassVar[dict[str, str]] = {"totals": "id text PRIMARY KEY, n int"}
+
     def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
+        super().__init__(schema)
         self.first: Any = None
         self.late_counts: list[int] = []
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(text(f"CREATE TABLE IF NOT EXISTS {self.s}.totals (id text PRIMARY KEY, n int)"))
 
     def handle_batch(self, records: Any, tx: Connection) -> None:
         self.first = None
@@ -102,17 +91,16 @@ class Upserts(Projection):
             )
 
 
-class Guarded(Projection):
+class Guarded(InSchema):
     """Inserts each stream's id once, catching the duplicate in a savepoint."""
 
     name = "test.queued.guarded"
 
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-        self.duplicates = 0
+    tables: ClassVar[dict[str, str]] = {"streams": "id text PRIMARY KEY"}
 
-    def setup(self, tx: Connection) -> None:
-        tx.execute(text(f"CREATE TABLE IF NOT EXISTS {self.s}.streams (id text PRIMARY KEY)"))
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.duplicates = 0
 
     @handles(Opened, Deposited)
     def on_event(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
@@ -125,18 +113,17 @@ class Guarded(Projection):
             self.duplicates += 1
 
 
-class Immediate(Projection):
+class Immediate(InSchema):
     """``pipelined = False``: every statement runs when executed; its result is SQLAlchemy's."""
 
     name = "test.queued.immediate"
     pipelined = False
 
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-        self.results: list[str] = []
+    tables: ClassVar[dict[str, str]] = {"marks": "id text"}
 
-    def setup(self, tx: Connection) -> None:
-        tx.execute(text(f"CREATE TABLE IF NOT EXISTS {self.s}.marks (id text)"))
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.results: list[str] = []
 
     @handles(Opened)
     def on_event(self, event: Any, record: RecordedEvent, tx: Connection) -> None:

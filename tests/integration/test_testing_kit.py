@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Connection, text
@@ -21,7 +21,8 @@ from eventsource import (
 )
 from eventsource.db import quote_schema
 from eventsource.testing import drain, drain_async, run_projections, run_projections_async
-from projections import Projection, handles
+from projections import handles
+from tests.projection_domain import InSchema
 
 
 class KitAdded(Event, name="kitint.Added"):
@@ -36,21 +37,13 @@ class KitFollowUp(Command, name="kitint.FollowUp"):
     n: int
 
 
-class Totals(Projection):
+class Totals(InSchema):
     """Per-stream sums of KitAdded amounts; an amount of -1 is rejected."""
 
     name = "kit.totals"
-
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {self.s}.kit_totals"
-                " (stream_id text PRIMARY KEY, total bigint NOT NULL)"
-            )
-        )
+    tables: ClassVar[dict[str, str]] = {
+        "kit_totals": "stream_id text PRIMARY KEY, total bigint NOT NULL"
+    }
 
     def reset(self, tx: Connection) -> None:
         tx.execute(text(f"TRUNCATE {self.s}.kit_totals"))

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
@@ -20,23 +20,16 @@ from eventsource import EventStore, RecordedEvent
 from eventsource.db import conninfo, quote_schema
 from projections import Projection, ProjectionWorker, handles
 from tests.domain import Deposited, Opened
+from tests.projection_domain import InSchema
 
 
-class Counter(Projection):
+class Counter(InSchema):
     """One row per applied event (no unique key: a double application shows)."""
 
     name = "test.fault-counter"
-
-    def __init__(self, schema: str) -> None:
-        self.s = quote_schema(schema)
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {self.s}.applied (stream_id text, version int,"
-                " at timestamptz DEFAULT clock_timestamp())"
-            )
-        )
+    tables: ClassVar[dict[str, str]] = {
+        "applied": "stream_id text, version int, at timestamptz DEFAULT clock_timestamp()"
+    }
 
     @handles(Opened, Deposited)
     def on_event(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
@@ -181,18 +174,17 @@ def test_a_statement_timeout_in_a_handler_stops_the_partition_with_its_error(
     assert attempts == 2
 
 
-class Stalls(Projection):
+class Stalls(InSchema):
     """The first call blocks its batch transaction (a frozen worker) until released."""
 
     name = "test.stalls"
 
+    tables: ClassVar[dict[str, str]] = {"stalls": "stream_id text"}
+
     def __init__(self, schema: str, release: threading.Event) -> None:
-        self.s = quote_schema(schema)
+        super().__init__(schema)
         self.release = release
         self.stalled = threading.Event()
-
-    def setup(self, tx: Connection) -> None:
-        tx.execute(text(f"CREATE TABLE IF NOT EXISTS {self.s}.stalls (stream_id text)"))
 
     @handles(Opened)
     def on_opened(self, event: Any, record: RecordedEvent, tx: Connection) -> None:
