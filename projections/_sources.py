@@ -119,7 +119,7 @@ class StoreSource:
             self.queries.store.read_partition,
             {"partition": partition, "after": after, "limit": limit},
         )
-        return records(rows, decode=False)
+        return records(rows)
 
     def lock_read(
         self, conn: psycopg.Connection[Any], params: dict[str, Any]
@@ -131,7 +131,7 @@ class StoreSource:
         if rows is None:
             return None
         position: int = rows[0][0]
-        return position, records([row[1:] for row in rows if row[1] is not None], decode=False)
+        return position, records([row[1:] for row in rows if row[1] is not None])
 
     def waiter(self, log: Any) -> Listener:
         """LISTEN on the store's channel; the announcements name the written partitions."""

@@ -276,16 +276,13 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def records(rows: Sequence[Sequence[Any]], *, decode: bool = False) -> list[RecordedEvent]:
-    """Records from result rows; with ``decode``, events of loaded types are decoded now.
+def records(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+    """Records from result rows, their events decoded on first access.
 
     The collector is paused while the batch is built (this halves the cost of a replay).
     """
     with paused_gc():
-        result = [RecordedEvent(*row) for row in rows]
-        if decode:
-            deque(decoding(result), maxlen=0)
-        return result
+        return [RecordedEvent(*row) for row in rows]
 
 
 def decode_records(batch: Sequence[RecordedEvent]) -> None:
@@ -295,8 +292,8 @@ def decode_records(batch: Sequence[RecordedEvent]) -> None:
 
 
 def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
-    """``records``, each with its event decoded (if its class is loaded) as it is handed out;
-    a record whose event fails raises instead, naming the event.
+    """``records`` (of ``event_pages`` rows), each with its event decoded (if its class is
+    loaded) as it is handed out; a record whose event fails raises instead, naming the event.
 
     Payloads stored at their class's schema version go straight from their JSON text to the
     model (one validator call each); the others, and any that fail, take ``decode_event``'s
@@ -312,12 +309,8 @@ def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
         if validate is None:
             pass  # not loaded: ``record.event`` says so when it is read
         elif record.schema_version == version:
-            document = record._data
-            if record._event_id:  # a plain row's payload: splice the id in
-                head = _DOCUMENT_HEAD + record._event_id
-                document = head + '"}' if document == "{}" else head + '",' + document[1:]
-            try:
-                record._event = validate(document)
+            try:  # an ``event_pages`` row: the id is spliced into the document already
+                record._event = validate(record._data)
             except (ValueError, RecursionError):
                 _ = record.event  # decode_event raises it again, naming the event
         else:
