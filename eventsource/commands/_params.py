@@ -304,10 +304,10 @@ class _QueueCore:
             return sql, False
         now = time.monotonic()
         if now - self._notified_at < QUIET:
-            return self._sql.direct[sql], False
+            return self._sql.direct["enqueue_plain"], False
         self._notified_at = now
         params["channel"] = self._sql.channel
-        return self._sql.direct[self._sql.enqueue_plain_notify], True
+        return self._sql.direct["enqueue_plain_notify"], True
 
     def _announce(self, queues: Sequence[str]) -> None:
         """Wake idle workers of these queues once the enqueue has committed."""

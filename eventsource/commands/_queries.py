@@ -8,7 +8,7 @@ the top of ``queries.sql``.
 
 from __future__ import annotations
 
-from eventsource.db import Direct, Statements
+from eventsource.db import Statements
 
 __all__ = ["CommandQueries", "command_queries"]
 
@@ -23,6 +23,7 @@ class CommandQueries(Statements):
     package = "eventsource.commands"
     filename = "queries.sql"
     channel_suffix = ".commands"  # the schema's command channel: eventsource.<schema>.commands
+    direct_names = ("enqueue_plain", "enqueue_plain_notify")  # run alone: the hottest
 
     notify: str
     enqueue_plain: str
@@ -48,14 +49,6 @@ class CommandQueries(Statements):
     purge: str
     counts: str
     idle_timeout: str
-
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        # The plain enqueues run alone, the hottest statements: sent through libpq directly.
-        self.direct = {
-            self.enqueue_plain: Direct(self.enqueue_plain),
-            self.enqueue_plain_notify: Direct(self.enqueue_plain_notify),
-        }
 
     def enqueue_for(self, params: dict[str, object]) -> str:
         """The enqueue statement for one command's parameters."""

@@ -22,6 +22,7 @@ from eventsource.db._driver import (
     driver_connection_async,
     fetch,
     fetch_async,
+    kept_cursor,
 )
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
 from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
@@ -49,6 +50,7 @@ __all__ = [
     "fetch_async",
     "gone",
     "head_revision",
+    "kept_cursor",
     "listen_statement",
     "load_blocks",
     "quote_schema",

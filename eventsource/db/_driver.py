@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "driver_connection_async",
     "fetch",
     "fetch_async",
+    "kept_cursor",
 ]
 
 TUPLES_OK = ExecStatus.TUPLES_OK
@@ -49,6 +50,19 @@ def connect(target: URL | str, *, prepare_threshold: int | None = None) -> psyco
 _CURSOR = "_eventsource_cursor"
 
 
+def kept_cursor(conn: Any, name: str = _CURSOR, setup: Callable[[Any], None] | None = None) -> Any:
+    """The binary cursor that ``conn`` keeps under ``name`` (made, and given to ``setup``, on
+    first use or after it was closed): one per connection and use, its adapters looked up
+    once. It holds its last result until the next statement."""
+    cursor = getattr(conn, name, None)
+    if cursor is None or cursor.closed:
+        cursor = conn.cursor(binary=True)
+        if setup is not None:
+            setup(cursor)
+        setattr(conn, name, cursor)
+    return cursor
+
+
 def fetch(
     conn: psycopg.Connection[Any], sql: str | Direct, params: dict[str, Any] | None = None
 ) -> list[tuple[Any, ...]]:
@@ -59,10 +73,7 @@ def fetch(
     """
     if isinstance(sql, Direct):
         return sql.run(conn, params or {})
-    cursor: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor(binary=True)
-        setattr(conn, _CURSOR, cursor)
+    cursor: psycopg.Cursor[Any] = kept_cursor(conn)
     cursor.execute(sql, params)
     result = cursor.pgresult  # cheaper to test than ``description``, built on each access
     return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
@@ -87,10 +98,7 @@ async def fetch_async(
     """``fetch`` for an asyncio driver connection: one statement, its rows."""
     if isinstance(sql, Direct):
         return await sql.run_async(conn, params or {})
-    cursor: psycopg.AsyncCursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor(binary=True)
-        setattr(conn, _CURSOR, cursor)
+    cursor: psycopg.AsyncCursor[Any] = kept_cursor(conn)
     await cursor.execute(sql, params)
     result = cursor.pgresult
     if result is None or result.status != TUPLES_OK:
@@ -153,10 +161,11 @@ class Direct:
     ``fetch`` costs ~65 µs of CPU for a one-row append here, ~20 µs of it psycopg's cursor
     (placeholder conversion, adapters, prepared-statement bookkeeping). A ``Direct`` statement
     converts its ``%(name)s`` placeholders to ``$n`` once, sends its parameters as text (str,
-    int, UUID or None; the server infers their types from the query) and reads its rows as
-    text (integers as int, the rest as str). On a connection that prepares statements
-    (``prepare_threshold`` set) it is prepared on first use, under a name of its own; otherwise
-    it is sent whole each time (PgBouncer in transaction mode).
+    int, float, UUID, aware datetime or None; the server infers their types from the query)
+    and reads its rows as text (integers as int, booleans as bool, the rest as str). It runs
+    on autocommit connections only: it sends no implicit ``BEGIN``. On a connection that
+    prepares statements (``prepare_threshold`` set) it is prepared on first use, under a name
+    of its own; otherwise it is sent whole each time (PgBouncer in transaction mode).
     """
 
     __slots__ = ("name", "names", "query", "sql")

@@ -54,6 +54,7 @@ from typing import ClassVar, Self
 from psycopg import sql
 
 from eventsource._checks import check_schema_name
+from eventsource.db._driver import Direct
 from eventsource.db._names import channel_name, listen_statement
 
 __all__ = ["Statements", "load_blocks", "render"]
@@ -182,6 +183,8 @@ class Statements:
     package: ClassVar[str]
     filename: ClassVar[str]
     channel_suffix: ClassVar[str | None] = None  # set: the part has a LISTEN/NOTIFY channel
+    # Hot statements also sent through libpq directly: ``direct[name]`` is their ``Direct``.
+    direct_names: ClassVar[tuple[str, ...]] = ()
     identifiers: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
@@ -208,6 +211,7 @@ class Statements:
             )
         for name, template in blocks.items():
             setattr(self, name, render(template, schema, self.identifiers))
+        self.direct = {name: Direct(getattr(self, name)) for name in self.direct_names}
         if self.channel_suffix is not None:
             self.channel = channel_name(schema, self.channel_suffix)
             self.listen = listen_statement(self.channel)

@@ -7,7 +7,7 @@ from typing import Generic, Self, TypeVar
 
 from sqlalchemy.engine import URL
 
-from eventsource._checks import check_int, check_schema_name
+from eventsource._checks import check_bool, check_int, check_schema_name
 from eventsource._config import MAX_POOL_SIZE, Settings
 from eventsource._errors import SchemaNotReady, translate_errors
 from eventsource.db import PREPARE_THRESHOLD, connect, conninfo, fetch, safe_url
@@ -44,9 +44,7 @@ class StoreBase(Generic[EngineT]):
         self._initial_partitions = check_partitions(partitions)
         # False behind a PgBouncer (< 1.21) in transaction mode: no server-side prepares.
         self.prepared_statements = prepared_statements
-        if not isinstance(group_commit, bool):
-            raise TypeError(f"group_commit must be True or False, got {group_commit!r}")
-        self.group_commit = group_commit
+        self.group_commit = check_bool(group_commit, "group_commit")
         self._announcer = Announcer(
             conninfo(self.url),
             self._queries.channel,
@@ -128,9 +126,7 @@ class StoreBase(Generic[EngineT]):
                 )
             given["prepared_statements"] = prepared_statements
         if group_commit is not None:
-            if not isinstance(group_commit, bool):
-                raise TypeError(f"group_commit must be True or False, got {group_commit!r}")
-            given["group_commit"] = group_commit
+            given["group_commit"] = check_bool(group_commit, "group_commit")
         return cls._from_settings(url, Settings(**given))
 
     @classmethod

@@ -93,8 +93,9 @@ def group_plan(group: list[Entry], queries: Any, partitions: int) -> Plan:
         rows = yield queries.append_group, joined.group_params(partitions, all_or_none=False)
     except psycopg.errors.UniqueViolation:
         rows = []  # a racing writer: nothing was written
+    by_stream = {row[0]: row for row in rows}  # once for the group, not once per append
     for entry in group:
-        entry.done = entry.staged.written(rows, queries.schema) is not None
+        entry.done = entry.staged.written(by_stream, queries.schema) is not None
     return []
 
 
@@ -210,7 +211,12 @@ class AsyncGroupCommit:
         """Write the queue, group by group, until it is empty."""
         try:
             while self._queue:
+                # A caller cancelled while queued is left out (its task drops the entry when
+                # it resumes, which may be after this write).
+                self._queue[:] = [entry for entry in self._queue if not entry.wake.cancelled()]
                 group = take(self._queue, [])
+                if not group:
+                    break
                 try:
                     await self._store._write_group(group, partitions)
                 except BaseException as exc:  # not an append's own error: every one of the group's
@@ -224,7 +230,8 @@ class AsyncGroupCommit:
         except BaseException as exc:  # cancelled (the loop is closing): nothing more is written
             for entry in self._queue:
                 entry.error = exc
-                entry.wake.set_result(None)
+                if not entry.wake.done():
+                    entry.wake.set_result(None)
             self._queue.clear()
             raise
         finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventsource.db import Direct, Statements
+from eventsource.db import Statements
 
 __all__ = ["Queries", "store_queries"]
 
@@ -12,10 +12,12 @@ class Queries(Statements):
 
     ``append_one_<claim>`` appends events to one stream, ``append_one_event_<claim>`` one event,
     with the claim on the stream: ``new`` (it must not exist), ``at`` (the expected version),
-    ``any``; ``direct_event[claim]`` is ``append_one_event_<claim>`` as a ``Direct`` statement.
+    ``any``; ``direct`` holds the ``append_one_event_<claim>`` statements as ``Direct`` ones.
     """
 
     package = "eventsource.store"
+    # The one-event appends of a standalone append, the hottest statements.
+    direct_names = ("append_one_event_new", "append_one_event_at", "append_one_event_any")
     filename = "queries.sql"
     channel_suffix = ""  # written partitions are announced on the schema's channel
 
@@ -36,16 +38,6 @@ class Queries(Statements):
     heads: str
     load_snapshot: str
     save_snapshot: str
-
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        # The one-event appends of a standalone append, the hottest statements: sent through
-        # libpq directly (``Direct``), by claim.
-        self.direct_event = {
-            "new": Direct(self.append_one_event_new),
-            "at": Direct(self.append_one_event_at),
-            "any": Direct(self.append_one_event_any),
-        }
 
 
 store_queries = Queries.for_schema  # the event store's statements for a schema

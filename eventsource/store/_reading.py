@@ -19,6 +19,7 @@ import psycopg
 from psycopg import postgres
 from psycopg.types.numeric import Int8BinaryLoader
 
+from eventsource.db import kept_cursor
 from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
 
 __all__ = [
@@ -43,16 +44,15 @@ _TIMESTAMPTZ = postgres.types["timestamptz"].oid
 _PAGES = "_eventsource_page_cursor"
 
 
+def _times_as_integers(cursor: Any) -> None:
+    # A binary timestamptz is an int8 of microseconds: the int8 loader (psycopg's C one, when
+    # it has it) reads it as it is.
+    cursor.adapters.register_loader(_TIMESTAMPTZ, Int8BinaryLoader)
+
+
 def _cursor(conn: Any) -> Any:
     """The binary cursor of ``conn`` for pages, which loads timestamptz values as microseconds."""
-    cursor = getattr(conn, _PAGES, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor(binary=True)
-        # A binary timestamptz is an int8 of microseconds: the int8 loader (psycopg's C one,
-        # when it has it) reads it as it is.
-        cursor.adapters.register_loader(_TIMESTAMPTZ, Int8BinaryLoader)
-        setattr(conn, _PAGES, cursor)
-    return cursor
+    return kept_cursor(conn, _PAGES, _times_as_integers)
 
 
 def fetch_rows(

@@ -216,10 +216,11 @@ class StagedAppends:
             "all_or_none": all_or_none,
         }
 
-    def written(self, rows: Sequence[Sequence[Any]], schema: str) -> list[AppendResult] | None:
-        """Fill the pending appends from ``append_group``'s rows and return ``resolve``'s
-        results, if the rows hold every stream staged (else change nothing: None)."""
-        by_stream = {row[0]: row for row in rows}
+    def written(
+        self, by_stream: Mapping[str, Sequence[Any]], schema: str
+    ) -> list[AppendResult] | None:
+        """Fill the pending appends from ``append_group``'s rows (by stream id) and return
+        ``resolve``'s results, if they hold every stream staged (else change nothing: None)."""
         if not all(stream_id in by_stream for stream_id in self._streams):
             return None
         return self.resolve([(s, "ok", *by_stream[s][1:]) for s in self._streams], schema)
@@ -242,7 +243,9 @@ class StagedAppends:
         else:
             claim = "at"
         sql: str | Direct = (
-            queries.direct_event[claim] if one else getattr(queries, f"append_one_{claim}")
+            queries.direct[f"append_one_event_{claim}"]
+            if one
+            else getattr(queries, f"append_one_{claim}")
         )
         params = {
             "stream_id": staged.stream_id,
@@ -340,7 +343,7 @@ def append_plan(
             rows = yield queries.append_group, staged.group_params(partitions, all_or_none=True)
         except psycopg.errors.UniqueViolation:
             rows = []
-        results = staged.written(rows, queries.schema)
+        results = staged.written({row[0]: row for row in rows}, queries.schema)
         if results is not None:
             return results
     params = staged.params(partitions)
