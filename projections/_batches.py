@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -72,6 +72,10 @@ class Batches:
         self._stop = stop
         self._log = log
         self.source = source
+        # The store's log is locked and read in one statement; another source after the lock.
+        self._lock_read = (
+            source.lock_read if isinstance(source, StoreSource) else self._lock_then_read
+        )
 
     def caught_up(self, groups: Sequence[Group], heads: dict[int, int]) -> bool:
         """Every partition of this worker's share is held and at its head (or stopped)."""
@@ -84,31 +88,33 @@ class Batches:
 
     def work(self, groups: Sequence[Group], heads: dict[int, int]) -> bool:
         """One batch for every held partition behind its head; whether anything was applied."""
-        worked = False
-        now = time.monotonic()
-        for group in groups:
-            for partition in group.behind(heads):
-                if self._stop.is_set():
-                    return worked
-                if group.retry_at.get(partition, 0.0) > now:
-                    continue
-                worked |= self.batch(group, partition, group.leases[partition]) > 0
-        return worked
+        counts = [count for _, count in self._batches(groups, lambda g: g.behind(heads))]
+        return any(count > 0 for count in counts)
 
     def work_announced(self, groups: Sequence[Group], partitions: set[int]) -> bool:
         """One batch for every announced partition this worker holds (without reading the
         heads: the announcement says it moved); whether one may have more than a batch."""
-        more = False
+
+        def announced(group: Group) -> list[int]:
+            held = sorted(partitions & group.leases.keys())
+            return [p for p in held if not group.leases[p].failed]
+
+        ran = list(self._batches(groups, announced))  # every batch, none cut short
+        return any(count >= group.projection.batch_size for group, count in ran)
+
+    def _batches(
+        self, groups: Sequence[Group], pick: Callable[[Group], list[int]]
+    ) -> Iterator[tuple[Group, int]]:
+        """One batch for each partition that ``pick`` gives of each group, unless it waits to
+        be retried, until stopped: each group with the number of events its batch covered."""
         now = time.monotonic()
         for group in groups:
-            for partition in sorted(partitions & group.leases.keys()):
-                lease = group.leases[partition]
+            for partition in pick(group):
                 if self._stop.is_set():
-                    return more
-                if lease.failed or group.retry_at.get(partition, 0.0) > now:
+                    return
+                if group.retry_at.get(partition, 0.0) > now:
                     continue
-                more |= self.batch(group, partition, lease) >= group.projection.batch_size
-        return more
+                yield group, self.batch(group, partition, group.leases[partition])
 
     def batch(self, group: Group, partition: int, lease: Lease) -> int:
         """Apply one batch of ``partition``; the number of events it covered.
@@ -182,10 +188,7 @@ class Batches:
         """
         raw = driver_connection(conn)
         params = {**key, "ms": self._timeout_ms, "limit": size}
-        if isinstance(self.source, StoreSource):
-            read = self.source.lock_read(raw, params)
-        else:
-            read = self._lock_then_read(raw, params)
+        read = self._lock_read(raw, params)
         if read is None:
             raise _LeaseLost
         position, events = read

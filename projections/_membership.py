@@ -173,7 +173,9 @@ class Membership:
         group.leases = renewed
 
     def _claim(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
-        """Take the leases of ``partitions`` that are free, expired or already this worker's."""
+        """Take the leases of ``partitions`` that are free, expired or already this worker's;
+        the sessions of frozen workers that hold others past their leases are ended, and those
+        partitions claimed at the next heartbeat."""
         if not partitions:
             return
         for partition, token, position, failed in self.members.claim(conn, group.name, partitions):
@@ -182,24 +184,18 @@ class Membership:
                 "partition claimed", projection=group.name, partition=partition, position=position
             )
         locked = [p for p in partitions if p not in group.leases]
-        if locked:
-            self._fence(conn, group, locked)
-
-    def _fence(self, conn: psycopg.Connection[Any], group: Group, partitions: list[int]) -> None:
-        """End the sessions that keep ``partitions`` locked past their leases (``fence`` in
-        ``queries.sql``); the next heartbeat claims the partitions. A database role that may
-        not end them leaves them (a warning): they are taken when the frozen worker wakes."""
-        params = {**self.key(group), "partitions": partitions, "ttl": self.lease_ttl}
+        if not locked:
+            return
         try:
-            ended = fetch(conn, self.queries.fence, params)
+            ended = self.members.fence(conn, group.name, locked)
         except psycopg.errors.InsufficientPrivilege as exc:
+            # They are taken when the frozen worker wakes (or its connection drops).
             self.log.warning("could not end a frozen session", error=first_line(exc))
             return
         if ended:
-            pids = [pid for (pid,) in ended]
             self.log.warning(
                 "ended sessions that held partitions past their leases",
                 projection=group.name,
-                partitions=partitions,
-                pids=pids,
+                partitions=locked,
+                pids=ended,
             )

@@ -105,8 +105,7 @@ class Projection:
         name = cls.__dict__.get("name")
         if name is None:
             return  # an intermediate base class
-        check_projection_name(name)
-        _registry.add(cls, name)
+        _registry.add(cls, name)  # checked as a name there
 
     def setup(self, tx: Connection) -> None:
         """Create the read model's tables (idempotent); called when a worker starts."""

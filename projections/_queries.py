@@ -37,7 +37,6 @@ class ProjectionQueries(Statements):
     lock_checkpoint: str
     lock_read: str
     advance: str
-    fence: str
     record_error: str
     retry: str
     skip: str

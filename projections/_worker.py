@@ -131,6 +131,7 @@ class ProjectionWorker:
         listener = self.source.waiter(self._log)
         listener.open()
         backoff = Backoff()
+        down = "database"  # what the last outage was of
         self._log.info("worker started", projections=[g.name for g in self._groups])
         try:
             next_beat = 0.0
@@ -151,15 +152,15 @@ class ProjectionWorker:
                     if not (database_down or self.source.is_outage(exc)):
                         raise
                     delay = backoff.next()
+                    down = "database" if database_down else "source"
                     if backoff.failures == 1:
-                        what = "database" if database_down else "source"
-                        self._log.warning(f"{what} unavailable; waiting", error=first_line(exc))
+                        self._log.warning(f"{down} unavailable; waiting", error=first_line(exc))
                     self._stop.wait(delay)
                     next_beat = 0.0  # renew the leases first thing once it is back
                     partitions = None
                     continue
                 if backoff.reset():
-                    self._log.info("database available again")
+                    self._log.info(f"{down} available again")
                 partitions = None
                 if (
                     not worked

@@ -52,26 +52,6 @@ SET paused_by = NULL,
     replayed_at = CASE WHEN %(replayed)s THEN clock_timestamp() ELSE replayed_at END
 WHERE projection = %(projection)s AND paused_by = %(worker)s
 
--- name: fence
--- End the sessions that hold checkpoints of these partitions locked past their lease, while
--- waiting for their client: a worker frozen (or cut off) inside a batch transaction. Neither
--- timeout of the batch ends such a session when it stopped between the statements of a
--- pipeline, and the row lock keeps every other worker's claim away (SKIP LOCKED). The holder
--- is the live transaction whose id locked the row (its xmax); it has been waiting a whole
--- TTL, and the lease it held has expired. The pids ended (the holders are found first, in a
--- materialized step, so that no other session is ever ended).
-WITH stuck AS MATERIALIZED (
-    SELECT a.pid
-    FROM {schema}.projection_checkpoints c
-    JOIN pg_stat_activity a ON a.backend_xid = c.xmax
-    WHERE c.projection = %(projection)s AND c.partition = ANY(%(partitions)s)
-      AND c.owner IS DISTINCT FROM %(worker)s
-      AND c.lease_until < clock_timestamp()
-      AND a.wait_event = 'ClientRead'
-      AND a.state_change < clock_timestamp() - make_interval(secs => %(ttl)s)
-)
-SELECT pid FROM stuck WHERE pg_terminate_backend(pid)
-
 -- fragment: locked_checkpoint
 -- A batch's checkpoint, locked while its lease is ours (NOWAIT), with TTL timeouts for the batch.
 SELECT c.position

@@ -109,15 +109,6 @@ class Leases:
             self.log.warning("lease lost", partition=partition)
             del self.held[partition]
 
-    def _with_tokens(self, partitions: list[int]) -> dict[str, Any]:
-        """The parameters naming held ``partitions`` with their lease tokens."""
-        return {
-            **self.key(),
-            "ttl": self.lease_ttl,
-            "partitions": partitions,
-            "tokens": [self.held[p].token for p in partitions],
-        }
-
     def _claim(self, conn: psycopg.Connection[Any], partitions: list[int]) -> None:
         """Take the leases of ``partitions`` that are free, expired or already this worker's."""
         if not partitions:
@@ -132,8 +123,13 @@ class Leases:
         if not positions:
             return set()
         partitions = sorted(positions)
-        params = self._with_tokens(partitions)
-        params["positions"] = [positions[p] for p in partitions]
+        params = {
+            **self.key(),
+            "ttl": self.lease_ttl,
+            "partitions": partitions,
+            "tokens": [self.held[p].token for p in partitions],
+            "positions": [positions[p] for p in partitions],
+        }
         with self.store._raw() as conn:
             rows = fetch(conn, self.queries.advance, params)
         moved = {partition for (partition,) in rows}

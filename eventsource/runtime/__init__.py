@@ -22,7 +22,7 @@ everything else is the error of the work in hand.
 from __future__ import annotations
 
 from eventsource._errors import WorkerCrashed, first_line, is_outage
-from eventsource.runtime._backoff import Backoff, default_worker_id, round_robin_share
+from eventsource.runtime._backoff import Backoff, default_worker_id
 from eventsource.runtime._listener import Listener
 from eventsource.runtime._loop import close_thread_loop, run_on_thread_loop
 from eventsource.runtime._membership import GroupMembership, MembershipQueries
@@ -41,7 +41,6 @@ __all__ = [
     "default_worker_id",
     "first_line",
     "is_outage",
-    "round_robin_share",
     "run_on_thread_loop",
     "worker_thread_running",
 ]

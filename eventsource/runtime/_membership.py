@@ -44,6 +44,7 @@ class MembershipQueries(Statements):
     claim: str
     renew: str
     release: str
+    fence: str
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,12 @@ class GroupMembership:
     def release(self, conn: psycopg.Connection[Any], group: str, partitions: list[int]) -> None:
         """Give up the leases of ``partitions`` (for other workers to claim)."""
         fetch(conn, self.queries.release, self._params({"group": group, "partitions": partitions}))
+
+    def fence(self, conn: psycopg.Connection[Any], group: str, partitions: list[int]) -> list[int]:
+        """End the sessions that keep ``partitions`` locked past their leases (``fence`` in
+        ``membership.sql``); their pids. ``InsufficientPrivilege`` for a role that may not."""
+        params = self._params({"group": group, "partitions": partitions})
+        return [pid for (pid,) in fetch(conn, self.queries.fence, params)]
 
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**params, "worker": self.worker_id, "ttl": self.ttl}
