@@ -6,7 +6,7 @@ catch, and ``RetryableError`` for failures that may pass when the operation is t
 default message; one with structured fields (the stream, the expected version, ...) is a
 dataclass whose message is built from them. Every public one is exported by ``eventsource``.
 
-Driver errors (psycopg, SQLAlchemy) never reach callers as such: ``translate_errors`` turns
+Driver errors (psycopg, SQLAlchemy) never reach callers as such: ``translate`` turns
 them into these at the storage boundary with ``raise ... from exc``, by SQLSTATE alone (the
 server's message text is never parsed). ``is_outage`` is the one rule for what counts as an
 outage, which workers wait out.
@@ -15,8 +15,7 @@ outage, which workers wait out.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
@@ -306,18 +305,6 @@ def describe_target(url: URL) -> str:
         host = host[0]
     port = f":{url.port}" if url.port else ""
     return f"{host}{port}/{url.database or ''}"
-
-
-@contextmanager
-def translate_errors(url: URL, schema: str) -> Iterator[None]:
-    """Turn driver errors raised in the block into eventsource errors (``url`` and ``schema``
-    are the store's, named by ``DatabaseUnavailable`` and ``SchemaNotReady``)."""
-    try:
-        yield
-    except sa_exc.DBAPIError as exc:
-        raise translate(exc.orig, url, schema, invalidated=exc.connection_invalidated) from exc
-    except psycopg.Error as exc:  # statements run on the driver connection directly
-        raise translate(exc, url, schema) from exc
 
 
 def json_detail(orig: BaseException) -> dict[str, Any]:

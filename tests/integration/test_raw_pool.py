@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from eventsource import DatabaseUnavailable, EventStore
-from eventsource.db import conninfo
+from eventsource.db import RawPool, conninfo
+from eventsource.db._pool import QUICK
 from tests.domain import Opened
 from tests.proxy import Proxy
 
@@ -149,3 +151,98 @@ def test_the_pool_serves_again_at_once_after_an_outage(
             assert other.read_stream("o-1")[0].stream_id == "o-1"
         finally:
             other.close()
+
+
+# -- RawPool itself -------------------------------------------------------------------------
+
+
+def _pool(database_url: str, size: int = 1) -> RawPool:
+    from eventsource.db import resolve_url  # noqa: PLC0415
+
+    return RawPool(conninfo(resolve_url(database_url)), size, prepare_threshold=None)
+
+
+def test_a_full_pool_hands_a_connection_back_to_its_oldest_waiter(database_url: str) -> None:
+    """With every connection in use, callers wait and are handed the connections given back,
+    in the order they came; the pool opens no more than its limit."""
+    pool = _pool(database_url, size=1)  # two connections at most
+    held = [pool.connection(), pool.connection()]
+    pids = {lease.__enter__().info.backend_pid for lease in held}
+    order: list[tuple[str, int]] = []
+
+    def wait(name: str) -> None:
+        with pool.connection() as conn:
+            order.append((name, conn.info.backend_pid))
+
+    first = threading.Thread(target=wait, args=("first",))
+    first.start()
+    time.sleep(0.05)
+    second = threading.Thread(target=wait, args=("second",))
+    second.start()
+    time.sleep(0.05)
+    for lease in held:
+        lease.__exit__(None, None, None)
+    first.join()
+    second.join()
+    try:
+        assert [name for name, _ in order] == ["first", "second"]
+        assert {pid for _, pid in order} <= pids, "a waiter opened a connection past the limit"
+    finally:
+        pool.close()
+
+
+def test_a_caller_that_waits_too_long_gets_a_connection_of_its_own(database_url: str) -> None:
+    pool = _pool(database_url, size=1)
+    held = [pool.connection(), pool.connection()]
+    pids = {lease.__enter__().info.backend_pid for lease in held}
+    try:
+        started = time.monotonic()
+        with pool.connection() as conn:
+            own = conn
+            assert conn.info.backend_pid not in pids
+        assert time.monotonic() - started >= QUICK
+        assert own.closed, "a connection of the caller's own is closed after the block"
+    finally:
+        for lease in held:
+            lease.__exit__(None, None, None)
+        pool.close()
+
+
+def test_a_connection_given_back_inside_a_transaction_is_closed(database_url: str) -> None:
+    pool = _pool(database_url)
+    try:
+        with pool.connection() as conn:
+            conn.execute("BEGIN")
+            left = conn
+        assert left.closed
+        with pool.connection() as conn:
+            assert conn is not left
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
+
+
+def test_a_failed_connection_attempt_raises_at_once_and_frees_its_place() -> None:
+    """When the server cannot be reached the caller gets the error at once; the failed
+    attempts do not use up the pool's places."""
+    pool = RawPool("host=127.0.0.1 port=1 connect_timeout=2", 1, prepare_threshold=None)
+    for _ in range(5):  # more attempts than the pool has places
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError), pool.connection():
+            pass
+        assert time.monotonic() - started < QUICK
+    assert pool._open == 0
+    pool.close()
+
+
+def test_after_close_blocks_get_connections_of_their_own(database_url: str) -> None:
+    pool = _pool(database_url)
+    lease = pool.connection()
+    in_use = lease.__enter__()
+    pool.close()
+    lease.__exit__(None, None, None)
+    assert in_use.closed, "a connection given back after close is closed"
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        own = conn
+    assert own.closed
