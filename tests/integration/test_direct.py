@@ -17,6 +17,7 @@ from eventsource import (
     ConcurrencyError,
     EventStore,
 )
+from eventsource._errors import is_outage
 from eventsource.db import Direct, connect, conninfo, fetch, fetch_async, resolve_url
 from tests.domain import Opened
 
@@ -73,6 +74,26 @@ def test_errors_are_psycopg_errors_of_their_sqlstate(database_url: str) -> None:
             with pytest.raises(psycopg.errors.DivisionByZero):
                 fetch(conn, statement, {"zero": 0})
         assert fetch(conn, statement, {"zero": 1}) == [(1,)]
+
+
+@pytest.mark.parametrize("threshold", [2, None])
+@pytest.mark.parametrize("prepared_first", [True, False])
+def test_a_lost_connection_is_an_outage(
+    database_url: str, threshold: int | None, prepared_first: bool
+) -> None:
+    """A statement on a connection whose server process is gone raises what psycopg raises
+    for a lost connection (an OperationalError without SQLSTATE), which workers wait out."""
+    statement = Direct(STATEMENT)
+    with connect(_dsn(database_url), prepare_threshold=threshold) as conn:
+        if prepared_first:
+            assert fetch(conn, statement, PARAMS) == [ROW]
+        with connect(_dsn(database_url)) as admin:  # ended, and waited for until it is gone
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as raised:
+            fetch(conn, statement, PARAMS)
+        assert raised.value.sqlstate is None
+        assert is_outage(raised.value)
+        assert conn.closed
 
 
 def test_parameters_of_other_types_are_refused(database_url: str) -> None:

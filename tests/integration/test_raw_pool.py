@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from eventsource import DatabaseUnavailable, EventStore
 from eventsource.db import RawPool, conninfo
+from eventsource.db import _pool as pool_module
 from eventsource.db._pool import QUICK
 from tests.domain import Opened
 from tests.proxy import Proxy
@@ -162,9 +163,20 @@ def _pool(database_url: str, size: int = 1) -> RawPool:
     return RawPool(conninfo(resolve_url(database_url)), size, prepare_threshold=None)
 
 
-def test_a_full_pool_hands_a_connection_back_to_its_oldest_waiter(database_url: str) -> None:
+def _queued(pool: RawPool, count: int) -> None:
+    """Wait until ``count`` callers wait for a connection of ``pool``."""
+    deadline = time.monotonic() + 10
+    while len(pool._waiters) < count:
+        assert time.monotonic() < deadline, f"{count} callers did not come to wait"
+        time.sleep(0.005)
+
+
+def test_a_full_pool_hands_a_connection_back_to_its_oldest_waiter(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With every connection in use, callers wait and are handed the connections given back,
     in the order they came; the pool opens no more than its limit."""
+    monkeypatch.setattr(pool_module, "QUICK", 30.0)  # no caller gives up waiting here
     pool = _pool(database_url, size=1)  # two connections at most
     held = [pool.connection(), pool.connection()]
     pids = {lease.__enter__().info.backend_pid for lease in held}
@@ -176,17 +188,18 @@ def test_a_full_pool_hands_a_connection_back_to_its_oldest_waiter(database_url: 
 
     first = threading.Thread(target=wait, args=("first",))
     first.start()
-    time.sleep(0.05)
+    _queued(pool, 1)
     second = threading.Thread(target=wait, args=("second",))
     second.start()
-    time.sleep(0.05)
-    for lease in held:
-        lease.__exit__(None, None, None)
-    first.join()
-    second.join()
+    _queued(pool, 2)
+    held[0].__exit__(None, None, None)  # one connection back: the oldest waiter's
+    first.join(timeout=10)
+    second.join(timeout=10)  # then handed the one the first waiter gave back
+    held[1].__exit__(None, None, None)
     try:
         assert [name for name, _ in order] == ["first", "second"]
         assert {pid for _, pid in order} <= pids, "a waiter opened a connection past the limit"
+        assert len({pid for _, pid in order}) == 1, "the waiters did not share the one given back"
     finally:
         pool.close()
 
