@@ -12,8 +12,9 @@ from uuid import UUID
 
 import psycopg
 from psycopg import errors
+from psycopg.abc import Transformer
 from psycopg.generators import execute
-from psycopg.pq import ConnStatus, ExecStatus
+from psycopg.pq import ConnStatus, ExecStatus, Format
 from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
@@ -33,7 +34,6 @@ __all__ = [
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 COMMAND_OK = ExecStatus.COMMAND_OK
-FATAL_ERROR = ExecStatus.FATAL_ERROR
 BAD = ConnStatus.BAD
 
 
@@ -214,19 +214,42 @@ class Direct:
         loop, and less latency. A signal's handler (Ctrl-C) runs when the statement returns,
         which suits the short statements ``Direct`` is for.
         """
+        return _rows(self._execute(conn, params, Format.TEXT), conn.info.encoding)
+
+    def run_loaded(
+        self, conn: psycopg.Connection[Any], params: Mapping[str, Any], loader: Transformer
+    ) -> list[tuple[Any, ...]]:
+        """``run``, its rows in binary format loaded by ``loader`` (a psycopg ``Transformer``
+        over the adapters that load them, as a cursor's fetch would)."""
+        result = self._execute(conn, params, Format.BINARY)
+        loader.set_pgresult(result)
+        rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)
+        return rows
+
+    def _execute(
+        self, conn: psycopg.Connection[Any], params: Mapping[str, Any], result_format: Format
+    ) -> PGresult:
+        """Run the statement with libpq's blocking calls; its result (an error raised)."""
         encoding = conn.info.encoding
         values = self.values(params, encoding)
         pgconn = conn.pgconn
         with conn.lock:
             if conn.prepare_threshold is None:
-                return _checked(pgconn, pgconn.exec_params(self.query, values), encoding)
+                result = pgconn.exec_params(self.query, values, result_format=result_format)
+                return _checked(pgconn, result, encoding)
             for _ in range(2):
                 if self.name not in _prepared_on(conn):
                     prepare = pgconn.prepare(self.name, self.query)
-                    self._prepared(conn, [_lost(pgconn, prepare, encoding)], encoding)
+                    with suppress(errors.DuplicatePreparedStatement):  # its note lost
+                        _checked(pgconn, prepare, encoding)
+                    _prepared_on(conn).add(self.name)
                 try:
                     # None is NULL here as in send_query_prepared (whose stub says so)
-                    result = pgconn.exec_prepared(self.name, values)  # type: ignore[arg-type]
+                    result = pgconn.exec_prepared(
+                        self.name,
+                        values,  # type: ignore[arg-type]
+                        result_format=result_format,
+                    )
                     return _checked(pgconn, result, encoding)
                 except errors.InvalidSqlStatementName:  # deallocated behind our back
                     _prepared_on(conn).discard(self.name)
@@ -270,17 +293,15 @@ def _prepared_on(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -
     return prepared
 
 
-def _lost(pgconn: PGconn, result: PGresult, encoding: str) -> PGresult:
-    """``result``, unless it says that the connection was lost: then the error psycopg raises
-    for that (an ``OperationalError`` without SQLSTATE: an outage), not the result's own."""
-    if result.status == FATAL_ERROR and pgconn.status == BAD:
+def _checked(pgconn: PGconn, result: PGresult, encoding: str) -> PGresult:
+    """The result of a blocking call, if it succeeded; else its error, as psycopg's class for
+    its SQLSTATE, or what psycopg raises for a lost connection (an ``OperationalError``
+    without SQLSTATE: an outage) when it says the connection was lost."""
+    if result.status in (TUPLES_OK, COMMAND_OK):
+        return result
+    if pgconn.status == BAD:
         raise errors.OperationalError(result.get_error_message(encoding).strip())
-    return result
-
-
-def _checked(pgconn: PGconn, result: PGresult, encoding: str) -> list[tuple[Any, ...]]:
-    """The rows of the result of a blocking call; its error as psycopg's class for it."""
-    return _result([_lost(pgconn, result, encoding)], encoding)
+    raise errors.error_from_result(result, encoding=encoding)
 
 
 def _result(results: list[PGresult], encoding: str) -> list[tuple[Any, ...]]:
