@@ -17,12 +17,14 @@ from __future__ import annotations
 from eventsource._errors import describe_target
 from eventsource.db._driver import (
     Direct,
+    array_literal,
     connect,
     driver_connection,
     driver_connection_async,
     fetch,
     fetch_async,
     kept_cursor,
+    text_array,
 )
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
 from eventsource.db._migrate import SchemaStatus, head_revision, schema_status, upgrade_schema
@@ -39,6 +41,7 @@ __all__ = [
     "RawPool",
     "SchemaStatus",
     "Statements",
+    "array_literal",
     "async_engine",
     "channel_name",
     "connect",
@@ -59,5 +62,6 @@ __all__ = [
     "safe_url",
     "schema_status",
     "sync_engine",
+    "text_array",
     "upgrade_schema",
 ]

@@ -90,7 +90,10 @@ def group_plan(group: list[Entry], queries: Any, partitions: int) -> Plan:
     claims hold; those it writes are done, the others are left to be written one by one."""
     joined = StagedAppends.joined([entry.staged for entry in group])
     try:
-        rows = yield queries.append_group, joined.group_params(partitions, all_or_none=False)
+        rows = yield (
+            queries.direct["append_group"],
+            joined.group_params(partitions, all_or_none=False),
+        )
     except psycopg.errors.UniqueViolation:
         rows = []  # a racing writer: nothing was written
     by_stream = {row[0]: row for row in rows}  # once for the group, not once per append

@@ -12,12 +12,19 @@ class Queries(Statements):
 
     ``append_one_<claim>`` appends events to one stream, ``append_one_event_<claim>`` one event,
     with the claim on the stream: ``new`` (it must not exist), ``at`` (the expected version),
-    ``any``; ``direct`` holds the ``append_one_event_<claim>`` statements as ``Direct`` ones.
+    ``any``; ``direct`` holds the ``append_one_event_<claim>`` and ``append_group`` statements
+    as ``Direct`` ones.
     """
 
     package = "eventsource.store"
-    # The one-event appends of a standalone append, the hottest statements.
-    direct_names = ("append_one_event_new", "append_one_event_at", "append_one_event_any")
+    # The one-event appends of a standalone append, the hottest statements, and the group
+    # commit's statement (all its parameters are texts, numbers or array literals).
+    direct_names = (
+        "append_one_event_new",
+        "append_one_event_at",
+        "append_one_event_any",
+        "append_group",
+    )
     filename = "queries.sql"
     channel_suffix = ""  # written partitions are announced on the schema's channel
 

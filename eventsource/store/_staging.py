@@ -23,7 +23,7 @@ from eventsource._json import (
     object_depth,
     too_deep,
 )
-from eventsource.db import Direct
+from eventsource.db import Direct, array_literal, text_array
 from eventsource.store._queries import Queries
 from eventsource.store._types import (
     ANY,
@@ -39,11 +39,6 @@ from eventsource.store._types import (
 # Joins JSON texts for the append_group statement: JSON escapes every control character, so
 # no JSON text holds one.
 SEPARATOR = "\x1e"
-
-
-def _literal(values: Iterable[object]) -> str:
-    """An array literal of numbers or UUIDs (whose text needs no quoting)."""
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _encode(event: Event) -> str:
@@ -201,14 +196,16 @@ class StagedAppends:
             types.setdefault(event.event_type, len(types) + 1)
         metadata = [m for s in streams for m in s.metadata]
         return {
-            "stream_ids": [s.stream_id for s in streams],
-            "partitions": _literal(partition_for(s.partition_key, partitions) for s in streams),
-            "expected": _literal(s.expected for s in streams),
-            "counts": _literal(len(s.events) for s in streams),
-            "event_ids": _literal(e.event_id for e in events),
-            "types": list(types),
-            "type_index": _literal(types[e.event_type] for e in events),
-            "schema_versions": _literal(e.schema_version for e in events),
+            "stream_ids": text_array(s.stream_id for s in streams),
+            "partitions": array_literal(
+                partition_for(s.partition_key, partitions) for s in streams
+            ),
+            "expected": array_literal(s.expected for s in streams),
+            "counts": array_literal(len(s.events) for s in streams),
+            "event_ids": array_literal(e.event_id for e in events),
+            "types": text_array(types),
+            "type_index": array_literal(types[e.event_type] for e in events),
+            "schema_versions": array_literal(e.schema_version for e in events),
             "data": SEPARATOR.join(d for s in streams for d in s.data),
             "metadata": ""
             if metadata.count("{}") == len(metadata)
@@ -340,7 +337,10 @@ def append_plan(
         # not hold (or a racing writer made the insert fail), nothing is written and the
         # append function finds out what happened.
         try:
-            rows = yield queries.append_group, staged.group_params(partitions, all_or_none=True)
+            rows = yield (
+                queries.direct["append_group"],
+                staged.group_params(partitions, all_or_none=True),
+            )
         except psycopg.errors.UniqueViolation:
             rows = []
         results = staged.written({row[0]: row for row in rows}, queries.schema)

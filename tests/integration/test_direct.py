@@ -146,8 +146,8 @@ async def test_async_one_event_appends(async_store: AsyncEventStore) -> None:
 
 
 def test_floats_aware_datetimes_and_booleans_round_trip(database_url: str) -> None:
-    """Floats and aware datetimes go as their text; boolean columns come back as bool. A naive
-    datetime (its time zone unknown) and a bool parameter are refused before anything is sent."""
+    """Floats, aware datetimes and booleans go as their text; boolean columns come back as
+    bool. A naive datetime (its time zone unknown) is refused before anything is sent."""
     statement = Direct(
         "SELECT %(at)s::timestamptz = '2026-01-02 03:04:05.5+00'::timestamptz,"
         " %(seconds)s::float8 * 2, %(seconds)s::float8 > 1"
@@ -157,8 +157,9 @@ def test_floats_aware_datetimes_and_booleans_round_trip(database_url: str) -> No
         assert fetch(conn, statement, {"at": at, "seconds": 0.25}) == [(True, "0.5", False)]
         with pytest.raises(TypeError, match="an aware datetime"):
             fetch(conn, statement, {"at": at.replace(tzinfo=None), "seconds": 1.0})
-        with pytest.raises(TypeError, match="got bool"):
-            fetch(conn, statement, {"at": at, "seconds": True})
+        negated = Direct("SELECT NOT %(flag)s::boolean, %(flag)s::text")
+        assert fetch(conn, negated, {"flag": True}) == [(False, "true")]
+        assert fetch(conn, negated, {"flag": False}) == [(True, "false")]
 
 
 def test_a_plain_enqueue_goes_direct_and_reports_its_id(store: EventStore) -> None:

@@ -127,6 +127,45 @@ def test_a_group_statement_writes_only_the_claims_that_hold(store: EventStore) -
     assert assert_dense(store) == 3
 
 
+HOSTILE_IDS = [
+    'q"uote',
+    "back\\slash",
+    "{brace}",
+    "a,b",
+    " space ",
+    "NULL",
+    "é😀",
+    "it's",
+    '\\"',
+    "x'); DROP TABLE events; --",
+]
+
+
+def test_stream_ids_of_any_text_go_through_the_group_statement(store: EventStore) -> None:
+    """The group statement gets its stream ids as an array literal: quotes, backslashes,
+    braces, commas, spaces, NULL and SQL in an id are data, in one transaction's appends and
+    in the groups of concurrent threads."""
+    with store.transaction() as tx:
+        for stream_id in HOSTILE_IDS:
+            store.append(stream_id, [Opened(owner=stream_id)], NO_STREAM, tx=tx)
+    start = threading.Barrier(len(HOSTILE_IDS))
+
+    def deposit(stream_id: str) -> None:
+        start.wait()
+        store.append(stream_id, [Deposited(amount=len(stream_id))], 1)
+
+    threads = [threading.Thread(target=deposit, args=(s,)) for s in HOSTILE_IDS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for stream_id in HOSTILE_IDS:
+        opened, deposited = store.read_stream(stream_id)
+        assert (opened.stream_id, opened.event.owner) == (stream_id, stream_id)  # type: ignore[attr-defined]
+        assert deposited.event.amount == len(stream_id)  # type: ignore[attr-defined]
+    assert assert_dense(store) == 2 * len(HOSTILE_IDS)
+
+
 async def test_cancelled_async_callers_do_not_hold_up_the_others(
     async_store: AsyncEventStore,
 ) -> None:
