@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import psycopg.adapt
 from psycopg import errors
 from psycopg.abc import Transformer
 from psycopg.generators import execute
@@ -117,6 +118,7 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)[sb]")
 _INTEGERS = frozenset((20, 21, 23))  # int8, int2, int4: the result columns read as int
 _BOOLEAN = 16  # bool: the result columns read as bool
 _PREPARED = "_eventsource_prepared"  # the Direct statements prepared on a driver connection
+_LOADER = "_eventsource_loader"  # the default loaders of a driver connection, for Direct rows
 
 
 def _text(value: object, encoding: str) -> bytes | None:
@@ -184,16 +186,19 @@ class Direct:
     (placeholder conversion, adapters, prepared-statement bookkeeping). A ``Direct`` statement
     converts its ``%(name)s`` placeholders to ``$n`` once, sends its parameters as text (str,
     int, float, bool, UUID, aware datetime or None; the server infers their types from the query)
-    and reads its rows as text (integers as int, booleans as bool, the rest as str). It runs
+    and reads its rows as text (integers as int, booleans as bool, the rest as str), or with
+    ``run_loaded`` in binary format through psycopg's loaders. It runs
     on autocommit connections only: it sends no implicit ``BEGIN``. On a connection that
     prepares statements (``prepare_threshold`` set) it is prepared on first use, under a name
     of its own; otherwise it is sent whole each time (PgBouncer in transaction mode).
     """
 
-    __slots__ = ("name", "names", "query", "sql")
+    __slots__ = ("loaded", "name", "names", "query", "sql")
 
-    def __init__(self, sql: str) -> None:
-        """``sql`` with psycopg's named placeholders (``%(name)s`` or ``%(name)b``)."""
+    def __init__(self, sql: str, *, loaded: bool = False) -> None:
+        """``sql`` with psycopg's named placeholders (``%(name)s`` or ``%(name)b``). With
+        ``loaded``, ``run`` reads its rows in binary format through psycopg's default loaders
+        (rows of many values: a tenth of the text rows' work; uuid and time values typed)."""
         names: list[str] = []
 
         def number(match: re.Match[str]) -> str:
@@ -205,6 +210,7 @@ class Direct:
         self.query = _PLACEHOLDER.sub(number, sql).encode("utf-8")
         self.names = tuple(names)
         self.name = b"eventsource_" + hashlib.sha1(self.query).hexdigest()[:20].encode("ascii")
+        self.loaded = loaded
 
     def values(self, params: Mapping[str, Any], encoding: str) -> list[bytes | None]:
         """The parameters in ``$n`` order, in text format (``encoding``: the connection's)."""
@@ -216,10 +222,10 @@ class Direct:
         """Send the statement (prepared if it is); whether a prepare is sent first."""
         pgconn = conn.pgconn
         if conn.prepare_threshold is None:
-            pgconn.send_query_params(self.query, values, result_format=0)
+            pgconn.send_query_params(self.query, values, result_format=self._format)
             return False
         if self.name in _prepared_on(conn):
-            pgconn.send_query_prepared(self.name, values, result_format=0)
+            pgconn.send_query_prepared(self.name, values, result_format=self._format)
             return False
         pgconn.send_prepare(self.name, self.query)
         return True
@@ -234,7 +240,12 @@ class Direct:
         loop, and less latency. A signal's handler (Ctrl-C) runs when the statement returns,
         which suits the short statements ``Direct`` is for.
         """
-        return _rows(self._execute(conn, params, Format.TEXT), conn.info.encoding)
+        result = self._execute(conn, params, self._format)
+        return _loaded(conn, result) if self.loaded else _rows(result, conn.info.encoding)
+
+    @property
+    def _format(self) -> Format:
+        return Format.BINARY if self.loaded else Format.TEXT
 
     def run_loaded(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any], loader: Transformer
@@ -285,9 +296,12 @@ class Direct:
             for _ in range(2):
                 if self._send(conn, values):
                     self._prepared(conn, await conn.wait(execute(conn.pgconn)), encoding)
-                    conn.pgconn.send_query_prepared(self.name, values, result_format=0)
+                    conn.pgconn.send_query_prepared(self.name, values, result_format=self._format)
                 try:
-                    return _result(await conn.wait(execute(conn.pgconn)), encoding)
+                    results = await conn.wait(execute(conn.pgconn))
+                    if self.loaded:
+                        return _loaded(conn, _checked(conn.pgconn, results[-1], encoding))
+                    return _result(results, encoding)
                 except errors.InvalidSqlStatementName:  # deallocated behind our back
                     _prepared_on(conn).discard(self.name)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -322,6 +336,20 @@ def _checked(pgconn: PGconn, result: PGresult, encoding: str) -> PGresult:
     if pgconn.status == BAD:
         raise errors.OperationalError(result.get_error_message(encoding).strip())
     raise errors.error_from_result(result, encoding=encoding)
+
+
+def _loaded(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], result: PGresult
+) -> list[tuple[Any, ...]]:
+    """The rows of a binary result, loaded by the connection's default loaders (a psycopg
+    ``Transformer`` kept on the connection)."""
+    loader: Transformer | None = getattr(conn, _LOADER, None)
+    if loader is None:
+        loader = psycopg.adapt.Transformer(conn)
+        setattr(conn, _LOADER, loader)
+    loader.set_pgresult(result)
+    rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)
+    return rows
 
 
 def _result(results: list[PGresult], encoding: str) -> list[tuple[Any, ...]]:

@@ -185,6 +185,8 @@ class Statements:
     channel_suffix: ClassVar[str | None] = None  # set: the part has a LISTEN/NOTIFY channel
     # Hot statements also sent through libpq directly: ``direct[name]`` is their ``Direct``.
     direct_names: ClassVar[tuple[str, ...]] = ()
+    # Those of them whose rows are many: read in binary format (``Direct``'s ``loaded``).
+    loaded_names: ClassVar[tuple[str, ...]] = ()
     identifiers: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
@@ -211,7 +213,10 @@ class Statements:
             )
         for name, template in blocks.items():
             setattr(self, name, render(template, schema, self.identifiers))
-        self.direct = {name: Direct(getattr(self, name)) for name in self.direct_names}
+        self.direct = {
+            name: Direct(getattr(self, name), loaded=name in self.loaded_names)
+            for name in self.direct_names
+        }
         if self.channel_suffix is not None:
             self.channel = channel_name(schema, self.channel_suffix)
             self.listen = listen_statement(self.channel)

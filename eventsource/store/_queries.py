@@ -25,6 +25,7 @@ class Queries(Statements):
         "append_one_event_any",
         "append_group",
     )
+    loaded_names = ("append_group",)  # up to a row per stream of a group
     filename = "queries.sql"
     channel_suffix = ""  # written partitions are announced on the schema's channel
 
