@@ -24,6 +24,7 @@ from eventsource.db._driver import (
     fetch,
     fetch_async,
     kept_cursor,
+    kept_loader,
     text_array,
 )
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
@@ -54,6 +55,7 @@ __all__ = [
     "gone",
     "head_revision",
     "kept_cursor",
+    "kept_loader",
     "listen_statement",
     "load_blocks",
     "quote_schema",

@@ -32,6 +32,7 @@ __all__ = [
     "fetch",
     "fetch_async",
     "kept_cursor",
+    "kept_loader",
     "text_array",
 ]
 
@@ -241,7 +242,9 @@ class Direct:
         which suits the short statements ``Direct`` is for.
         """
         result = self._execute(conn, params, self._format)
-        return _loaded(conn, result) if self.loaded else _rows(result, conn.info.encoding)
+        if self.loaded:
+            return _loaded(kept_loader(conn), result)
+        return _rows(result, conn.info.encoding)
 
     @property
     def _format(self) -> Format:
@@ -252,10 +255,7 @@ class Direct:
     ) -> list[tuple[Any, ...]]:
         """``run``, its rows in binary format loaded by ``loader`` (a psycopg ``Transformer``
         over the adapters that load them, as a cursor's fetch would)."""
-        result = self._execute(conn, params, Format.BINARY)
-        loader.set_pgresult(result)
-        rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)
-        return rows
+        return _loaded(loader, self._execute(conn, params, Format.BINARY))
 
     def _execute(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any], result_format: Format
@@ -300,7 +300,9 @@ class Direct:
                 try:
                     results = await conn.wait(execute(conn.pgconn))
                     if self.loaded:
-                        return _loaded(conn, _checked(conn.pgconn, results[-1], encoding))
+                        return _loaded(
+                            kept_loader(conn), _checked(conn.pgconn, results[-1], encoding)
+                        )
                     return _result(results, encoding)
                 except errors.InvalidSqlStatementName:  # deallocated behind our back
                     _prepared_on(conn).discard(self.name)
@@ -338,15 +340,18 @@ def _checked(pgconn: PGconn, result: PGresult, encoding: str) -> PGresult:
     raise errors.error_from_result(result, encoding=encoding)
 
 
-def _loaded(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], result: PGresult
-) -> list[tuple[Any, ...]]:
-    """The rows of a binary result, loaded by the connection's default loaders (a psycopg
-    ``Transformer`` kept on the connection)."""
-    loader: Transformer | None = getattr(conn, _LOADER, None)
+def kept_loader(conn: Any, name: str = _LOADER, context: Any = None) -> Transformer:
+    """The loader (a psycopg ``Transformer``) that ``conn`` keeps under ``name``, made on first
+    use over ``context``'s adapters (a cursor's; the connection's by default)."""
+    loader: Transformer | None = getattr(conn, name, None)
     if loader is None:
-        loader = psycopg.adapt.Transformer(conn)
-        setattr(conn, _LOADER, loader)
+        loader = psycopg.adapt.Transformer(conn if context is None else context)
+        setattr(conn, name, loader)
+    return loader
+
+
+def _loaded(loader: Transformer, result: PGresult) -> list[tuple[Any, ...]]:
+    """The rows of a binary result, loaded by ``loader``."""
     loader.set_pgresult(result)
     rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)
     return rows

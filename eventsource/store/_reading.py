@@ -17,12 +17,10 @@ from datetime import tzinfo
 from typing import Any
 
 import psycopg
-import psycopg.adapt
 from psycopg import postgres
-from psycopg.abc import Transformer
 from psycopg.types.numeric import Int8BinaryLoader
 
-from eventsource.db import Direct, kept_cursor
+from eventsource.db import Direct, kept_cursor, kept_loader
 from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
 
 __all__ = [
@@ -59,15 +57,6 @@ def _cursor(conn: Any) -> Any:
     return kept_cursor(conn, _PAGES, _times_as_integers)
 
 
-def _loader(conn: Any) -> Transformer:
-    """The loader of ``conn``'s pages read directly: its page cursor's adapters."""
-    loader: Transformer | None = getattr(conn, _LOADER, None)
-    if loader is None:
-        loader = psycopg.adapt.Transformer(_cursor(conn))
-        setattr(conn, _LOADER, loader)
-    return loader
-
-
 # The statements of pages as Direct ones (sent with libpq's blocking calls: a fifth less
 # client CPU per read of a stream), by their text: a few per schema.
 _DIRECT: dict[str, Direct] = {}
@@ -80,7 +69,9 @@ def fetch_rows(
     statement = _DIRECT.get(sql)
     if statement is None:
         statement = _DIRECT.setdefault(sql, Direct(sql))
-    rows: list[EventRow] = statement.run_loaded(conn, params, _loader(conn))
+    rows: list[EventRow] = statement.run_loaded(
+        conn, params, kept_loader(conn, _LOADER, _cursor(conn))
+    )
     return rows, conn.info.timezone
 
 
