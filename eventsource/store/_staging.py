@@ -202,7 +202,7 @@ class StagedAppends:
             ),
             "expected": array_literal(s.expected for s in streams),
             "counts": array_literal(len(s.events) for s in streams),
-            "event_ids": array_literal(e.event_id for e in events),
+            "event_ids": array_literal(e.event_id.hex for e in events),  # 32 hex digits
             "types": text_array(types),
             "type_index": array_literal(types[e.event_type] for e in events),
             "schema_versions": array_literal(e.schema_version for e in events),
@@ -220,7 +220,7 @@ class StagedAppends:
         ``resolve``'s results, if they hold every stream staged (else change nothing: None)."""
         if not all(stream_id in by_stream for stream_id in self._streams):
             return None
-        return self.resolve([(s, "ok", *by_stream[s][1:]) for s in self._streams], schema)
+        return self._fill(by_stream, 1, False, schema)
 
     def single(
         self, partitions: int, queries: Queries
@@ -265,26 +265,31 @@ class StagedAppends:
         return sql, params
 
     def resolve(self, rows: Sequence[Sequence[Any]], schema: str) -> list[AppendResult]:
-        """Fill every pending append from the rows written (one per stream), in staging order;
-        ``schema`` is the store's (the results' position tokens name it)."""
-        by_stream = {row[0]: row for row in rows}
+        """Fill every pending append from the rows written (one per stream, with its status),
+        in staging order; ``schema`` is the store's (the results' position tokens name it)."""
+        return self._fill({row[0]: row for row in rows}, 2, None, schema)
+
+    def _fill(
+        self, by_stream: Mapping[str, Sequence[Any]], first: int, dup: bool | None, schema: str
+    ) -> list[AppendResult]:
+        """``resolve`` from rows by stream id, their version, partition and position from
+        column ``first`` on; with ``dup`` None, the status before them says if duplicate."""
         results = []
         for stream_id, staged in self._streams.items():
-            _, status, version, partition, position = by_stream[stream_id]
-            duplicate = status == "duplicate"
-            # A stream's events are consecutive; earlier appends end before later ones.
-            remaining = len(staged.events)
-            for pending, count in staged.pending:
-                remaining -= count
-                pending._result = AppendResult(
-                    stream_id,
-                    version - remaining,
-                    partition,
-                    position - remaining,
-                    duplicate,
-                    schema,
-                )
-            results.append(AppendResult(stream_id, version, partition, position, duplicate, schema))
+            row = by_stream[stream_id]
+            version, partition, position = row[first], row[first + 1], row[first + 2]
+            duplicate = row[1] == "duplicate" if dup is None else dup
+            result = AppendResult(stream_id, version, partition, position, duplicate, schema)
+            pending = staged.pending
+            if len(pending) == 1:  # one append of the stream: its result is the stream's
+                pending[0][0]._result = result
+            else:  # a stream's events are consecutive; earlier appends end before later ones
+                remaining = len(staged.events)
+                for append, count in pending:
+                    remaining -= count
+                    at = (version - remaining, partition, position - remaining)
+                    append._result = AppendResult(stream_id, *at, duplicate, schema)
+            results.append(result)
         self._streams.clear()
         return results
 
