@@ -36,6 +36,7 @@ from ._registry import WORKLOADS
 __all__ = ["app", "main"]
 
 PGBENCH = "pgbench"
+APPEND = "pgbench_append1_c1"  # the store's own append statement, with no client
 _SUMMARY_KEYS = ("repeat", "per_s_min", "per_s_max", "runs_per_s", "load1")
 
 app = typer.Typer(
@@ -84,9 +85,10 @@ def _table(results: list[Result]) -> Table:
     by_name = {r.workload: r for r in results}
     for r in results:
         details = {k: v for k, v in r.extra.items() if k not in _SUMMARY_KEYS}
-        reference = by_name.get("pgbench_insert1_c1")
-        if r.workload == "create" and reference is not None:
-            details["vs_pgbench_c1"] = f"{100 * r.per_s / reference.per_s:.0f}%"
+        for name, label in (("pgbench_insert1_c1", "vs_pgbench_c1"), (APPEND, "vs_append_c1")):
+            reference = by_name.get(name)
+            if r.workload == "create" and reference is not None:
+                details[label] = f"{100 * r.per_s / reference.per_s:.0f}%"
         table.add_row(
             r.workload,
             f"{r.n:,}",
@@ -219,7 +221,12 @@ def run(
                         f"pgbench {case.name} ({repeat} runs of {pgbench_seconds}s)"
                     ):
                         result = run_pgbench(
-                            url, case, seconds=pgbench_seconds, repeat=repeat, pgbench=pgbench_path
+                            url,
+                            case,
+                            seconds=pgbench_seconds,
+                            repeat=repeat,
+                            pgbench=pgbench_path,
+                            partitions=partitions,
                         )
                     results.append(result)
                     _emit(result, as_json)
