@@ -36,7 +36,7 @@ from ._registry import WORKLOADS
 __all__ = ["app", "main"]
 
 PGBENCH = "pgbench"
-APPEND = "pgbench_append1_c1"  # the store's own append statement, with no client
+APPEND = next(case.name for case in CASES if case.append)  # the store's own append, no client
 _SUMMARY_KEYS = ("repeat", "per_s_min", "per_s_max", "runs_per_s", "load1")
 
 app = typer.Typer(

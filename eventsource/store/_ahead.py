@@ -46,8 +46,9 @@ class _PageReader:
         params = self._params
         try:
             with self._store._raw() as conn:
+                statement = self._store._queries.direct["read_partition_page"]
                 while not self._stop.is_set():
-                    page = fetch_rows(conn, self._store._queries.read_partition_page, params)
+                    page = fetch_rows(conn, statement, params)
                     rows = page[0]
                     if not self._put(page) or len(rows) < params["limit"]:
                         return
@@ -85,7 +86,7 @@ def read_ahead(
     """Every event of a partition after ``after``; pages after the first read on a thread."""
     params = {"partition": partition, "after": after, "limit": batch}
     with store._raw() as conn:
-        rows, timezone = fetch_rows(conn, store._queries.read_partition_page, params)
+        rows, timezone = fetch_rows(conn, store._queries.direct["read_partition_page"], params)
     if len(rows) < batch:
         yield from handed_out(rows, timezone, decode)
         return
@@ -104,7 +105,7 @@ def read_ahead(
 async def _page(store: AsyncEventStore, partition: int, after: int, batch: int) -> Page:
     params = {"partition": partition, "after": after, "limit": batch}
     async with store._raw() as conn:
-        return await fetch_rows_async(conn, store._queries.read_partition_page, params)
+        return await fetch_rows_async(conn, store._queries.direct["read_partition_page"], params)
 
 
 async def read_ahead_async(

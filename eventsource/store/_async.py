@@ -341,7 +341,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
         check_version(after_version)
         params = {"stream_id": stream_id, "after": after_version}
         async with self._raw() as conn:
-            page = await fetch_page_async(conn, self._queries.read_stream, params)
+            page = await fetch_page_async(conn, self._queries.direct["read_stream"], params)
         return whole_stream(page)
 
     async def stream_version(self, stream_id: str) -> int:
@@ -367,7 +367,7 @@ class AsyncEventStore(StoreBase[AsyncEngine]):
     async def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         async with self._raw() as conn:
-            return await fetch_page_async(conn, self._queries.read_partition_page, params)
+            return await fetch_page_async(conn, self._queries.direct["read_partition_page"], params)
 
     async def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True

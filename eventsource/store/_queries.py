@@ -13,7 +13,7 @@ class Queries(Statements):
     ``append_one_<claim>`` appends events to one stream, ``append_one_event_<claim>`` one event,
     with the claim on the stream: ``new`` (it must not exist), ``at`` (the expected version),
     ``any``; ``direct`` holds the ``append_one_event_<claim>`` and ``append_group`` statements
-    as ``Direct`` ones.
+    and the page reads (``read_stream``, ``read_partition_page``) as ``Direct`` ones.
     """
 
     package = "eventsource.store"
@@ -24,6 +24,8 @@ class Queries(Statements):
         "append_one_event_at",
         "append_one_event_any",
         "append_group",
+        "read_stream",  # the page reads (store/_reading.py), in binary format by its loader
+        "read_partition_page",
     )
     loaded_names = ("append_group",)  # up to a row per stream of a group
     filename = "queries.sql"

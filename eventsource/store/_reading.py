@@ -57,45 +57,37 @@ def _cursor(conn: Any) -> Any:
     return kept_cursor(conn, _PAGES, _times_as_integers)
 
 
-# The statements of pages as Direct ones (sent with libpq's blocking calls: a fifth less
-# client CPU per read of a stream), by their text: a few per schema.
-_DIRECT: dict[str, Direct] = {}
-
-
 def fetch_rows(
-    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+    conn: psycopg.Connection[Any], statement: Direct, params: dict[str, Any]
 ) -> tuple[list[EventRow], tzinfo]:
-    """The rows of a query selecting ``event_pages`` rows, and the time zone of their times."""
-    statement = _DIRECT.get(sql)
-    if statement is None:
-        statement = _DIRECT.setdefault(sql, Direct(sql))
-    rows: list[EventRow] = statement.run_loaded(
-        conn, params, kept_loader(conn, _LOADER, _cursor(conn))
-    )
+    """The rows of a statement selecting ``event_pages`` rows (one of ``Queries.direct``:
+    sent with libpq's blocking calls), and the time zone of their times."""
+    loader = kept_loader(conn, _LOADER, _cursor(conn))
+    rows: list[EventRow] = statement.run_loaded(conn, params, loader)
     return rows, conn.info.timezone
 
 
 async def fetch_rows_async(
-    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any], statement: Direct, params: dict[str, Any]
 ) -> tuple[list[EventRow], tzinfo]:
-    """``fetch_rows`` on an asyncio connection."""
+    """``fetch_rows`` on an asyncio connection (the statement's text through the cursor)."""
     cursor = _cursor(conn)
-    await cursor.execute(sql, params)
+    await cursor.execute(statement.sql, params)
     return await cursor.fetchall(), conn.info.timezone
 
 
 def fetch_page(
-    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+    conn: psycopg.Connection[Any], statement: Direct, params: dict[str, Any]
 ) -> list[RecordedEvent]:
-    """The records of a query selecting ``event_pages`` rows."""
-    return page_records(*fetch_rows(conn, sql, params))
+    """The records of a statement selecting ``event_pages`` rows."""
+    return page_records(*fetch_rows(conn, statement, params))
 
 
 async def fetch_page_async(
-    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any], statement: Direct, params: dict[str, Any]
 ) -> list[RecordedEvent]:
     """``fetch_page`` on an asyncio connection."""
-    return page_records(*await fetch_rows_async(conn, sql, params))
+    return page_records(*await fetch_rows_async(conn, statement, params))
 
 
 def page_records(rows: list[EventRow], timezone: tzinfo) -> list[RecordedEvent]:

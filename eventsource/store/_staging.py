@@ -220,7 +220,7 @@ class StagedAppends:
         ``resolve``'s results, if they hold every stream staged (else change nothing: None)."""
         if not all(stream_id in by_stream for stream_id in self._streams):
             return None
-        return self._fill(by_stream, 1, False, schema)
+        return self._fill(by_stream, False, schema)
 
     def single(
         self, partitions: int, queries: Queries
@@ -267,18 +267,18 @@ class StagedAppends:
     def resolve(self, rows: Sequence[Sequence[Any]], schema: str) -> list[AppendResult]:
         """Fill every pending append from the rows written (one per stream, with its status),
         in staging order; ``schema`` is the store's (the results' position tokens name it)."""
-        return self._fill({row[0]: row for row in rows}, 2, None, schema)
+        return self._fill({row[0]: row for row in rows}, True, schema)
 
     def _fill(
-        self, by_stream: Mapping[str, Sequence[Any]], first: int, dup: bool | None, schema: str
+        self, by_stream: Mapping[str, Sequence[Any]], status: bool, schema: str
     ) -> list[AppendResult]:
-        """``resolve`` from rows by stream id, their version, partition and position from
-        column ``first`` on; with ``dup`` None, the status before them says if duplicate."""
+        """``resolve`` from rows by stream id: (stream id, [status,] version, partition,
+        position), the status there with ``status`` (else none is a duplicate)."""
         results = []
         for stream_id, staged in self._streams.items():
             row = by_stream[stream_id]
-            version, partition, position = row[first], row[first + 1], row[first + 2]
-            duplicate = row[1] == "duplicate" if dup is None else dup
+            version, partition, position = row[-3:]
+            duplicate = status and row[1] == "duplicate"
             result = AppendResult(stream_id, version, partition, position, duplicate, schema)
             pending = staged.pending
             if len(pending) == 1:  # one append of the stream: its result is the stream's

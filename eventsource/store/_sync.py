@@ -318,7 +318,7 @@ class EventStore(StoreBase[Engine]):
         check_version(after_version)
         params = {"stream_id": stream_id, "after": after_version}
         with self._raw() as conn:
-            page = fetch_page(conn, self._queries.read_stream, params)
+            page = fetch_page(conn, self._queries.direct["read_stream"], params)
         return whole_stream(page)
 
     def stream_version(self, stream_id: str) -> int:
@@ -344,7 +344,7 @@ class EventStore(StoreBase[Engine]):
     def _partition_rows(self, partition: int, after: int, limit: int) -> list[RecordedEvent]:
         params = {"partition": partition, "after": after, "limit": limit}
         with self._raw() as conn:
-            return fetch_page(conn, self._queries.read_partition_page, params)
+            return fetch_page(conn, self._queries.direct["read_partition_page"], params)
 
     def iter_partition(
         self, partition: int, after: int = 0, *, batch: int = 1000, decode: bool = True
