@@ -380,6 +380,29 @@ def test_iter_partition_reads_to_the_head(store: EventStore) -> None:
     ]
 
 
+def test_empty_and_brace_payloads_read_back_by_every_reader(store: EventStore) -> None:
+    """A payload without fields, and one whose text holds braces, quotes and commas, read back
+    equal from a stream, a partition page and a partition walk, with ids, data and metadata."""
+    with restored_registry():
+
+        class Pinged(Event, name="contract.Pinged"):
+            pass
+
+        class Noted(Event, name="contract.Noted"):
+            text: str
+
+        events = [Pinged(), Noted(text='}'), Noted(text='{"a":1},"x":"}'), Pinged()]
+        result = store.append("braces", events, NO_STREAM, metadata={"k": "}"})
+        by_stream = store.read_stream("braces")
+        page = store.read_partition(result.partition)
+        walked = list(store.iter_partition(result.partition, batch=2))
+        for records in (by_stream, page, walked):
+            assert [r.event for r in records] == events
+            assert [r.event_id for r in records] == [e.event_id for e in events]
+            assert [r.data for r in records] == [{}, {"text": "}"}, {"text": '{"a":1},"x":"}'}, {}]
+            assert all(r.metadata == {"k": "}"} for r in records)
+
+
 # -- hostile input ------------------------------------------------------------------------
 
 HOSTILE_IDS = [
