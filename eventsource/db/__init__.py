@@ -25,6 +25,7 @@ from eventsource.db._driver import (
     fetch_async,
     kept_cursor,
     kept_loader,
+    loaded_rows,
     text_array,
 )
 from eventsource.db._engine import PREPARE_THRESHOLD, async_engine, resolve_url, sync_engine
@@ -58,6 +59,7 @@ __all__ = [
     "kept_loader",
     "listen_statement",
     "load_blocks",
+    "loaded_rows",
     "quote_schema",
     "render",
     "resolve_url",

@@ -33,6 +33,7 @@ __all__ = [
     "fetch_async",
     "kept_cursor",
     "kept_loader",
+    "loaded_rows",
     "text_array",
 ]
 
@@ -243,7 +244,7 @@ class Direct:
         """
         result = self._execute(conn, params, self._format)
         if self.loaded:
-            return _loaded(kept_loader(conn), result)
+            return loaded_rows(kept_loader(conn), result)
         return _rows(result, conn.info.encoding)
 
     @property
@@ -255,7 +256,12 @@ class Direct:
     ) -> list[tuple[Any, ...]]:
         """``run``, its rows in binary format loaded by ``loader`` (a psycopg ``Transformer``
         over the adapters that load them, as a cursor's fetch would)."""
-        return _loaded(loader, self._execute(conn, params, Format.BINARY))
+        return loaded_rows(loader, self.run_binary(conn, params))
+
+    def run_binary(self, conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> PGresult:
+        """``run``, its result in binary format as libpq gives it, its rows not loaded yet
+        (``loaded_rows`` loads them, on any thread: the connection is free meanwhile)."""
+        return self._execute(conn, params, Format.BINARY)
 
     def _execute(
         self, conn: psycopg.Connection[Any], params: Mapping[str, Any], result_format: Format
@@ -300,7 +306,7 @@ class Direct:
                 try:
                     results = await conn.wait(execute(conn.pgconn))
                     if self.loaded:
-                        return _loaded(
+                        return loaded_rows(
                             kept_loader(conn), _checked(conn.pgconn, results[-1], encoding)
                         )
                     return _result(results, encoding)
@@ -350,7 +356,7 @@ def kept_loader(conn: Any, name: str = _LOADER, context: Any = None) -> Transfor
     return loader
 
 
-def _loaded(loader: Transformer, result: PGresult) -> list[tuple[Any, ...]]:
+def loaded_rows(loader: Transformer, result: PGresult) -> list[tuple[Any, ...]]:
     """The rows of a binary result, loaded by ``loader``."""
     loader.set_pgresult(result)
     rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)

@@ -124,8 +124,9 @@ class RelayMessage(NamedTuple):
 def relay_message(record: RecordedEvent, prefix: str) -> RelayMessage:
     """The message that relays ``record`` under ``prefix``."""
     recorded_at = record.recorded_at.isoformat()
+    event_id = record._id()
     fixed = (
-        f"Nats-Msg-Id: {record._event_id}\r\nEs-Event-Id: {record._event_id}\r\n"
+        f"Nats-Msg-Id: {event_id}\r\nEs-Event-Id: {event_id}\r\n"
         f"Es-Stream-Version: {record.stream_version}\r\nEs-Partition: {record.partition}\r\n"
         f"Es-Position: {record.position}\r\nEs-Schema-Version: {record.schema_version}\r\n"
         f"Es-Recorded-At: {recorded_at}\r\n"
@@ -133,12 +134,12 @@ def relay_message(record: RecordedEvent, prefix: str) -> RelayMessage:
     row = (
         record.partition,
         record.position,
-        record._event_id,
+        event_id,
         record.stream_id,
         record.event_type,
         fixed,
-        record._metadata_text,
-        record._data,
+        record._metadata_json(),
+        record._payload(),
     )
     return next(messages_from_rows([row], prefix))
 

@@ -21,6 +21,7 @@ from eventsource.store._announce import MAX_PAYLOAD, Announcer, payloads
 from eventsource.store._async import AsyncEventStore, AsyncTransaction
 from eventsource.store._async_repository import AsyncRepository
 from eventsource.store._queries import Queries
+from eventsource.store._records import RecordedEvent, paused_gc, records
 from eventsource.store._repository import Repository
 from eventsource.store._staging import StagedAppends
 from eventsource.store._sync import EventStore, Transaction
@@ -32,15 +33,12 @@ from eventsource.store._types import (
     AppendResult,
     ExpectedVersion,
     PendingAppend,
-    RecordedEvent,
     check_expected,
     check_partition,
     check_partitions,
     check_range,
     check_stream_id,
     partition_for,
-    paused_gc,
-    records,
 )
 
 __all__ = [

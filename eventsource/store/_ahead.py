@@ -3,7 +3,10 @@
 ``iter_partition`` of both stores hands out a partition page by page; the next page's query is
 already on its way while the caller decodes and handles the current one. The two readers are
 written apart because they overlap the work differently: a thread waits for the server with
-the GIL released, a task waits in the event loop.
+the GIL released, a task waits in the event loop. The thread hands each page over as libpq
+gave it and sends the next page's query at once; the caller loads the rows. Loading takes the
+GIL, which the caller holds anyway, so the thread needs it only for a moment between pages and
+the server is not kept waiting for it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,18 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from eventsource.store._reading import EventRow, fetch_rows, fetch_rows_async, handed_out
-from eventsource.store._types import RecordedEvent
+from eventsource.store._reading import (
+    POSITION,
+    EventRow,
+    Unloaded,
+    fetch_rows,
+    fetch_rows_async,
+    fetch_unloaded,
+    handed_out,
+)
+from eventsource.store._records import RecordedEvent
 
 if TYPE_CHECKING:
     from eventsource.store._async import AsyncEventStore
@@ -26,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["read_ahead", "read_ahead_async"]
 
 Page = tuple[list[EventRow], tzinfo]  # a page's rows, and the time zone of their times
-POSITION: Final = 4  # the position column of a page's rows
 
 
 class _PageReader:
@@ -35,7 +45,7 @@ class _PageReader:
     def __init__(self, store: EventStore, partition: int, after: int, batch: int) -> None:
         self._store = store
         self._params = {"partition": partition, "after": after, "limit": batch}
-        self._pages: queue.Queue[Page | BaseException] = queue.Queue(maxsize=1)
+        self._pages: queue.Queue[Unloaded | BaseException] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"eventsource-pages-{partition}", daemon=True
@@ -43,20 +53,25 @@ class _PageReader:
         self._thread.start()
 
     def _run(self) -> None:
+        """Send each page's query as soon as the page before it is handed over (its last
+        position read from the result), until a short page; an error is handed over too."""
         params = self._params
         try:
             with self._store._raw() as conn:
                 statement = self._store._queries.direct["read_partition_page"]
+                loader = None
                 while not self._stop.is_set():
-                    page = fetch_rows(conn, statement, params)
-                    rows = page[0]
-                    if not self._put(page) or len(rows) < params["limit"]:
+                    page = fetch_unloaded(conn, statement, params, loader)
+                    loader = page.loader
+                    full = page.result.ntuples == params["limit"]
+                    if full:  # the next page's position, before this one is handed over
+                        params["after"] = page.last_position()
+                    if not self._put(page) or not full:
                         return
-                    params["after"] = rows[-1][POSITION]
         except BaseException as exc:  # handed to the caller, raised there
             self._put(exc)
 
-    def _put(self, item: Page | BaseException) -> bool:
+    def _put(self, item: Unloaded | BaseException) -> bool:
         while not self._stop.is_set():
             try:
                 self._pages.put(item, timeout=0.1)
@@ -66,11 +81,12 @@ class _PageReader:
         return False
 
     def next_page(self) -> Page:
-        """The next page (shorter than a batch at the end); the reader's error, raised."""
+        """The next page's rows (shorter than a batch at the end) and the time zone of their
+        times, loaded here; the reader's error, raised."""
         item = self._pages.get()
         if isinstance(item, BaseException):
             raise item
-        return item
+        return item.rows(), item.timezone
 
     def close(self) -> None:
         """Stop reading ahead (the caller stopped early, or reached the end)."""

@@ -41,6 +41,7 @@ from eventsource.store._ahead import read_ahead_async
 from eventsource.store._base import StoreBase
 from eventsource.store._group import AsyncGroupCommit, Entry, each_alone, group_plan
 from eventsource.store._reading import decoded, fetch_page_async, whole_stream
+from eventsource.store._records import RecordedEvent
 from eventsource.store._staging import (
     Plan,
     StagedAppends,
@@ -53,7 +54,6 @@ from eventsource.store._types import (
     AppendResult,
     ExpectedVersion,
     PendingAppend,
-    RecordedEvent,
     check_partition,
     check_range,
     check_stream_id,

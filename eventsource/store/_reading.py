@@ -14,22 +14,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import tzinfo
-from typing import Any
+from itertools import repeat
+from typing import Any, Final, NamedTuple
 
 import psycopg
 from psycopg import postgres
+from psycopg.abc import Transformer
+from psycopg.adapt import Transformer as new_transformer
+from psycopg.pq.abc import PGresult
 from psycopg.types.numeric import Int8BinaryLoader
 
-from eventsource.db import Direct, kept_cursor, kept_loader
-from eventsource.store._types import RecordedEvent, decode_records, decoding, paused_gc
+from eventsource.db import Direct, kept_cursor, kept_loader, loaded_rows
+from eventsource.store._records import RecordedEvent, decode_records, decoding, paused_gc
 
 __all__ = [
+    "POSITION",
     "EventRow",
+    "Unloaded",
     "decoded",
     "fetch_page",
     "fetch_page_async",
     "fetch_rows",
     "fetch_rows_async",
+    "fetch_unloaded",
     "handed_out",
     "whole_stream",
 ]
@@ -38,6 +45,7 @@ __all__ = [
 EventRow = tuple[str, str, int, int, int, str, int, str, str, int]
 
 _TIMESTAMPTZ = postgres.types["timestamptz"].oid
+POSITION: Final = 4  # the position column of an ``event_pages`` row
 
 
 # Each driver connection keeps one cursor for pages (as ``db.fetch`` keeps one for the rest):
@@ -67,6 +75,43 @@ def fetch_rows(
     return rows, conn.info.timezone
 
 
+class Unloaded(NamedTuple):
+    """A page as libpq gave it, its rows not loaded yet. A thread that waits for pages
+    hands them over unloaded and sends the next query at once; the thread that reads them
+    loads them (with the GIL, which the waiting thread then hardly needs)."""
+
+    result: PGresult
+    loader: Transformer  # the waiting thread's own, made on its first page
+    timezone: tzinfo
+
+    def rows(self) -> list[EventRow]:
+        """The page's rows, loaded."""
+        rows: list[EventRow] = loaded_rows(self.loader, self.result)
+        return rows
+
+    def last_position(self) -> int:
+        """The position of the page's last row (the page has one)."""
+        value = self.result.get_value(self.result.ntuples - 1, POSITION)
+        return int.from_bytes(value or b"", "big", signed=True)  # a binary int8
+
+
+def fetch_unloaded(
+    conn: psycopg.Connection[Any],
+    statement: Direct,
+    params: dict[str, Any],
+    loader: Transformer | None = None,
+) -> Unloaded:
+    """The page of a statement selecting ``event_pages`` rows, not loaded yet; with the
+    ``loader`` of the pages before it, else a new one of its own. A new loader makes its
+    column loaders here, on the connection's thread (they read the connection's encoding):
+    loading the pages on another thread then does not touch the connection."""
+    result = statement.run_binary(conn, params)
+    if loader is None:
+        loader = new_transformer(_cursor(conn))
+        loader.set_pgresult(result)  # its column loaders, made once
+    return Unloaded(result, loader, conn.info.timezone)
+
+
 async def fetch_rows_async(
     conn: psycopg.AsyncConnection[Any], statement: Direct, params: dict[str, Any]
 ) -> tuple[list[EventRow], tzinfo]:
@@ -92,15 +137,16 @@ async def fetch_page_async(
 
 def page_records(rows: list[EventRow], timezone: tzinfo) -> list[RecordedEvent]:
     """The records of ``event_pages`` rows, built with the collector paused."""
+    of_row = RecordedEvent._of_row
     with paused_gc():
-        return [RecordedEvent(*row, timezone) for row in rows]
+        return [of_row(row, timezone) for row in rows]
 
 
 def handed_out(rows: list[EventRow], timezone: tzinfo, decode: bool) -> Iterator[RecordedEvent]:
     """The records of ``event_pages`` rows, each built (and its event decoded, with
     ``decode``) as it is handed out: a caller that is done with each record in turn leaves
     the collector only young objects to look at, as in a loop over plain rows."""
-    built = (RecordedEvent(*row, timezone) for row in rows)
+    built = map(RecordedEvent._of_row, rows, repeat(timezone))
     return decoding(built) if decode else built
 
 

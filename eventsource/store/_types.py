@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import gc
-import json
 import zlib
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Generic, TypeVar, overload
-from uuid import UUID
+from typing import Generic, TypeVar, overload
 
 from eventsource._checks import (
     BIGINT_MAX,
@@ -22,7 +15,6 @@ from eventsource._checks import (
 from eventsource._errors import (
     EventSourceError,
 )
-from eventsource._events import Event, EventDecodeError, decode_event, json_decoder
 from eventsource._versions import ANY, NO_STREAM, ExpectedVersion
 from eventsource.store._token import make_token
 
@@ -32,20 +24,12 @@ __all__ = [
     "AppendResult",
     "ExpectedVersion",
     "PendingAppend",
-    "RecordedEvent",
     "partition_for",
 ]
 
 T = TypeVar("T")
 
 MAX_PARTITIONS = 4096
-
-# PostgreSQL's binary timestamptz: microseconds since this moment.
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
-# A payload with its event id spliced in: '{"event_id":"<36 characters>",' + the payload's fields.
-_DOCUMENT_HEAD = '{"event_id":"'
-_ID_END = len(_DOCUMENT_HEAD) + 36
 
 
 def partition_for(partition_key: str, partitions: int) -> int:
@@ -143,179 +127,6 @@ class PendingAppend:
     def __repr__(self) -> str:
         state = repr(self._result) if self._result else "not written yet"
         return f"<PendingAppend {self.stream_id!r}: {state}>"
-
-
-class RecordedEvent:
-    """A stored event with its place in the log. The model is decoded on first access."""
-
-    __slots__ = (
-        "_data",
-        "_event",
-        "_event_id",
-        "_metadata",
-        "_metadata_text",
-        "_recorded_at",
-        "_timezone",
-        "event_type",
-        "partition",
-        "position",
-        "schema_version",
-        "stream_id",
-        "stream_version",
-    )
-
-    def __init__(  # noqa: PLR0917 - built positionally from result rows, on the hot path
-        self,
-        event_id: str,
-        stream_id: str,
-        stream_version: int,
-        partition: int,
-        position: int,
-        event_type: str,
-        schema_version: int,
-        data: str,
-        metadata: str,
-        recorded_at: datetime | int,
-        tz: tzinfo | None = None,
-    ) -> None:
-        """A stored event from its row; the payload is decoded on first access.
-
-        Rows of the store's own readers (``event_pages`` of ``queries.sql``) have an empty
-        ``event_id``: it is spliced into ``data``, ready for the model's validator; their
-        ``recorded_at`` is PostgreSQL's binary timestamptz (microseconds since 2000), made a
-        datetime in ``tz`` (the connection's time zone) when it is first read.
-        """
-        self._event_id = event_id
-        self.stream_id = stream_id
-        self.stream_version = stream_version
-        self.partition = partition
-        self.position = position
-        self.event_type = event_type
-        self.schema_version = schema_version
-        self._data = data
-        self._metadata_text = metadata
-        self._metadata: dict[str, Any] | None = None
-        self._event: Event | None = None
-        self._recorded_at = recorded_at
-        self._timezone = tz
-
-    @property
-    def event_id(self) -> UUID:
-        """The event's id."""
-        return UUID(self._id())
-
-    def _id(self) -> str:
-        """The event id's text."""
-        return self._event_id or self._data[len(_DOCUMENT_HEAD) : _ID_END]
-
-    def _payload(self) -> str:
-        """The stored payload's JSON text."""
-        if self._event_id:
-            return self._data
-        return "{" + self._data[_ID_END + 2 :] if len(self._data) > _ID_END + 2 else "{}"
-
-    @property
-    def recorded_at(self) -> datetime:
-        """When the event was stored (the database's clock), in the connection's time zone."""
-        value = self._recorded_at
-        if isinstance(value, int):
-            value = (_PG_EPOCH + timedelta(microseconds=value)).astimezone(self._timezone)
-            self._recorded_at = value
-        return value
-
-    @property
-    def event(self) -> Event:
-        """The decoded (and upcast) event; ``UnknownEventType`` if its class is not loaded.
-
-        ``EventDecodeError`` (naming the type, stream and version) if the stored payload does
-        not fit its class, ``UpcastError`` if it cannot be upgraded to it.
-        """
-        if self._event is None:
-            try:
-                self._event = decode_event(
-                    self.event_type, self.schema_version, self._payload(), self._id()
-                )
-            except EventDecodeError as exc:
-                raise exc.at(self.stream_id, self.stream_version) from exc.__cause__
-        return self._event
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """The stored payload as a dict, without decoding it to its model."""
-        result: dict[str, Any] = json.loads(self._payload())
-        return result
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The event's metadata (decoded on first access)."""
-        if self._metadata is None:
-            self._metadata = json.loads(self._metadata_text)
-        return self._metadata
-
-    def __repr__(self) -> str:
-        return (
-            f"<RecordedEvent {self.event_type} {self.stream_id!r} v{self.stream_version}"
-            f" @{self.partition}:{self.position}>"
-        )
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic garbage collector paused for a block (re-enabled after, if it was on).
-
-    A batch allocates several objects per event, none of them cyclic; collections triggered
-    by them would rescan every live object of the process over and over.
-    """
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
-
-
-def records(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
-    """Records from result rows, their events decoded on first access.
-
-    The collector is paused while the batch is built (this halves the cost of a replay).
-    """
-    with paused_gc():
-        return [RecordedEvent(*row) for row in rows]
-
-
-def decode_records(batch: Sequence[RecordedEvent]) -> None:
-    """Decode the events of loaded types in ``batch``, in order; the first failure is raised."""
-    with paused_gc():  # a model is several objects, none of them cyclic
-        deque(decoding(batch), maxlen=0)
-
-
-def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
-    """``records`` (of ``event_pages`` rows), each with its event decoded (if its class is
-    loaded) as it is handed out; a record whose event fails raises instead, naming the event.
-
-    Payloads stored at their class's schema version go straight from their JSON text to the
-    model (one validator call each); the others, and any that fail, take ``decode_event``'s
-    way, which upcasts them or raises the error naming the event.
-    """
-    decoders: dict[str, tuple[int, Any]] = {}
-    for record in records:
-        event_type = record.event_type
-        decoder = decoders.get(event_type)
-        if decoder is None:
-            decoder = decoders[event_type] = json_decoder(event_type)
-        version, validate = decoder
-        if validate is None:
-            pass  # not loaded: ``record.event`` says so when it is read
-        elif record.schema_version == version:
-            try:  # an ``event_pages`` row: the id is spliced into the document already
-                record._event = validate(record._data)
-            except (ValueError, RecursionError):
-                _ = record.event  # decode_event raises it again, naming the event
-        else:
-            _ = record.event  # upcast by decode_event (or its error, naming the event)
-        yield record
 
 
 def check_stream_id(stream_id: object, what: str = "stream id") -> str:

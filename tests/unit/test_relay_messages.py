@@ -54,6 +54,30 @@ def test_a_message_carries_the_event_and_comes_back_whole() -> None:
     assert back.recorded_at == record.recorded_at
 
 
+def test_a_record_of_the_stores_readers_relays_its_id_and_bare_payload() -> None:
+    """The store's readers splice the event id into the payload's document (their rows' id
+    column is empty): the message still carries that id, and the payload without it."""
+    event_id = str(uuid.uuid4())
+    record = RecordedEvent(
+        "",
+        "acc-1",
+        3,
+        5,
+        42,
+        "bank.Deposited",
+        2,
+        '{"event_id":"' + event_id + '","amount": 7}',
+        "{}",
+        datetime(2026, 11, 30, 10, 0, tzinfo=UTC),
+    )
+    message = relay_message(record, "events")
+    assert message.headers[MSG_ID] == event_id == message.msg_id
+    assert json.loads(message.payload) == {"amount": 7}
+    back = record_from_message(message.headers, message.payload)
+    assert str(back.event_id) == event_id
+    assert back.data == record.data == {"amount": 7}
+
+
 @pytest.mark.parametrize(
     ("header", "value"),
     [
