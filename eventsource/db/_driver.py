@@ -259,8 +259,10 @@ class Direct:
         return loaded_rows(loader, self.run_binary(conn, params))
 
     def run_binary(self, conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> PGresult:
-        """``run``, its result in binary format as libpq gives it, its rows not loaded yet
-        (``loaded_rows`` loads them, on any thread: the connection is free meanwhile)."""
+        """``run``, its result in binary format as libpq gives it, its rows not loaded yet.
+        ``loaded_rows`` loads them later, on any thread, without the connection, with a loader
+        whose column loaders exist already (a new loader makes them from the connection's
+        settings: prime it with ``set_pgresult`` on the connection's thread first)."""
         return self._execute(conn, params, Format.BINARY)
 
     def _execute(
