@@ -237,16 +237,16 @@ def decoding(records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
     """
     decoders: dict[str, tuple[int, Any]] = {}
     for record in records:
-        row = record._row
-        decoder = decoders.get(row[5])  # its type
+        event_type = record.event_type
+        decoder = decoders.get(event_type)
         if decoder is None:
-            decoder = decoders[row[5]] = json_decoder(row[5])
+            decoder = decoders[event_type] = json_decoder(event_type)
         version, validate = decoder
         if validate is None:
             pass  # not loaded: ``record.event`` says so when it is read
-        elif row[6] == version:  # stored at its class's schema version
+        elif record.schema_version == version:  # stored at its class's schema version
             try:  # an ``event_pages`` row: the id is spliced into the document already
-                record._event = validate(row[_DATA])
+                record._event = validate(record._row[_DATA])
             except (ValueError, RecursionError):
                 _ = record.event  # decode_event raises it again, naming the event
         else:
