@@ -25,7 +25,7 @@ _ID_END = len(_DOCUMENT_HEAD) + 36
 
 
 # The columns of a record's row: event_id, stream_id, stream_version, partition, position,
-# event_type, schema_version, data, metadata, recorded_at (RecordedEvent.__init__'s order).
+# event_type, schema_version, data, metadata, recorded_at (the constructor's order).
 _DATA, _METADATA, _RECORDED_AT = 7, 8, 9
 
 
@@ -33,7 +33,7 @@ class RecordedEvent:
     """A stored event with its place in the log. The model is decoded on first access.
 
     A record keeps the row it was read from: the store's readers build one per event with a
-    single unpacking of the row's place and type, without an ``__init__`` call.
+    single unpacking of the row's place and type (``_of_row``), which the constructor uses too.
     """
 
     __slots__ = (
@@ -49,7 +49,10 @@ class RecordedEvent:
         "stream_id",
         "stream_version",
     )
-    _row: tuple[Any, ...]  # the columns, in ``__init__``'s order
+    _row: tuple[Any, ...]  # the columns, in the constructor's order
+    _timezone: tzinfo | None  # of a binary ``recorded_at``
+    _event: Event | None  # the decoded event, once decoded
+    _metadata: dict[str, Any] | None  # the decoded metadata, once read
     _recorded_at: datetime  # ``recorded_at``, once read
     stream_id: str
     stream_version: int
@@ -58,8 +61,8 @@ class RecordedEvent:
     event_type: str
     schema_version: int
 
-    def __init__(  # noqa: PLR0917 - the columns of a stored event, in the order of its row
-        self,
+    def __new__(  # noqa: PLR0917 - the columns of a stored event, in the order of its row
+        cls,
         event_id: str,
         stream_id: str,
         stream_version: int,
@@ -71,7 +74,7 @@ class RecordedEvent:
         metadata: str,
         recorded_at: datetime | int,
         tz: tzinfo | None = None,
-    ) -> None:
+    ) -> RecordedEvent:
         """A stored event from its columns; the payload is decoded on first access.
 
         Rows of the store's own readers (``event_pages`` of ``queries.sql``) have an empty
@@ -79,28 +82,16 @@ class RecordedEvent:
         ``recorded_at`` is PostgreSQL's binary timestamptz (microseconds since 2000), made a
         datetime in ``tz`` (the connection's time zone) when it is first read.
         """
-        row = (
-            event_id,
-            stream_id,
-            stream_version,
-            partition,
-            position,
-            event_type,
-            schema_version,
-            data,
-            metadata,
-            recorded_at,
-        )
-        self._row = row
-        self._timezone = tz
-        self._event: Event | None = None
-        self._metadata: dict[str, Any] | None = None
-        _, self.stream_id, self.stream_version, self.partition, self.position = row[:5]
-        self.event_type, self.schema_version = row[5:7]
+        columns = (event_id, stream_id, stream_version, partition, position, event_type)
+        return cls._of_row((*columns, schema_version, data, metadata, recorded_at), tz)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its row and time zone (what it decodes lazily is decoded again)."""
+        return _of_row, (self._row, self._timezone)
 
     @classmethod
     def _of_row(cls, row: tuple[Any, ...], tz: tzinfo | None = None) -> RecordedEvent:
-        """The record of a row of the store's reads (its ten columns, in ``__init__``'s order):
+        """The record of a row of the store's reads (its ten columns, in the constructor's order):
         the row is kept as it is, and its place and type copied out of it in one unpacking."""
         record = _new_record(cls)
         record._row = row
@@ -193,6 +184,7 @@ class RecordedEvent:
 
 
 _new_record = object.__new__
+_of_row = RecordedEvent._of_row
 
 
 @contextmanager
