@@ -32,7 +32,26 @@ class Proxy:
 
     @property
     def url(self) -> URL:
-        return self._target.set(host="127.0.0.1", port=self.port)
+        local = self._target.difference_update_query(["host", "port"])  # a Unix socket's
+        return local.set(host="127.0.0.1", port=self.port)
+
+    def _connect(self) -> socket.socket:
+        """A connection to the server: its Unix socket when the URL names one (``?host=``
+        a directory, as the embedded server's does), else its TCP host and port."""
+        query = self._target.query
+        directory = query.get("host")
+        if isinstance(directory, str) and directory.startswith("/"):
+            port = query.get("port") or self._target.port or 5432
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                unix.connect(f"{directory}/.s.PGSQL.{port}")
+            except OSError:
+                unix.close()
+                raise
+            return unix
+        return socket.create_connection(
+            (self._target.host or "127.0.0.1", self._target.port or 5432)
+        )
 
     def down(self) -> None:
         """Cut every connection and refuse new ones."""
@@ -65,9 +84,7 @@ class Proxy:
                 client.close()
                 continue
             try:
-                server = socket.create_connection(
-                    (self._target.host or "127.0.0.1", self._target.port or 5432)
-                )
+                server = self._connect()
             except OSError:
                 client.close()
                 continue

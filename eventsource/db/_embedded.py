@@ -41,5 +41,16 @@ def embedded_url(data_dir: Path) -> str:
                     f"the embedded PostgreSQL in {data_dir} did not start: {exc}"
                 ) from exc
             _servers[data_dir] = server
-    # pgserver listens on a Unix socket inside the data directory.
-    return f"postgresql+psycopg://postgres@/postgres?host={data_dir}"
+    return _url(server.get_postmaster_info())
+
+
+def _url(info: Any) -> str:
+    """The URL of a running embedded server, from its postmaster's record (``PostmasterInfo``).
+
+    pgserver listens on a Unix socket inside the data directory, or in a directory of its
+    own when that path would be too long for a socket (over ~107 bytes), or on a TCP port
+    where there are no Unix sockets.
+    """
+    if info.socket_dir is not None:
+        return f"postgresql+psycopg://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+    return f"postgresql+psycopg://postgres@{info.hostname}:{info.port}/postgres"

@@ -70,3 +70,19 @@ def test_without_a_url_the_cli_runs_on_the_embedded_server(embedded_dir: Path) -
     while _processes_using(embedded_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_using(embedded_dir) == []
+
+
+def test_a_data_directory_too_long_for_a_socket_path_works(embedded_dir: Path) -> None:
+    """A data directory whose socket path would pass the ~107-byte limit of Unix sockets (a
+    deep home directory, pytest's temporary ones): the server listens elsewhere, and the CLI
+    finds it there."""
+    deep = embedded_dir.parent / ("d" * 60) / ("e" * 40) / "pgdata"
+    assert len(str(deep / ".s.PGSQL.5432")) > 107
+    env = cli_env(None, EVENTSOURCE_EMBEDDED_DIR=str(deep))
+
+    upgrade = run_cli(["db", "upgrade"], env, timeout=120)
+    assert upgrade.returncode == 0, describe(upgrade)
+    assert (deep / "PG_VERSION").is_file()
+    status = run_cli(["db", "status", "--json"], env, timeout=120)
+    assert status.returncode == 0, describe(status)
+    assert json.loads(status.stdout)["up_to_date"] is True
