@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from benchmarks._pgbench import CASES, append_script, find_pgbench, run_case
+from eventsource.db import conninfo, resolve_url
 
 APPEND = next(case for case in CASES if case.append)
 
@@ -29,8 +29,7 @@ def test_a_schema_name_that_is_not_an_identifier_is_refused() -> None:
 
 
 def _bench_schemas(database_url: str) -> set[str]:
-    libpq = make_url(database_url).set(drivername="postgresql")
-    with psycopg.connect(libpq.render_as_string(hide_password=False)) as conn:
+    with psycopg.connect(conninfo(resolve_url(database_url))) as conn:
         rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
         return {row[0] for row in rows}
 
@@ -40,7 +39,7 @@ def test_a_short_run_stores_one_event_per_transaction(database_url: str) -> None
         pgbench = find_pgbench()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    url = make_url(database_url).set(drivername="postgresql+psycopg")
+    url = resolve_url(database_url)
     before = _bench_schemas(database_url)
     run = run_case(url, APPEND, seconds=1, pgbench=pgbench, partitions=4)
     assert run.count > 0
